@@ -1,0 +1,202 @@
+"""The bundle: how one site's synthetic set travels, sealed, from the site to the coordinator.
+
+Wire format (all integers big-endian)::
+
+    sealed bundle  = MAGIC (b"FDSB\\x01") | u32 header_len | header | ciphertext
+    header         = JSON of BundleHeader: schema_version, suite, site_id, run_id, nonce
+    ciphertext     = HPKE seal of the signed bundle to the coordinator, info = b"feddistill/v1" | header
+    signed bundle  = u32 manifest_len | manifest | payload | signature
+    manifest       = JSON of schemas.BundleManifest (site, run, nonce, dataset, shapes, method, ...)
+    payload        = images as float16 little-endian, shape (N, C, H, W), C order,
+                     then labels as uint16 little-endian, shape (N,)
+    signature      = Ed25519 over (u32 manifest_len | manifest | payload), see shared.crypto
+
+The header travels in clear so the coordinator knows which run, nonce and site key to check before
+it decrypts. It is not trusted on its own: its exact bytes are bound into the HPKE info (an edited
+header makes decryption fail) and the signed manifest repeats site, run and nonce, which must agree.
+The manifest also names the fingerprint of the coordinator key the site sealed to, so a signed
+bundle cannot be re-encrypted by someone else to a different coordinator.
+
+Round trip (see ``tests/shared/test_bundle.py``)::
+
+    sealed = seal_bundle(manifest, images, labels, site_key, coordinator_key.public_key())
+    opened = open_bundle(sealed, coordinator_key, lambda site_id: site_key.public_key(), max_bytes)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from shared import crypto
+from shared.errors import InvalidBundle
+from shared.schemas import SCHEMA_VERSION, BundleManifest, PayloadInfo
+
+MAGIC = b"FDSB\x01"
+HPKE_INFO_PREFIX = b"feddistill/v1"
+_U32 = struct.Struct(">I")
+_MAX_HEADER_BYTES = 4096
+_MAX_MANIFEST_BYTES = 1 << 20
+
+
+class BundleHeader(BaseModel):
+    """Clear-text routing data of a sealed bundle; bound into the HPKE info."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    suite: Literal["DHKEM(X25519,HKDF-SHA256)/HKDF-SHA256/AES-256-GCM"] = crypto.HPKE_SUITE_NAME
+    site_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    run_id: str = Field(min_length=1, max_length=128)
+    nonce: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class OpenedBundle:
+    """A bundle that decrypted, whose signature matched its site's key and whose payload parsed.
+
+    ``images`` is float32 (N, C, H, W); ``labels`` is int64 (N,).
+    """
+
+    header: BundleHeader
+    manifest: BundleManifest
+    images: np.ndarray
+    labels: np.ndarray
+    sealed_bytes: int
+
+
+def encode_payload(images: np.ndarray, labels: np.ndarray) -> bytes:
+    """Payload bytes for images (N, C, H, W) and labels (N,), in the documented layout."""
+    if images.ndim != 4 or labels.shape != (images.shape[0],):
+        raise ValueError(f"images must be (N, C, H, W) and labels (N,), got {images.shape} and {labels.shape}")
+    return images.astype("<f2", copy=False).tobytes(order="C") + labels.astype("<u2").tobytes()
+
+
+def decode_payload(payload: bytes, image_shape: tuple[int, int, int], count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of :func:`encode_payload`; returns float32 images and int64 labels.
+
+    Raises:
+        InvalidBundle: the byte count does not match ``count`` images of ``image_shape``.
+    """
+    image_values = count * int(np.prod(image_shape))
+    expected = image_values * 2 + count * 2
+    if len(payload) != expected:
+        raise InvalidBundle(f"payload has {len(payload)} bytes, expected {expected} for {count} images of {image_shape}")
+    images = np.frombuffer(payload, dtype="<f2", count=image_values).reshape(count, *image_shape)
+    labels = np.frombuffer(payload, dtype="<u2", offset=image_values * 2, count=count)
+    return images.astype(np.float32), labels.astype(np.int64)
+
+
+def payload_info(payload: bytes, count: int) -> PayloadInfo:
+    """The manifest's description of a payload: size and SHA-256."""
+    return PayloadInfo(count=count, sha256=hashlib.sha256(payload).hexdigest(), nbytes=len(payload))
+
+
+def hpke_info(header_bytes: bytes) -> bytes:
+    """The HPKE ``info`` for a bundle: a fixed label followed by the exact header bytes."""
+    return HPKE_INFO_PREFIX + b"|" + header_bytes
+
+
+def seal_bundle(
+    manifest: BundleManifest,
+    payload: bytes,
+    signing_key: crypto.SigningKey,
+    recipient: crypto.RecipientPublicKey,
+) -> bytes:
+    """Sign manifest + payload with the site key, then encrypt the result to the coordinator."""
+    manifest_bytes = manifest.model_dump_json().encode()
+    signed_part = _U32.pack(len(manifest_bytes)) + manifest_bytes + payload
+    signature = crypto.sign(signing_key, signed_part)
+    header = BundleHeader(site_id=manifest.site_id, run_id=manifest.run_id, nonce=manifest.nonce)
+    header_bytes = header.model_dump_json().encode()
+    ciphertext = crypto.seal(signed_part + signature, recipient, info=hpke_info(header_bytes))
+    return MAGIC + _U32.pack(len(header_bytes)) + header_bytes + ciphertext
+
+
+def read_header(sealed: bytes) -> tuple[BundleHeader, bytes, bytes]:
+    """Split a sealed bundle into (parsed header, raw header bytes, ciphertext) without decrypting.
+
+    Raises:
+        InvalidBundle: wrong magic, truncated, or a header that does not parse.
+    """
+    if not sealed.startswith(MAGIC):
+        raise InvalidBundle("bundle does not start with the expected magic bytes (not a sealed bundle)")
+    offset = len(MAGIC)
+    header_bytes, offset = _read_block(sealed, offset, _MAX_HEADER_BYTES, "header")
+    try:
+        header = BundleHeader.model_validate_json(header_bytes)
+    except ValidationError as exc:
+        raise InvalidBundle(f"bundle header is malformed: {_first_problem(exc)}") from exc
+    return header, header_bytes, sealed[offset:]
+
+
+def open_bundle(
+    sealed: bytes,
+    recipient_key: crypto.RecipientKey,
+    verify_key_for: Callable[[str], crypto.VerifyKey],
+    max_bytes: int,
+) -> OpenedBundle:
+    """Decrypt, verify and parse a sealed bundle. Every failure becomes an ``InvalidBundle`` subclass.
+
+    Args:
+        sealed: the bytes as received.
+        recipient_key: the coordinator's HPKE private key.
+        verify_key_for: the registered signing key of a site id; raises ``VerificationError`` for
+            an unknown site.
+        max_bytes: refuse anything larger before any parsing.
+
+    Raises:
+        InvalidBundle: too large, malformed, or inconsistent.
+        DecryptionError: does not decrypt with this key and header.
+        VerificationError: unknown site or bad signature.
+    """
+    if len(sealed) > max_bytes:
+        raise InvalidBundle(f"bundle is {len(sealed)} bytes, over the limit of {max_bytes} bytes")
+    header, header_bytes, ciphertext = read_header(sealed)
+    verify_key = verify_key_for(header.site_id)
+    signed = crypto.open_sealed(ciphertext, recipient_key, info=hpke_info(header_bytes))
+    if len(signed) < crypto.SIGNATURE_BYTES:
+        raise InvalidBundle("signed bundle is shorter than a signature")
+    signed_part, signature = signed[: -crypto.SIGNATURE_BYTES], signed[-crypto.SIGNATURE_BYTES :]
+    crypto.verify(verify_key, signed_part, signature)
+
+    manifest_bytes, offset = _read_block(signed_part, 0, _MAX_MANIFEST_BYTES, "manifest")
+    try:
+        manifest = BundleManifest.model_validate_json(manifest_bytes)
+    except ValidationError as exc:
+        raise InvalidBundle(f"bundle manifest is malformed: {_first_problem(exc)}") from exc
+    for field in ("site_id", "run_id", "nonce"):
+        if getattr(manifest, field) != getattr(header, field):
+            raise InvalidBundle(f"manifest {field} does not match the bundle header")
+    if manifest.recipient_fingerprint != crypto.fingerprint(recipient_key.public_key()):
+        raise InvalidBundle("manifest recipient_fingerprint names another coordinator key")
+
+    payload = signed_part[offset:]
+    if hashlib.sha256(payload).hexdigest() != manifest.payload.sha256 or len(payload) != manifest.payload.nbytes:
+        raise InvalidBundle("payload does not match the manifest's payload digest or size")
+    images, labels = decode_payload(payload, manifest.image_shape, manifest.payload.count)
+    return OpenedBundle(header, manifest, images, labels, sealed_bytes=len(sealed))
+
+
+def _read_block(data: bytes, offset: int, limit: int, what: str) -> tuple[bytes, int]:
+    """Read a u32-length-prefixed block at ``offset``; return it and the offset after it."""
+    if len(data) < offset + _U32.size:
+        raise InvalidBundle(f"bundle is truncated before the {what} length")
+    (length,) = _U32.unpack_from(data, offset)
+    start = offset + _U32.size
+    if length > limit or start + length > len(data):
+        raise InvalidBundle(f"bundle {what} length {length} is out of bounds")
+    return data[start : start + length], start + length
+
+
+def _first_problem(exc: ValidationError) -> str:
+    """One line naming the first invalid field, without echoing its (untrusted) value."""
+    error = exc.errors()[0]
+    location = ".".join(str(part) for part in error["loc"]) or "(root)"
+    return f"field {location!r}: {error['msg']}"

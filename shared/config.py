@@ -1,0 +1,132 @@
+"""Federation-wide settings: one typed object, read once from Flower's run config.
+
+Keys are kebab-case in TOML (``images-per-class`` style, as in ``[tool.flwr.app.config]``) and
+snake_case in Python; :meth:`RunConfig.from_flower` is the one place that translates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from shared.errors import ConfigError
+from shared.schemas import DCConfig, DistillConfig, DistillMethod, InitMode, NetworkSpec, PartitionScheme
+from shared.training import TrainSettings
+
+
+class RunConfig(BaseModel):
+    """Everything the coordinator decides for one run; sites may still refuse (site policy)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # data and simulation
+    dataset: str = "breastmnist"
+    data_root: str = ""  # empty: MEDMNIST_ROOT, then ~/.medmnist
+    sites: int = Field(3, ge=1, le=1000)
+    min_sites: int = Field(2, ge=1, le=1000)
+    partition: PartitionScheme = PartitionScheme.DIRICHLET
+    alpha: float = Field(0.5, gt=0)
+    seed: int = Field(0, ge=0)
+    # distillation request
+    method: DistillMethod = DistillMethod.DC
+    ipc: int = Field(10, ge=1, le=1000)
+    iterations: int = Field(20, ge=1, le=100_000)
+    lr_img: float = Field(0.1, gt=0)
+    lr_net: float = Field(0.01, gt=0)
+    batch_real: int = Field(64, ge=1)
+    outer_loop: int = Field(0, ge=0)
+    inner_loop: int = Field(10, ge=0)
+    dsa: bool = True
+    init: InitMode = InitMode.NOISE
+    net_width: int = Field(64, ge=8, le=1024)
+    net_depth: int = Field(3, ge=1, le=6)
+    # global model
+    train_epochs: int = Field(300, ge=1)
+    train_lr: float = Field(0.01, gt=0)
+    train_batch: int = Field(256, ge=1)
+    train_dsa: bool = True
+    # operations
+    node_wait_timeout: float = Field(120.0, gt=0)
+    distill_timeout: float = Field(3600.0, gt=0)
+    evaluate_timeout: float = Field(600.0, gt=0)
+    max_bundle_mb: float = Field(64.0, gt=0)
+    out_dir: str = "results"
+    run_dir: str = ""  # empty: <out-dir>/run-<flower run id>
+    keys_dir: str = ""  # empty: simulation keys generated into <run-dir>/keys
+    device: str = "auto"
+
+    @classmethod
+    def from_flower(cls, run_config: Mapping[str, Any]) -> RunConfig:
+        """Parse Flower's run config (kebab-case keys); missing keys take the defaults above.
+
+        Raises:
+            ConfigError: an unknown key, or a value of the wrong type or range.
+        """
+        values = {key.replace("-", "_"): value for key, value in run_config.items()}
+        unknown = sorted(key for key in values if key not in cls.model_fields)
+        if unknown:
+            raise ConfigError(f"unknown run config key {unknown[0].replace('_', '-')!r}")
+        try:
+            config = cls(**values)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            key = str(error["loc"][0]).replace("_", "-")
+            raise ConfigError(f"run config {key!r}: {error['msg']}") from exc
+        if config.min_sites > config.sites:
+            raise ConfigError(f"run config 'min-sites' is {config.min_sites}, more than 'sites' ({config.sites})")
+        return config
+
+    def to_flower(self) -> dict[str, Any]:
+        """Kebab-case keys with plain values, as Flower's run config carries them."""
+        return {key.replace("_", "-"): value for key, value in self.model_dump(mode="json").items()}
+
+    def distill_config(self) -> DistillConfig:
+        """The per-method settings sent to every site."""
+        return DCConfig(
+            ipc=self.ipc,
+            iterations=self.iterations,
+            lr_img=self.lr_img,
+            lr_net=self.lr_net,
+            batch_real=self.batch_real,
+            outer_loop=self.outer_loop,
+            inner_loop=self.inner_loop,
+            dsa=self.dsa,
+            init=self.init,
+            seed=self.seed,
+            network=self.network(),
+        )
+
+    def network(self) -> NetworkSpec:
+        return NetworkSpec(depth=self.net_depth, width=self.net_width)
+
+    def train_settings(self) -> TrainSettings:
+        return TrainSettings(
+            epochs=self.train_epochs, lr=self.train_lr, batch_size=self.train_batch, augment=self.train_dsa, seed=self.seed
+        )
+
+    def resolved_run_dir(self, flower_run_id: int) -> Path:
+        """Where this run writes results (and, in simulation, its keys): an absolute path."""
+        if self.run_dir:
+            return Path(self.run_dir).expanduser().resolve()
+        return Path(self.out_dir).expanduser().resolve() / f"run-{flower_run_id}"
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present, else CPU; otherwise any name torch accepts.
+
+    Raises:
+        ConfigError: an unknown device name, or CUDA asked for on a machine without it.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"device {name!r} is not a torch device name (try 'auto', 'cpu' or 'cuda')") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for, but this machine has no CUDA device")
+    return device

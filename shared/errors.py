@@ -1,0 +1,70 @@
+"""The project's errors: one base class with a hint, one subclass per kind of failure.
+
+Messages name the field and the value in one sentence. They may travel from a site to the
+coordinator inside Flower's error reply, so they never contain paths, patient ids or pixel
+statistics.
+"""
+
+from __future__ import annotations
+
+
+class FedDistillError(Exception):
+    """Base class of every error this project raises on purpose."""
+
+    hint: str = ""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        if hint is not None:
+            self.hint = hint
+
+    def diagnostics(self) -> str:
+        """The message plus, when there is one, what the user can do about it."""
+        text = str(self)
+        return f"{text}\nhint: {self.hint}" if self.hint else text
+
+
+class ConfigError(FedDistillError):
+    """A setting is missing, malformed or out of its allowed range."""
+
+    hint = "check the command-line options, --run-config values or node config"
+
+
+class DataError(FedDistillError):
+    """Local data cannot be read, fails its checksum or does not fit the task."""
+
+    hint = "point --data-root (or MEDMNIST_ROOT) at a folder holding the MedMNIST .npz files"
+
+
+class KeyFileError(FedDistillError):
+    """A key file is missing, unreadable or of the wrong kind."""
+
+    hint = "create keys with `site-agent init` / `coordinator init`, or check the key directory"
+
+
+class PolicyError(FedDistillError):
+    """A request asks a site for more than the site's own policy allows."""
+
+    hint = "lower the request (e.g. --ipc, --iterations) or raise the limit in the site's policy"
+
+
+class InvalidBundle(FedDistillError):
+    """A received bundle cannot be parsed or fails validation."""
+
+
+class DecryptionError(InvalidBundle):
+    """A bundle cannot be decrypted with this coordinator's key and the bound header."""
+
+
+class VerificationError(InvalidBundle):
+    """A bundle's signature does not match the key registered for its site."""
+
+
+class ReplayError(InvalidBundle):
+    """A bundle belongs to another run, another request nonce, or was already received."""
+
+
+class FederationError(FedDistillError):
+    """The federation cannot go on: too few sites answered or were accepted."""
+
+    hint = "check that enough sites are online, or lower min-sites"

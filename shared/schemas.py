@@ -1,0 +1,148 @@
+"""Typed values that cross a trust boundary: requests, manifests, and the names of record keys.
+
+Everything a site or the coordinator receives from the other side is parsed into one of these
+pydantic models before any code looks at it (``model_validate_json``); unknown fields are refused.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+
+
+class DistillMethod(StrEnum):
+    """Dataset distillation methods a site can run."""
+
+    DC = "dc"
+
+
+class InitMode(StrEnum):
+    """How synthetic images start. ``REAL`` copies patient images into the release: opt-in only."""
+
+    NOISE = "noise"
+    REAL = "real"
+
+
+class PartitionScheme(StrEnum):
+    """How a simulation splits one dataset across simulated sites."""
+
+    IID = "iid"
+    DIRICHLET = "dirichlet"
+
+
+class RecordKey(StrEnum):
+    """Keys of the records inside Flower messages, in one place for both sides."""
+
+    REQUEST = "request"  # ConfigRecord: a DistillRequest or EvaluateRequest as JSON
+    BUNDLE = "bundle"  # ConfigRecord: the sealed bundle as bytes
+    METRICS = "metrics"  # MetricRecord: counts and timings
+    ARRAYS = "arrays"  # ArrayRecord: model weights
+
+
+class MetricKey(StrEnum):
+    """Names of the numbers a site reports back."""
+
+    NUM_EXAMPLES = "num-examples"
+    DISTILL_SECONDS = "distill-seconds"
+    SEAL_SECONDS = "seal-seconds"
+    BUNDLE_BYTES = "bundle-bytes"
+    SYNTHETIC_IMAGES = "synthetic-images"
+    ACCURACY = "accuracy"
+    AUC = "auc"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NetworkSpec(_Strict):
+    """The ConvNet used for matching and for the global model (Zhao et al. 2021 defaults)."""
+
+    depth: int = Field(3, ge=1, le=6)
+    width: int = Field(128, ge=8, le=1024)
+
+
+class DCConfig(_Strict):
+    """Dataset Condensation with gradient matching (Zhao, Mopuri & Bilen, ICLR 2021).
+
+    ``outer_loop``/``inner_loop`` left at 0 take the paper's values for the given IPC.
+    """
+
+    method: Literal[DistillMethod.DC] = DistillMethod.DC
+    ipc: int = Field(10, ge=1, le=1000)
+    iterations: int = Field(100, ge=1, le=100_000)
+    lr_img: float = Field(0.1, gt=0, le=100)
+    lr_net: float = Field(0.01, gt=0, le=10)
+    batch_real: int = Field(256, ge=1, le=100_000)
+    outer_loop: int = Field(0, ge=0, le=1000)
+    inner_loop: int = Field(0, ge=0, le=1000)
+    dsa: bool = True
+    init: InitMode = InitMode.NOISE
+    seed: int = Field(0, ge=0)
+    network: NetworkSpec = NetworkSpec()
+
+
+DistillConfig = Annotated[DCConfig, Field(discriminator="method")]
+
+
+class DistillRequest(_Strict):
+    """What the coordinator asks of one site. The nonce is fresh per site and per run."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    run_id: str = Field(min_length=1, max_length=128)
+    nonce: str = Field(pattern=r"^[0-9a-f]{64}$")
+    dataset: str = Field(min_length=1, max_length=64)
+    distill: DistillConfig
+
+
+class ModelSpec(_Strict):
+    """Enough to rebuild the global model at a site for evaluation."""
+
+    in_channels: int = Field(ge=1, le=16)
+    num_classes: int = Field(ge=2, le=1000)
+    image_size: int = Field(ge=8, le=512)
+    network: NetworkSpec = NetworkSpec()
+
+
+class EvaluateRequest(_Strict):
+    """Sent with the global model's weights: evaluate it on the site's local test split."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    run_id: str = Field(min_length=1, max_length=128)
+    dataset: str = Field(min_length=1, max_length=64)
+    model: ModelSpec
+
+
+class PayloadInfo(_Strict):
+    """Layout of the payload that follows the manifest (see ``shared.bundle``)."""
+
+    format: Literal["f16-u16-le-v1"] = "f16-u16-le-v1"
+    count: int = Field(ge=1)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    nbytes: int = Field(ge=1)
+
+
+class BundleManifest(_Strict):
+    """Self-description of one released synthetic set; signed by the site."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    site_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    run_id: str = Field(min_length=1, max_length=128)
+    nonce: str = Field(pattern=r"^[0-9a-f]{64}$")
+    recipient_fingerprint: str = Field(pattern=r"^[0-9a-f]{64}$")
+    dataset: str
+    task: str
+    image_shape: tuple[int, int, int]  # (C, H, W)
+    num_classes: int = Field(ge=2)
+    label_set: list[int]
+    class_counts: dict[int, int]
+    num_real_examples: int = Field(ge=0)
+    distill: DistillConfig
+    normalization: Literal["x/127.5-1"] = "x/127.5-1"
+    software: dict[str, str]
+    created_at: str
+    payload: PayloadInfo

@@ -1,0 +1,69 @@
+"""Distillation: a site's real images in, a small synthetic set out, behind one function.
+
+``distill(train, num_classes, config, device, progress)`` picks the method named by the config.
+Only classes with at least ``min_real_per_class`` local images are distilled: a class learned from
+one or two patients would be close to a copy of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+
+from shared.errors import DataError
+from shared.schemas import DistillConfig, DistillMethod
+from site_agent.data import LabelledImages
+from site_agent.distill.dc import distill_dc
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SyntheticSet", "distill"]
+
+
+@dataclass(frozen=True)
+class SyntheticSet:
+    """A distilled set: images (N, C, H, W) float32 and labels (N,) int64, both on the CPU."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[int]
+    config: DistillConfig
+    loss_history: list[float]
+    seconds: float
+
+
+def distill(
+    train: LabelledImages,
+    num_classes: int,
+    config: DistillConfig,
+    device: torch.device,
+    progress: bool = True,
+    min_real_per_class: int = 1,
+) -> SyntheticSet:
+    """Distill ``config.ipc`` synthetic images for every class the site holds enough images of.
+
+    Raises:
+        DataError: no class has ``min_real_per_class`` images.
+    """
+    counts = train.class_counts(num_classes)
+    classes = [c for c, n in enumerate(counts) if n >= min_real_per_class]
+    skipped = [c for c, n in enumerate(counts) if 0 < n < min_real_per_class]
+    if skipped:
+        log.warning("not distilling classes %s: fewer than %d local images each", skipped, min_real_per_class)
+    if not classes:
+        raise DataError(f"no class has the {min_real_per_class} local images needed to distill it")
+    images = torch.from_numpy(train.images)
+    real_by_class = {c: images[torch.from_numpy(train.labels == c)].to(device) for c in classes}
+
+    started = time.perf_counter()
+    if config.method == DistillMethod.DC:
+        syn_images, history = distill_dc(real_by_class, config, num_classes, device, progress)
+    else:  # pragma: no cover - the schema admits no other method yet
+        raise DataError(f"distillation method {config.method!r} is not available at this site")
+    seconds = time.perf_counter() - started
+
+    labels = torch.tensor(classes, dtype=torch.int64).repeat_interleave(config.ipc)
+    return SyntheticSet(syn_images.detach().cpu(), labels, classes, config, history, seconds)

@@ -1,0 +1,112 @@
+"""Dataset Condensation with gradient matching (Zhao, Mopuri & Bilen, ICLR 2021).
+
+Each iteration draws a fresh randomly initialised ConvNet. In each of ``outer_loop`` steps the
+synthetic images of every class are moved so that the network's gradient on them matches its
+gradient on a batch of real images of that class (layer-wise cosine distance); then the network
+takes ``inner_loop`` SGD steps on the current synthetic set, so that later steps match gradients
+along a training trajectory. With DSA, real and synthetic batches of a class get the same random
+augmentation before each match.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import trange
+
+from shared.augment import dsa
+from shared.models import ConvNet
+from shared.schemas import DCConfig
+from site_agent.distill.matching import gradient_distance, initial_images, sample_batch
+
+log = logging.getLogger(__name__)
+
+# (outer_loop, inner_loop) by images per class, from the paper's code.
+_PAPER_LOOPS = ((1, 1, 1), (10, 10, 50), (20, 20, 25), (30, 30, 10), (40, 40, 20), (50, 50, 10))
+_SYN_BATCH = 256
+
+
+def paper_loops(ipc: int) -> tuple[int, int]:
+    """The paper's (outer_loop, inner_loop) for the smallest listed IPC at or above ``ipc``."""
+    for limit, outer, inner in _PAPER_LOOPS:
+        if ipc <= limit:
+            return outer, inner
+    return _PAPER_LOOPS[-1][1:]
+
+
+def distill_dc(
+    real_by_class: dict[int, torch.Tensor],
+    config: DCConfig,
+    num_classes: int,
+    device: torch.device,
+    progress: bool = True,
+) -> tuple[torch.Tensor, list[float]]:
+    """Synthetic images (K * ipc, C, H, W), class-major in ``real_by_class`` order, and the loss per iteration."""
+    torch.manual_seed(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)
+    aug_rng = np.random.default_rng(config.seed)
+    classes = list(real_by_class)
+    in_channels, image_size = next(iter(real_by_class.values())).shape[1:3]
+    outer_loop, inner_loop = paper_loops(config.ipc)
+    outer_loop, inner_loop = config.outer_loop or outer_loop, config.inner_loop or inner_loop
+
+    syn = initial_images(real_by_class, config.ipc, config.init, gen).requires_grad_(True)
+    syn_labels = torch.tensor(classes, device=device).repeat_interleave(config.ipc)
+    opt_img = torch.optim.SGD([syn], lr=config.lr_img, momentum=0.5)
+    history: list[float] = []
+
+    for iteration in trange(config.iterations, desc="DC distill", disable=not progress, leave=False):
+        net = ConvNet(in_channels, num_classes, image_size, config.network).to(device).train()
+        params = list(net.parameters())
+        opt_net = torch.optim.SGD(params, lr=config.lr_net)
+        iteration_loss = 0.0
+        for step in range(outer_loop):
+            loss = syn.new_zeros(())
+            for k, cls in enumerate(classes):
+                real = sample_batch(real_by_class[cls], config.batch_real, gen)
+                fake = syn[k * config.ipc : (k + 1) * config.ipc]
+                if config.dsa:
+                    seed = int(aug_rng.integers(2**31))
+                    real, fake = dsa(real, seed), dsa(fake, seed)
+                target = torch.full((len(real),), cls, device=device)
+                g_real = torch.autograd.grad(F.cross_entropy(net(real), target), params)
+                g_fake = torch.autograd.grad(F.cross_entropy(net(fake), target[: len(fake)]), params, create_graph=True)
+                loss = loss + gradient_distance(g_fake, [g.detach() for g in g_real])
+            opt_img.zero_grad(set_to_none=True)
+            (syn.grad,) = torch.autograd.grad(loss, [syn])
+            opt_img.step()
+            iteration_loss += loss.item()
+            if step == outer_loop - 1:
+                break
+            _train_on_synthetic(net, opt_net, syn.detach(), syn_labels, inner_loop, config.dsa, gen, aug_rng)
+        history.append(iteration_loss / outer_loop)
+        if iteration % 10 == 0 or iteration == config.iterations - 1:
+            log.info("DC iteration %d/%d: matching loss %.4f", iteration + 1, config.iterations, history[-1])
+    return syn.detach(), history
+
+
+def _train_on_synthetic(
+    net: ConvNet,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    epochs: int,
+    augment: bool,
+    gen: torch.Generator,
+    aug_rng: np.random.Generator,
+) -> None:
+    """The inner loop: ``epochs`` passes of SGD on the (detached) synthetic set."""
+    for _ in range(epochs):
+        order = torch.randperm(len(images), generator=gen).to(images.device)
+        for start in range(0, len(images), _SYN_BATCH):
+            idx = order[start : start + _SYN_BATCH]
+            batch = images[idx]
+            if augment:
+                batch = dsa(batch, int(aug_rng.integers(2**31)), per_sample=True)
+            loss = F.cross_entropy(net(batch), labels[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()

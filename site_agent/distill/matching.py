@@ -1,0 +1,49 @@
+"""Pieces shared by the distillation methods: real-batch sampling, initialisation, gradient distance."""
+
+from __future__ import annotations
+
+import torch
+
+from shared.schemas import InitMode
+
+
+def sample_batch(images: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
+    """Up to ``n`` distinct images (all of them when the class is smaller)."""
+    if len(images) <= n:
+        return images
+    idx = torch.randperm(len(images), generator=gen)[:n]
+    return images[idx.to(images.device)]
+
+
+def initial_images(
+    real_by_class: dict[int, torch.Tensor], ipc: int, init: InitMode, gen: torch.Generator
+) -> torch.Tensor:
+    """Starting synthetic images (K * ipc, C, H, W), class-major, in the order of the dict's keys.
+
+    ``NOISE`` draws standard normal pixels. ``REAL`` starts from randomly chosen local images: the
+    release then begins as a copy of patients' images, which is why a site must opt in to it.
+    """
+    first = next(iter(real_by_class.values()))
+    shape = (len(real_by_class) * ipc, *first.shape[1:])
+    if init == InitMode.NOISE:
+        return torch.randn(shape, generator=gen).to(first.device)
+    picks = []
+    for images in real_by_class.values():
+        idx = torch.randint(len(images), (ipc,), generator=gen) if len(images) < ipc else torch.randperm(len(images), generator=gen)[:ipc]
+        picks.append(images[idx.to(images.device)])
+    return torch.cat(picks).clone()
+
+
+def gradient_distance(grads_a: list[torch.Tensor], grads_b: list[torch.Tensor]) -> torch.Tensor:
+    """DC's layer-wise distance: sum over output units of (1 - cosine) between gradient rows.
+
+    Biases and norm parameters (1-D) are left out, as in the paper.
+    """
+    total = grads_a[0].new_zeros(())
+    for a, b in zip(grads_a, grads_b, strict=True):
+        if a.dim() == 1:
+            continue
+        a, b = a.flatten(1), b.flatten(1)  # (out, fan_in)
+        cos = (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1) + 1e-6)
+        total = total + (1 - cos).sum()
+    return total
