@@ -115,6 +115,11 @@ class RunConfig(BaseModel):
         return Path(self.out_dir).expanduser().resolve() / f"run-{flower_run_id}"
 
 
+def simulated_site_id(partition_id: int) -> str:
+    """The site id a simulated site with this Flower partition id signs as."""
+    return f"site-{partition_id}"
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when present, else CPU; otherwise any name torch accepts.
 

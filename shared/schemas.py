@@ -43,6 +43,13 @@ class RecordKey(StrEnum):
     ARRAYS = "arrays"  # ArrayRecord: model weights
 
 
+class FieldKey(StrEnum):
+    """Names of the fields inside those records."""
+
+    REQUEST_JSON = "json"  # in RecordKey.REQUEST
+    SEALED = "sealed"  # in RecordKey.BUNDLE
+
+
 class MetricKey(StrEnum):
     """Names of the numbers a site reports back."""
 

@@ -16,6 +16,8 @@ import numpy as np
 
 from shared.datasets import DatasetInfo, dataset_info, normalize
 from shared.errors import DataError
+from site_agent.partition import partition as partition_indices
+from site_agent.settings import PartitionSpec
 
 log = logging.getLogger(__name__)
 
@@ -102,3 +104,15 @@ def _md5(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def load_site_images(dataset: str, data_root: str, partition: PartitionSpec | None, verify_md5: bool = True) -> SiteImages:
+    """The site's images: the whole dataset, or its share of it when ``partition`` is given."""
+    info, train, test = load_medmnist(dataset, data_root, verify_md5=verify_md5)
+    if partition is not None:
+        parts = partition_indices(
+            train.labels, test.labels, partition.count, partition.scheme, partition.alpha, partition.seed
+        )
+        train_idx, test_idx = parts[partition.index]
+        train, test = train.subset(train_idx), test.subset(test_idx)
+    return SiteImages(info, train, test)

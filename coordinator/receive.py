@@ -1,0 +1,95 @@
+"""Receiving bundles: open (decrypt + verify) each one, check it against what was asked, accept or reject.
+
+Parse at the door: every failure becomes an ``InvalidBundle`` subclass with one-sentence reason, and
+code after :func:`receive_bundle` trusts what it gets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from coordinator.trust import CoordinatorKeys
+from shared.bundle import OpenedBundle, open_bundle, read_header
+from shared.errors import InvalidBundle, ReplayError
+from shared.schemas import DistillRequest
+
+_MAX_ABS_PIXEL = 1e3  # normalised images live near [-1, 1]; anything far beyond is not an image
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """What a bundle from one node must match: the request sent to that node and the dataset's shape."""
+
+    request: DistillRequest
+    image_shape: tuple[int, int, int]
+    num_classes: int
+    max_bytes: int
+
+
+def receive_bundle(
+    sealed: bytes, expected: Expectation, keys: CoordinatorKeys, delivered_sites: set[str]
+) -> OpenedBundle:
+    """Open one sealed bundle and validate it; returns it only if everything holds.
+
+    Raises:
+        InvalidBundle: malformed, too large, or its contents break the request.
+        ReplayError: another run's or another request's bundle, or a site that already delivered.
+        DecryptionError, VerificationError: see ``shared.bundle.open_bundle``.
+    """
+    if len(sealed) <= expected.max_bytes:  # oversize is reported by open_bundle before parsing
+        header, _, _ = read_header(sealed)
+        if header.run_id != expected.request.run_id:
+            raise ReplayError(f"bundle belongs to run {header.run_id!r}, not to this run")
+        if header.nonce != expected.request.nonce:
+            raise ReplayError("bundle answers another request (nonce differs from the one sent to this node)")
+        if header.site_id in delivered_sites:
+            raise ReplayError(f"site {header.site_id!r} already delivered a bundle in this run")
+    opened = open_bundle(sealed, keys.private_key, keys.verify_key_for, expected.max_bytes)
+    check_contents(opened, expected)
+    return opened
+
+
+def check_contents(opened: OpenedBundle, expected: Expectation) -> None:
+    """Check a decrypted, verified bundle against the request.
+
+    Raises:
+        InvalidBundle: naming the first field that does not match.
+    """
+    manifest, request = opened.manifest, expected.request
+    if manifest.dataset != request.dataset:
+        raise InvalidBundle(f"bundle dataset is {manifest.dataset!r}, {request.dataset!r} was requested")
+    if manifest.distill != request.distill:
+        raise InvalidBundle("bundle's distillation settings differ from those requested")
+    if tuple(manifest.image_shape) != expected.image_shape or manifest.num_classes != expected.num_classes:
+        raise InvalidBundle(
+            f"bundle image shape {tuple(manifest.image_shape)} / {manifest.num_classes} classes, "
+            f"expected {expected.image_shape} / {expected.num_classes}"
+        )
+    labels = opened.labels
+    if labels.min() < 0 or labels.max() >= expected.num_classes:
+        raise InvalidBundle(f"bundle labels must lie in 0..{expected.num_classes - 1}")
+    counts = np.bincount(labels, minlength=expected.num_classes)
+    if {c: int(n) for c, n in enumerate(counts) if n} != manifest.class_counts:
+        raise InvalidBundle("bundle class_counts do not match its labels")
+    if sorted(manifest.class_counts) != sorted(manifest.label_set):
+        raise InvalidBundle("bundle label_set does not match its class_counts")
+    if counts.max() > request.distill.ipc:
+        raise InvalidBundle(f"bundle has {counts.max()} images for one class, more than the requested ipc {request.distill.ipc}")
+    if not np.isfinite(opened.images).all():
+        raise InvalidBundle("bundle images contain NaN or infinite values")
+    if np.abs(opened.images).max() > _MAX_ABS_PIXEL:
+        raise InvalidBundle(f"bundle image values exceed +-{_MAX_ABS_PIXEL:g} (not normalised images)")
+
+
+@dataclass(frozen=True)
+class SiteOutcome:
+    """What came of asking one node for its bundle: accepted, rejected (with the reason) or missing."""
+
+    node_id: int
+    site_id: str | None
+    status: str  # "accepted" | "rejected" | "missing"
+    reason: str = ""
+    bundle_bytes: int = 0
+    metrics: dict[str, float] | None = None

@@ -1,0 +1,154 @@
+"""The results folder of a run: resolved config, summary.json, a picture of the pooled set, a short report.
+
+::
+
+    <run-dir>/run_config.json      the resolved settings of this run
+    <run-dir>/summary.json         sites accepted/rejected with reasons, bytes, timings, metrics
+    <run-dir>/synthetic_grid.png   the pooled synthetic images, one row per class
+    <run-dir>/report.md            the same summary for people
+    <run-dir>/global_model.pt      the trained global model's state dict
+    <run-dir>/bundles/             the sealed bundles as received (still encrypted)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from coordinator.evaluate import EvalReport
+from coordinator.pool import PooledSet
+from coordinator.receive import SiteOutcome
+from shared.config import RunConfig
+from shared.datasets import DatasetInfo, denormalize
+
+_CELL = 56  # pixels per synthetic image in the grid
+_LABEL_WIDTH = 140
+_MAX_PER_ROW = 30
+
+
+def write_run_config(run_dir: Path, config: RunConfig) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "run_config.json").write_text(json.dumps(config.to_flower(), indent=2) + "\n")
+
+
+def build_summary(
+    config: RunConfig,
+    run_id: str,
+    outcomes: list[SiteOutcome],
+    pooled: PooledSet | None,
+    info: DatasetInfo,
+    evaluation: EvalReport | None,
+    stage_seconds: dict[str, float],
+    status: str,
+    error: str = "",
+) -> dict[str, Any]:
+    """Everything a reader of the run needs, as plain JSON-able values (NaN written as null)."""
+    summary: dict[str, Any] = {
+        "run_id": run_id,
+        "status": status,
+        "error": error,
+        "dataset": config.dataset,
+        "method": config.method.value,
+        "ipc": config.ipc,
+        "iterations": config.iterations,
+        "sites_expected": config.sites,
+        "sites_accepted": sum(o.status == "accepted" for o in outcomes),
+        "sites": [_site_entry(o) for o in sorted(outcomes, key=lambda o: (o.site_id or "~", o.node_id))],
+        "stage_seconds": {k: round(v, 3) for k, v in stage_seconds.items()},
+    }
+    if pooled is not None:
+        summary["pooled"] = {
+            "images": len(pooled.labels),
+            "images_per_site": pooled.images_per_site,
+            "class_counts": dict(zip(info.label_names.values(), pooled.class_counts(info.num_classes), strict=True)),
+        }
+    if evaluation is not None:
+        summary["global"] = {"accuracy": evaluation.accuracy, "auc": evaluation.auc, "num_examples": evaluation.num_examples}
+        summary["per_site"] = [asdict(e) for e in evaluation.sites]
+    return _nan_to_none(summary)
+
+
+def write_results(run_dir: Path, summary: dict[str, Any], pooled: PooledSet | None, info: DatasetInfo) -> None:
+    """summary.json, report.md and (when there is a pooled set) synthetic_grid.png."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (run_dir / "report.md").write_text(render_report(summary))
+    if pooled is not None:
+        synthetic_grid(pooled, info).save(run_dir / "synthetic_grid.png")
+
+
+def synthetic_grid(pooled: PooledSet, info: DatasetInfo) -> Image.Image:
+    """One row per class with its synthetic images (up to 30), upscaled for viewing."""
+    rows = [(c, pooled.images[pooled.labels == c][:_MAX_PER_ROW].numpy()) for c in range(info.num_classes)]
+    width = _LABEL_WIDTH + _CELL * max(1, max(len(imgs) for _, imgs in rows))
+    canvas = Image.new("RGB", (width, _CELL * len(rows)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for row, (cls, images) in enumerate(rows):
+        draw.text((4, row * _CELL + _CELL // 2 - 6), f"{cls}: {info.label_names[cls][:18]}", fill="black")
+        for col, pixels in enumerate(denormalize(images) if len(images) else []):
+            tile = Image.fromarray(pixels.squeeze(-1) if pixels.shape[-1] == 1 else pixels)
+            canvas.paste(tile.resize((_CELL, _CELL), Image.NEAREST), (_LABEL_WIDTH + col * _CELL, row * _CELL))
+    return canvas
+
+
+def render_report(summary: dict[str, Any]) -> str:
+    """A short Markdown report of the run."""
+    lines = [
+        f"# Run {summary['run_id']}: {summary['status']}",
+        "",
+        f"{summary['dataset']}, method {summary['method']}, ipc {summary['ipc']}, "
+        f"{summary['iterations']} iterations; {summary['sites_accepted']} of {summary['sites_expected']} sites accepted.",
+    ]
+    if summary.get("error"):
+        lines += ["", f"**Stopped:** {summary['error']}"]
+    lines += ["", "| site | node | status | reason | bundle bytes | distill s |", "|---|---|---|---|---|---|"]
+    for s in summary["sites"]:
+        lines.append(
+            f"| {s['site_id'] or '?'} | {s['node_id']} | {s['status']} | {s['reason'] or ''} | "
+            f"{s['bundle_bytes']} | {_fmt(s.get('distill_seconds'))} |"
+        )
+    if "global" in summary:
+        g = summary["global"]
+        lines += ["", f"Global model on the sites' test data: accuracy {_fmt(g['accuracy'])}, "
+                  f"AUC {_fmt(g['auc'])} over {g['num_examples']} test images (example-weighted).",
+                  "", "| site | accuracy | AUC | test images |", "|---|---|---|---|"]
+        for e in summary["per_site"]:
+            lines.append(f"| {e['site_id']} | {_fmt(e['accuracy'])} | {_fmt(e['auc'])} | {e['num_examples']} |")
+    lines += ["", "Stage seconds: " + ", ".join(f"{k} {v}" for k, v in summary["stage_seconds"].items()), ""]
+    return "\n".join(lines)
+
+
+def _site_entry(outcome: SiteOutcome) -> dict[str, Any]:
+    metrics = outcome.metrics or {}
+    return {
+        "site_id": outcome.site_id,
+        "node_id": outcome.node_id,
+        "status": outcome.status,
+        "reason": outcome.reason,
+        "bundle_bytes": outcome.bundle_bytes,
+        "distill_seconds": metrics.get("distill-seconds"),
+        "synthetic_images": metrics.get("synthetic-images"),
+        "real_train_images": metrics.get("num-examples"),
+    }
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _nan_to_none(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nan_to_none(v) for v in value]
+    if isinstance(value, np.generic):
+        return _nan_to_none(value.item())
+    return value

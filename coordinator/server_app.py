@@ -1,0 +1,190 @@
+"""The coordinator as a Flower ServerApp. ``main`` reads as the pipeline:
+
+wait for sites -> ``query.distill`` with a fresh nonce per site -> receive (decrypt, verify, validate)
+-> pool -> train_global -> ``evaluate`` at every site that answered -> aggregate -> report.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from coordinator import report
+from coordinator.evaluate import SiteEvaluation, aggregate
+from coordinator.messaging import exchange, wait_for_nodes
+from coordinator.pool import pool
+from coordinator.receive import Expectation, SiteOutcome, receive_bundle
+from coordinator.train import train_global
+from coordinator.trust import CoordinatorKeys, create_simulation_keys, load_coordinator_keys
+from shared.bundle import OpenedBundle
+from shared.config import RunConfig, resolve_device, simulated_site_id
+from shared.datasets import dataset_info
+from shared.errors import FedDistillError, FederationError, InvalidBundle
+from shared.schemas import DistillRequest, EvaluateRequest, FieldKey, MetricKey, ModelSpec, RecordKey
+
+log = logging.getLogger(__name__)
+
+
+def build_server_app(run_config_overrides: Mapping[str, Any] | None = None) -> ServerApp:
+    """A ServerApp; ``run_config_overrides`` stand in for ``--run-config`` in programmatic simulations."""
+    app = ServerApp()
+    overrides = dict(run_config_overrides or {})
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        config = RunConfig.from_flower({**context.run_config, **overrides})
+        run_federation(grid, config, config.resolved_run_dir(context.run_id))
+
+    return app
+
+
+def run_federation(grid: Grid, config: RunConfig, run_dir: Path) -> dict[str, Any]:
+    """One full round; writes the results folder and returns the summary.
+
+    Raises:
+        FederationError: too few sites connected or delivered a valid bundle (the summary says who and why).
+    """
+    stages: dict[str, float] = {}
+    clock = time.perf_counter()
+    info = dataset_info(config.dataset)
+    run_id = f"{run_dir.name}-{secrets.token_hex(4)}"
+    report.write_run_config(run_dir, config)
+    node_ids = wait_for_nodes(grid, config.sites, config.min_sites, config.node_wait_timeout)
+    keys = _coordinator_keys(config, run_dir, len(node_ids))
+    log.info("run %s: %d sites connected; asking each to distill %s", run_id, len(node_ids), config.dataset)
+
+    requests = {
+        node: DistillRequest(run_id=run_id, nonce=secrets.token_hex(32), dataset=info.name, distill=config.distill_config())
+        for node in node_ids
+    }
+    contents = {node: _request_record(req) for node, req in requests.items()}
+    bundle_dir = run_dir / "bundles"
+    bundle_dir.mkdir(parents=True, exist_ok=True)
+    replies = exchange(grid, contents, "query.distill", config.distill_timeout,
+                       on_reply=lambda node, reply: _store_sealed(bundle_dir, node, reply))
+    stages["distill"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    image_shape = (info.in_channels, 28, 28)
+    outcomes, accepted = _receive_all(node_ids, replies, requests, image_shape, info.num_classes, keys, config)
+    stages["receive"] = time.perf_counter() - clock
+    if len(accepted) < config.min_sites:
+        message = f"{len(accepted)} valid bundles, fewer than min-sites={config.min_sites}"
+        summary = report.build_summary(config, run_id, outcomes, None, info, None, stages, "failed", message)
+        report.write_results(run_dir, summary, None, info)
+        raise FederationError(message)
+
+    clock = time.perf_counter()
+    pooled = pool(accepted)
+    spec = ModelSpec(in_channels=info.in_channels, num_classes=info.num_classes, image_size=28, network=config.network())
+    model = train_global(pooled, spec, config.train_settings(), resolve_device(config.device))
+    torch.save(model.state_dict(), run_dir / "global_model.pt")
+    stages["train"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    site_of = {o.node_id: o.site_id for o in outcomes if o.status == "accepted"}
+    evaluate_request = EvaluateRequest(run_id=run_id, dataset=info.name, model=spec)
+    content = RecordDict({RecordKey.ARRAYS: ArrayRecord(model.state_dict()),
+                          RecordKey.REQUEST: ConfigRecord({FieldKey.REQUEST_JSON: evaluate_request.model_dump_json()})})
+    answered = [node for node in node_ids if node in replies]
+    eval_replies = exchange(grid, {node: content for node in answered}, "evaluate", config.evaluate_timeout)
+    evaluations = [_site_evaluation(node, site_of.get(node), reply) for node, reply in eval_replies.items()]
+    evaluation = aggregate([e for e in evaluations if e is not None])
+    stages["evaluate"] = time.perf_counter() - clock
+
+    summary = report.build_summary(config, run_id, outcomes, pooled, info, evaluation, stages, "completed")
+    report.write_results(run_dir, summary, pooled, info)
+    log.info("run %s completed: accuracy %.3f, AUC %.3f; results in %s", run_id, evaluation.accuracy, evaluation.auc, run_dir)
+    return summary
+
+
+def _coordinator_keys(config: RunConfig, run_dir: Path, num_nodes: int) -> CoordinatorKeys:
+    if config.keys_dir:
+        return load_coordinator_keys(Path(config.keys_dir).expanduser())
+    site_ids = [simulated_site_id(i) for i in range(max(config.sites, num_nodes))]
+    return load_coordinator_keys(create_simulation_keys(run_dir / "keys", site_ids))
+
+
+def _request_record(request: DistillRequest) -> RecordDict:
+    return RecordDict({RecordKey.REQUEST: ConfigRecord({FieldKey.REQUEST_JSON: request.model_dump_json()})})
+
+
+def _sealed_bytes(reply: Message) -> bytes:
+    """The sealed bundle of a reply, which must carry exactly one bytes field and numbers only."""
+    record = reply.content.config_records.get(RecordKey.BUNDLE)
+    sealed = None if record is None else record.get(FieldKey.SEALED)
+    if not isinstance(sealed, bytes) or set(record.keys()) != {FieldKey.SEALED}:
+        raise InvalidBundle("reply carries no sealed bundle (or more than one field)")
+    return sealed
+
+
+def _store_sealed(bundle_dir: Path, node: int, reply: Message) -> None:
+    """Keep every received bundle, still encrypted, as it arrives."""
+    if not reply.has_error() and reply.has_content():
+        try:
+            (bundle_dir / f"node-{node}.sealed").write_bytes(_sealed_bytes(reply))
+        except InvalidBundle:
+            pass  # reported when the reply is received
+
+
+def _receive_all(
+    node_ids: list[int],
+    replies: Mapping[int, Message],
+    requests: Mapping[int, DistillRequest],
+    image_shape: tuple[int, int, int],
+    num_classes: int,
+    keys: CoordinatorKeys,
+    config: RunConfig,
+) -> tuple[list[SiteOutcome], list[OpenedBundle]]:
+    """Accept or reject each node's reply; one bad site never stops the others."""
+    outcomes: list[SiteOutcome] = []
+    accepted: list[OpenedBundle] = []
+    delivered: set[str] = set()
+    max_bytes = int(config.max_bundle_mb * 2**20)
+    for node in node_ids:
+        reply = replies.get(node)
+        if reply is None:
+            outcomes.append(SiteOutcome(node, None, "missing", f"no reply within {config.distill_timeout:.0f} s"))
+        elif reply.has_error():
+            outcomes.append(SiteOutcome(node, None, "rejected", f"site reported an error: {reply.error.reason}"))
+        else:
+            metrics = dict(reply.content.metric_records.get(RecordKey.METRICS, {}))
+            sealed = b""
+            try:
+                sealed = _sealed_bytes(reply)
+                opened = receive_bundle(sealed, Expectation(requests[node], image_shape, num_classes, max_bytes), keys, delivered)
+            except FedDistillError as exc:
+                outcomes.append(SiteOutcome(node, None, "rejected", str(exc), len(sealed), metrics))
+            else:
+                delivered.add(opened.manifest.site_id)
+                accepted.append(opened)
+                outcomes.append(SiteOutcome(node, opened.manifest.site_id, "accepted", "", opened.sealed_bytes, metrics))
+        outcome = outcomes[-1]
+        level = logging.INFO if outcome.status == "accepted" else logging.WARNING
+        log.log(level, "node %d (site %s): %s %s", node, outcome.site_id or "?", outcome.status, outcome.reason)
+    return outcomes, accepted
+
+
+def _site_evaluation(node: int, site_id: str | None, reply: Message) -> SiteEvaluation | None:
+    if reply.has_error():
+        log.warning("node %d could not evaluate the global model: %s", node, reply.error.reason)
+        return None
+    metrics = reply.content.metric_records.get(RecordKey.METRICS, {})
+    return SiteEvaluation(
+        site_id=site_id or f"node-{node}",
+        node_id=node,
+        accuracy=float(metrics.get(MetricKey.ACCURACY, float("nan"))),
+        auc=float(metrics.get(MetricKey.AUC, float("nan"))),
+        num_examples=int(metrics.get(MetricKey.NUM_EXAMPLES, 0)),
+    )
+
+
+app = build_server_app()

@@ -1,0 +1,71 @@
+"""The coordinator's keys: its HPKE private key and the registered signing key of every site.
+
+Layout: ``shared.keys``. In simulation, :func:`create_simulation_keys` makes a fresh set per run under
+``<run-dir>/keys``: ``coordinator/`` and one site key directory per simulated site.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared import crypto
+from shared.errors import KeyFileError, VerificationError
+from shared.keys import COORDINATOR_KEY, COORDINATOR_PUB, SITES, create_coordinator_key, create_site_keys
+
+_SITE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_SIMULATION_NOTE = (
+    "SIMULATION KEYS: generated for this simulated run only, with every private key on one machine.\n"
+    "Never use them for a real site or coordinator.\n"
+)
+
+
+@dataclass(frozen=True)
+class CoordinatorKeys:
+    """The private key bundles are sealed to, and the trust store of site signing keys."""
+
+    private_key: crypto.RecipientKey
+    sites: dict[str, crypto.VerifyKey]
+
+    def verify_key_for(self, site_id: str) -> crypto.VerifyKey:
+        """The registered key of a site.
+
+        Raises:
+            VerificationError: the site is not registered.
+        """
+        try:
+            return self.sites[site_id]
+        except KeyError:
+            raise VerificationError(f"site {site_id!r} is not registered with this coordinator") from None
+
+
+def load_coordinator_keys(keys_dir: Path) -> CoordinatorKeys:
+    """Read the coordinator key and every ``sites/<site-id>.pub``.
+
+    Raises:
+        KeyFileError: the directory or the coordinator key is missing, or a key is unreadable.
+    """
+    if not keys_dir.is_dir():
+        raise KeyFileError(f"coordinator key directory {keys_dir.name!r} does not exist")
+    private_key = crypto.load_private_key(keys_dir / COORDINATOR_KEY, crypto.RecipientKey)
+    sites = {
+        path.stem: crypto.load_public_key(path, crypto.VerifyKey)
+        for path in sorted((keys_dir / SITES).glob("*.pub"))
+        if _SITE_ID.match(path.stem)
+    }
+    return CoordinatorKeys(private_key, sites)
+
+
+def create_simulation_keys(keys_root: Path, site_ids: list[str]) -> Path:
+    """Fresh coordinator and site keys for one simulated run; returns the coordinator key directory."""
+    keys_root.mkdir(parents=True, exist_ok=True)
+    (keys_root / "SIMULATION_KEYS.txt").write_text(_SIMULATION_NOTE)
+    coordinator_dir = keys_root / "coordinator"
+    coordinator_public = create_coordinator_key(coordinator_dir)
+    for site_id in site_ids:
+        site_dir = keys_root / site_id
+        site_public = create_site_keys(site_dir)
+        crypto.save_public_key(coordinator_public, site_dir / COORDINATOR_PUB)  # the site pins it
+        crypto.save_public_key(site_public, coordinator_dir / SITES / f"{site_id}.pub")  # registration
+    return coordinator_dir

@@ -1,0 +1,93 @@
+"""The site agent as a Flower ClientApp: turns messages into calls of ``site_agent.handlers`` and back.
+
+``query.distill`` -> a sealed bundle (bytes in a ConfigRecord) and numbers (MetricRecord), nothing else.
+``evaluate``      -> accuracy, AUC and the test-set size (MetricRecord).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from pydantic import BaseModel, ValidationError
+
+from shared.config import RunConfig
+from shared.errors import ConfigError, FedDistillError
+from shared.schemas import DistillRequest, EvaluateRequest, FieldKey, RecordKey
+from site_agent.handlers import answer_distill, answer_evaluate
+from site_agent.settings import SiteSettings, site_settings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+RequestT = TypeVar("RequestT", bound=BaseModel)
+
+REQUEST_FIELD = FieldKey.REQUEST_JSON
+BUNDLE_FIELD = FieldKey.SEALED
+
+
+def build_client_app(run_config_overrides: Mapping[str, Any] | None = None, mods: Sequence[Callable] = ()) -> ClientApp:
+    """A ClientApp; ``run_config_overrides`` stand in for ``--run-config`` in programmatic simulations."""
+    app = ClientApp(mods=list(mods))
+    overrides = dict(run_config_overrides or {})
+
+    @app.query("distill")
+    def distill(msg: Message, context: Context) -> Message:
+        settings = _settings(context, overrides)
+        request = _read_request(msg, DistillRequest)
+        sealed, metrics = _safely(lambda: answer_distill(request, settings))
+        content = RecordDict(
+            {RecordKey.BUNDLE: ConfigRecord({BUNDLE_FIELD: sealed}), RecordKey.METRICS: MetricRecord(metrics)}
+        )
+        return Message(content, reply_to=msg)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        settings = _settings(context, overrides)
+        request = _read_request(msg, EvaluateRequest)
+        if RecordKey.ARRAYS not in msg.content.array_records:
+            raise ConfigError("evaluate message carries no model weights")
+        state_dict = msg.content.array_records[RecordKey.ARRAYS].to_torch_state_dict()
+        metrics = _safely(lambda: answer_evaluate(request, state_dict, settings))
+        return Message(RecordDict({RecordKey.METRICS: MetricRecord(metrics)}), reply_to=msg)
+
+    return app
+
+
+def _settings(context: Context, overrides: Mapping[str, Any]) -> SiteSettings:
+    run = RunConfig.from_flower({**context.run_config, **overrides})
+    return site_settings(context.node_config, run, run.resolved_run_dir(context.run_id))
+
+
+def _read_request(msg: Message, model: type[RequestT]) -> RequestT:
+    """Parse the request record at the door; anything malformed is refused with a named reason."""
+    record = msg.content.config_records.get(RecordKey.REQUEST)
+    if record is None or not isinstance(record.get(REQUEST_FIELD), str):
+        raise ConfigError(f"message carries no {model.__name__}")
+    try:
+        return model.model_validate_json(record[REQUEST_FIELD])
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = ".".join(str(p) for p in error["loc"])
+        raise ConfigError(f"{model.__name__} field {field!r}: {error['msg']}") from None
+
+
+def _safely(work: Callable[[], T]) -> T:
+    """Run site work; errors other than ours are logged here and reported without their text.
+
+    Flower sends a handler's exception text to the coordinator. Our errors are written to be safe
+    to share; any other exception could quote a path or a value, so only its type travels.
+    """
+    try:
+        return work()
+    except FedDistillError:
+        raise
+    except Exception as exc:
+        log.exception("site agent failed")
+        raise RuntimeError(f"site agent failed with {type(exc).__name__}; details are in the site's log") from None
+
+
+app = build_client_app()

@@ -1,0 +1,32 @@
+"""A site's identity: its own signing key and the coordinator's pinned public key (layout: ``shared.keys``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared import crypto
+from shared.errors import KeyFileError
+from shared.keys import COORDINATOR_PUB, SIGNING_KEY
+
+
+@dataclass(frozen=True)
+class SiteIdentity:
+    """Who this site is and whom it releases to."""
+
+    site_id: str
+    signing_key: crypto.SigningKey
+    coordinator_key: crypto.RecipientPublicKey
+
+
+def load_site_identity(site_id: str, key_dir: Path) -> SiteIdentity:
+    """Load the signing key and the pinned coordinator key.
+
+    Raises:
+        KeyFileError: the directory or a key is missing or of the wrong kind.
+    """
+    if not key_dir.is_dir():
+        raise KeyFileError(f"key directory of site {site_id!r} does not exist")
+    signing_key = crypto.load_private_key(key_dir / SIGNING_KEY, crypto.SigningKey)
+    coordinator_key = crypto.load_public_key(key_dir / COORDINATOR_PUB, crypto.RecipientPublicKey)
+    return SiteIdentity(site_id, signing_key, coordinator_key)

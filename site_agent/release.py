@@ -1,0 +1,77 @@
+"""Releasing a synthetic set: describe it in a manifest, sign it, encrypt it to the pinned coordinator key.
+
+This is the only way anything derived from local images leaves a site.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+
+import numpy as np
+
+from shared import __version__, crypto
+from shared.bundle import encode_payload, payload_info, seal_bundle
+from shared.datasets import DatasetInfo
+from shared.errors import DataError
+from shared.schemas import BundleManifest, DistillRequest
+from site_agent.distill import SyntheticSet
+from site_agent.identity import SiteIdentity
+
+
+def build_manifest(
+    synthetic: SyntheticSet,
+    request: DistillRequest,
+    identity: SiteIdentity,
+    info: DatasetInfo,
+    num_real_examples: int,
+    payload: bytes,
+) -> BundleManifest:
+    """The signed self-description of a release."""
+    counts = np.bincount(synthetic.labels.numpy(), minlength=info.num_classes)
+    return BundleManifest(
+        site_id=identity.site_id,
+        run_id=request.run_id,
+        nonce=request.nonce,
+        recipient_fingerprint=crypto.fingerprint(identity.coordinator_key),
+        dataset=info.name,
+        task=info.task,
+        image_shape=tuple(synthetic.images.shape[1:]),
+        num_classes=info.num_classes,
+        label_set=synthetic.classes,
+        class_counts={c: int(counts[c]) for c in synthetic.classes},
+        num_real_examples=num_real_examples,
+        distill=synthetic.config,
+        software=_software_versions(),
+        created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        payload=payload_info(payload, count=len(synthetic.labels)),
+    )
+
+
+def seal_release(
+    synthetic: SyntheticSet,
+    request: DistillRequest,
+    identity: SiteIdentity,
+    info: DatasetInfo,
+    num_real_examples: int,
+) -> bytes:
+    """Manifest + payload, signed by the site and sealed to its pinned coordinator key.
+
+    Raises:
+        DataError: the synthetic set holds non-finite values (never released).
+    """
+    if not bool(synthetic.images.isfinite().all()):
+        raise DataError("distillation produced non-finite synthetic images; nothing was released")
+    payload = encode_payload(synthetic.images.numpy(), synthetic.labels.numpy())
+    manifest = build_manifest(synthetic, request, identity, info, num_real_examples, payload)
+    return seal_bundle(manifest, payload, identity.signing_key, identity.coordinator_key)
+
+
+def _software_versions() -> dict[str, str]:
+    versions = {"feddistill": __version__}
+    for package in ("torch", "flwr", "cryptography", "medmnist"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = "unknown"
+    return versions
