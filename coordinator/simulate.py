@@ -10,13 +10,16 @@ import datetime as dt
 import json
 import logging
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from shared.config import RunConfig
-from shared.errors import FederationError
+from shared.datasets import dataset_info
+from shared.errors import DataError, FederationError
+from site_agent.data import MEDMNIST_ROOT_ENV, resolve_data_root
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +49,25 @@ def backend_config(config: RunConfig) -> dict[str, Any]:
     }
 
 
-def simulate(config: RunConfig, verbose: bool = False) -> tuple[Path, dict[str, Any]]:
+def check_data_available(config: RunConfig) -> None:
+    """Fail before starting Flower when the dataset is unknown or its file is not in the data root.
+
+    Raises:
+        ConfigError: unknown or unsupported dataset.
+        DataError: the file is missing.
+    """
+    info = dataset_info(config.dataset)
+    root = resolve_data_root(config.data_root)
+    if not (root / f"{info.name}.npz").is_file():
+        raise DataError(f"dataset file {info.name + '.npz'!r} not found in {root} (set --data-root or {MEDMNIST_ROOT_ENV})")
+
+
+def simulate(
+    config: RunConfig, verbose: bool = False, client_mods: Sequence[Callable] = ()
+) -> tuple[Path, dict[str, Any]]:
     """Run one simulated round; returns the results folder and its summary.
+
+    ``client_mods`` are Flower mods wrapped around every simulated site (e.g. to record what it sends).
 
     Raises:
         FederationError: the run did not complete (the summary in the folder says why, when it got that far).
@@ -58,6 +78,7 @@ def simulate(config: RunConfig, verbose: bool = False) -> tuple[Path, dict[str, 
     from coordinator.server_app import build_server_app
     from site_agent.client_app import build_client_app
 
+    check_data_available(config)
     run_dir = Path(config.run_dir).expanduser().resolve() if config.run_dir else new_run_dir(config)
     config = config.model_copy(update={"run_dir": str(run_dir)})
     overrides = config.to_flower()
@@ -65,7 +86,7 @@ def simulate(config: RunConfig, verbose: bool = False) -> tuple[Path, dict[str, 
     try:
         run_simulation(
             server_app=build_server_app(overrides),
-            client_app=build_client_app(overrides),
+            client_app=build_client_app(overrides, mods=client_mods),
             num_supernodes=config.sites,
             backend_config=backend_config(config),
             verbose_logging=verbose,

@@ -13,13 +13,15 @@ from collections.abc import Mapping
 import torch
 
 from shared.config import resolve_device
-from shared.errors import DataError
-from shared.schemas import DistillRequest, EvaluateRequest, MetricKey
-from site_agent.data import load_site_images
-from site_agent.distill import distill
+from shared.errors import DataError, PolicyError
+from shared.schemas import DistillRequest, EvaluateRequest, InitMode, MetricKey
+from site_agent.data import LabelledImages, load_site_images
+from site_agent.distill import SyntheticSet, distill
 from site_agent.evaluate import evaluate_global_model
 from site_agent.identity import load_site_identity
+from site_agent.privacy import nearest_real_similarity
 from site_agent.release import seal_release
+from site_agent.policy import SitePolicy
 from site_agent.settings import SiteSettings
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,7 @@ def answer_distill(request: DistillRequest, settings: SiteSettings, progress: bo
         progress=progress, min_real_per_class=settings.policy.min_real_per_class,
     )
     started = time.perf_counter()
+    check_not_a_copy(synthetic, images.train, settings.policy, request.distill.init)
     sealed = seal_release(synthetic, request, identity, images.info, num_real_examples=len(images.train))
     metrics = {
         MetricKey.NUM_EXAMPLES.value: float(len(images.train)),
@@ -56,6 +59,21 @@ def answer_distill(request: DistillRequest, settings: SiteSettings, progress: bo
     log.info("site %s: released %d synthetic images in a %d-byte sealed bundle", settings.site_id,
              len(synthetic.labels), len(sealed))
     return sealed, metrics
+
+
+def check_not_a_copy(synthetic: SyntheticSet, train: LabelledImages, policy: SitePolicy, init: InitMode) -> None:
+    """Refuse to release a set that holds a near copy of a local image (skipped only for an allowed real init).
+
+    Raises:
+        PolicyError: the closest synthetic/real pair is above the policy's similarity limit.
+    """
+    similarity = nearest_real_similarity(synthetic.images, torch.from_numpy(train.images))
+    log.info("closest synthetic/real image correlation: %.3f (limit %.2f)", similarity, policy.max_real_similarity)
+    if similarity > policy.max_real_similarity and init != InitMode.REAL:
+        raise PolicyError(
+            f"a synthetic image is a near copy of a local image (correlation above {policy.max_real_similarity}); "
+            "nothing was released"
+        )
 
 
 def answer_evaluate(

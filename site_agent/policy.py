@@ -24,6 +24,8 @@ class SitePolicy(BaseModel):
     max_iterations: int = Field(5000, ge=1)
     allow_real_init: bool = False  # real-image init puts patient images into the release
     min_real_per_class: int = Field(10, ge=1)  # smaller classes are not distilled at all
+    # Refuse to release a set in which any image correlates this much with a real image (see privacy.py).
+    max_real_similarity: float = Field(0.95, gt=0, le=1)
 
     @classmethod
     def from_file(cls, path: Path) -> SitePolicy:

@@ -1,0 +1,68 @@
+"""Shared fixtures: tiny generated data and keys, and the real MedMNIST folder when it is present."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from coordinator.trust import create_simulation_keys, load_coordinator_keys
+from shared.schemas import DCConfig, DistillRequest
+from site_agent.data import LabelledImages
+from site_agent.distill import SyntheticSet
+from site_agent.identity import load_site_identity
+
+REAL_DATA = Path(os.environ.get("MEDMNIST_ROOT", Path(__file__).resolve().parents[2] / "shared" / "data" / "medmnist"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "flower: runs Flower's Simulation Engine (Ray); tens of seconds")
+    config.addinivalue_line("markers", "realdata: needs the MedMNIST files in ../shared/data/medmnist")
+    config.addinivalue_line("markers", "slow: long-running; deselect with -m 'not slow'")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+@pytest.fixture
+def data_root() -> Path:
+    if not (REAL_DATA / "breastmnist.npz").is_file():
+        pytest.skip(f"real MedMNIST files not found in {REAL_DATA} (set MEDMNIST_ROOT)")
+    return REAL_DATA
+
+
+def blobs(num_classes: int = 2, per_class: int = 40, channels: int = 1, size: int = 16, seed: int = 0) -> LabelledImages:
+    """Well-separated generated classes: each class is a fixed random pattern plus noise, in [-1, 1]."""
+    rng = np.random.default_rng(seed)
+    patterns = rng.uniform(-0.8, 0.8, size=(num_classes, channels, size, size))
+    labels = np.repeat(np.arange(num_classes), per_class)
+    images = patterns[labels] + rng.normal(0, 0.15, size=(len(labels), channels, size, size))
+    return LabelledImages(np.clip(images, -1, 1).astype(np.float32), labels.astype(np.int64))
+
+
+@pytest.fixture
+def keys(tmp_path: Path):
+    """Coordinator keys and two sites' identities, as a simulation would make them."""
+    coordinator_dir = create_simulation_keys(tmp_path / "keys", ["site-0", "site-1"])
+    coordinator = load_coordinator_keys(coordinator_dir)
+    sites = {s: load_site_identity(s, tmp_path / "keys" / s) for s in ("site-0", "site-1")}
+    return coordinator, sites
+
+
+def make_request(run_id: str = "run-1", nonce: str = "ab" * 32, ipc: int = 2) -> DistillRequest:
+    return DistillRequest(run_id=run_id, nonce=nonce, dataset="breastmnist", distill=DCConfig(ipc=ipc, iterations=1))
+
+
+def make_synthetic(request: DistillRequest, images: np.ndarray | None = None, labels: list[int] | None = None) -> SyntheticSet:
+    """A hand-made synthetic set for BreastMNIST shapes (1, 28, 28), 2 classes."""
+    labels = labels if labels is not None else [0, 0, 1, 1]
+    if images is None:
+        images = np.random.default_rng(0).normal(size=(len(labels), 1, 28, 28)).astype(np.float32)
+    return SyntheticSet(
+        torch.from_numpy(images), torch.tensor(labels), sorted(set(labels)), request.distill, [1.0], 0.1
+    )

@@ -1,0 +1,61 @@
+"""Signatures, HPKE sealing and key files."""
+
+from __future__ import annotations
+
+import stat
+
+import pytest
+
+from shared import crypto
+from shared.errors import DecryptionError, KeyFileError, VerificationError
+
+
+def test_seal_open_round_trip() -> None:
+    """What is sealed with an info opens with the same key and info."""
+    key = crypto.generate_recipient_key()
+    assert crypto.open_sealed(crypto.seal(b"payload", key.public_key(), b"i"), key, b"i") == b"payload"
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda ct, info, key: (ct[:-1] + bytes([ct[-1] ^ 1]), info, key),
+        lambda ct, info, key: (ct, info + b"x", key),
+        lambda ct, info, key: (ct, info, crypto.generate_recipient_key()),
+        lambda ct, info, key: (ct[:10], info, key),
+    ],
+    ids=["flipped-byte", "other-info", "other-key", "truncated"],
+)
+def test_open_refuses_tampering(tamper) -> None:
+    """Any change to ciphertext, info or key fails with DecryptionError."""
+    key = crypto.generate_recipient_key()
+    ct = crypto.seal(b"payload", key.public_key(), b"info")
+    with pytest.raises(DecryptionError):
+        ct, info, key = tamper(ct, b"info", key)
+        crypto.open_sealed(ct, key, info)
+
+
+def test_signature_binds_key_and_message() -> None:
+    """A signature verifies only for its own key and message."""
+    key = crypto.generate_signing_key()
+    sig = crypto.sign(key, b"m")
+    crypto.verify(key.public_key(), b"m", sig)
+    with pytest.raises(VerificationError):
+        crypto.verify(key.public_key(), b"n", sig)
+    with pytest.raises(VerificationError):
+        crypto.verify(crypto.generate_signing_key().public_key(), b"m", sig)
+
+
+def test_private_keys_are_owner_only_and_typed(tmp_path) -> None:
+    """Private key files are 0600, and loading checks the kind of key."""
+    path = tmp_path / "k.key"
+    crypto.save_private_key(crypto.generate_signing_key(), path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert isinstance(crypto.load_private_key(path, crypto.SigningKey), crypto.SigningKey)
+    with pytest.raises(KeyFileError, match="not X25519PrivateKey"):
+        crypto.load_private_key(path, crypto.RecipientKey)
+    with pytest.raises(KeyFileError, match="not found"):
+        crypto.load_private_key(tmp_path / "missing.key", crypto.SigningKey)
+    (tmp_path / "junk.key").write_text("not a key")
+    with pytest.raises(KeyFileError, match="not a readable PEM"):
+        crypto.load_private_key(tmp_path / "junk.key", crypto.SigningKey)

@@ -1,0 +1,124 @@
+"""Real runs on Flower's Simulation Engine with real BreastMNIST data (needs ../shared/data/medmnist).
+
+The first test is the project's strongest: it records every reply every simulated site sends, and
+fails if anything but a sealed bundle and plain numbers travels, or if any synthetic image is a
+near copy of one of that site's real training or test images.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from coordinator.simulate import simulate
+from coordinator.trust import load_coordinator_keys
+from shared.bundle import open_bundle
+from shared.config import RunConfig
+from shared.errors import FederationError
+from shared.schemas import FieldKey, MetricKey, PartitionScheme, RecordKey
+from site_agent.data import load_site_images
+from site_agent.privacy import nearest_real_similarity
+from site_agent.settings import PartitionSpec
+
+pytestmark = [pytest.mark.flower, pytest.mark.realdata]
+
+TINY = dict(dataset="breastmnist", ipc=2, iterations=2, batch_real=32, outer_loop=2, inner_loop=2,
+            net_width=16, net_depth=3, train_epochs=20, seed=0, node_wait_timeout=60.0)
+NEAR_COPY = 0.9
+
+
+def _mods(record_dir: Path, tamper_partition: int):
+    """A recording mod (what leaves each site) and, outside it, a tamperer that flips a byte of one site's bundle."""
+
+    def record(msg, context, call_next):
+        reply = call_next(msg, context)
+        content = reply.content if reply.has_content() else None
+        entry = {
+            "partition": int(context.node_config["partition-id"]),
+            "type": msg.metadata.message_type,
+            "error": reply.error.reason if reply.has_error() else None,
+            "config": {k: dict(v) for k, v in content.config_records.items()} if content else {},
+            "metrics": {k: dict(v) for k, v in content.metric_records.items()} if content else {},
+            "arrays": list(content.array_records) if content else [],
+        }
+        path = record_dir / f"{entry['partition']}-{msg.metadata.message_type}.pkl"
+        path.write_bytes(pickle.dumps(entry))
+        return reply
+
+    def tamper(msg, context, call_next):
+        reply = call_next(msg, context)
+        if int(context.node_config["partition-id"]) == tamper_partition and reply.has_content():
+            record = reply.content.config_records.get("bundle")
+            if record is not None:
+                sealed = record["sealed"]
+                record["sealed"] = sealed[:-1] + bytes([sealed[-1] ^ 1])
+        return reply
+
+    return [tamper, record]
+
+
+def test_simulation_releases_only_sealed_sets_and_survives_a_tampered_site(data_root: Path, tmp_path: Path) -> None:
+    """3 sites, one bundle tampered in transit: it is rejected, the run completes, and nothing raw leaves a site."""
+    record_dir = tmp_path / "replies"
+    record_dir.mkdir()
+    config = RunConfig(data_root=str(data_root), sites=3, min_sites=2, out_dir=str(tmp_path / "out"), **TINY)
+    run_dir, summary = simulate(config, client_mods=_mods(record_dir, tamper_partition=0))
+
+    # The run: site-0's tampered bundle is rejected for a stated reason; the others carry it through.
+    by_status = {s["status"]: [] for s in summary["sites"]}
+    for site in summary["sites"]:
+        by_status[site["status"]].append(site)
+    assert summary["status"] == "completed" and summary["sites_accepted"] == 2
+    assert len(by_status["rejected"]) == 1 and "does not decrypt" in by_status["rejected"][0]["reason"]
+    assert {s["site_id"] for s in by_status["accepted"]} == {"site-1", "site-2"}
+    assert 0.0 <= summary["global"]["accuracy"] <= 1.0 and summary["global"]["num_examples"] == 156
+    for name in ("summary.json", "report.md", "run_config.json", "synthetic_grid.png", "global_model.pt"):
+        assert (run_dir / name).is_file(), name
+    assert json.loads((run_dir / "run_config.json").read_text())["ipc"] == 2
+
+    # Every reply every site sent: 3 distill + 3 evaluate.
+    replies = [pickle.loads(p.read_bytes()) for p in sorted(record_dir.glob("*.pkl"))]
+    assert sorted((r["partition"], r["type"]) for r in replies) == [
+        (i, t) for i in range(3) for t in ("evaluate", "query.distill")
+    ]
+    keys = load_coordinator_keys(run_dir / "keys" / "coordinator")
+    allowed_metrics = {m.value for m in MetricKey}
+    for reply in replies:
+        assert reply["error"] is None and reply["arrays"] == []
+        assert set(reply["metrics"]) == {RecordKey.METRICS}
+        assert set(reply["metrics"][RecordKey.METRICS]) <= allowed_metrics
+        assert all(isinstance(v, float) for v in reply["metrics"][RecordKey.METRICS].values())
+        if reply["type"] == "evaluate":
+            assert reply["config"] == {}
+            continue
+        assert set(reply["config"]) == {RecordKey.BUNDLE}
+        assert set(reply["config"][RecordKey.BUNDLE]) == {FieldKey.SEALED}
+        sealed = reply["config"][RecordKey.BUNDLE][FieldKey.SEALED]
+        opened = open_bundle(sealed, keys.private_key, keys.verify_key_for, 1 << 26)
+        site = load_site_images(
+            "breastmnist", str(data_root), PartitionSpec(reply["partition"], 3, PartitionScheme.DIRICHLET, 0.5, 0)
+        )
+        assert opened.manifest.site_id == f"site-{reply['partition']}"
+        for split in (site.train, site.test):
+            real = torch.from_numpy(split.images)
+            assert nearest_real_similarity(torch.from_numpy(opened.images), real) < NEAR_COPY
+            # No real image, in the site's normalised float16 or raw uint8 form, appears byte for byte.
+            raw = np.round((split.images + 1) * 127.5).astype(np.uint8)
+            for image_f16, image_u8 in zip(split.images.astype("<f2"), raw, strict=True):
+                assert image_f16.tobytes() not in sealed and image_u8.tobytes() not in sealed
+
+
+def test_run_stops_cleanly_when_too_few_sites_remain(data_root: Path, tmp_path: Path) -> None:
+    """With min-sites=2 and one of two bundles tampered, the run fails with a reason and no model."""
+    config = RunConfig(data_root=str(data_root), sites=2, min_sites=2, out_dir=str(tmp_path / "out"), **TINY)
+    with pytest.raises(FederationError, match="fewer than min-sites"):
+        simulate(config, client_mods=_mods(tmp_path, tamper_partition=1)[:1])
+    (run_dir,) = (tmp_path / "out").iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["sites_accepted"] == 1
+    assert not (run_dir / "global_model.pt").exists()
