@@ -10,8 +10,8 @@ import typer
 from pydantic import ValidationError
 
 from shared.config import RunConfig
-from shared.logs import configure_logging
 from shared.errors import ConfigError, FedDistillError
+from shared.logs import configure_logging
 from shared.schemas import DistillMethod, InitMode, PartitionScheme
 
 app = typer.Typer(help="Coordinate a federated dataset-distillation study.", pretty_exceptions_enable=False,

@@ -14,7 +14,16 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.errors import ConfigError
-from shared.schemas import DCConfig, DistillConfig, DistillMethod, InitMode, NetworkSpec, PartitionScheme
+from shared.schemas import (
+    DCConfig,
+    DistillConfig,
+    DistillMethod,
+    DMConfig,
+    InitMode,
+    MTTConfig,
+    NetworkSpec,
+    PartitionScheme,
+)
 from shared.training import TrainSettings
 
 
@@ -35,7 +44,7 @@ class RunConfig(BaseModel):
     method: DistillMethod = DistillMethod.DC
     ipc: int = Field(10, ge=1, le=1000)
     iterations: int = Field(20, ge=1, le=100_000)
-    lr_img: float = Field(0.1, gt=0)
+    lr_img: float = Field(0.0, ge=0)  # 0: the method's own default (DC 0.1, DM 1.0, MTT 1000)
     lr_net: float = Field(0.01, gt=0)
     batch_real: int = Field(64, ge=1)
     outer_loop: int = Field(0, ge=0)
@@ -86,19 +95,16 @@ class RunConfig(BaseModel):
 
     def distill_config(self) -> DistillConfig:
         """The per-method settings sent to every site."""
-        return DCConfig(
-            ipc=self.ipc,
-            iterations=self.iterations,
-            lr_img=self.lr_img,
-            lr_net=self.lr_net,
-            batch_real=self.batch_real,
-            outer_loop=self.outer_loop,
-            inner_loop=self.inner_loop,
-            dsa=self.dsa,
-            init=self.init,
-            seed=self.seed,
-            network=self.network(),
-        )
+        common = {"ipc": self.ipc, "iterations": self.iterations, "dsa": self.dsa, "init": self.init,
+                  "seed": self.seed, "network": self.network()}
+        if self.lr_img:
+            common["lr_img"] = self.lr_img
+        if self.method == DistillMethod.DM:
+            return DMConfig(batch_real=self.batch_real, **common)
+        if self.method == DistillMethod.MTT:
+            return MTTConfig(**common)
+        return DCConfig(lr_net=self.lr_net, batch_real=self.batch_real, outer_loop=self.outer_loop,
+                        inner_loop=self.inner_loop, **common)
 
     def network(self) -> NetworkSpec:
         return NetworkSpec(depth=self.net_depth, width=self.net_width)

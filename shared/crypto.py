@@ -140,7 +140,7 @@ def save_public_key(public_key: VerifyKey | RecipientPublicKey, path: Path) -> N
     path.write_bytes(pem)
 
 
-def load_private_key(path: Path, kind: type[SigningKey] | type[RecipientKey]) -> SigningKey | RecipientKey:
+def load_private_key(path: Path, kind: type[SigningKey | RecipientKey]) -> SigningKey | RecipientKey:
     """Read a PEM private key and check that it is of the expected kind.
 
     Raises:
@@ -158,7 +158,7 @@ def load_private_key(path: Path, kind: type[SigningKey] | type[RecipientKey]) ->
 
 
 def load_public_key(
-    path: Path, kind: type[VerifyKey] | type[RecipientPublicKey]
+    path: Path, kind: type[VerifyKey | RecipientPublicKey]
 ) -> VerifyKey | RecipientPublicKey:
     """Read a PEM public key and check that it is of the expected kind.
 

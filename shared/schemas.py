@@ -9,7 +9,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 SCHEMA_VERSION = 1
 
@@ -18,6 +18,8 @@ class DistillMethod(StrEnum):
     """Dataset distillation methods a site can run."""
 
     DC = "dc"
+    DM = "dm"
+    MTT = "mtt"
 
 
 class InitMode(StrEnum):
@@ -93,7 +95,65 @@ class DCConfig(_Strict):
     network: NetworkSpec = NetworkSpec()
 
 
-DistillConfig = Annotated[DCConfig, Field(discriminator="method")]
+class DMConfig(_Strict):
+    """Dataset Condensation with Distribution Matching (Zhao & Bilen, WACV 2023).
+
+    Defaults are the paper's except ``iterations`` and ``init``, lowered / changed for a CPU site.
+    """
+
+
+    method: Literal[DistillMethod.DM] = DistillMethod.DM
+    ipc: int = Field(10, ge=1, le=1000)
+    # The paper runs 20,000; DM converges slowly, so fewer iterations mean a blurrier set.
+    iterations: int = Field(1000, ge=1, le=100_000)
+    lr_img: float = Field(1.0, gt=0, le=100)  # paper: 1.0 (SGD, momentum 0.5)
+    batch_real: int = Field(256, ge=1, le=100_000)  # paper: 256 real images per class per iteration
+    dsa: bool = True
+    # The paper starts from real images; noise keeps patients' images out of the release but needs
+    # more iterations to reach the same quality.
+    init: InitMode = InitMode.NOISE
+    seed: int = Field(0, ge=0)
+    network: NetworkSpec = NetworkSpec()
+
+
+class MTTConfig(_Strict):
+    """Matching Training Trajectories (Cazenavette et al., CVPR 2022), scaled down for a CPU site.
+
+    Paper values quoted are its CIFAR-10 settings at 10 images per class.
+    """
+
+
+    method: Literal[DistillMethod.MTT] = DistillMethod.MTT
+    ipc: int = Field(10, ge=1, le=1000)
+    iterations: int = Field(500, ge=1, le=100_000)  # paper: 5000; fewer = less refined images
+    # Paper: 1e3 (1e2-1e5 across settings). Large because the loss is normalised and tiny per pixel.
+    lr_img: float = Field(1000.0, gt=0, le=1e6)
+    lr_lr: float = Field(1e-5, gt=0, le=1.0)  # paper: 1e-5 (1e-7 at 1 image per class)
+    lr_teacher: float = Field(0.01, gt=0, le=10)  # paper: 0.01; experts' lr and the student's initial lr
+    num_experts: int = Field(5, ge=1, le=1000)  # paper: 100; fewer = less diverse targets, may overfit one run
+    train_epochs_expert: int = Field(15, ge=2, le=1000)  # paper: 50; limits how late a start can be
+    max_start_epoch: int = Field(10, ge=1, le=1000)  # paper: 20 (2 at 1 IPC); start epoch drawn in [0, this)
+    expert_epochs: int = Field(2, ge=1, le=100)  # paper: 2; target = start + this
+    # Paper: 30; each unrolled step keeps its activations for the backward pass (memory and time).
+    syn_steps: int = Field(20, ge=1, le=1000)
+    batch_syn: int = Field(0, ge=0, le=100_000)  # 0 = the whole synthetic set per step, as the paper
+    zca: bool = False  # paper: True on CIFAR; see the module docstring for how it is released
+    dsa: bool = True
+    init: InitMode = InitMode.NOISE  # paper: real images; noise keeps patients' images out of the release
+    seed: int = Field(0, ge=0)  # also seeds the experts, so changing it retrains them
+    network: NetworkSpec = NetworkSpec()
+
+    @model_validator(mode="after")
+    def _targets_exist(self) -> MTTConfig:
+        if self.max_start_epoch - 1 + self.expert_epochs > self.train_epochs_expert:
+            raise ValueError(
+                f"max_start_epoch - 1 + expert_epochs ({self.max_start_epoch - 1 + self.expert_epochs}) "
+                f"exceeds train_epochs_expert ({self.train_epochs_expert})"
+            )
+        return self
+
+
+DistillConfig = Annotated[DCConfig | DMConfig | MTTConfig, Field(discriminator="method")]
 
 
 class DistillRequest(_Strict):

@@ -9,9 +9,9 @@ from typing import Annotated
 import typer
 
 from shared import crypto
-from shared.logs import configure_logging
 from shared.errors import FedDistillError, KeyFileError
 from shared.keys import COORDINATOR_PUB, create_site_keys
+from shared.logs import configure_logging
 
 app = typer.Typer(help="Run a hospital's site agent.", pretty_exceptions_enable=False,
                   no_args_is_help=True, add_completion=False)

@@ -19,9 +19,9 @@ from site_agent.data import LabelledImages, load_site_images
 from site_agent.distill import SyntheticSet, distill
 from site_agent.evaluate import evaluate_global_model
 from site_agent.identity import load_site_identity
+from site_agent.policy import SitePolicy
 from site_agent.privacy import nearest_real_similarity
 from site_agent.release import seal_release
-from site_agent.policy import SitePolicy
 from site_agent.settings import SiteSettings
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ def answer_distill(request: DistillRequest, settings: SiteSettings, progress: bo
     synthetic = distill(
         images.train, images.info.num_classes, request.distill, device,
         progress=progress, min_real_per_class=settings.policy.min_real_per_class,
+        expert_cache_dir=settings.cache_dir / "experts",
     )
     started = time.perf_counter()
     check_not_a_copy(synthetic, images.train, settings.policy, request.distill.init)

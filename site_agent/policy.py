@@ -19,7 +19,7 @@ class SitePolicy(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    allowed_methods: list[DistillMethod] = [DistillMethod.DC]
+    allowed_methods: list[DistillMethod] = list(DistillMethod)
     max_ipc: int = Field(50, ge=1)
     max_iterations: int = Field(5000, ge=1)
     allow_real_init: bool = False  # real-image init puts patient images into the release

@@ -42,6 +42,7 @@ class SiteSettings:
     device: str
     verify_md5: bool
     simulated: bool
+    cache_dir: Path  # site-private: MTT expert trajectories, never released
 
 
 def simulation_site_key_dir(run_dir: Path, site_id: str) -> Path:
@@ -71,6 +72,7 @@ def site_settings(node_config: Mapping[str, Any], run: RunConfig, run_dir: Path)
             device=run.device,
             verify_md5=True,
             simulated=True,
+            cache_dir=Path(run.out_dir).expanduser().resolve() / ".site-cache" / site_id,
         )
     try:
         key_dir = Path(str(node_config["key-dir"])).expanduser()
@@ -93,4 +95,5 @@ def site_settings(node_config: Mapping[str, Any], run: RunConfig, run_dir: Path)
         device=str(node_config.get("device", "auto")),
         verify_md5=bool(node_config.get("verify-md5", True)),
         simulated=False,
+        cache_dir=Path(str(node_config.get("cache-dir", "~/.cache/feddistill"))).expanduser(),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 
 import numpy as np
+import pytest
 import torch
 
 from coordinator.evaluate import SiteEvaluation, aggregate
@@ -12,7 +13,7 @@ from coordinator.pool import pool
 from coordinator.receive import Expectation, receive_bundle
 from coordinator.train import train_global
 from shared.datasets import DatasetInfo
-from shared.schemas import DCConfig, DistillRequest, ModelSpec, NetworkSpec
+from shared.schemas import DCConfig, DistillRequest, DMConfig, ModelSpec, MTTConfig, NetworkSpec
 from shared.training import TrainSettings
 from site_agent.distill import distill
 from site_agent.evaluate import evaluate_global_model
@@ -24,15 +25,24 @@ NET = NetworkSpec(depth=2, width=16)
 INFO = DatasetInfo("breastmnist", "binary-class", 1, 2, {0: "a", 1: "b"}, {})
 
 
-def test_three_sites_end_to_end(keys) -> None:
+METHODS = {
+    "dc": DCConfig(ipc=2, iterations=5, batch_real=16, outer_loop=2, inner_loop=1, network=NET),
+    "dm": DMConfig(ipc=2, iterations=30, batch_real=16, network=NET),
+    "mtt": MTTConfig(ipc=2, iterations=10, num_experts=1, train_epochs_expert=3, max_start_epoch=1, expert_epochs=1,
+                     syn_steps=3, lr_img=100, lr_lr=1e-6, network=NET),
+}
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_sites_end_to_end(keys, method, tmp_path) -> None:
     """Two sites' sets are accepted, pooled, and train a model that beats chance on every site's test data."""
     coordinator, sites = keys
     data = {name: blobs(size=28, seed=0, per_class=30 + 10 * i) for i, name in enumerate(sites)}
     accepted, delivered = [], set()
     for name, identity in sites.items():
         request = DistillRequest(run_id="r1", nonce=secrets.token_hex(32), dataset="breastmnist",
-                                 distill=DCConfig(ipc=2, iterations=5, batch_real=16, outer_loop=2, inner_loop=1, network=NET))
-        synthetic = distill(data[name], 2, request.distill, CPU, progress=False)
+                                 distill=METHODS[method])
+        synthetic = distill(data[name], 2, request.distill, CPU, progress=False, expert_cache_dir=tmp_path / name)
         sealed = seal_release(synthetic, request, identity, INFO, len(data[name]))
         opened = receive_bundle(sealed, Expectation(request, (1, 28, 28), 2, 1 << 20), coordinator, delivered)
         delivered.add(opened.manifest.site_id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -17,6 +18,8 @@ from shared.errors import DataError
 from shared.schemas import DistillConfig, DistillMethod
 from site_agent.data import LabelledImages
 from site_agent.distill.dc import distill_dc
+from site_agent.distill.dm import distill_dm
+from site_agent.distill.mtt import distill_mtt
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +45,12 @@ def distill(
     device: torch.device,
     progress: bool = True,
     min_real_per_class: int = 1,
+    expert_cache_dir: Path | None = None,
 ) -> SyntheticSet:
     """Distill ``config.ipc`` synthetic images for every class the site holds enough images of.
+
+    ``expert_cache_dir`` (MTT only) keeps the site's expert trajectories between runs; they are
+    derived from patient data and stay at the site.
 
     Raises:
         DataError: no class has ``min_real_per_class`` images.
@@ -61,8 +68,10 @@ def distill(
     started = time.perf_counter()
     if config.method == DistillMethod.DC:
         syn_images, history = distill_dc(real_by_class, config, num_classes, device, progress)
-    else:  # pragma: no cover - the schema admits no other method yet
-        raise DataError(f"distillation method {config.method!r} is not available at this site")
+    elif config.method == DistillMethod.DM:
+        syn_images, history = distill_dm(real_by_class, config, num_classes, device, progress)
+    else:
+        syn_images, history = distill_mtt(real_by_class, config, num_classes, device, progress, expert_cache_dir)
     seconds = time.perf_counter() - started
 
     labels = torch.tensor(classes, dtype=torch.int64).repeat_interleave(config.ipc)

@@ -7,10 +7,10 @@ import pytest
 
 from coordinator.receive import Expectation, receive_bundle
 from shared.bundle import MAGIC, BundleHeader, read_header
+from shared.datasets import dataset_info
 from shared.errors import DecryptionError, InvalidBundle, ReplayError, VerificationError
 from site_agent.identity import SiteIdentity
 from site_agent.release import seal_release
-from shared.datasets import dataset_info
 from tests.conftest import make_request, make_synthetic
 
 INFO = dataset_info("breastmnist")
@@ -44,7 +44,7 @@ def _flip_last_byte(sealed: bytes) -> bytes:
 
 
 def _edit_header(sealed: bytes, **changes) -> bytes:
-    header, header_bytes, ciphertext = read_header(sealed)
+    header, _, ciphertext = read_header(sealed)
     new = BundleHeader(**{**header.model_dump(), **changes}).model_dump_json().encode()
     return MAGIC + len(new).to_bytes(4, "big") + new + ciphertext
 

@@ -1,0 +1,107 @@
+"""Dataset Condensation with Distribution Matching (Zhao & Bilen, WACV 2023).
+
+Each iteration draws a fresh randomly initialised ConvNet and uses its feature extractor
+(``ConvNet.embed``) untrained, as a random embedding. For every class the synthetic images are moved
+so that their mean embedding matches the mean embedding of a batch of real images of that class
+(squared L2 distance of the means, summed over classes). With DSA, the real and the synthetic batch
+of a class get the same random augmentation (Siamese), a fresh one per class and iteration.
+
+DM's cost is the embeddings, so all classes' real batches go through the network in one forward
+pass (without autograd) and all synthetic images in another; the ConvNet's instance norm keeps each
+image's features independent of the rest of its batch, so batching changes nothing but speed.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from tqdm.auto import trange
+
+from shared.augment import dsa
+from shared.models import ConvNet
+from shared.schemas import DMConfig
+from site_agent.distill.matching import initial_images, sample_batch
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DMConfig", "distill_dm"]
+
+
+def distill_dm(
+    real_by_class: dict[int, torch.Tensor],
+    config: DMConfig,
+    num_classes: int,
+    device: torch.device,
+    progress: bool = True,
+) -> tuple[torch.Tensor, list[float]]:
+    """Distill by matching mean random embeddings of real and synthetic images, class by class.
+
+    Args:
+        real_by_class: class id -> normalised real images (n_c, C, H, W) on ``device``.
+        config: the DM settings.
+        num_classes: classes of the task (the width of the throwaway ConvNet's classifier).
+        device: where the networks run.
+        progress: show a progress bar.
+
+    Returns:
+        Synthetic images (K * ipc, C, H, W) float32 on ``device``, class-major in ``real_by_class``
+        order, and the matching loss per iteration (mean over classes).
+    """
+    torch.manual_seed(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)
+    aug_rng = np.random.default_rng(config.seed)
+    classes = list(real_by_class)
+    in_channels, image_size = next(iter(real_by_class.values())).shape[1:3]
+
+    syn = initial_images(real_by_class, config.ipc, config.init, gen).requires_grad_(True)
+    opt_img = torch.optim.SGD([syn], lr=config.lr_img, momentum=0.5)
+    history: list[float] = []
+
+    for iteration in trange(config.iterations, desc="DM distill", disable=not progress, leave=False):
+        net = ConvNet(in_channels, num_classes, image_size, config.network).to(device).train()
+        net.requires_grad_(False)  # only the images learn; skip the weights' gradients
+        loss = _matching_loss(net, real_by_class, syn, config, gen, aug_rng)
+        opt_img.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_img.step()
+        history.append(loss.item() / len(classes))
+        if iteration % 100 == 0 or iteration == config.iterations - 1:
+            log.info("DM iteration %d/%d: matching loss %.4f", iteration + 1, config.iterations, history[-1])
+    return syn.detach(), history
+
+
+def _matching_loss(
+    net: ConvNet,
+    real_by_class: dict[int, torch.Tensor],
+    syn: torch.Tensor,
+    config: DMConfig,
+    gen: torch.Generator,
+    aug_rng: np.random.Generator,
+) -> torch.Tensor:
+    """Sum over classes of ||mean embed(real_c) - mean embed(syn_c)||^2, as a scalar with a graph to ``syn``.
+
+    Args:
+        net: the random network whose ``embed`` is the feature map.
+        real_by_class: class id -> real images (n_c, C, H, W).
+        syn: all synthetic images (K * ipc, C, H, W), class-major, requiring grad.
+        config: ipc, batch_real and dsa are read.
+        gen: draws the real batches.
+        aug_rng: draws one DSA seed per class, shared by its real and synthetic batch.
+    """
+    reals, fakes = [], []
+    for k, images in enumerate(real_by_class.values()):
+        real = sample_batch(images, config.batch_real, gen)
+        fake = syn[k * config.ipc : (k + 1) * config.ipc]
+        if config.dsa:
+            seed = int(aug_rng.integers(2**31))
+            real, fake = dsa(real, seed), dsa(fake, seed)
+        reals.append(real)
+        fakes.append(fake)
+    with torch.no_grad():
+        # One forward over every class's real batch; split back by class sizes.
+        real_embed = net.embed(torch.cat(reals)).split([len(r) for r in reals])
+        real_means = torch.stack([e.mean(dim=0) for e in real_embed])  # (K, D)
+    syn_means = net.embed(torch.cat(fakes)).unflatten(0, (len(fakes), config.ipc)).mean(dim=1)  # (K, D)
+    return ((real_means - syn_means) ** 2).sum()
