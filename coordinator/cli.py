@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -10,8 +9,8 @@ import typer
 from pydantic import ValidationError
 
 from shared.config import RunConfig
-from shared.errors import ConfigError, FedDistillError
-from shared.logs import configure_logging
+from shared.errors import ConfigError
+from shared.logs import run_cli
 from shared.schemas import DistillMethod, InitMode, PartitionScheme
 
 app = typer.Typer(help="Coordinate a federated dataset-distillation study.", pretty_exceptions_enable=False,
@@ -75,10 +74,5 @@ def _fmt(value: float | None) -> str:
 
 
 def main() -> None:
-    """Entry point: our errors become one clear message and exit code 1."""
-    configure_logging()
-    try:
-        app()
-    except FedDistillError as exc:
-        typer.echo(f"error: {exc.diagnostics()}", err=True)
-        sys.exit(1)
+    """Entry point of the command."""
+    run_cli(app)

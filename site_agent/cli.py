@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from shared import crypto
-from shared.errors import FedDistillError, KeyFileError
+from shared.errors import KeyFileError
 from shared.keys import COORDINATOR_PUB, create_site_keys
-from shared.logs import configure_logging
+from shared.logs import run_cli
 
 app = typer.Typer(help="Run a hospital's site agent.", pretty_exceptions_enable=False,
                   no_args_is_help=True, add_completion=False)
@@ -41,10 +40,5 @@ def trust_coordinator(
 
 
 def main() -> None:
-    """Entry point: our errors become one clear message and exit code 1."""
-    configure_logging()
-    try:
-        app()
-    except FedDistillError as exc:
-        typer.echo(f"error: {exc.diagnostics()}", err=True)
-        sys.exit(1)
+    """Entry point of the command."""
+    run_cli(app)

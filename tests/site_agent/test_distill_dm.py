@@ -7,48 +7,20 @@ import pytest
 import torch
 
 from shared.models import ConvNet
-from shared.schemas import NetworkSpec
-from shared.training import TrainSettings, predict_scores, train_classifier
 from site_agent.distill.dm import DMConfig, distill_dm
+from tests.site_agent.generated import CPU, NET, SIZE, accuracy, data
 
 torch.set_num_threads(1)
 
-CPU = torch.device("cpu")
-SIZE = 16
-NET = NetworkSpec(depth=2, width=16)
-
-
-def _templates(k: int = 3) -> torch.Tensor:
-    """One smooth random pattern per class (k, 1, SIZE, SIZE), fixed across calls."""
-    gen = torch.Generator().manual_seed(1234)
-    return torch.nn.functional.avg_pool2d(torch.randn(k, 1, SIZE, SIZE, generator=gen), 3, 1, 1) * 2
-
-
-def _data(n: int, seed: int, order: tuple[int, ...] = (0, 1, 2)) -> dict[int, torch.Tensor]:
-    """n noisy copies of each class template, in [-1, 1], keyed in ``order``."""
-    gen = torch.Generator().manual_seed(seed)
-    templates = _templates()
-    return {c: (templates[c] + 0.3 * torch.randn(n, 1, SIZE, SIZE, generator=gen)).clamp(-1, 1) for c in order}
 
 
 def _config(**overrides) -> DMConfig:
     return DMConfig(**{"ipc": 2, "iterations": 60, "batch_real": 32, "network": NET, **overrides})
 
 
-def _accuracy(images: torch.Tensor, labels: torch.Tensor) -> float:
-    """Accuracy on held-out generated data of a ConvNet trained on (images, labels)."""
-    model = train_classifier(
-        ConvNet(1, 3, SIZE, NET), images, labels, TrainSettings(epochs=30, batch_size=64, augment=False), CPU
-    )
-    test = _data(50, seed=99)
-    x = torch.cat(list(test.values()))
-    y = torch.cat([torch.full((len(v),), c) for c, v in test.items()])
-    return float((predict_scores(model, x, CPU).argmax(1) == y.numpy()).mean())
-
-
 def test_matching_loss_decreases():
     """The mean-embedding loss falls well below its start on separable classes."""
-    _, history = distill_dm(_data(40, 0), _config(), 3, CPU, progress=False)
+    _, history = distill_dm(data(40, 0), _config(), 3, CPU, progress=False)
     assert len(history) == 60
     assert sum(history[-5:]) / 5 < 0.25 * sum(history[:5]) / 5
 
@@ -56,7 +28,7 @@ def test_matching_loss_decreases():
 def test_output_shape_dtype_finite_and_class_major():
     """Output is (K*ipc, C, H, W) float32, finite, with block k matching the k-th key's class."""
     order = (2, 0, 1)
-    real = _data(40, 0, order)
+    real = data(40, 0, order)
     syn, _ = distill_dm(real, _config(ipc=3), 3, CPU, progress=False)
     assert syn.shape == (9, 1, SIZE, SIZE)
     assert syn.dtype == torch.float32
@@ -70,14 +42,14 @@ def test_output_shape_dtype_finite_and_class_major():
 
 def test_synthetic_set_trains_a_classifier():
     """A ConvNet trained only on the synthetic set beats chance (1/3) clearly on held-out data."""
-    syn, _ = distill_dm(_data(40, 0), _config(), 3, CPU, progress=False)
+    syn, _ = distill_dm(data(40, 0), _config(), 3, CPU, progress=False)
     labels = torch.arange(3).repeat_interleave(2)
-    assert _accuracy(syn, labels) > 0.7
+    assert accuracy(syn, labels) > 0.7
 
 
 def test_same_seed_same_output():
     """Two runs with the same seed give bit-identical images; another seed does not."""
-    real = _data(40, 0)
+    real = data(40, 0)
     first, h1 = distill_dm(real, _config(iterations=5), 3, CPU, progress=False)
     second, h2 = distill_dm(real, _config(iterations=5), 3, CPU, progress=False)
     other, _ = distill_dm(real, _config(iterations=5, seed=1), 3, CPU, progress=False)
@@ -95,7 +67,7 @@ def test_one_forward_per_branch_per_iteration(monkeypatch):
         return original(self, x)
 
     monkeypatch.setattr(ConvNet, "embed", counting_embed)
-    distill_dm(_data(40, 0), _config(iterations=3), 3, CPU, progress=False)
+    distill_dm(data(40, 0), _config(iterations=3), 3, CPU, progress=False)
     assert calls == [3 * 32, 3 * 2] * 3
 
 

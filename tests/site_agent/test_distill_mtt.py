@@ -10,30 +10,14 @@ import torch
 
 from shared.errors import DataError
 from shared.models import ConvNet
-from shared.schemas import InitMode, NetworkSpec
-from shared.training import TrainSettings, predict_scores, train_classifier
+from shared.schemas import InitMode
 from site_agent.distill import experts, mtt
 from site_agent.distill.experts import ExpertSettings, flat_params, load_or_train_experts, unflatten_params
 from site_agent.distill.mtt import MTTConfig, distill_mtt
+from tests.site_agent.generated import CPU, NET, SIZE, accuracy, data
 
 torch.set_num_threads(1)
 
-CPU = torch.device("cpu")
-SIZE = 16
-NET = NetworkSpec(depth=2, width=16)
-
-
-def _templates(k: int = 3) -> torch.Tensor:
-    """One smooth random pattern per class (k, 1, SIZE, SIZE), fixed across calls."""
-    gen = torch.Generator().manual_seed(1234)
-    return torch.nn.functional.avg_pool2d(torch.randn(k, 1, SIZE, SIZE, generator=gen), 3, 1, 1) * 2
-
-
-def _data(n: int, seed: int, order: tuple[int, ...] = (0, 1, 2)) -> dict[int, torch.Tensor]:
-    """n noisy copies of each class template, in [-1, 1], keyed in ``order``."""
-    gen = torch.Generator().manual_seed(seed)
-    templates = _templates()
-    return {c: (templates[c] + 0.3 * torch.randn(n, 1, SIZE, SIZE, generator=gen)).clamp(-1, 1) for c in order}
 
 
 def _config(**overrides) -> MTTConfig:
@@ -58,20 +42,9 @@ def cache_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("experts")
 
 
-def _accuracy(images: torch.Tensor, labels: torch.Tensor) -> float:
-    """Accuracy on held-out generated data of a ConvNet trained on (images, labels)."""
-    model = train_classifier(
-        ConvNet(1, 3, SIZE, NET), images, labels, TrainSettings(epochs=30, batch_size=64, augment=False), CPU
-    )
-    test = _data(50, seed=99)
-    x = torch.cat(list(test.values()))
-    y = torch.cat([torch.full((len(v),), c) for c, v in test.items()])
-    return float((predict_scores(model, x, CPU).argmax(1) == y.numpy()).mean())
-
-
 def test_trajectory_loss_decreases(cache_dir):
     """The normalised trajectory loss falls clearly over iterations on separable classes."""
-    _, history = distill_mtt(_data(40, 0), _config(), 3, CPU, progress=False, expert_cache_dir=cache_dir)
+    _, history = distill_mtt(data(40, 0), _config(), 3, CPU, progress=False, expert_cache_dir=cache_dir)
     assert len(history) == 60
     assert sum(history[-10:]) / 10 < 0.5 * sum(history[:10]) / 10
 
@@ -79,7 +52,7 @@ def test_trajectory_loss_decreases(cache_dir):
 def test_output_shape_dtype_finite_and_class_major(cache_dir):
     """Output is (K*ipc, C, H, W) float32 and finite, block k holding the k-th key's class."""
     order = (2, 0, 1)
-    real = _data(40, 0, order)
+    real = data(40, 0, order)
     syn, _ = distill_mtt(
         real, _config(ipc=3, iterations=5, init=InitMode.REAL), 3, CPU, progress=False, expert_cache_dir=cache_dir
     )
@@ -95,14 +68,14 @@ def test_output_shape_dtype_finite_and_class_major(cache_dir):
 
 def test_synthetic_set_trains_a_classifier(cache_dir):
     """A ConvNet trained only on the synthetic set beats chance (1/3) clearly on held-out data."""
-    syn, _ = distill_mtt(_data(40, 0), _config(), 3, CPU, progress=False, expert_cache_dir=cache_dir)
+    syn, _ = distill_mtt(data(40, 0), _config(), 3, CPU, progress=False, expert_cache_dir=cache_dir)
     labels = torch.arange(3).repeat_interleave(2)
-    assert _accuracy(syn, labels) > 0.7
+    assert accuracy(syn, labels) > 0.7
 
 
 def test_same_seed_same_output(cache_dir):
     """Two runs with the same seed give bit-identical images and losses."""
-    real = _data(40, 0)
+    real = data(40, 0)
     first, h1 = distill_mtt(real, _config(iterations=5), 3, CPU, progress=False, expert_cache_dir=cache_dir)
     second, h2 = distill_mtt(real, _config(iterations=5), 3, CPU, progress=False, expert_cache_dir=cache_dir)
     uncached, h3 = distill_mtt(real, _config(iterations=5), 3, CPU, progress=False, expert_cache_dir=None)
@@ -120,7 +93,7 @@ def test_expert_cache_reused_and_rebuilt(tmp_path, monkeypatch):
         return original(*args, **kwargs)
 
     monkeypatch.setattr(experts, "train_experts", counting)
-    real = _data(20, 0)
+    real = data(20, 0)
     settings = ExpertSettings(num_experts=2, epochs=3, network=NET)
     first = load_or_train_experts(real, 3, settings, CPU, progress=False, cache_dir=tmp_path)
     assert len(calls) == 1 and len(list(tmp_path.glob("*.pt"))) == 1
@@ -139,7 +112,7 @@ def test_expert_cache_reused_and_rebuilt(tmp_path, monkeypatch):
 def test_expert_trajectories_shape():
     """Each trajectory holds epochs + 1 flat CPU vectors that load back into the ConvNet."""
     settings = ExpertSettings(num_experts=2, epochs=3, network=NET)
-    trajectories = experts.train_experts(_data(20, 0), 3, settings, CPU, progress=False)
+    trajectories = experts.train_experts(data(20, 0), 3, settings, CPU, progress=False)
     net = ConvNet(1, 3, SIZE, NET)
     assert len(trajectories) == 2 and all(len(t) == 4 for t in trajectories)
     for vector in trajectories[0]:
@@ -155,7 +128,7 @@ def test_forced_divergence_backs_off_and_never_returns_nan(cache_dir, caplog):
     config = _config(iterations=30).model_copy(update={"lr_img": 1e30})  # beyond the schema's bound on purpose
     with caplog.at_level(logging.WARNING, logger="site_agent.distill.mtt"):
         try:
-            syn, history = distill_mtt(_data(40, 0), config, 3, CPU, progress=False, expert_cache_dir=cache_dir)
+            syn, history = distill_mtt(data(40, 0), config, 3, CPU, progress=False, expert_cache_dir=cache_dir)
         except DataError:
             syn = None
     assert "back-off" in caplog.text
@@ -177,7 +150,7 @@ def test_injected_nan_restores_last_good_set(cache_dir, caplog, monkeypatch):
     monkeypatch.setattr(mtt, "dsa", poisoned)
     with caplog.at_level(logging.WARNING, logger="site_agent.distill.mtt"):
         syn, history = distill_mtt(
-            _data(40, 0), _config(iterations=10), 3, CPU, progress=False, expert_cache_dir=cache_dir
+            data(40, 0), _config(iterations=10), 3, CPU, progress=False, expert_cache_dir=cache_dir
         )
     assert "non-finite loss" in caplog.text and "back-off 1/5" in caplog.text
     assert len(history) == 9  # the poisoned iteration is dropped, the rest are kept
@@ -188,12 +161,12 @@ def test_unrecoverable_divergence_raises_data_error(cache_dir, monkeypatch):
     """When no iteration gives a finite loss, DataError is raised instead of returning noise."""
     monkeypatch.setattr(mtt, "dsa", lambda x, seed, per_sample=False: x * float("nan"))
     with pytest.raises(DataError):
-        distill_mtt(_data(40, 0), _config(iterations=20), 3, CPU, progress=False, expert_cache_dir=cache_dir)
+        distill_mtt(data(40, 0), _config(iterations=20), 3, CPU, progress=False, expert_cache_dir=cache_dir)
 
 
 def test_zca_round_trip_and_pixel_space_output(tmp_path):
     """ZCA un-whitens exactly, and zca=True releases finite images on the real images' scale."""
-    real = _data(40, 0)
+    real = data(40, 0)
     zca = mtt._Zca.fit(real)
     x = real[0][:5]
     assert torch.allclose(zca.unwhiten(zca.whiten(x)), x, atol=1e-4)
