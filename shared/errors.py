@@ -39,7 +39,7 @@ class DataError(FedDistillError):
 class KeyFileError(FedDistillError):
     """A key file is missing, unreadable or of the wrong kind."""
 
-    hint = "create keys with `site-agent init` / `coordinator init`, or check the key directory"
+    hint = "create site keys with `site-agent init`, or check the key directory and its files"
 
 
 class PolicyError(FedDistillError):
