@@ -28,6 +28,7 @@ from shared.bundle import OpenedBundle
 from shared.config import RunConfig, resolve_device, simulated_site_id
 from shared.datasets import dataset_info
 from shared.errors import FedDistillError, FederationError, InvalidBundle
+from shared.logs import configure_logging
 from shared.schemas import DistillRequest, EvaluateRequest, FieldKey, MetricKey, ModelSpec, RecordKey
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ def build_server_app(run_config_overrides: Mapping[str, Any] | None = None) -> S
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
+        configure_logging()  # our progress lines in `flwr log` / the simulation's output
         config = RunConfig.from_flower({**context.run_config, **overrides})
         run_federation(grid, config, config.resolved_run_dir(context.run_id))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -16,10 +17,14 @@ def accuracy_and_auc(labels: np.ndarray, scores: np.ndarray, task: str) -> tuple
     from medmnist.evaluator import getACC, getAUC
 
     acc = float(getACC(labels, scores, task))
-    try:
-        auc = float(getAUC(labels, scores, task))
-    except ValueError:  # roc_auc_score with one class present
-        auc = math.nan
+    if len(np.unique(labels)) < 2:  # roc_auc_score is undefined with one class present
+        return acc, math.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a multi-class split missing one class warns per class
+        try:
+            auc = float(getAUC(labels, scores, task))
+        except ValueError:
+            auc = math.nan
     return acc, auc
 
 

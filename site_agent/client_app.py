@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from shared.config import RunConfig
 from shared.errors import ConfigError, FedDistillError
+from shared.logs import configure_logging
 from shared.schemas import DistillRequest, EvaluateRequest, FieldKey, RecordKey
 from site_agent.handlers import answer_distill, answer_evaluate
 from site_agent.settings import SiteSettings, site_settings
@@ -58,6 +59,7 @@ def build_client_app(run_config_overrides: Mapping[str, Any] | None = None, mods
 
 
 def _settings(context: Context, overrides: Mapping[str, Any]) -> SiteSettings:
+    configure_logging()  # progress lines stay in the site's own log
     run = RunConfig.from_flower({**context.run_config, **overrides})
     return site_settings(context.node_config, run, run.resolved_run_dir(context.run_id))
 
