@@ -102,8 +102,10 @@ def render_report(summary: dict[str, Any]) -> str:
     lines = [
         f"# Run {summary['run_id']}: {summary['status']}",
         "",
-        f"{summary['dataset']}, method {summary['method']}, ipc {summary['ipc']}, "
-        f"{summary['iterations']} iterations; {summary['sites_accepted']} of {summary['sites_expected']} sites accepted.",
+        (
+            f"{summary['dataset']}, method {summary['method']}, ipc {summary['ipc']}, {summary['iterations']} "
+            f"iterations; {summary['sites_accepted']} of {summary['sites_expected']} sites accepted."
+        ),
     ]
     if summary.get("error"):
         lines += ["", f"**Stopped:** {summary['error']}"]
@@ -115,8 +117,8 @@ def render_report(summary: dict[str, Any]) -> str:
         )
     if "global" in summary:
         g = summary["global"]
-        lines += ["", f"Global model on the sites' test data: accuracy {_fmt(g['accuracy'])}, "
-                  f"AUC {_fmt(g['auc'])} over {g['num_examples']} test images (example-weighted).",
+        lines += ["", (f"Global model on the sites' test data: accuracy {_fmt(g['accuracy'])}, "
+                       f"AUC {_fmt(g['auc'])} over {g['num_examples']} test images (example-weighted)."),
                   "", "| site | accuracy | AUC | test images |", "|---|---|---|---|"]
         for e in summary["per_site"]:
             lines.append(f"| {e['site_id']} | {_fmt(e['accuracy'])} | {_fmt(e['auc'])} | {e['num_examples']} |")

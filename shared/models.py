@@ -16,8 +16,9 @@ from shared.schemas import ModelSpec, NetworkSpec
 class ConvNet(nn.Module):
     """Input (N, C, H, W) -> logits (N, num_classes)."""
 
-    def __init__(self, in_channels: int, num_classes: int, image_size: int, network: NetworkSpec = NetworkSpec()):
+    def __init__(self, in_channels: int, num_classes: int, image_size: int, network: NetworkSpec | None = None):
         super().__init__()
+        network = network or NetworkSpec()
         layers: list[nn.Module] = []
         channels, size = in_channels, image_size
         for _ in range(network.depth):

@@ -27,8 +27,8 @@ from site_agent.settings import PartitionSpec
 
 pytestmark = [pytest.mark.flower, pytest.mark.realdata]
 
-TINY = dict(dataset="breastmnist", ipc=2, iterations=2, batch_real=32, outer_loop=2, inner_loop=2,
-            net_width=16, net_depth=3, train_epochs=20, seed=0, node_wait_timeout=60.0)
+TINY = {"dataset": "breastmnist", "ipc": 2, "iterations": 2, "batch_real": 32, "outer_loop": 2, "inner_loop": 2,
+            "net_width": 16, "net_depth": 3, "train_epochs": 20, "seed": 0, "node_wait_timeout": 60.0}
 NEAR_COPY = 0.9
 
 
