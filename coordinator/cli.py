@@ -69,6 +69,55 @@ def simulate(
     )
 
 
+sites_app = typer.Typer(help="The trust store: which signing key speaks for which site.", no_args_is_help=True)
+app.add_typer(sites_app, name="sites")
+
+
+@app.command()
+def init(keys_dir: Annotated[Path, typer.Option(help="Where the coordinator's keys live (created, 0700).")]) -> None:
+    """Create the coordinator's HPKE key pair; prints the public key's fingerprint for sites to pin."""
+    from shared import crypto
+    from shared.keys import create_coordinator_key
+
+    keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    public = create_coordinator_key(keys_dir)
+    typer.echo(f"coordinator key created in {keys_dir}\nfingerprint (sites pin it): {crypto.fingerprint(public)}")
+
+
+@sites_app.command("add")
+def sites_add(
+    keys_dir: Annotated[Path, typer.Option(help="The coordinator's key directory.")],
+    site_id: Annotated[str, typer.Option(help="The site's stable id, as in its node config.")],
+    signing_key: Annotated[Path, typer.Option(help="The site's signing.pub, received out of band.")],
+) -> None:
+    """Register a site's signing key."""
+    from coordinator.trust import register_site
+
+    typer.echo(f"registered {site_id}: {register_site(keys_dir, site_id, signing_key)}")
+
+
+@sites_app.command("list")
+def sites_list(keys_dir: Annotated[Path, typer.Option(help="The coordinator's key directory.")]) -> None:
+    """List registered sites and their key fingerprints."""
+    from coordinator.trust import load_coordinator_keys
+    from shared import crypto
+
+    for site_id, key in load_coordinator_keys(keys_dir).sites.items():
+        typer.echo(f"{site_id}\t{crypto.fingerprint(key)}")
+
+
+@sites_app.command("revoke")
+def sites_revoke(
+    keys_dir: Annotated[Path, typer.Option(help="The coordinator's key directory.")],
+    site_id: Annotated[str, typer.Option(help="The site to remove.")],
+) -> None:
+    """Remove a site's key: its bundles are rejected from then on."""
+    from coordinator.trust import revoke_site
+
+    revoke_site(keys_dir, site_id)
+    typer.echo(f"revoked {site_id}")
+
+
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 

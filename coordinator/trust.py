@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared import crypto
-from shared.errors import KeyFileError, VerificationError
+from shared.errors import ConfigError, KeyFileError, VerificationError
 from shared.keys import COORDINATOR_KEY, COORDINATOR_PUB, SITES, create_coordinator_key, create_site_keys
 
 _SITE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -69,3 +69,34 @@ def create_simulation_keys(keys_root: Path, site_ids: list[str]) -> Path:
         crypto.save_public_key(coordinator_public, site_dir / COORDINATOR_PUB)  # the site pins it
         crypto.save_public_key(site_public, coordinator_dir / SITES / f"{site_id}.pub")  # registration
     return coordinator_dir
+
+
+def register_site(keys_dir: Path, site_id: str, signing_public_key: Path) -> str:
+    """Add a site's signing key to the trust store; returns its fingerprint.
+
+    Raises:
+        ConfigError: the site id is not a plain name.
+        KeyFileError: the key is unreadable or not Ed25519, or another key is already registered for the site.
+    """
+    if not _SITE_ID.match(site_id):
+        raise ConfigError(f"site id {site_id!r} must be 1-64 letters, digits, '.', '_' or '-'")
+    key = crypto.load_public_key(signing_public_key, crypto.VerifyKey)
+    target = keys_dir / SITES / f"{site_id}.pub"
+    if target.exists():
+        existing = crypto.load_public_key(target, crypto.VerifyKey)
+        if crypto.fingerprint(existing) != crypto.fingerprint(key):
+            raise KeyFileError(f"site {site_id!r} already has another key registered; revoke it first")
+    crypto.save_public_key(key, target)
+    return crypto.fingerprint(key)
+
+
+def revoke_site(keys_dir: Path, site_id: str) -> None:
+    """Remove a site from the trust store: its bundles are rejected from then on.
+
+    Raises:
+        KeyFileError: the site is not registered.
+    """
+    target = keys_dir / SITES / f"{site_id}.pub"
+    if not _SITE_ID.match(site_id) or not target.is_file():
+        raise KeyFileError(f"site {site_id!r} is not registered")
+    target.unlink()
