@@ -11,11 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from coordinator.trust import CoordinatorKeys
-from shared.bundle import OpenedBundle, open_bundle, read_header
+from shared.bundle import MAX_ABS_PIXEL, OpenedBundle, open_bundle, read_header
 from shared.errors import InvalidBundle, ReplayError
 from shared.schemas import DistillRequest
-
-_MAX_ABS_PIXEL = 1e3  # normalised images live near [-1, 1]; anything far beyond is not an image
 
 
 @dataclass(frozen=True)
@@ -79,8 +77,8 @@ def check_contents(opened: OpenedBundle, expected: Expectation) -> None:
         raise InvalidBundle(f"bundle has {counts.max()} images for one class, more than the requested ipc {request.distill.ipc}")
     if not np.isfinite(opened.images).all():
         raise InvalidBundle("bundle images contain NaN or infinite values")
-    if np.abs(opened.images).max() > _MAX_ABS_PIXEL:
-        raise InvalidBundle(f"bundle image values exceed +-{_MAX_ABS_PIXEL:g} (not normalised images)")
+    if np.abs(opened.images).max() > MAX_ABS_PIXEL:
+        raise InvalidBundle(f"bundle image values exceed +-{MAX_ABS_PIXEL:g} (not normalised images)")
 
 
 @dataclass(frozen=True)

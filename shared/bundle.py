@@ -43,6 +43,8 @@ HPKE_INFO_PREFIX = b"feddistill/v1"
 _U32 = struct.Struct(">I")
 _MAX_HEADER_BYTES = 4096
 _MAX_MANIFEST_BYTES = 1 << 20
+# Normalised images live near [-1, 1]; values far beyond are not images (and overflow float16).
+MAX_ABS_PIXEL = 1e3
 
 
 class BundleHeader(BaseModel):

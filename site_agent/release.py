@@ -11,7 +11,7 @@ import importlib.metadata
 import numpy as np
 
 from shared import __version__, crypto
-from shared.bundle import encode_payload, payload_info, seal_bundle
+from shared.bundle import MAX_ABS_PIXEL, encode_payload, payload_info, seal_bundle
 from shared.datasets import DatasetInfo
 from shared.errors import DataError
 from shared.schemas import BundleManifest, DistillRequest
@@ -58,10 +58,15 @@ def seal_release(
     """Manifest + payload, signed by the site and sealed to its pinned coordinator key.
 
     Raises:
-        DataError: the synthetic set holds non-finite values (never released).
+        DataError: the synthetic set holds non-finite or absurd values (never released).
     """
     if not bool(synthetic.images.isfinite().all()):
         raise DataError("distillation produced non-finite synthetic images; nothing was released")
+    if float(synthetic.images.abs().max()) > MAX_ABS_PIXEL:
+        raise DataError(
+            f"distillation produced pixel values beyond +-{MAX_ABS_PIXEL:g}; nothing was released",
+            hint="the method diverged: lower its image learning rate (--lr-img)",
+        )
     payload = encode_payload(synthetic.images.numpy(), synthetic.labels.numpy())
     manifest = build_manifest(synthetic, request, identity, info, num_real_examples, payload)
     return seal_bundle(manifest, payload, identity.signing_key, identity.coordinator_key)

@@ -45,3 +45,20 @@ def test_unexpected_errors_travel_without_their_text() -> None:
     with pytest.raises(RuntimeError) as info:
         _safely(leaky)
     assert "jane-doe" not in str(info.value) and "OSError" in str(info.value)
+
+
+@pytest.mark.parametrize("value", [float("nan"), 5e3])
+def test_release_refuses_non_images(keys, value) -> None:
+    """A diverged set (NaN or absurd values) is never sealed: the site says so instead."""
+    import numpy as np
+
+    from shared.datasets import dataset_info
+    from shared.errors import DataError
+    from site_agent.release import seal_release
+    from tests.conftest import make_request, make_synthetic
+
+    _, sites = keys
+    request = make_request()
+    synthetic = make_synthetic(request, np.full((4, 1, 28, 28), value, np.float32))
+    with pytest.raises(DataError, match="nothing was released"):
+        seal_release(synthetic, request, sites["site-0"], dataset_info("breastmnist"), 100)
