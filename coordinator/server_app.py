@@ -26,8 +26,9 @@ from coordinator.train import train_global
 from coordinator.trust import CoordinatorKeys, create_simulation_keys, load_coordinator_keys
 from shared.bundle import OpenedBundle
 from shared.config import RunConfig, resolve_device, simulated_site_id
-from shared.datasets import dataset_info
+from shared.datasets import IMAGE_SIZE, dataset_info
 from shared.errors import FedDistillError, FederationError, InvalidBundle
+from shared.keys import SIMULATION_KEYS
 from shared.logs import configure_logging
 from shared.schemas import DistillRequest, EvaluateRequest, FieldKey, MetricKey, ModelSpec, RecordKey
 
@@ -75,7 +76,9 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path) -> dict[str, An
     stages["distill"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    image_shape = (info.in_channels, 28, 28)
+    spec = ModelSpec(in_channels=info.in_channels, num_classes=info.num_classes, image_size=IMAGE_SIZE,
+                     network=config.network())
+    image_shape = (spec.in_channels, spec.image_size, spec.image_size)
     outcomes, accepted = _receive_all(node_ids, replies, requests, image_shape, info.num_classes, keys, config)
     stages["receive"] = time.perf_counter() - clock
     if len(accepted) < config.min_sites:
@@ -86,7 +89,6 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path) -> dict[str, An
 
     clock = time.perf_counter()
     pooled = pool(accepted)
-    spec = ModelSpec(in_channels=info.in_channels, num_classes=info.num_classes, image_size=28, network=config.network())
     model = train_global(pooled, spec, config.train_settings(), resolve_device(config.device))
     torch.save(model.state_dict(), run_dir / "global_model.pt")
     stages["train"] = time.perf_counter() - clock
@@ -112,7 +114,7 @@ def _coordinator_keys(config: RunConfig, run_dir: Path, num_nodes: int) -> Coord
     if config.keys_dir:
         return load_coordinator_keys(Path(config.keys_dir).expanduser())
     site_ids = [simulated_site_id(i) for i in range(max(config.sites, num_nodes))]
-    return load_coordinator_keys(create_simulation_keys(run_dir / "keys", site_ids))
+    return load_coordinator_keys(create_simulation_keys(run_dir / SIMULATION_KEYS, site_ids))
 
 
 def _request_record(request: DistillRequest) -> RecordDict:

@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared import crypto
 from shared.errors import InvalidBundle
-from shared.schemas import SCHEMA_VERSION, BundleManifest, PayloadInfo
+from shared.schemas import SCHEMA_VERSION, BundleManifest, PayloadInfo, first_problem
 
 MAGIC = b"FDSB\x01"
 HPKE_INFO_PREFIX = b"feddistill/v1"
@@ -134,7 +134,7 @@ def read_header(sealed: bytes) -> tuple[BundleHeader, bytes, bytes]:
     try:
         header = BundleHeader.model_validate_json(header_bytes)
     except ValidationError as exc:
-        raise InvalidBundle(f"bundle header is malformed: {_first_problem(exc)}") from exc
+        raise InvalidBundle(f"bundle header is malformed: {first_problem(exc)}") from exc
     return header, header_bytes, sealed[offset:]
 
 
@@ -172,7 +172,7 @@ def open_bundle(
     try:
         manifest = BundleManifest.model_validate_json(manifest_bytes)
     except ValidationError as exc:
-        raise InvalidBundle(f"bundle manifest is malformed: {_first_problem(exc)}") from exc
+        raise InvalidBundle(f"bundle manifest is malformed: {first_problem(exc)}") from exc
     for field in ("site_id", "run_id", "nonce"):
         if getattr(manifest, field) != getattr(header, field):
             raise InvalidBundle(f"manifest {field} does not match the bundle header")
@@ -196,9 +196,3 @@ def _read_block(data: bytes, offset: int, limit: int, what: str) -> tuple[bytes,
         raise InvalidBundle(f"bundle {what} length {length} is out of bounds")
     return data[start : start + length], start + length
 
-
-def _first_problem(exc: ValidationError) -> str:
-    """One line naming the first invalid field, without echoing its (untrusted) value."""
-    error = exc.errors()[0]
-    location = ".".join(str(part) for part in error["loc"]) or "(root)"
-    return f"field {location!r}: {error['msg']}"

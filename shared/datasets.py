@@ -10,6 +10,8 @@ from shared.errors import ConfigError
 
 # MedMNIST tasks a synthetic set can represent: one label per image.
 SUPPORTED_TASKS = ("binary-class", "multi-class", "ordinal-regression")
+# Sites load and release MedMNIST at its 28x28 size.
+IMAGE_SIZE = 28
 
 
 @dataclass(frozen=True)

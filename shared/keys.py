@@ -25,6 +25,7 @@ SIGNING_PUB = "signing.pub"
 COORDINATOR_KEY = "coordinator.key"
 COORDINATOR_PUB = "coordinator.pub"
 SITES = "sites"
+SIMULATION_KEYS = "keys"  # <run-dir>/keys: a simulated run's coordinator/ and <site-id>/ key directories
 
 
 def create_site_keys(key_dir: Path) -> crypto.VerifyKey:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 SCHEMA_VERSION = 1
 
@@ -62,6 +62,13 @@ class MetricKey(StrEnum):
     SYNTHETIC_IMAGES = "synthetic-images"
     ACCURACY = "accuracy"
     AUC = "auc"
+
+
+def first_problem(exc: ValidationError) -> str:
+    """One line naming the first invalid field, without echoing its (untrusted) value."""
+    error = exc.errors()[0]
+    location = ".".join(str(part) for part in error["loc"]) or "(root)"
+    return f"field {location!r}: {error['msg']}"
 
 
 class _Strict(BaseModel):

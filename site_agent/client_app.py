@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 from shared.config import RunConfig
 from shared.errors import ConfigError, FedDistillError
 from shared.logs import configure_logging
-from shared.schemas import DistillRequest, EvaluateRequest, FieldKey, RecordKey
+from shared.schemas import DistillRequest, EvaluateRequest, FieldKey, RecordKey, first_problem
 from site_agent.handlers import answer_distill, answer_evaluate
 from site_agent.settings import SiteSettings, site_settings
 
@@ -72,9 +72,7 @@ def _read_request(msg: Message, model: type[RequestT]) -> RequestT:
     try:
         return model.model_validate_json(record[REQUEST_FIELD])
     except ValidationError as exc:
-        error = exc.errors()[0]
-        field = ".".join(str(p) for p in error["loc"])
-        raise ConfigError(f"{model.__name__} field {field!r}: {error['msg']}") from None
+        raise ConfigError(f"{model.__name__} {first_problem(exc)}") from None
 
 
 def _safely(work: Callable[[], T]) -> T:

@@ -15,10 +15,9 @@ from typing import Any
 
 from shared.config import RunConfig, simulated_site_id
 from shared.errors import ConfigError
+from shared.keys import SIMULATION_KEYS
 from shared.schemas import DistillMethod, PartitionScheme
 from site_agent.policy import SitePolicy
-
-SIMULATION_KEYS = "keys"
 
 
 @dataclass(frozen=True)
@@ -80,11 +79,16 @@ def site_settings(node_config: Mapping[str, Any], run: RunConfig, run_dir: Path)
         raise ConfigError("node config 'key-dir' is required for a deployed site") from exc
     partition = None
     if "partition-id" in node_config:
-        partition = PartitionSpec(
-            int(node_config["partition-id"]), int(node_config["num-partitions"]),
-            PartitionScheme(str(node_config.get("partition", "iid"))),
-            float(node_config.get("alpha", 0.5)), int(node_config.get("partition-seed", 0)),
-        )
+        try:
+            partition = PartitionSpec(
+                int(node_config["partition-id"]), int(node_config["num-partitions"]),
+                PartitionScheme(str(node_config.get("partition", "iid"))),
+                float(node_config.get("alpha", 0.5)), int(node_config.get("partition-seed", 0)),
+            )
+        except (KeyError, ValueError, TypeError) as exc:
+            raise ConfigError(
+                "node config 'partition-id' needs an integer 'num-partitions' and valid 'partition'/'alpha'"
+            ) from exc
     policy_file = node_config.get("policy-file")
     return SiteSettings(
         site_id=str(node_config["site-id"]),

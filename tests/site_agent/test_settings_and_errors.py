@@ -27,6 +27,9 @@ def test_deployed_site_reads_node_config(tmp_path: Path) -> None:
     assert not settings.policy.allow_real_init  # the coordinator's run config cannot grant it
     with pytest.raises(ConfigError, match="key-dir"):
         site_settings({"site-id": "st-marys"}, RunConfig(), tmp_path)
+    with pytest.raises(ConfigError, match="num-partitions"):
+        site_settings({"site-id": "a", "key-dir": str(tmp_path), "partition-id": 0, "num-partitions": "many"},
+                      RunConfig(), tmp_path)
 
 
 def test_missing_key_directory_fails_clearly(tmp_path: Path) -> None:
