@@ -36,6 +36,18 @@ class DataError(FedDistillError):
     hint = "point --data-root (or MEDMNIST_ROOT) at a folder holding the MedMNIST .npz files"
 
 
+class LocalDataError(DataError):
+    """Local data is bad in a way only file names make actionable.
+
+    The message stays safe to send (no paths); ``local_detail`` names the files for the site's own
+    operator (``site-agent check``) and is never sent.
+    """
+
+    def __init__(self, message: str, *, local_detail: str = "", hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.local_detail = local_detail
+
+
 class KeyFileError(FedDistillError):
     """A key file is missing, unreadable or of the wrong kind."""
 

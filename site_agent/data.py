@@ -1,7 +1,19 @@
-"""Loading a site's local images: MedMNIST through the ``medmnist`` package's own loader.
+"""Loading a site's local images, in one of three formats, into normalised arrays.
+
+Formats (:class:`DataFormat`, told apart by :func:`detect_format`):
+
+- ``medmnist``: an official MedMNIST file ``<flag>.npz``, read by the ``medmnist`` package's own loader
+  (``root=``, ``download=False``) after its MD5 is checked. The path is the file or the folder holding it.
+- ``npz``: any other ``.npz`` export with MedMNIST's keys: ``train_images``/``train_labels`` and,
+  optionally, ``val_*`` and ``test_*``; images uint8 (N, H, W) or (N, H, W, C), labels (N,) or (N, 1).
+- ``folder``: image files per class, ``<root>/<split>/<class>/*.png|jpg`` with split ``train``, ``val``
+  or ``test`` (``train`` required); or ``<root>/<class>/*`` when every image is a training image. A
+  class folder is named by its class index, optionally followed by ``_`` or ``-`` and a name
+  (``0``, ``1_malignant``). Images are 8-bit grayscale or RGB, all of one size.
 
 Images come back normalised to float32 (N, C, H, W) in [-1, 1] (see ``shared.datasets.normalize``)
-and labels as int64 (N,). Nothing in this module sends anything anywhere.
+and labels as int64 (N,). Nothing in this module sends anything anywhere; its error messages name
+splits, classes and counts but never a path (files are named only in ``LocalDataError.local_detail``).
 """
 
 from __future__ import annotations
@@ -9,19 +21,36 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
+import zipfile
+from collections import Counter
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
-from shared.datasets import DatasetInfo, dataset_info, normalize
-from shared.errors import DataError
+from shared.datasets import IMAGE_SIZE, DatasetInfo, dataset_info, normalize
+from shared.errors import ConfigError, DataError, LocalDataError
 from site_agent.partition import partition as partition_indices
 from site_agent.settings import PartitionSpec
 
 log = logging.getLogger(__name__)
 
 MEDMNIST_ROOT_ENV = "MEDMNIST_ROOT"
+SPLITS = ("train", "val", "test")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+_CHANNELS_OF_MODE = {"L": 1, "RGB": 3}
+_CLASS_FOLDER = re.compile(r"^(\d+)(?:[_-].*)?$")
+
+
+class DataFormat(StrEnum):
+    """How a site's images are stored on disk."""
+
+    MEDMNIST = "medmnist"
+    NPZ = "npz"
+    FOLDER = "folder"
 
 
 @dataclass(frozen=True)
@@ -50,10 +79,79 @@ class SiteImages:
     test: LabelledImages
 
 
+@dataclass(frozen=True)
+class LocalData:
+    """Every split found at a data path (``train`` always, ``val``/``test`` when present), validated."""
+
+    format: DataFormat
+    info: DatasetInfo
+    splits: dict[str, LabelledImages]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.splits["train"].images.shape[1:])  # (C, H, W)
+
+
 def resolve_data_root(data_root: str | os.PathLike[str] | None) -> Path:
     """``data_root`` if given, else ``$MEDMNIST_ROOT``, else ``~/.medmnist`` (medmnist's default)."""
     chosen = str(data_root) if data_root else os.environ.get(MEDMNIST_ROOT_ENV) or "~/.medmnist"
     return Path(chosen).expanduser()
+
+
+def detect_format(path: Path, dataset: str | None) -> tuple[DataFormat, Path]:
+    """Which format ``path`` holds, and the file or folder to read.
+
+    A folder holding ``<dataset>.npz`` is a MedMNIST root; a ``.npz`` file named after a MedMNIST
+    dataset is an official file; any other ``.npz`` is an export; a folder of folders is an image folder.
+
+    Raises:
+        DataError: nothing readable at ``path``.
+    """
+    from medmnist import INFO
+
+    if path.is_file():
+        if path.suffix != ".npz":
+            raise DataError(f"data file has suffix {path.suffix!r}; expected a .npz file or a folder of images")
+        return (DataFormat.MEDMNIST if path.stem in INFO else DataFormat.NPZ), path
+    if not path.is_dir():
+        raise DataError("the data path does not exist", hint="check --data / the node config's data-root")
+    if dataset and (path / f"{dataset.lower()}.npz").is_file():
+        return DataFormat.MEDMNIST, path / f"{dataset.lower()}.npz"
+    if any(child.is_dir() and not child.name.startswith(".") for child in path.iterdir()):
+        return DataFormat.FOLDER, path
+    wanted = f"{dataset.lower()}.npz" if dataset else "a .npz file"
+    raise DataError(
+        f"dataset file {wanted!r} not found in the data root, and it holds no class folders "
+        f"(set --data-root or {MEDMNIST_ROOT_ENV}; downloads are off)"
+    )
+
+
+def read_local_data(
+    path: str | os.PathLike[str] | None, dataset: str | None = None, verify_md5: bool = True
+) -> LocalData:
+    """Read and validate every split at ``path`` in whichever format it holds.
+
+    ``dataset`` (a MedMNIST flag) fixes the classes and channels; it may be left out only for an
+    official MedMNIST file, whose name gives it.
+
+    Raises:
+        ConfigError: no or an unknown dataset, or one that disagrees with an official file's name.
+        DataError: the data is missing, unreadable, of the wrong shape, channel count or size, has
+            labels out of range or an empty split (``LocalDataError`` when a file is to blame).
+    """
+    fmt, target = detect_format(resolve_data_root(path), dataset)
+    if fmt == DataFormat.MEDMNIST:
+        if dataset and dataset.lower() != target.stem:
+            raise ConfigError(f"dataset {dataset!r} was asked for, but the MedMNIST file is {target.name!r}")
+        info = dataset_info(target.stem)
+        raw = _read_medmnist(info, target, verify_md5)
+    else:
+        if not dataset:
+            raise ConfigError(f"a {fmt.value} data path needs the dataset flag (e.g. --dataset breastmnist)")
+        info = dataset_info(dataset)
+        raw = _read_npz_export(target) if fmt == DataFormat.NPZ else _read_image_folder(target)
+    splits = {split: _validated(split, images, labels, info) for split, (images, labels) in raw.items()}
+    return LocalData(fmt, info, splits)
 
 
 def load_medmnist(
@@ -65,37 +163,204 @@ def load_medmnist(
         ConfigError: unknown or unsupported dataset.
         DataError: the file is missing, its MD5 differs from the official one, or it cannot be read.
     """
-    import medmnist
-
     info = dataset_info(name)
-    root = resolve_data_root(data_root)
     file_name = f"{info.name}{'' if size == 28 else f'_{size}'}.npz"
-    path = root / file_name
+    path = resolve_data_root(data_root) / file_name
     if not path.is_file():
         raise DataError(
             f"dataset file {file_name!r} not found in the data root "
             f"(set --data-root or {MEDMNIST_ROOT_ENV}; downloads are off)"
         )
+    raw = _read_medmnist(info, path, verify_md5, size=size, splits=("train", "test"))
+    train, test = (_validated(split, *raw[split], info, size=size) for split in ("train", "test"))
+    return info, train, test
+
+
+def load_site_images(dataset: str, data_root: str, partition: PartitionSpec | None, verify_md5: bool = True) -> SiteImages:
+    """The site's images: all it holds at ``data_root`` (any format), or its share when ``partition`` is given.
+
+    A site without a test split can distill but not evaluate (its test part is empty).
+    """
+    local = read_local_data(data_root, dataset, verify_md5)
+    train = local.splits["train"]
+    test = local.splits.get("test") or LabelledImages(train.images[:0], train.labels[:0])
+    if partition is not None:
+        parts = partition_indices(
+            train.labels, test.labels, partition.count, partition.scheme, partition.alpha, partition.seed
+        )
+        train_idx, test_idx = parts[partition.index]
+        train, test = train.subset(train_idx), test.subset(test_idx)
+    return SiteImages(local.info, train, test)
+
+
+# --- the three readers: each returns {split: (uint8 images (N, H, W[, C]), raw labels)} ---
+
+
+def _read_medmnist(
+    info: DatasetInfo, path: Path, verify_md5: bool, size: int = 28, splits: tuple[str, ...] = SPLITS
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    import medmnist
+
     if verify_md5 and size in info.md5:
         digest = _md5(path)
         if digest != info.md5[size]:
             raise DataError(
-                f"dataset file {file_name!r} has MD5 {digest}, not the official {info.md5[size]}",
+                f"dataset file {path.name!r} has MD5 {digest}, not the official {info.md5[size]}",
                 hint="the file is corrupt or not the official release; re-fetch it, or turn MD5 checks off "
                 "for a local export (--no-verify-md5)",
             )
     dataset_class = getattr(medmnist, medmnist.INFO[info.name]["python_class"])
-    splits = []
-    for split in ("train", "test"):
+    raw = {}
+    for split in splits:
         try:
-            ds = dataset_class(split=split, root=str(root), download=False, size=size)
+            ds = dataset_class(split=split, root=str(path.parent), download=False, size=size)
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
-            raise DataError(f"dataset file {file_name!r} cannot be read as MedMNIST ({type(exc).__name__})") from exc
-        labels = np.asarray(ds.labels).reshape(-1).astype(np.int64)
-        if labels.size != len(ds.imgs) or labels.min() < 0 or labels.max() >= info.num_classes:
-            raise DataError(f"dataset file {file_name!r} split {split!r} has labels outside 0..{info.num_classes - 1}")
-        splits.append(LabelledImages(normalize(np.asarray(ds.imgs)), labels))
-    return info, splits[0], splits[1]
+            raise DataError(f"dataset file {path.name!r} cannot be read as MedMNIST ({type(exc).__name__})") from exc
+        raw[split] = (np.asarray(ds.imgs), np.asarray(ds.labels))
+    return raw
+
+
+def _read_npz_export(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    try:
+        with np.load(path, allow_pickle=False) as npz:  # no pickles: a data file must not run code
+            arrays = {key: npz[key] for key in npz.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise LocalDataError(
+            f"the .npz export cannot be read ({type(exc).__name__})", local_detail=f"unreadable file: {path}"
+        ) from exc
+    raw = {}
+    for split in SPLITS:
+        present = [key for key in (f"{split}_images", f"{split}_labels") if key in arrays]
+        if len(present) == 1:
+            raise DataError(f"the .npz export has {present[0]!r} without its partner ({split}_images/{split}_labels)")
+        if present:
+            raw[split] = (arrays[f"{split}_images"], arrays[f"{split}_labels"])
+    if "train" not in raw:
+        raise DataError("the .npz export has no 'train_images'/'train_labels' (MedMNIST's keys are expected)")
+    return raw
+
+
+def _read_image_folder(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    split_folders = [p for p in folders if p.name in SPLITS]
+    if split_folders and len(split_folders) != len(folders):
+        others = sorted(p.name for p in folders if p.name not in SPLITS)
+        raise DataError(f"the image folder mixes split folders with other folders {others}; use one layout")
+    if not split_folders:
+        split_folders = [root]  # <root>/<class>/*: all training images
+    elif "train" not in {p.name for p in split_folders}:
+        raise DataError("the image folder has split folders but no 'train' folder")
+    files: list[Path] = []
+    raw_labels: dict[str, list[int]] = {}
+    split_files: dict[str, list[Path]] = {}
+    for folder in split_folders:
+        split = "train" if folder == root else folder.name
+        split_files[split], raw_labels[split] = [], []
+        for class_dir in sorted(p for p in folder.iterdir() if not p.name.startswith(".")):
+            label = _class_index(class_dir, split)
+            for file in sorted(p for p in class_dir.iterdir() if not p.name.startswith(".")):
+                if file.suffix.lower() not in IMAGE_SUFFIXES:
+                    raise LocalDataError(
+                        f"split {split!r} class folder {class_dir.name!r} holds a file that is not a .png/.jpg image",
+                        local_detail=f"not an image file: {file}",
+                    )
+                split_files[split].append(file)
+                raw_labels[split].append(label)
+        files += split_files[split]
+    pixels = dict(zip(files, _read_images(files), strict=True))
+    _same_geometry(pixels)
+    return {
+        split: (np.stack([pixels[f] for f in split_files[split]]) if split_files[split] else np.zeros((0, 1, 1), np.uint8),
+                np.asarray(raw_labels[split], dtype=np.int64))
+        for split in split_files
+    }
+
+
+def _class_index(class_dir: Path, split: str) -> int:
+    match = _CLASS_FOLDER.match(class_dir.name)
+    if not class_dir.is_dir() or match is None:
+        raise DataError(
+            f"split {split!r} holds {class_dir.name!r}, which is not a class folder named by its index "
+            "(e.g. '0' or '1_malignant')"
+        )
+    return int(match.group(1))
+
+
+def _read_images(files: list[Path]) -> list[np.ndarray]:
+    """Pixels of each file, uint8 (H, W) for grayscale or (H, W, 3) for RGB."""
+    arrays = []
+    for file in files:
+        try:
+            with Image.open(file) as image:
+                image.load()
+                mode, pixels = image.mode, np.asarray(image)
+        except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
+            raise LocalDataError(
+                f"an image file cannot be read ({type(exc).__name__})", local_detail=f"unreadable image: {file}"
+            ) from exc
+        if mode not in _CHANNELS_OF_MODE:
+            raise LocalDataError(
+                f"an image has mode {mode!r}; only 8-bit grayscale ('L') or RGB images are read",
+                local_detail=f"unsupported image mode {mode!r}: {file}",
+                hint="export the images as 8-bit grayscale or RGB PNG",
+            )
+        arrays.append(pixels)
+    return arrays
+
+
+def _same_geometry(pixels: dict[Path, np.ndarray]) -> None:
+    """Refuse a folder whose images differ in size or channel count, naming an example of each kind."""
+    shapes = Counter(_shape_name(a) for a in pixels.values())
+    if len(shapes) > 1:
+        example = {}
+        for file, a in pixels.items():
+            example.setdefault(_shape_name(a), file)
+        kinds = ", ".join(f"{shape} ({count} images)" for shape, count in shapes.most_common())
+        raise LocalDataError(
+            f"images differ in size or channels: {kinds}",
+            local_detail="\n".join(f"{shape}: e.g. {file}" for shape, file in example.items()),
+            hint=f"export every image at {IMAGE_SIZE}x{IMAGE_SIZE} with the same channel count",
+        )
+
+
+def _shape_name(pixels: np.ndarray) -> str:
+    channels = 1 if pixels.ndim == 2 else pixels.shape[2]
+    return f"{pixels.shape[1]}x{pixels.shape[0]}x{channels}"
+
+
+# --- checks common to every format ---
+
+
+def _validated(split: str, images: np.ndarray, labels: np.ndarray, info: DatasetInfo, size: int = IMAGE_SIZE) -> LabelledImages:
+    """Check one split's raw arrays against the dataset and normalise them.
+
+    Raises:
+        DataError: naming the split and the first thing wrong with it.
+    """
+    if len(images) == 0:
+        raise DataError(f"split {split!r} holds no images")
+    if images.dtype != np.uint8:
+        raise DataError(f"split {split!r} images are {images.dtype}, expected uint8 pixels 0..255")
+    if images.ndim not in (3, 4):
+        raise DataError(f"split {split!r} images have shape {images.shape}, expected (N, H, W) or (N, H, W, C)")
+    channels = 1 if images.ndim == 3 else images.shape[3]
+    if channels != info.in_channels:
+        raise DataError(f"split {split!r} images have {channels} channel(s); {info.name} has {info.in_channels}")
+    if images.shape[1:3] != (size, size):
+        raise DataError(
+            f"split {split!r} images are {images.shape[2]}x{images.shape[1]}; sites work at {size}x{size}",
+            hint=f"resize the images to {size}x{size} when exporting them",
+        )
+    if images.ndim == 4 and channels == 1:
+        images = images[..., 0]  # (N, H, W)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"split {split!r} labels are {labels.dtype}, expected integer class indices")
+    if labels.shape not in ((len(images),), (len(images), 1)):
+        raise DataError(f"split {split!r} has {len(images)} images but labels of shape {labels.shape}")
+    labels = labels.reshape(-1).astype(np.int64)
+    if labels.min() < 0 or labels.max() >= info.num_classes:
+        raise DataError(f"split {split!r} has labels outside 0..{info.num_classes - 1} ({info.name})")
+    return LabelledImages(normalize(images), labels)
 
 
 def _md5(path: Path) -> str:
@@ -104,15 +369,3 @@ def _md5(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def load_site_images(dataset: str, data_root: str, partition: PartitionSpec | None, verify_md5: bool = True) -> SiteImages:
-    """The site's images: the whole dataset, or its share of it when ``partition`` is given."""
-    info, train, test = load_medmnist(dataset, data_root, verify_md5=verify_md5)
-    if partition is not None:
-        parts = partition_indices(
-            train.labels, test.labels, partition.count, partition.scheme, partition.alpha, partition.seed
-        )
-        train_idx, test_idx = parts[partition.index]
-        train, test = train.subset(train_idx), test.subset(test_idx)
-    return SiteImages(info, train, test)
