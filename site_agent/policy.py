@@ -1,4 +1,9 @@
-"""The site's own limits on what a coordinator may ask of it; the coordinator cannot override them."""
+"""The site's own limits on what a coordinator may ask of it; the coordinator cannot override them.
+
+A deployed site reads its policy from the JSON file named by the node config's ``policy-file``
+(``site-agent policy init`` writes the defaults; ``site-agent policy show`` explains each field).
+Unknown fields are refused, so a misspelt limit is an error rather than silently no limit.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,21 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.errors import ConfigError, PolicyError
-from shared.schemas import DistillMethod, DistillRequest, InitMode
+from shared.schemas import DistillMethod, DistillRequest, InitMode, MTTConfig, first_problem
 
 log = logging.getLogger(__name__)
+
+
+class MTTLimits(BaseModel):
+    """Caps on MTT's cost knobs (see ``shared.schemas.MTTConfig``); experts are trained at the site."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_syn_steps: int = Field(50, ge=1, description="most unrolled student steps per iteration (memory and time)")
+    max_train_epochs_expert: int = Field(
+        50, ge=2, description="most epochs each expert trains for (also bounds expert_epochs and max_start_epoch)"
+    )
+    max_num_experts: int = Field(20, ge=1, description="most expert trajectories trained at the site")
 
 
 class SitePolicy(BaseModel):
@@ -19,27 +36,60 @@ class SitePolicy(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    allowed_methods: list[DistillMethod] = list(DistillMethod)
-    max_ipc: int = Field(50, ge=1)
-    max_iterations: int = Field(5000, ge=1)
-    allow_real_init: bool = False  # real-image init puts patient images into the release
-    min_real_per_class: int = Field(10, ge=1)  # smaller classes are not distilled at all
-    # Refuse to release a set in which any image correlates this much with a real image (see privacy.py).
-    max_real_similarity: float = Field(0.95, gt=0, le=1)
+    allowed_methods: list[DistillMethod] = Field(list(DistillMethod), description="methods this site runs")
+    max_ipc: int = Field(50, ge=1, description="most synthetic images per class in one release")
+    max_iterations: int = Field(5000, ge=1, description="most distillation iterations")
+    max_seconds: float | None = Field(
+        None, gt=0, description="wall-time limit of one distillation in seconds, for the engine to stop at (null: none)"
+    )
+    allow_real_init: bool = Field(
+        False, description="allow init 'real', which puts patient images into the release"
+    )
+    min_real_per_class: int = Field(10, ge=1, description="classes with fewer local images are not distilled")
+    max_real_similarity: float = Field(
+        0.95, gt=0, le=1, description="refuse a set in which an image correlates this much with a local image"
+    )
+    mtt: MTTLimits = Field(MTTLimits(), description="caps on MTT's expensive settings")
+    require_approval: bool = Field(
+        False, description="hold every release for manual approval before it is sent (see site_agent/approval.py)"
+    )
+    approvals_dir: str | None = Field(
+        None, description="where held releases wait for approval (null: <cache-dir>/approvals)"
+    )
+
+    @classmethod
+    def permissive(cls, allow_real_init: bool) -> SitePolicy:
+        """A simulated site's policy: one operator plays every role, so it takes the run's own settings."""
+        cap = 100_000
+        return cls(
+            allowed_methods=list(DistillMethod), max_ipc=1000, max_iterations=cap, allow_real_init=allow_real_init,
+            mtt=MTTLimits(max_syn_steps=cap, max_train_epochs_expert=cap, max_num_experts=cap),
+        )
 
     @classmethod
     def from_file(cls, path: Path) -> SitePolicy:
         """Read a JSON policy file.
 
         Raises:
-            ConfigError: the file is missing or does not hold a valid policy.
+            ConfigError: the file is missing, is not JSON, or does not hold a valid policy (naming the field).
         """
         try:
-            return cls.model_validate(json.loads(path.read_text()))
+            text = path.read_text()
         except FileNotFoundError as exc:
             raise ConfigError(f"site policy file {path.name!r} not found") from exc
-        except (json.JSONDecodeError, ValidationError) as exc:
-            raise ConfigError(f"site policy file {path.name!r} is not a valid policy: {exc}") from exc
+        except OSError as exc:
+            raise ConfigError(f"site policy file {path.name!r} cannot be read ({type(exc).__name__})") from exc
+        try:
+            return cls.model_validate(json.loads(text))
+        except json.JSONDecodeError as exc:
+            raise ConfigError(
+                f"site policy file {path.name!r} is not a valid policy: not JSON (line {exc.lineno}, column {exc.colno})"
+            ) from exc
+        except ValidationError as exc:
+            raise ConfigError(
+                f"site policy file {path.name!r} is not a valid policy: {first_problem(exc)}",
+                hint="`site-agent policy show` lists the fields and their meaning",
+            ) from exc
 
     def check(self, request: DistillRequest) -> None:
         """Refuse a request that exceeds this policy.
@@ -54,7 +104,41 @@ class SitePolicy(BaseModel):
             raise PolicyError(f"ipc {config.ipc} exceeds this site's limit of {self.max_ipc}")
         if config.iterations > self.max_iterations:
             raise PolicyError(f"iterations {config.iterations} exceeds this site's limit of {self.max_iterations}")
+        if isinstance(config, MTTConfig):
+            self._check_mtt(config)
         if config.init == InitMode.REAL and not self.allow_real_init:
             raise PolicyError("init 'real' would release patient images and is not allowed by this site's policy")
         if config.init == InitMode.REAL:
             log.warning("RELEASING SYNTHETIC IMAGES INITIALISED FROM REAL PATIENT IMAGES (policy allows init=real)")
+
+    def _check_mtt(self, config: MTTConfig) -> None:
+        for field in ("syn_steps", "train_epochs_expert", "num_experts"):
+            value, limit = getattr(config, field), getattr(self.mtt, f"max_{field}")
+            if value > limit:
+                raise PolicyError(f"mtt {field} {value} exceeds this site's limit of {limit}")
+
+
+def write_default_policy(path: Path, overwrite: bool = False) -> SitePolicy:
+    """Write the default policy as JSON to ``path``; returns it.
+
+    Raises:
+        ConfigError: ``path`` exists and ``overwrite`` is false.
+    """
+    if path.exists() and not overwrite:
+        raise ConfigError(f"site policy file {path.name!r} already exists; not overwriting it", hint="pass --force")
+    policy = SitePolicy()
+    path.write_text(policy.model_dump_json(indent=2) + "\n")
+    return policy
+
+
+def describe(policy: SitePolicy) -> list[tuple[str, str, str]]:
+    """(field, value, meaning) for every setting, nested MTT caps as ``mtt.<field>``."""
+    rows = []
+    for name, field in SitePolicy.model_fields.items():
+        value = getattr(policy, name)
+        if isinstance(value, MTTLimits):
+            rows += [(f"mtt.{n}", json.dumps(getattr(value, n)), f.description or "") for n, f in MTTLimits.model_fields.items()]
+        else:
+            shown = [m.value for m in value] if name == "allowed_methods" else value
+            rows.append((name, json.dumps(shown), field.description or ""))
+    return rows

@@ -16,7 +16,7 @@ from typing import Any
 from shared.config import RunConfig, simulated_site_id
 from shared.errors import ConfigError
 from shared.keys import SIMULATION_KEYS
-from shared.schemas import DistillMethod, PartitionScheme
+from shared.schemas import PartitionScheme
 from site_agent.policy import SitePolicy
 
 
@@ -58,10 +58,7 @@ def site_settings(node_config: Mapping[str, Any], run: RunConfig, run_dir: Path)
         index = int(node_config["partition-id"])
         site_id = simulated_site_id(index)
         # Simulated sites accept the simulation's own settings: one operator plays every role.
-        policy = SitePolicy(
-            allowed_methods=list(DistillMethod), max_ipc=1000, max_iterations=100_000,
-            allow_real_init=run.init == "real",
-        )
+        policy = SitePolicy.permissive(allow_real_init=run.init == "real")
         return SiteSettings(
             site_id=site_id,
             key_dir=simulation_site_key_dir(run_dir, site_id),
