@@ -19,17 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from coordinator.evaluate import EvalReport
 from coordinator.pool import PooledSet
 from coordinator.receive import SiteOutcome
 from shared.config import RunConfig
-from shared.datasets import DatasetInfo, denormalize
-
-_CELL = 56  # pixels per synthetic image in the grid
-_LABEL_WIDTH = 140
-_MAX_PER_ROW = 30
+from shared.datasets import DatasetInfo
+from shared.grid import image_grid
 
 
 def write_run_config(run_dir: Path, config: RunConfig) -> None:
@@ -85,16 +82,7 @@ def write_results(run_dir: Path, summary: dict[str, Any], pooled: PooledSet | No
 
 def synthetic_grid(pooled: PooledSet, info: DatasetInfo) -> Image.Image:
     """One row per class with its synthetic images (up to 30), upscaled for viewing."""
-    rows = [(c, pooled.images[pooled.labels == c][:_MAX_PER_ROW].numpy()) for c in range(info.num_classes)]
-    width = _LABEL_WIDTH + _CELL * max(1, max(len(imgs) for _, imgs in rows))
-    canvas = Image.new("RGB", (width, _CELL * len(rows)), "white")
-    draw = ImageDraw.Draw(canvas)
-    for row, (cls, images) in enumerate(rows):
-        draw.text((4, row * _CELL + _CELL // 2 - 6), f"{cls}: {info.label_names[cls][:18]}", fill="black")
-        for col, pixels in enumerate(denormalize(images) if len(images) else []):
-            tile = Image.fromarray(pixels.squeeze(-1) if pixels.shape[-1] == 1 else pixels)
-            canvas.paste(tile.resize((_CELL, _CELL), Image.NEAREST), (_LABEL_WIDTH + col * _CELL, row * _CELL))
-    return canvas
+    return image_grid(pooled.images.numpy(), pooled.labels.numpy(), info.label_names)
 
 
 def render_report(summary: dict[str, Any]) -> str:
