@@ -60,6 +60,19 @@ class PolicyError(FedDistillError):
     hint = "lower the request (e.g. --ipc, --iterations) or raise the limit in the site's policy"
 
 
+class ApprovalPending(PolicyError):
+    """A release is held for the site operator's manual approval; nothing was sent.
+
+    ``folder`` (site-local, never in the message) is where the held release waits.
+    """
+
+    hint = "the site's operator reviews the held release and approves it (see site_agent/approval.py)"
+
+    def __init__(self, message: str, *, folder: str = "") -> None:
+        super().__init__(message)
+        self.folder = folder
+
+
 class InvalidBundle(FedDistillError):
     """A received bundle cannot be parsed or fails validation."""
 

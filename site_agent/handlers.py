@@ -1,6 +1,7 @@
 """What a site does for each kind of request, as plain functions (no Flower types).
 
-``answer_distill``: load local data -> distill -> seal -> (sealed bundle, metrics).
+``answer_distill``: load local data -> distill -> seal -> (approval, when the policy asks) -> (sealed bundle, metrics).
+``prepare_release``: the same up to the seal; ``site-agent distill`` previews a release with it.
 ``answer_evaluate``: load local test data -> score the global model -> metrics.
 """
 
@@ -15,20 +16,40 @@ import torch
 from shared.config import resolve_device
 from shared.errors import DataError, PolicyError
 from shared.schemas import DistillRequest, EvaluateRequest, InitMode, MetricKey
+from site_agent.approval import ReleaseApproval, approval_for
 from site_agent.data import LabelledImages, load_site_images
 from site_agent.distill import SyntheticSet, distill
 from site_agent.evaluate import evaluate_global_model
 from site_agent.identity import load_site_identity
 from site_agent.policy import SitePolicy
 from site_agent.privacy import nearest_real_similarity
-from site_agent.release import seal_release
+from site_agent.release import SealedRelease, seal_described
 from site_agent.settings import SiteSettings
 
 log = logging.getLogger(__name__)
 
 
-def answer_distill(request: DistillRequest, settings: SiteSettings, progress: bool = True) -> tuple[bytes, dict[str, float]]:
-    """Distill the site's training images as requested and seal the result.
+def answer_distill(
+    request: DistillRequest, settings: SiteSettings, progress: bool = True, approval: ReleaseApproval | None = None
+) -> tuple[bytes, dict[str, float]]:
+    """Distill the site's training images as requested, seal the result and, if the policy says so, hold it.
+
+    ``approval`` overrides the policy's default approval hook (``site_agent.approval``).
+
+    Raises:
+        PolicyError, KeyFileError, DataError, ConfigError: with messages safe to send to the coordinator.
+        ApprovalPending: the policy requires approval and the release has not been approved.
+    """
+    release, metrics = prepare_release(request, settings, progress)
+    if not settings.policy.require_approval:
+        return release.sealed, metrics
+    return (approval or approval_for(settings)).approve(release), metrics
+
+
+def prepare_release(
+    request: DistillRequest, settings: SiteSettings, progress: bool = True
+) -> tuple[SealedRelease, dict[str, float]]:
+    """Policy check, local data, distillation, near-copy check, seal: a release ready to send, and its metrics.
 
     Raises:
         PolicyError, KeyFileError, DataError, ConfigError: with messages safe to send to the coordinator.
@@ -49,7 +70,8 @@ def answer_distill(request: DistillRequest, settings: SiteSettings, progress: bo
     )
     started = time.perf_counter()
     check_not_a_copy(synthetic, images.train, settings.policy, request.distill.init)
-    sealed = seal_release(synthetic, request, identity, images.info, num_real_examples=len(images.train))
+    release = seal_described(synthetic, request, identity, images.info, num_real_examples=len(images.train))
+    sealed = release.sealed
     metrics = {
         MetricKey.NUM_EXAMPLES.value: float(len(images.train)),
         MetricKey.DISTILL_SECONDS.value: synthetic.seconds,
@@ -57,9 +79,9 @@ def answer_distill(request: DistillRequest, settings: SiteSettings, progress: bo
         MetricKey.BUNDLE_BYTES.value: float(len(sealed)),
         MetricKey.SYNTHETIC_IMAGES.value: float(len(synthetic.labels)),
     }
-    log.info("site %s: released %d synthetic images in a %d-byte sealed bundle", settings.site_id,
+    log.info("site %s: sealed %d synthetic images in a %d-byte bundle", settings.site_id,
              len(synthetic.labels), len(sealed))
-    return sealed, metrics
+    return release, metrics
 
 
 def check_not_a_copy(synthetic: SyntheticSet, train: LabelledImages, policy: SitePolicy, init: InitMode) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib.metadata
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -48,6 +49,15 @@ def build_manifest(
     )
 
 
+@dataclass(frozen=True)
+class SealedRelease:
+    """A sealed bundle with the manifest and set inside it; only ``sealed`` ever leaves the site."""
+
+    sealed: bytes
+    manifest: BundleManifest
+    synthetic: SyntheticSet
+
+
 def seal_release(
     synthetic: SyntheticSet,
     request: DistillRequest,
@@ -60,6 +70,17 @@ def seal_release(
     Raises:
         DataError: the synthetic set holds non-finite or absurd values (never released).
     """
+    return seal_described(synthetic, request, identity, info, num_real_examples).sealed
+
+
+def seal_described(
+    synthetic: SyntheticSet,
+    request: DistillRequest,
+    identity: SiteIdentity,
+    info: DatasetInfo,
+    num_real_examples: int,
+) -> SealedRelease:
+    """:func:`seal_release`, keeping the manifest and set for the site's own previews and approvals."""
     if not bool(synthetic.images.isfinite().all()):
         raise DataError("distillation produced non-finite synthetic images; nothing was released")
     if float(synthetic.images.abs().max()) > MAX_ABS_PIXEL:
@@ -69,7 +90,7 @@ def seal_release(
         )
     payload = encode_payload(synthetic.images.numpy(), synthetic.labels.numpy())
     manifest = build_manifest(synthetic, request, identity, info, num_real_examples, payload)
-    return seal_bundle(manifest, payload, identity.signing_key, identity.coordinator_key)
+    return SealedRelease(seal_bundle(manifest, payload, identity.signing_key, identity.coordinator_key), manifest, synthetic)
 
 
 def _software_versions() -> dict[str, str]:
