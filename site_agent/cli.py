@@ -11,6 +11,7 @@ from shared import crypto
 from shared.errors import KeyFileError
 from shared.keys import COORDINATOR_PUB, create_site_keys
 from shared.logs import run_cli
+from site_agent import cli_tools
 
 app = typer.Typer(help="Run a hospital's site agent.", pretty_exceptions_enable=False,
                   no_args_is_help=True, add_completion=False)
@@ -37,6 +38,9 @@ def trust_coordinator(
         raise KeyFileError(f"coordinator key fingerprint is {actual}, not the expected {fingerprint}")
     crypto.save_public_key(key, key_dir / COORDINATOR_PUB)
     typer.echo(f"pinned coordinator key {actual}")
+
+
+cli_tools.register(app)  # check, distill, inspect, policy: tools that need no coordinator
 
 
 def main() -> None:

@@ -98,6 +98,14 @@ def resolve_data_root(data_root: str | os.PathLike[str] | None) -> Path:
     return Path(chosen).expanduser()
 
 
+def dataset_of_file(path: str | os.PathLike[str]) -> str | None:
+    """The MedMNIST flag an official file is named after (``.../breastmnist.npz`` -> ``breastmnist``), else None."""
+    from medmnist import INFO
+
+    file = Path(path)
+    return file.stem if file.suffix == ".npz" and file.stem in INFO else None
+
+
 def detect_format(path: Path, dataset: str | None) -> tuple[DataFormat, Path]:
     """Which format ``path`` holds, and the file or folder to read.
 

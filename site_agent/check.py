@@ -1,0 +1,82 @@
+"""``site-agent check``: is the local data fit to distill? Images per class and split, and what is wrong.
+
+Reading the data (``site_agent.data.read_local_data``) already refuses what cannot be used at all:
+unreadable files, mixed sizes or channel counts, the wrong channel count or size, labels out of
+range, empty splits. This module adds what the site policy decides: a class the site holds but with
+fewer than ``min_real_per_class`` training images is refused, since distilling it would come close to
+releasing those few patients' images.
+"""
+
+from __future__ import annotations
+
+import os
+
+from pydantic import BaseModel, ConfigDict
+
+from site_agent.data import SPLITS, DataFormat, read_local_data
+from site_agent.policy import SitePolicy
+
+
+class SplitCounts(BaseModel):
+    """How many images one split holds, per class index."""
+
+    model_config = ConfigDict(frozen=True)
+
+    split: str
+    images: int
+    per_class: dict[int, int]
+
+
+class CheckReport(BaseModel):
+    """The outcome of checking a data path: what was found, and the problems that make it unfit."""
+
+    model_config = ConfigDict(frozen=True)
+
+    format: DataFormat
+    dataset: str
+    task: str
+    class_names: dict[int, str]
+    image_shape: tuple[int, int, int]  # (C, H, W)
+    min_real_per_class: int
+    splits: list[SplitCounts]
+    problems: list[str]  # any problem: the data is refused
+    notes: list[str]  # worth knowing, not a reason to refuse
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def check_data(
+    path: str | os.PathLike[str], dataset: str | None, policy: SitePolicy, verify_md5: bool = True
+) -> CheckReport:
+    """Read and check the data at ``path`` against its dataset and the site policy.
+
+    Raises:
+        ConfigError: no or an unknown dataset.
+        DataError: the data cannot be read or used at all (``LocalDataError`` names the file).
+    """
+    local = read_local_data(path, dataset, verify_md5)
+    info = local.info
+    splits = [
+        SplitCounts(split=name, images=len(local.splits[name]),
+                    per_class=dict(enumerate(local.splits[name].class_counts(info.num_classes))))
+        for name in SPLITS if name in local.splits
+    ]
+    train = splits[0].per_class
+    minimum = policy.min_real_per_class
+    problems = [
+        f"class {c} ({info.label_names[c]}) has {n} training images; the site policy needs at least {minimum} "
+        "(min_real_per_class)"
+        for c, n in train.items() if 0 < n < minimum
+    ]
+    if not any(n >= minimum for n in train.values()):
+        problems.append(f"no class has the {minimum} training images needed to distill it")
+    notes = [f"class {c} ({info.label_names[c]}) has no training images: it will not be distilled"
+             for c, n in train.items() if n == 0]
+    if "test" not in local.splits:
+        notes.append("no test split: this site can distill but not evaluate the global model")
+    return CheckReport(
+        format=local.format, dataset=info.name, task=info.task, class_names=info.label_names,
+        image_shape=local.image_shape, min_real_per_class=minimum, splits=splits, problems=problems, notes=notes,
+    )
