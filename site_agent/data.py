@@ -110,7 +110,8 @@ def detect_format(path: Path, dataset: str | None) -> tuple[DataFormat, Path]:
     """Which format ``path`` holds, and the file or folder to read.
 
     A folder holding ``<dataset>.npz`` is a MedMNIST root; a ``.npz`` file named after a MedMNIST
-    dataset is an official file; any other ``.npz`` is an export; a folder of folders is an image folder.
+    dataset is an official file; any other ``.npz`` is an export; a folder of folders and no ``.npz``
+    files is an image folder.
 
     Raises:
         DataError: nothing readable at ``path``.
@@ -125,11 +126,12 @@ def detect_format(path: Path, dataset: str | None) -> tuple[DataFormat, Path]:
         raise DataError("the data path does not exist", hint="check --data / the node config's data-root")
     if dataset and (path / f"{dataset.lower()}.npz").is_file():
         return DataFormat.MEDMNIST, path / f"{dataset.lower()}.npz"
-    if any(child.is_dir() and not child.name.startswith(".") for child in path.iterdir()):
+    holds_npz = any(path.glob("*.npz"))  # a MedMNIST root, just not with this dataset's file
+    if not holds_npz and any(child.is_dir() and not child.name.startswith(".") for child in path.iterdir()):
         return DataFormat.FOLDER, path
     wanted = f"{dataset.lower()}.npz" if dataset else "a .npz file"
     raise DataError(
-        f"dataset file {wanted!r} not found in the data root, and it holds no class folders "
+        f"dataset file {wanted!r} not found in the data root, nor a folder of class images "
         f"(set --data-root or {MEDMNIST_ROOT_ENV}; downloads are off)"
     )
 

@@ -148,6 +148,14 @@ def test_a_class_with_too_few_images_is_refused_by_the_policy(tmp_path: Path) ->
     assert report.ok and "has no training images" in report.notes[0]
 
 
+def test_a_medmnist_root_without_the_file_is_not_taken_for_an_image_folder(tmp_path: Path) -> None:
+    """A folder of .npz files (and other folders) lacking the dataset's file says the file is missing."""
+    write_export(tmp_path / "retinamnist.npz")
+    (tmp_path / "unverified").mkdir()
+    with pytest.raises(DataError, match="'pathmnist.npz' not found"):
+        read_local_data(tmp_path, "pathmnist")
+
+
 def test_exports_need_a_dataset_and_unreadable_npz_is_named(tmp_path: Path) -> None:
     """Without an official file name the dataset flag is required; a broken .npz is named locally."""
     with pytest.raises(ConfigError, match="needs the dataset flag"):
