@@ -4,6 +4,7 @@ Wire format (all integers big-endian)::
 
     sealed bundle  = MAGIC (b"FDSB\\x01") | u32 header_len | header | ciphertext
     header         = JSON of BundleHeader: schema_version, suite, site_id, run_id, nonce
+                     (suite: the HPKE suite of the pinned coordinator key, X25519 or MLKEM768-X25519)
     ciphertext     = HPKE seal of the signed bundle to the coordinator, info = b"feddistill/v1" | header
     signed bundle  = u32 manifest_len | manifest | payload | signature
     manifest       = JSON of schemas.BundleManifest (site, run, nonce, dataset, shapes, method, ...)
@@ -35,7 +36,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared import crypto
-from shared.errors import InvalidBundle
+from shared.errors import DecryptionError, InvalidBundle
 from shared.schemas import SCHEMA_VERSION, BundleManifest, PayloadInfo, first_problem
 
 MAGIC = b"FDSB\x01"
@@ -53,7 +54,10 @@ class BundleHeader(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     schema_version: Literal[1] = SCHEMA_VERSION
-    suite: Literal["DHKEM(X25519,HKDF-SHA256)/HKDF-SHA256/AES-256-GCM"] = crypto.HPKE_SUITE_NAME
+    # The HPKE suite of the coordinator key the site sealed to (the one it pinned).
+    suite: Literal[
+        "DHKEM(X25519,HKDF-SHA256)/HKDF-SHA256/AES-256-GCM", "MLKEM768-X25519/HKDF-SHA256/AES-256-GCM"
+    ] = crypto.HPKE_SUITE_NAME
     site_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     run_id: str = Field(min_length=1, max_length=128)
     nonce: str = Field(pattern=r"^[0-9a-f]{64}$")
@@ -115,7 +119,8 @@ def seal_bundle(
     manifest_bytes = manifest.model_dump_json().encode()
     signed_part = _U32.pack(len(manifest_bytes)) + manifest_bytes + payload
     signature = crypto.sign(signing_key, signed_part)
-    header = BundleHeader(site_id=manifest.site_id, run_id=manifest.run_id, nonce=manifest.nonce)
+    header = BundleHeader(suite=crypto.HPKE_SUITE_NAMES[recipient.suite], site_id=manifest.site_id,
+                          run_id=manifest.run_id, nonce=manifest.nonce)
     header_bytes = header.model_dump_json().encode()
     ciphertext = crypto.seal(signed_part + signature, recipient, info=hpke_info(header_bytes))
     return MAGIC + _U32.pack(len(header_bytes)) + header_bytes + ciphertext
@@ -162,6 +167,10 @@ def open_bundle(
         raise InvalidBundle(f"bundle is {len(sealed)} bytes, over the limit of {max_bytes} bytes")
     header, header_bytes, ciphertext = read_header(sealed)
     verify_key = verify_key_for(header.site_id)
+    if header.suite != crypto.HPKE_SUITE_NAMES[recipient_key.suite]:
+        raise DecryptionError(
+            f"bundle is sealed with HPKE suite {header.suite}, but this coordinator's key is {recipient_key.suite.value}"
+        )
     signed = crypto.open_sealed(ciphertext, recipient_key, info=hpke_info(header_bytes))
     if len(signed) < crypto.SIGNATURE_BYTES:
         raise InvalidBundle("signed bundle is shorter than a signature")
