@@ -19,6 +19,7 @@ class ConvNet(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, image_size: int, network: NetworkSpec | None = None):
         super().__init__()
         network = network or NetworkSpec()
+        self.width = network.width
         layers: list[nn.Module] = []
         channels, size = in_channels, image_size
         for _ in range(network.depth):

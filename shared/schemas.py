@@ -216,6 +216,8 @@ class BundleManifest(_Strict):
     class_counts: dict[int, int]
     num_real_examples: int = Field(ge=0)
     distill: DistillConfig
+    # Iterations actually run (MTT: accepted ones); fewer than asked when the site's time limit hit.
+    iterations_completed: int | None = Field(None, ge=0)
     normalization: Literal["x/127.5-1"] = "x/127.5-1"
     software: dict[str, str]
     created_at: str

@@ -66,7 +66,7 @@ def prepare_release(
     synthetic = distill(
         images.train, images.info.num_classes, request.distill, device,
         progress=progress, min_real_per_class=settings.policy.min_real_per_class,
-        expert_cache_dir=settings.cache_dir / "experts",
+        expert_cache_dir=settings.cache_dir / "experts", max_seconds=settings.policy.max_seconds,
     )
     started = time.perf_counter()
     check_not_a_copy(synthetic, images.train, settings.policy, request.distill.init)

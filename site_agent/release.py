@@ -43,6 +43,7 @@ def build_manifest(
         class_counts={c: int(counts[c]) for c in synthetic.classes},
         num_real_examples=num_real_examples,
         distill=synthetic.config,
+        iterations_completed=len(synthetic.loss_history),
         software=_software_versions(),
         created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         payload=payload_info(payload, count=len(synthetic.labels)),

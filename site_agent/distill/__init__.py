@@ -19,6 +19,7 @@ from shared.schemas import DistillConfig, DistillMethod
 from site_agent.data import LabelledImages
 from site_agent.distill.dc import distill_dc
 from site_agent.distill.dm import distill_dm
+from site_agent.distill.matching import deadline_after, past
 from site_agent.distill.mtt import distill_mtt
 
 log = logging.getLogger(__name__)
@@ -34,8 +35,9 @@ class SyntheticSet:
     labels: torch.Tensor
     classes: list[int]
     config: DistillConfig
-    loss_history: list[float]
+    loss_history: list[float]  # one value per iteration run (MTT: per accepted iteration)
     seconds: float
+    stopped_early: bool = False  # the site's wall-time limit ended it before ``config.iterations``
 
 
 def distill(
@@ -46,11 +48,13 @@ def distill(
     progress: bool = True,
     min_real_per_class: int = 1,
     expert_cache_dir: Path | None = None,
+    max_seconds: float | None = None,
 ) -> SyntheticSet:
     """Distill ``config.ipc`` synthetic images for every class the site holds enough images of.
 
     ``expert_cache_dir`` (MTT only) keeps the site's expert trajectories between runs; they are
-    derived from patient data and stay at the site.
+    derived from patient data and stay at the site. ``max_seconds`` (a site policy's wall-time limit)
+ends the distillation after the iteration during which it runs out; the set so far is returned.
 
     Raises:
         DataError: no class has ``min_real_per_class`` images.
@@ -66,13 +70,18 @@ def distill(
     real_by_class = {c: images[torch.from_numpy(train.labels == c)].to(device) for c in classes}
 
     started = time.perf_counter()
+    deadline = deadline_after(max_seconds)
     if config.method == DistillMethod.DC:
-        syn_images, history = distill_dc(real_by_class, config, num_classes, device, progress)
+        syn_images, history = distill_dc(real_by_class, config, num_classes, device, progress, deadline)
     elif config.method == DistillMethod.DM:
-        syn_images, history = distill_dm(real_by_class, config, num_classes, device, progress)
+        syn_images, history = distill_dm(real_by_class, config, num_classes, device, progress, deadline)
     else:
-        syn_images, history = distill_mtt(real_by_class, config, num_classes, device, progress, expert_cache_dir)
+        syn_images, history = distill_mtt(
+            real_by_class, config, num_classes, device, progress, expert_cache_dir, deadline
+        )
     seconds = time.perf_counter() - started
 
     labels = torch.tensor(classes, dtype=torch.int64).repeat_interleave(config.ipc)
-    return SyntheticSet(syn_images.detach().cpu(), labels, classes, config, history, seconds)
+    return SyntheticSet(
+        syn_images.detach().cpu(), labels, classes, config, history, seconds, stopped_early=past(deadline) and len(history) < config.iterations
+    )

@@ -6,6 +6,11 @@ gradient on a batch of real images of that class (layer-wise cosine distance); t
 takes ``inner_loop`` SGD steps on the current synthetic set, so that later steps match gradients
 along a training trajectory. With DSA, real and synthetic batches of a class get the same random
 augmentation before each match.
+
+Where the time goes on a CPU: the real batches' forward/backward passes (``batch_real`` images per
+class per outer step) and the inner loop's SGD steps. Both run in cache-sized chunks
+(:func:`~site_agent.distill.matching.mean_loss_gradients`), which computes the same gradients as
+one big batch, faster; on a GPU a chunk is the whole batch.
 """
 
 from __future__ import annotations
@@ -20,7 +25,14 @@ from tqdm.auto import trange
 from shared.augment import dsa
 from shared.models import ConvNet
 from shared.schemas import DCConfig
-from site_agent.distill.matching import gradient_distance, initial_images, sample_batch
+from site_agent.distill.matching import (
+    chunk_size,
+    gradient_distance,
+    initial_images,
+    mean_loss_gradients,
+    past,
+    sample_batch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +55,12 @@ def distill_dc(
     num_classes: int,
     device: torch.device,
     progress: bool = True,
+    deadline: float | None = None,
 ) -> tuple[torch.Tensor, list[float]]:
-    """Synthetic images (K * ipc, C, H, W), class-major in ``real_by_class`` order, and the loss per iteration."""
+    """Synthetic images (K * ipc, C, H, W), class-major in ``real_by_class`` order, and the loss per iteration.
+
+    Stops early, after a whole iteration, once ``deadline`` (``time.monotonic()``) has passed.
+    """
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     aug_rng = np.random.default_rng(config.seed)
@@ -58,7 +74,11 @@ def distill_dc(
     opt_img = torch.optim.SGD([syn], lr=config.lr_img, momentum=0.5)
     history: list[float] = []
 
+    width = config.network.width
     for iteration in trange(config.iterations, desc="DC distill", disable=not progress, leave=False):
+        if iteration and past(deadline):
+            log.warning("DC: wall-time limit reached after %d of %d iterations", iteration, config.iterations)
+            break
         net = ConvNet(in_channels, num_classes, image_size, config.network).to(device).train()
         params = list(net.parameters())
         opt_net = torch.optim.SGD(params, lr=config.lr_net)
@@ -72,9 +92,9 @@ def distill_dc(
                     seed = int(aug_rng.integers(2**31))
                     real, fake = dsa(real, seed), dsa(fake, seed)
                 target = torch.full((len(real),), cls, device=device)
-                g_real = torch.autograd.grad(F.cross_entropy(net(real), target), params)
+                g_real = mean_loss_gradients(net, params, real, target, chunk_size(real, width))
                 g_fake = torch.autograd.grad(F.cross_entropy(net(fake), target[: len(fake)]), params, create_graph=True)
-                loss = loss + gradient_distance(g_fake, [g.detach() for g in g_real])
+                loss = loss + gradient_distance(g_fake, g_real)
             opt_img.zero_grad(set_to_none=True)
             (syn.grad,) = torch.autograd.grad(loss, [syn])
             opt_img.step()
@@ -106,7 +126,8 @@ def _train_on_synthetic(
             batch = images[idx]
             if augment:
                 batch = dsa(batch, int(aug_rng.integers(2**31)), per_sample=True)
-            loss = F.cross_entropy(net(batch), labels[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            params = list(net.parameters())
+            grads = mean_loss_gradients(net, params, batch, labels[idx], chunk_size(batch, net.width))
+            for param, grad in zip(params, grads, strict=True):
+                param.grad = grad
             optimizer.step()

@@ -7,7 +7,7 @@ so that their mean embedding matches the mean embedding of a batch of real image
 of a class get the same random augmentation (Siamese), a fresh one per class and iteration.
 
 DM's cost is the embeddings, so all classes' real batches go through the network in one forward
-pass (without autograd) and all synthetic images in another; the ConvNet's instance norm keeps each
+pass (without autograd, in cache-sized chunks on a CPU) and all synthetic images in another; the ConvNet's instance norm keeps each
 image's features independent of the rest of its batch, so batching changes nothing but speed.
 """
 
@@ -22,7 +22,7 @@ from tqdm.auto import trange
 from shared.augment import dsa
 from shared.models import ConvNet
 from shared.schemas import DMConfig
-from site_agent.distill.matching import initial_images, sample_batch
+from site_agent.distill.matching import chunk_size, embed_in_chunks, initial_images, past, sample_batch
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,7 @@ def distill_dm(
     num_classes: int,
     device: torch.device,
     progress: bool = True,
+    deadline: float | None = None,
 ) -> tuple[torch.Tensor, list[float]]:
     """Distill by matching mean random embeddings of real and synthetic images, class by class.
 
@@ -44,6 +45,7 @@ def distill_dm(
         num_classes: classes of the task (the width of the throwaway ConvNet's classifier).
         device: where the networks run.
         progress: show a progress bar.
+        deadline: ``time.monotonic()`` after which no new iteration starts (``None``: no limit).
 
     Returns:
         Synthetic images (K * ipc, C, H, W) float32 on ``device``, class-major in ``real_by_class``
@@ -60,6 +62,9 @@ def distill_dm(
     history: list[float] = []
 
     for iteration in trange(config.iterations, desc="DM distill", disable=not progress, leave=False):
+        if iteration and past(deadline):
+            log.warning("DM: wall-time limit reached after %d of %d iterations", iteration, config.iterations)
+            break
         net = ConvNet(in_channels, num_classes, image_size, config.network).to(device).train()
         net.requires_grad_(False)  # only the images learn; skip the weights' gradients
         loss = _matching_loss(net, real_by_class, syn, config, gen, aug_rng)
@@ -100,8 +105,9 @@ def _matching_loss(
         reals.append(real)
         fakes.append(fake)
     with torch.no_grad():
-        # One forward over every class's real batch; split back by class sizes.
-        real_embed = net.embed(torch.cat(reals)).split([len(r) for r in reals])
+        # Every class's real batch in cache-sized chunks; split back by class sizes.
+        all_real = torch.cat(reals)
+        real_embed = embed_in_chunks(net.embed, all_real, chunk_size(all_real, net.width)).split([len(r) for r in reals])
         real_means = torch.stack([e.mean(dim=0) for e in real_embed])  # (K, D)
     syn_means = net.embed(torch.cat(fakes)).unflatten(0, (len(fakes), config.ipc)).mean(dim=1)  # (K, D)
     return ((real_means - syn_means) ** 2).sum()

@@ -42,7 +42,7 @@ from shared.errors import ConfigError, DataError
 from shared.models import ConvNet
 from shared.schemas import MTTConfig
 from site_agent.distill.experts import ExpertSettings, Trajectory, load_or_train_experts, unflatten_params
-from site_agent.distill.matching import initial_images
+from site_agent.distill.matching import initial_images, past
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ def distill_mtt(
     device: torch.device,
     progress: bool = True,
     expert_cache_dir: Path | None = None,
+    deadline: float | None = None,
 ) -> tuple[torch.Tensor, list[float]]:
     """Distill by matching expert training trajectories.
 
@@ -86,6 +87,8 @@ def distill_mtt(
         device: where experts and students run.
         progress: show progress bars.
         expert_cache_dir: folder for cached expert trajectories; ``None`` trains them afresh.
+        deadline: ``time.monotonic()`` after which no new iteration starts (``None``: no limit);
+            expert training counts against it but is never cut short.
 
     Returns:
         Synthetic images (K * ipc, C, H, W) float32 on ``device``, class-major in ``real_by_class``
@@ -119,6 +122,9 @@ def distill_mtt(
     backoffs = 0
 
     for iteration in trange(config.iterations, desc="MTT distill", disable=not progress, leave=False):
+        if history and past(deadline):
+            log.warning("MTT: wall-time limit reached after %d of %d iterations", iteration, config.iterations)
+            break
         trajectory = trajectories[int(rng.integers(len(trajectories)))]
         start_epoch = int(rng.integers(config.max_start_epoch))
         problem = _invalid_state(syn, syn_lr)
