@@ -9,6 +9,8 @@ import pytest
 
 from shared.config import RunConfig, resolve_device
 from shared.errors import ConfigError
+from shared.presets import PRESET_BATCH_REAL, PRESET_ITERATIONS
+from shared.schemas import DistillMethod
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 
@@ -35,3 +37,14 @@ def test_device_auto_and_bad_names() -> None:
     assert resolve_device("auto").type in ("cpu", "cuda")
     with pytest.raises(ConfigError):
         resolve_device("quantum")
+
+
+def test_each_method_gets_its_cpu_preset_unless_told_otherwise() -> None:
+    """Leaving iterations and batch-real at 0 gives each method its own preset, not DC's numbers."""
+    for method in DistillMethod:
+        config = RunConfig(method=method).distill_config()
+        assert config.iterations == PRESET_ITERATIONS[method]
+        if method != DistillMethod.MTT:
+            assert config.batch_real == PRESET_BATCH_REAL[method]
+    assert RunConfig(method=DistillMethod.DM, iterations=7, batch_real=9).distill_config().iterations == 7
+    assert RunConfig(method=DistillMethod.DM, iterations=7, batch_real=9).distill_config().batch_real == 9

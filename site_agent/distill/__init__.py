@@ -19,7 +19,7 @@ from shared.schemas import DistillConfig, DistillMethod
 from site_agent.data import LabelledImages
 from site_agent.distill.dc import distill_dc
 from site_agent.distill.dm import distill_dm
-from site_agent.distill.matching import deadline_after, past
+from site_agent.distill.matching import Observer, deadline_after, past
 from site_agent.distill.mtt import distill_mtt
 
 log = logging.getLogger(__name__)
@@ -49,12 +49,14 @@ def distill(
     min_real_per_class: int = 1,
     expert_cache_dir: Path | None = None,
     max_seconds: float | None = None,
+    observer: Observer | None = None,
 ) -> SyntheticSet:
     """Distill ``config.ipc`` synthetic images for every class the site holds enough images of.
 
     ``expert_cache_dir`` (MTT only) keeps the site's expert trajectories between runs; they are
     derived from patient data and stay at the site. ``max_seconds`` (a site policy's wall-time limit)
 ends the distillation after the iteration during which it runs out; the set so far is returned.
+``observer`` sees the set after every iteration (benchmarks score it as it improves).
 
     Raises:
         DataError: no class has ``min_real_per_class`` images.
@@ -72,12 +74,12 @@ ends the distillation after the iteration during which it runs out; the set so f
     started = time.perf_counter()
     deadline = deadline_after(max_seconds)
     if config.method == DistillMethod.DC:
-        syn_images, history = distill_dc(real_by_class, config, num_classes, device, progress, deadline)
+        syn_images, history = distill_dc(real_by_class, config, num_classes, device, progress, deadline, observer)
     elif config.method == DistillMethod.DM:
-        syn_images, history = distill_dm(real_by_class, config, num_classes, device, progress, deadline)
+        syn_images, history = distill_dm(real_by_class, config, num_classes, device, progress, deadline, observer)
     else:
         syn_images, history = distill_mtt(
-            real_by_class, config, num_classes, device, progress, expert_cache_dir, deadline
+            real_by_class, config, num_classes, device, progress, expert_cache_dir, deadline, observer
         )
     seconds = time.perf_counter() - started
 

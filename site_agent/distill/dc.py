@@ -26,6 +26,7 @@ from shared.augment import dsa
 from shared.models import ConvNet
 from shared.schemas import DCConfig
 from site_agent.distill.matching import (
+    Observer,
     chunk_size,
     gradient_distance,
     initial_images,
@@ -56,6 +57,7 @@ def distill_dc(
     device: torch.device,
     progress: bool = True,
     deadline: float | None = None,
+    observer: Observer | None = None,
 ) -> tuple[torch.Tensor, list[float]]:
     """Synthetic images (K * ipc, C, H, W), class-major in ``real_by_class`` order, and the loss per iteration.
 
@@ -103,6 +105,8 @@ def distill_dc(
                 break
             _train_on_synthetic(net, opt_net, syn.detach(), syn_labels, inner_loop, config.dsa, gen, aug_rng)
         history.append(iteration_loss / outer_loop)
+        if observer:
+            observer(len(history), syn.detach())
         if iteration % 10 == 0 or iteration == config.iterations - 1:
             log.info("DC iteration %d/%d: matching loss %.4f", iteration + 1, config.iterations, history[-1])
     return syn.detach(), history

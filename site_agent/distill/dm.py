@@ -22,7 +22,7 @@ from tqdm.auto import trange
 from shared.augment import dsa
 from shared.models import ConvNet
 from shared.schemas import DMConfig
-from site_agent.distill.matching import chunk_size, embed_in_chunks, initial_images, past, sample_batch
+from site_agent.distill.matching import Observer, chunk_size, embed_in_chunks, initial_images, past, sample_batch
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ def distill_dm(
     device: torch.device,
     progress: bool = True,
     deadline: float | None = None,
+    observer: Observer | None = None,
 ) -> tuple[torch.Tensor, list[float]]:
     """Distill by matching mean random embeddings of real and synthetic images, class by class.
 
@@ -46,6 +47,7 @@ def distill_dm(
         device: where the networks run.
         progress: show a progress bar.
         deadline: ``time.monotonic()`` after which no new iteration starts (``None``: no limit).
+        observer: called with (iterations done, images) after every iteration.
 
     Returns:
         Synthetic images (K * ipc, C, H, W) float32 on ``device``, class-major in ``real_by_class``
@@ -72,6 +74,8 @@ def distill_dm(
         loss.backward()
         opt_img.step()
         history.append(loss.item() / len(classes))
+        if observer:
+            observer(len(history), syn.detach())
         if iteration % 100 == 0 or iteration == config.iterations - 1:
             log.info("DM iteration %d/%d: matching loss %.4f", iteration + 1, config.iterations, history[-1])
     return syn.detach(), history

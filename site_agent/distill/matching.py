@@ -17,6 +17,10 @@ from shared.schemas import InitMode
 _CPU_CHUNK_FLOATS = 4 * 2**20
 _MIN_CHUNK = 8  # below this, per-call overhead costs more than the cache saves
 
+# Called after each iteration with (iterations done, current synthetic images in pixel space);
+# benchmarks use it to score the set as it improves.
+Observer = Callable[[int, torch.Tensor], None]
+
 
 def sample_batch(images: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
     """Up to ``n`` distinct images (all of them when the class is smaller)."""

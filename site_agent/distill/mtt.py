@@ -42,7 +42,7 @@ from shared.errors import ConfigError, DataError
 from shared.models import ConvNet
 from shared.schemas import MTTConfig
 from site_agent.distill.experts import ExpertSettings, Trajectory, load_or_train_experts, unflatten_params
-from site_agent.distill.matching import initial_images, past
+from site_agent.distill.matching import Observer, initial_images, past
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,7 @@ def distill_mtt(
     progress: bool = True,
     expert_cache_dir: Path | None = None,
     deadline: float | None = None,
+    observer: Observer | None = None,
 ) -> tuple[torch.Tensor, list[float]]:
     """Distill by matching expert training trajectories.
 
@@ -89,6 +90,7 @@ def distill_mtt(
         expert_cache_dir: folder for cached expert trajectories; ``None`` trains them afresh.
         deadline: ``time.monotonic()`` after which no new iteration starts (``None``: no limit);
             expert training counts against it but is never cut short.
+        observer: called with (accepted iterations, un-whitened images) after every accepted step.
 
     Returns:
         Synthetic images (K * ipc, C, H, W) float32 on ``device``, class-major in ``real_by_class``
@@ -171,6 +173,8 @@ def distill_mtt(
         history.append(value)
         opt_img.step()
         opt_lr.step()
+        if observer:
+            observer(len(history), zca.unwhiten(syn.detach()) if zca else syn.detach())
         if iteration % 50 == 0 or iteration == config.iterations - 1:
             log.info(
                 "MTT iteration %d/%d: trajectory loss %.4f, synthetic lr %.4g",

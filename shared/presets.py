@@ -1,0 +1,22 @@
+"""CPU presets: per-method settings that give a useful synthetic set in minutes on a 2-core site.
+
+A run that leaves ``iterations`` or ``batch-real`` at 0 gets its method's preset. What each preset
+gives up against the paper (measured in docs/benchmarks.md):
+
+* **DC**: 20 iterations instead of 1000, 64 real images per class per matching step instead of 256,
+  inner loop 10 instead of 50, ConvNet width 64 instead of 128. The images are noisier and the
+  matching has seen fewer network initialisations.
+* **DM**: 400 iterations instead of 20,000 and 128 real images per class instead of 256. DM's
+  iterations are cheap but it converges slowly; from noise it needs many of them.
+* **MTT**: 200 iterations instead of 5000, 5 experts of 15 epochs instead of 100 of 50, 20 unrolled
+  student steps instead of 30; the experts are trained once per site and cached.
+
+All presets use width 64 (the run's ``net-width``), which is also the global model's network.
+"""
+
+from __future__ import annotations
+
+from shared.schemas import DistillMethod
+
+PRESET_ITERATIONS = {DistillMethod.DC: 20, DistillMethod.DM: 400, DistillMethod.MTT: 200}
+PRESET_BATCH_REAL = {DistillMethod.DC: 64, DistillMethod.DM: 128}  # MTT's experts see every image
