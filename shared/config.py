@@ -14,6 +14,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.errors import ConfigError
+from shared.presets import PRESET_BATCH_REAL, PRESET_ITERATIONS
 from shared.schemas import (
     DCConfig,
     DistillConfig,
@@ -43,10 +44,10 @@ class RunConfig(BaseModel):
     # distillation request
     method: DistillMethod = DistillMethod.DC
     ipc: int = Field(10, ge=1, le=1000)
-    iterations: int = Field(20, ge=1, le=100_000)
+    iterations: int = Field(0, ge=0, le=100_000)  # 0: the method's CPU preset (shared/presets.py)
     lr_img: float = Field(0.0, ge=0)  # 0: the method's own default (DC 0.1, DM 1.0, MTT 1000)
     lr_net: float = Field(0.01, gt=0)
-    batch_real: int = Field(64, ge=1)
+    batch_real: int = Field(0, ge=0)  # 0: the method's CPU preset
     outer_loop: int = Field(0, ge=0)
     inner_loop: int = Field(10, ge=0)
     dsa: bool = True
@@ -66,6 +67,7 @@ class RunConfig(BaseModel):
     out_dir: str = "results"
     run_dir: str = ""  # empty: <out-dir>/run-<flower run id>
     keys_dir: str = ""  # empty: simulation keys generated into <run-dir>/keys
+    resume: bool = False  # continue the stopped run in run-dir, reusing the bundles it already holds
     device: str = "auto"
 
     @classmethod
@@ -95,15 +97,16 @@ class RunConfig(BaseModel):
 
     def distill_config(self) -> DistillConfig:
         """The per-method settings sent to every site."""
-        common = {"ipc": self.ipc, "iterations": self.iterations, "dsa": self.dsa, "init": self.init,
-                  "seed": self.seed, "network": self.network()}
+        common = {"ipc": self.ipc, "iterations": self.iterations or PRESET_ITERATIONS[self.method],
+                  "dsa": self.dsa, "init": self.init, "seed": self.seed, "network": self.network()}
         if self.lr_img:
             common["lr_img"] = self.lr_img
         if self.method == DistillMethod.DM:
-            return DMConfig(batch_real=self.batch_real, **common)
+            return DMConfig(batch_real=self.batch_real or PRESET_BATCH_REAL[self.method], **common)
         if self.method == DistillMethod.MTT:
             return MTTConfig(**common)
-        return DCConfig(lr_net=self.lr_net, batch_real=self.batch_real, outer_loop=self.outer_loop,
+        batch_real = self.batch_real or PRESET_BATCH_REAL[self.method]
+        return DCConfig(lr_net=self.lr_net, batch_real=batch_real, outer_loop=self.outer_loop,
                         inner_loop=self.inner_loop, **common)
 
     def network(self) -> NetworkSpec:
