@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import subprocess
 from pathlib import Path
 from typing import Annotated
 
@@ -9,6 +11,7 @@ import typer
 from pydantic import ValidationError
 
 from shared.config import RunConfig
+from shared.crypto import HpkeSuite
 from shared.errors import ConfigError
 from shared.logs import run_cli
 from shared.schemas import DistillMethod, InitMode, PartitionScheme
@@ -32,14 +35,14 @@ def simulate(
     alpha: Annotated[float, typer.Option(help="Dirichlet concentration: smaller = more different label mixes.")] = _DEFAULTS.alpha,
     method: Annotated[DistillMethod, typer.Option(help="Distillation method run at every site.")] = _DEFAULTS.method,
     ipc: Annotated[int, typer.Option(help="Synthetic images per class per site.")] = _DEFAULTS.ipc,
-    iterations: Annotated[int, typer.Option(help="Distillation iterations.")] = _DEFAULTS.iterations,
+    iterations: Annotated[int, typer.Option(help="Distillation iterations (0: the method's CPU preset).")] = _DEFAULTS.iterations,
     data_root: Annotated[str, typer.Option(help="Folder with MedMNIST .npz files (default: $MEDMNIST_ROOT).")] = "",
     min_sites: Annotated[int, typer.Option(help="Fewest valid bundles for the run to go on.")] = _DEFAULTS.min_sites,
     seed: Annotated[int, typer.Option(help="Seed for partitioning, distillation and training.")] = _DEFAULTS.seed,
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:1, ...")] = _DEFAULTS.device,
     out_dir: Annotated[Path, typer.Option(help="Parent folder of the run's results folder.")] = Path(_DEFAULTS.out_dir),
     init: Annotated[InitMode, typer.Option(help="Synthetic init. 'real' copies patient images into the release: demos only.")] = _DEFAULTS.init,
-    batch_real: Annotated[int, typer.Option(help="Real images per class per matching step.")] = _DEFAULTS.batch_real,
+    batch_real: Annotated[int, typer.Option(help="Real images per class per matching step (0: the method's CPU preset).")] = _DEFAULTS.batch_real,
     outer_loop: Annotated[int, typer.Option(help="DC outer loop (0: the paper's value for the ipc).")] = _DEFAULTS.outer_loop,
     inner_loop: Annotated[int, typer.Option(help="DC inner loop (0: the paper's value for the ipc).")] = _DEFAULTS.inner_loop,
     net_width: Annotated[int, typer.Option(help="ConvNet width (the paper uses 128).")] = _DEFAULTS.net_width,
@@ -69,53 +72,241 @@ def simulate(
     )
 
 
-sites_app = typer.Typer(help="The trust store: which signing key speaks for which site.", no_args_is_help=True)
+sites_app = typer.Typer(help="The trust store: which signing key and SuperNode key speak for which site.",
+                        no_args_is_help=True)
 app.add_typer(sites_app, name="sites")
+
+_KEYS_DIR = Annotated[Path, typer.Option(help="The coordinator's key directory.")]
+_SUPERLINK = Annotated[str | None, typer.Option(help="SuperLink host:port (default: the connection saved by an earlier command).")]
+_ROOT_CERTS = Annotated[Path | None, typer.Option(help="CA certificate of the SuperLink (default: <keys-dir>/tls/ca.crt).")]
+_FLWR_HOME = Annotated[Path, typer.Option(help="Project-local FLWR_HOME holding the connection.")]
 
 
 @app.command()
-def init(keys_dir: Annotated[Path, typer.Option(help="Where the coordinator's keys live (created, 0700).")]) -> None:
-    """Create the coordinator's HPKE key pair; prints the public key's fingerprint for sites to pin."""
+def init(
+    keys_dir: Annotated[Path, typer.Option(help="Where the coordinator's keys live (created, 0700).")],
+    suite: Annotated[HpkeSuite, typer.Option(help="HPKE suite of the key sites seal to.")] = HpkeSuite.X25519,
+    san: Annotated[list[str] | None, typer.Option(help="DNS name or IP the sites dial (repeat); 127.0.0.1 and localhost are always in.")] = None,
+    tls_cert: Annotated[Path | None, typer.Option(help="Use this SuperLink certificate instead of issuing one.")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="The key of --tls-cert.")] = None,
+    tls_ca: Annotated[Path | None, typer.Option(help="The CA sites should trust for --tls-cert (omit for a public CA).")] = None,
+) -> None:
+    """Create the coordinator's HPKE key pair and the SuperLink's TLS certificate (whichever is missing; --san re-issues)."""
+    from coordinator import tls
     from shared import crypto
-    from shared.keys import create_coordinator_key
+    from shared.keys import COORDINATOR_KEY, COORDINATOR_PUB, create_coordinator_key
 
     keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    public = create_coordinator_key(keys_dir)
-    typer.echo(f"coordinator key created in {keys_dir}\nfingerprint (sites pin it): {crypto.fingerprint(public)}")
+    if (keys_dir / COORDINATOR_KEY).exists():
+        public = crypto.load_public_key(keys_dir / COORDINATOR_PUB, crypto.RecipientPublicKey)
+        typer.echo(f"coordinator key kept ({public.suite.value})")
+    else:
+        public = create_coordinator_key(keys_dir, suite)
+        typer.echo(f"coordinator key created in {keys_dir} ({suite.value})")
+    typer.echo(f"fingerprint (sites pin it): {crypto.fingerprint(public)}")
+    if (tls_cert is None) != (tls_key is None):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    files = tls.TlsFiles.in_keys_dir(keys_dir)
+    if tls_cert is not None and tls_key is not None:
+        files = tls.install_own_tls(keys_dir, tls_cert, tls_key, tls_ca)
+    elif san or not files.server_cert.exists():
+        files = tls.issue_tls(keys_dir, san or [])
+    cert = crypto.load_certificate(files.server_cert)
+    typer.echo(f"SuperLink certificate {files.server_cert} for {', '.join(crypto.certificate_names(cert))}")
+    if files.ca_cert.exists():
+        typer.echo(f"give the sites {files.ca_cert} (SHA-256 {crypto.certificate_fingerprint(crypto.load_certificate(files.ca_cert))})")
 
 
 @sites_app.command("add")
 def sites_add(
-    keys_dir: Annotated[Path, typer.Option(help="The coordinator's key directory.")],
+    keys_dir: _KEYS_DIR,
     site_id: Annotated[str, typer.Option(help="The site's stable id, as in its node config.")],
     signing_key: Annotated[Path, typer.Option(help="The site's signing.pub, received out of band.")],
+    node_key: Annotated[Path | None, typer.Option(help="The site's node.pub (SuperNode auth key), received out of band.")] = None,
+    superlink: _SUPERLINK = None,
+    root_certificates: _ROOT_CERTS = None,
+    flwr_home: _FLWR_HOME = Path(".flwr-home"),
 ) -> None:
-    """Register a site's signing key."""
-    from coordinator.trust import register_site
+    """Register a site's signing key and SuperNode key; with a SuperLink connection, also register its node there."""
+    from coordinator import control
+    from coordinator.trust import record_flower_node, register_node_key, register_site
 
-    typer.echo(f"registered {site_id}: {register_site(keys_dir, site_id, signing_key)}")
+    typer.echo(f"registered {site_id}: signing key {register_site(keys_dir, site_id, signing_key)}")
+    if node_key is None:
+        return
+    typer.echo(f"registered {site_id}: SuperNode key {register_node_key(keys_dir, site_id, node_key)}")
+    if superlink is not None or (flwr_home / "config.toml").exists():
+        conn = _connection(keys_dir, superlink, root_certificates, flwr_home)
+        node_id = control.register_node(conn, node_key, site_id)
+        record_flower_node(keys_dir, site_id, node_id)
+        typer.echo(f"registered {site_id}'s SuperNode with the SuperLink at {conn.address} (node id {node_id})")
 
 
 @sites_app.command("list")
-def sites_list(keys_dir: Annotated[Path, typer.Option(help="The coordinator's key directory.")]) -> None:
-    """List registered sites and their key fingerprints."""
+def sites_list(keys_dir: _KEYS_DIR) -> None:
+    """List registered sites with their signing-key and SuperNode-key fingerprints."""
     from coordinator.trust import load_coordinator_keys
     from shared import crypto
 
-    for site_id, key in load_coordinator_keys(keys_dir).sites.items():
-        typer.echo(f"{site_id}\t{crypto.fingerprint(key)}")
+    keys = load_coordinator_keys(keys_dir)
+    for site_id in sorted(set(keys.sites) | set(keys.node_keys)):
+        signing = crypto.fingerprint(keys.sites[site_id]) if site_id in keys.sites else "-"
+        node = crypto.node_key_fingerprint(keys.node_keys[site_id]) if site_id in keys.node_keys else "-"
+        typer.echo(f"{site_id}\tsigning {signing}\tnode {node}")
 
 
 @sites_app.command("revoke")
 def sites_revoke(
-    keys_dir: Annotated[Path, typer.Option(help="The coordinator's key directory.")],
+    keys_dir: _KEYS_DIR,
     site_id: Annotated[str, typer.Option(help="The site to remove.")],
+    superlink: _SUPERLINK = None,
+    root_certificates: _ROOT_CERTS = None,
+    flwr_home: _FLWR_HOME = Path(".flwr-home"),
 ) -> None:
-    """Remove a site's key: its bundles are rejected from then on."""
-    from coordinator.trust import revoke_site
+    """Remove a site's keys (its bundles are rejected from then on) and unregister its node from the SuperLink."""
+    from coordinator import control
+    from coordinator.trust import flower_node_of, revoke_site
 
+    node_id = flower_node_of(keys_dir, site_id)
     revoke_site(keys_dir, site_id)
     typer.echo(f"revoked {site_id}")
+    if node_id is not None and (superlink is not None or (flwr_home / "config.toml").exists()):
+        control.unregister_node(_connection(keys_dir, superlink, root_certificates, flwr_home), node_id)
+        typer.echo(f"unregistered its SuperNode (node id {node_id}) from the SuperLink")
+
+
+@app.command()
+def serve(
+    keys_dir: _KEYS_DIR,
+    state_dir: Annotated[Path, typer.Option(help="SuperLink state: state.db, flwr-home/, superlink.log.")],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "0.0.0.0",
+    port: Annotated[int, typer.Option(help="The one HTTPS port (Fleet, Control and Runtime API).")] = 9092,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for the ServerApp (training the global model).")] = None,
+    dry_run: Annotated[bool, typer.Option(help="Check and print the command, start nothing.")] = False,
+) -> None:
+    """Run the SuperLink with TLS, SuperNode authentication, a state database and no runtime installs."""
+    from coordinator.superlink import SuperLinkSettings, superlink_command
+    from coordinator.superlink import serve as run_superlink
+
+    settings = SuperLinkSettings(keys_dir=keys_dir, state_dir=state_dir, host=host, port=port, threads=threads)
+    if dry_run:
+        typer.echo(" ".join(superlink_command(settings)))
+        return
+    run_superlink(settings)
+
+
+@app.command()
+def run(
+    keys_dir: Annotated[str, typer.Option(help="ABSOLUTE path of the coordinator's key directory on the SuperLink host.")],
+    out_dir: Annotated[str, typer.Option(help="ABSOLUTE path on the SuperLink host for results folders.")],
+    superlink: _SUPERLINK = None,
+    root_certificates: Annotated[Path | None, typer.Option(help="CA certificate of the SuperLink.")] = None,
+    flwr_home: _FLWR_HOME = Path(".flwr-home"),
+    app_dir: Annotated[Path, typer.Option(help="The feddistill project folder (flwr packages it).")] = Path("."),
+    dataset: Annotated[str, typer.Option(help="MedMNIST 2D dataset flag.")] = _DEFAULTS.dataset,
+    sites: Annotated[int, typer.Option(help="Sites expected.")] = _DEFAULTS.sites,
+    min_sites: Annotated[int, typer.Option(help="Fewest valid bundles for the run to go on.")] = _DEFAULTS.min_sites,
+    method: Annotated[DistillMethod, typer.Option(help="Distillation method.")] = _DEFAULTS.method,
+    ipc: Annotated[int, typer.Option(help="Synthetic images per class per site.")] = _DEFAULTS.ipc,
+    iterations: Annotated[int, typer.Option(help="Distillation iterations (0: the method's CPU preset).")] = _DEFAULTS.iterations,
+    node_wait_timeout: Annotated[float, typer.Option(help="Seconds to wait for sites to connect.")] = _DEFAULTS.node_wait_timeout,
+    distill_timeout: Annotated[float, typer.Option(help="Seconds to wait for bundles.")] = _DEFAULTS.distill_timeout,
+    setting: Annotated[list[str] | None, typer.Option("--set", help="Any other run-config key, e.g. --set train-epochs=50.")] = None,
+    resume: Annotated[str | None, typer.Option(help="Continue this stopped run folder (name under --out-dir, or absolute).")] = None,
+    follow: Annotated[bool, typer.Option(help="Stream the run's log until it ends.")] = True,
+) -> None:
+    """Launch a round on the remote SuperLink and stream its log; results land in --out-dir on the SuperLink host."""
+    from coordinator import control
+
+    for name, value in (("--keys-dir", keys_dir), ("--out-dir", out_dir)):
+        if not value.startswith("/"):
+            raise ConfigError(f"{name} {value!r} must be an absolute path on the SuperLink host")
+    values = {"dataset": dataset, "sites": sites, "min-sites": min_sites, "method": method.value, "ipc": ipc,
+              "iterations": iterations, "node-wait-timeout": node_wait_timeout, "distill-timeout": distill_timeout,
+              "keys-dir": keys_dir, "out-dir": out_dir, **_parse_settings(setting or [])}
+    if resume:
+        values |= {"resume": True, "run-dir": resume if resume.startswith("/") else f"{out_dir.rstrip('/')}/{resume}"}
+    config = RunConfig.from_flower(values)
+    conn = _connection(None, superlink, root_certificates, flwr_home)
+    app_path = control.check_app_dir(app_dir)
+    run_config = control.write_run_config(conn, config, f"run-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}")
+    run_id = control.submit_run(conn, app_path, run_config)
+    results_dir = config.run_dir or f"{out_dir.rstrip('/')}/run-{run_id}"
+    control.record_run(conn, run_id, results_dir)
+    typer.echo(f"run {run_id} started; results: {results_dir} on the SuperLink host")
+    if not follow:
+        return
+    subprocess.call(control.log_command(conn, run_id), env=conn.env())
+    final = control.run_status(conn, run_id)
+    typer.echo(f"run {run_id}: {final}; results: {results_dir}")
+    if final != "finished:completed":
+        raise typer.Exit(1)
+
+
+@app.command()
+def status(
+    run_id: Annotated[int | None, typer.Option(help="Only this Flower run.")] = None,
+    superlink: _SUPERLINK = None,
+    root_certificates: Annotated[Path | None, typer.Option(help="CA certificate of the SuperLink.")] = None,
+    flwr_home: _FLWR_HOME = Path(".flwr-home"),
+) -> None:
+    """Runs on the SuperLink: status, elapsed time, and where each one's results folder is."""
+    from coordinator import control
+
+    conn = _connection(None, superlink, root_certificates, flwr_home)
+    for entry in control.list_runs(conn, run_id):
+        results_dir = control.results_dir_of(conn, entry.get("run-id", "")) or "(not started by coordinator run)"
+        typer.echo("\t".join(str(entry.get(k, "")) for k in ("run-id", "status", "elapsed")) + f"\tresults: {results_dir}")
+
+
+@app.command()
+def results(out_dir: Annotated[Path, typer.Option(help="The runs' out-dir (on this, the SuperLink host).")]) -> None:
+    """Results folders under --out-dir with their status and, when complete, the global accuracy and AUC."""
+    import json
+
+    for summary in sorted(out_dir.glob("*/summary.json")):
+        data = json.loads(summary.read_text())
+        glob = data.get("global", {})
+        typer.echo(f"{summary.parent}\t{data['status']}\t{data['sites_accepted']}/{data['sites_expected']} sites\t"
+                   f"accuracy {_fmt(glob.get('accuracy'))}\tAUC {_fmt(glob.get('auc'))}")
+
+
+def _connection(keys_dir: Path | None, superlink: str | None, root_certificates: Path | None, flwr_home: Path):
+    """The SuperLink connection: given now (and saved in FLWR_HOME), or the one saved before."""
+    import tomllib
+
+    from coordinator.control import CONNECTION, Connection
+    from shared.keys import CA_CERT, TLS
+
+    home = flwr_home.expanduser().resolve()
+    if superlink is None:
+        config = home / "config.toml"
+        saved = tomllib.loads(config.read_text()).get("superlink", {}).get(CONNECTION) if config.exists() else None
+        if not saved:
+            raise ConfigError("no SuperLink connection yet: pass --superlink host:port and --root-certificates")
+        return Connection(saved["address"], Path(saved["root-certificates"]), home)
+    ca = root_certificates or (keys_dir / TLS / CA_CERT if keys_dir else None)
+    if ca is None or not ca.is_file():
+        raise ConfigError("--root-certificates: the SuperLink's CA certificate file is needed")
+    return Connection(superlink, ca.resolve(), home)
+
+
+def _parse_settings(items: list[str]) -> dict[str, str | int | float | bool]:
+    """``key=value`` run-config overrides, values read as TOML (so 50 is an int and true a bool)."""
+    import tomllib
+
+    parsed: dict[str, str | int | float | bool] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        try:
+            parsed[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            parsed[key.strip()] = raw
+    return parsed
+
+
 
 
 def _fmt(value: float | None) -> str:

@@ -12,18 +12,20 @@ import numpy as np
 
 from coordinator.trust import CoordinatorKeys
 from shared.bundle import MAX_ABS_PIXEL, OpenedBundle, open_bundle, read_header
-from shared.errors import InvalidBundle, ReplayError
+from shared.errors import InvalidBundle, ReplayError, VerificationError
 from shared.schemas import DistillRequest
 
 
 @dataclass(frozen=True)
 class Expectation:
-    """What a bundle from one node must match: the request sent to that node and the dataset's shape."""
+    """What a bundle from one node must match: the request sent to that node, the dataset's shape and,
+    for a node registered under a site id, that site (``None`` in simulation: the bundle names its site)."""
 
     request: DistillRequest
     image_shape: tuple[int, int, int]
     num_classes: int
     max_bytes: int
+    site_id: str | None = None
 
 
 def receive_bundle(
@@ -34,10 +36,16 @@ def receive_bundle(
     Raises:
         InvalidBundle: malformed, too large, or its contents break the request.
         ReplayError: another run's or another request's bundle, or a site that already delivered.
+        VerificationError: the bundle names another site than the node's registered one.
         DecryptionError, VerificationError: see ``shared.bundle.open_bundle``.
     """
     if len(sealed) <= expected.max_bytes:  # oversize is reported by open_bundle before parsing
         header, _, _ = read_header(sealed)
+        if expected.site_id is not None and header.site_id != expected.site_id:
+            raise VerificationError(
+                f"bundle claims site {header.site_id!r}, but it came from the Flower node registered as "
+                f"{expected.site_id!r}"
+            )
         if header.run_id != expected.request.run_id:
             raise ReplayError(f"bundle belongs to run {header.run_id!r}, not to this run")
         if header.nonce != expected.request.nonce:
@@ -85,7 +93,7 @@ def check_contents(opened: OpenedBundle, expected: Expectation) -> None:
 class SiteOutcome:
     """What came of asking one node for its bundle: accepted, rejected (with the reason) or missing."""
 
-    node_id: int
+    node_id: int | None  # None: the site never connected
     site_id: str | None
     status: str  # "accepted" | "rejected" | "missing"
     reason: str = ""

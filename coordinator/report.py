@@ -56,7 +56,7 @@ def build_summary(
         "iterations": config.iterations,
         "sites_expected": config.sites,
         "sites_accepted": sum(o.status == "accepted" for o in outcomes),
-        "sites": [_site_entry(o) for o in sorted(outcomes, key=lambda o: (o.site_id or "~", o.node_id))],
+        "sites": [_site_entry(o) for o in sorted(outcomes, key=lambda o: (o.site_id or "~", o.node_id or -1))],
         "stage_seconds": {k: round(v, 3) for k, v in stage_seconds.items()},
     }
     if pooled is not None:
@@ -100,7 +100,7 @@ def render_report(summary: dict[str, Any]) -> str:
     lines += ["", "| site | node | status | reason | bundle bytes | distill s |", "|---|---|---|---|---|---|"]
     for s in summary["sites"]:
         lines.append(
-            f"| {s['site_id'] or '?'} | {s['node_id']} | {s['status']} | {s['reason'] or ''} | "
+            f"| {s['site_id'] or '?'} | {s['node_id'] if s['node_id'] is not None else '-'} | {s['status']} | {s['reason'] or ''} | "
             f"{s['bundle_bytes']} | {_fmt(s.get('distill_seconds'))} |"
         )
     if "global" in summary:

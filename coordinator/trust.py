@@ -1,4 +1,8 @@
-"""The coordinator's keys: its HPKE private key and the registered signing key of every site.
+"""The coordinator's keys: its HPKE private key, and per site the registered signing key and SuperNode key.
+
+A site id maps to two keys: the Ed25519 key its bundles must be signed with, and the ECDSA key its
+Flower SuperNode authenticates with (registered with the SuperLink under the site id as its name).
+The ServerApp checks that both belong to the same site, so one site cannot speak for another.
 
 Layout: ``shared.keys``. In simulation, :func:`create_simulation_keys` makes a fresh set per run under
 ``<run-dir>/keys``: ``coordinator/`` and one site key directory per simulated site.
@@ -7,14 +11,15 @@ Layout: ``shared.keys``. In simulation, :func:`create_simulation_keys` makes a f
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared import crypto
 from shared.errors import ConfigError, KeyFileError, VerificationError
-from shared.keys import COORDINATOR_KEY, COORDINATOR_PUB, SITES, create_coordinator_key, create_site_keys
+from shared.keys import COORDINATOR_KEY, COORDINATOR_PUB, NODES, SITES, create_coordinator_key, create_site_keys
 
 _SITE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_FLOWER_ID = ".flower-node-id"  # nodes/<site-id>.flower-node-id: the node id the SuperLink gave it
 _SIMULATION_NOTE = (
     "SIMULATION KEYS: generated for this simulated run only, with every private key on one machine.\n"
     "Never use them for a real site or coordinator.\n"
@@ -23,10 +28,11 @@ _SIMULATION_NOTE = (
 
 @dataclass(frozen=True)
 class CoordinatorKeys:
-    """The private key bundles are sealed to, and the trust store of site signing keys."""
+    """The private key bundles are sealed to, and the trust store: signing and SuperNode keys per site."""
 
     private_key: crypto.RecipientKey
     sites: dict[str, crypto.VerifyKey]
+    node_keys: dict[str, crypto.NodePublicKey] = field(default_factory=dict)
 
     def verify_key_for(self, site_id: str) -> crypto.VerifyKey:
         """The registered key of a site.
@@ -54,7 +60,12 @@ def load_coordinator_keys(keys_dir: Path) -> CoordinatorKeys:
         for path in sorted((keys_dir / SITES).glob("*.pub"))
         if _SITE_ID.match(path.stem)
     }
-    return CoordinatorKeys(private_key, sites)
+    node_keys = {
+        path.stem: crypto.load_node_public_key(path)
+        for path in sorted((keys_dir / NODES).glob("*.pub"))
+        if _SITE_ID.match(path.stem)
+    }
+    return CoordinatorKeys(private_key, sites, node_keys)
 
 
 def create_simulation_keys(keys_root: Path, site_ids: list[str]) -> Path:
@@ -90,13 +101,44 @@ def register_site(keys_dir: Path, site_id: str, signing_public_key: Path) -> str
     return crypto.fingerprint(key)
 
 
+def register_node_key(keys_dir: Path, site_id: str, node_public_key: Path) -> str:
+    """Bind a site's SuperNode auth key (OpenSSH ECDSA) to its site id; returns its OpenSSH fingerprint.
+
+    Raises:
+        ConfigError: the site id is not a plain name.
+        KeyFileError: the key is unreadable or not ECDSA on a NIST curve, or another one is registered.
+    """
+    if not _SITE_ID.match(site_id):
+        raise ConfigError(f"site id {site_id!r} must be 1-64 letters, digits, '.', '_' or '-'")
+    key = crypto.load_node_public_key(node_public_key)
+    fingerprint = crypto.node_key_fingerprint(key)
+    target = keys_dir / NODES / f"{site_id}.pub"
+    if target.exists() and crypto.node_key_fingerprint(crypto.load_node_public_key(target)) != fingerprint:
+        raise KeyFileError(f"site {site_id!r} already has another SuperNode key registered; revoke it first")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(node_public_key.read_bytes())
+    return fingerprint
+
+
 def revoke_site(keys_dir: Path, site_id: str) -> None:
-    """Remove a site from the trust store: its bundles are rejected from then on.
+    """Remove a site from the trust store (signing and SuperNode key): its bundles are rejected from then on.
 
     Raises:
         KeyFileError: the site is not registered.
     """
-    target = keys_dir / SITES / f"{site_id}.pub"
-    if not _SITE_ID.match(site_id) or not target.is_file():
+    targets = [keys_dir / SITES / f"{site_id}.pub", keys_dir / NODES / f"{site_id}.pub"]
+    if not _SITE_ID.match(site_id) or not any(t.is_file() for t in targets):
         raise KeyFileError(f"site {site_id!r} is not registered")
-    target.unlink()
+    for target in [*targets, keys_dir / NODES / f"{site_id}{_FLOWER_ID}"]:
+        target.unlink(missing_ok=True)
+
+
+def record_flower_node(keys_dir: Path, site_id: str, node_id: int) -> None:
+    """Remember the SuperLink's node id for a site (``flwr supernode ls`` does not show names), to unregister it."""
+    (keys_dir / NODES / f"{site_id}{_FLOWER_ID}").write_text(f"{node_id}\n")
+
+
+def flower_node_of(keys_dir: Path, site_id: str) -> int | None:
+    """The SuperLink node id recorded for a site, if any."""
+    path = keys_dir / NODES / f"{site_id}{_FLOWER_ID}"
+    return int(path.read_text()) if _SITE_ID.match(site_id) and path.is_file() else None

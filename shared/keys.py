@@ -84,3 +84,28 @@ def create_coordinator_key(
     crypto.save_private_key(key, keys_dir / COORDINATOR_KEY)
     crypto.save_public_key(key.public_key(), keys_dir / COORDINATOR_PUB)
     return key.public_key()
+
+
+def create_site_identity(key_dir: Path) -> tuple[crypto.VerifyKey, crypto.NodePublicKey, list[str]]:
+    """Create whichever of the signing key and the SuperNode key is missing in ``key_dir``.
+
+    Returns the signing public key, the SuperNode public key and the names of the files just created.
+
+    Raises:
+        KeyFileError: both keys already exist (nothing is overwritten), or an existing key is unreadable.
+    """
+    created: list[str] = []
+    if (key_dir / SIGNING_KEY).exists():
+        signing = crypto.load_private_key(key_dir / SIGNING_KEY, crypto.SigningKey).public_key()
+    else:
+        signing = create_site_keys(key_dir)
+        created.append(SIGNING_KEY)
+    if (key_dir / NODE_KEY).exists():
+        node = crypto.load_node_private_key(key_dir / NODE_KEY).public_key()
+    else:
+        node = create_node_key(key_dir)
+        created.append(NODE_KEY)
+    if not created:
+        raise KeyFileError(f"the key directory {key_dir.name!r} already holds a signing key and a SuperNode key; "
+                           "not overwriting them")
+    return signing, node, created

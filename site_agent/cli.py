@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -9,7 +10,7 @@ import typer
 
 from shared import crypto
 from shared.errors import KeyFileError
-from shared.keys import COORDINATOR_PUB, create_site_keys
+from shared.keys import COORDINATOR_PUB, create_site_identity
 from shared.logs import run_cli
 from site_agent import cli_tools
 
@@ -19,10 +20,14 @@ app = typer.Typer(help="Run a hospital's site agent.", pretty_exceptions_enable=
 
 @app.command()
 def init(key_dir: Annotated[Path, typer.Option(help="Where the site's keys live (created, 0700).")]) -> None:
-    """Create this site's Ed25519 signing key; prints the public key's fingerprint to give the coordinator."""
+    """Create this site's identity: Ed25519 signing key and ECDSA P-384 SuperNode key; prints both fingerprints."""
     key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    public = create_site_keys(key_dir)
-    typer.echo(f"signing key created in {key_dir}\nfingerprint (send with signing.pub): {crypto.fingerprint(public)}")
+    signing, node, created = create_site_identity(key_dir)
+    typer.echo(
+        f"created {', '.join(created)} in {key_dir} (private keys 0600, never sent)\n"
+        f"signing key fingerprint (send with signing.pub):    {crypto.fingerprint(signing)}\n"
+        f"SuperNode key fingerprint (send with node.pub):     {crypto.node_key_fingerprint(node)}"
+    )
 
 
 @app.command("trust-coordinator")
@@ -41,6 +46,38 @@ def trust_coordinator(
 
 
 cli_tools.register(app)  # check, distill, inspect, policy: tools that need no coordinator
+
+
+@app.command()
+def join(
+    site_id: Annotated[str, typer.Option(help="This site's id, as registered with the coordinator.")],
+    key_dir: Annotated[Path, typer.Option(help="The site's key directory (site-agent init, trust-coordinator).")],
+    superlink: Annotated[str, typer.Option(help="The coordinator's SuperLink as host:port.")],
+    root_certificates: Annotated[Path | None, typer.Option(help="Study CA certificate (default: <key-dir>/superlink-ca.crt).")] = None,
+    data_root: Annotated[Path | None, typer.Option(help="Folder with this site's images.")] = None,
+    policy_file: Annotated[Path | None, typer.Option(help="The site's policy (JSON SitePolicy).")] = None,
+    flwr_home: Annotated[Path | None, typer.Option(help="FLWR_HOME of this SuperNode (default: beside the key dir).")] = None,
+    port: Annotated[int, typer.Option(help="Local Runtime API port; one per SuperNode on a machine.")] = 9094,
+    threads: Annotated[int, typer.Option(help="CPU threads for the site agent (OMP_NUM_THREADS etc.).")] = os.cpu_count() or 1,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = "auto",
+    coordinator_fingerprint: Annotated[str | None, typer.Option(help="Refuse to start unless the pinned coordinator key has it.")] = None,
+    max_retries: Annotated[int | None, typer.Option(help="Flower's reconnect attempts (default: unlimited).")] = None,
+    max_wait_time: Annotated[float | None, typer.Option(help="Flower's reconnect time limit in s (default: none).")] = None,
+    restart: Annotated[bool, typer.Option(help="Restart the SuperNode when it exits on a lost connection.")] = True,
+    partition_id: Annotated[int | None, typer.Option(help="Demo: use share i of a public dataset.")] = None,
+    num_partitions: Annotated[int | None, typer.Option(help="Demo: number of shares.")] = None,
+    dry_run: Annotated[bool, typer.Option(help="Check and print the command, start nothing.")] = False,
+) -> None:
+    """Check this site's keys and settings, then run its Flower SuperNode against the coordinator (TLS, node auth)."""
+    from site_agent import join as joining
+
+    values = {k: v for k, v in locals().items() if k not in ("dry_run", "restart", "joining")}
+    settings = joining.settings_from_options(values)
+    if dry_run:
+        joining.preflight(settings)
+        typer.echo(" ".join(joining.supernode_command(settings, settings.home() / "node-config.toml")))
+        return
+    raise typer.Exit(joining.run_supernode(settings, restart=restart))
 
 
 def main() -> None:

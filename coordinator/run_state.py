@@ -1,0 +1,88 @@
+"""What a run has asked for and received, kept on disk so a stopped run can be resumed.
+
+::
+
+    <run-dir>/state.json              run id and, per site, the DistillRequest (with its nonce) last sent
+    <run-dir>/bundles/<site>.sealed   each bundle exactly as received, still encrypted (atomic writes)
+
+Resuming (``coordinator run --resume <run-dir>``) keeps the run id, re-opens every stored bundle
+against the request stored for its site (decrypt, verify the signature against the trust store,
+check run id, nonce and contents: nothing is trusted because it was on disk), and asks only the
+sites without a valid bundle, each with a fresh nonce that replaces the old request. So a bundle is
+only ever accepted for the exact (run id, site, nonce) the coordinator issued and still holds, a
+site delivers at most once per run, and a late reply to a superseded request fails the nonce check.
+The stored bundles are as confidential as in transit: only the coordinator's private key opens them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from shared.config import RunConfig
+from shared.errors import ConfigError
+from shared.schemas import DistillRequest
+
+STATE = "state.json"
+BUNDLES = "bundles"
+# Settings a resumed run may change; everything else comes from the stopped run's run_config.json,
+# so the stored bundles still answer exactly what is asked.
+OPERATIONAL = ("min_sites", "node_wait_timeout", "distill_timeout", "evaluate_timeout", "keys_dir", "device",
+               "out_dir", "run_dir", "resume", "max_bundle_mb")
+
+
+class RunState(BaseModel):
+    """The run id and the request last sent to each site (keyed by site id, or ``node-<id>`` when unnamed)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: str
+    requests: dict[str, DistillRequest] = {}
+
+
+def start(run_dir: Path, config: RunConfig) -> tuple[RunState, RunConfig]:
+    """A fresh state for a new run, or the stored one (and the stored settings) when resuming.
+
+    Raises:
+        ConfigError: resuming a folder without a run, or starting a new run in a folder that holds one.
+    """
+    path = run_dir / STATE
+    if not config.resume:
+        if path.exists():
+            raise ConfigError(f"run folder {run_dir.name!r} already holds a run",
+                              hint=f"continue it with `coordinator run --resume {run_dir}` or choose another run-dir")
+        return RunState(run_id=f"{run_dir.name}-{secrets.token_hex(4)}"), config
+    if not path.exists():
+        raise ConfigError(f"run folder {run_dir.name!r} holds no stopped run to resume (no {STATE})")
+    state = RunState.model_validate_json(path.read_text())
+    stored = RunConfig.from_flower(json.loads((run_dir / "run_config.json").read_text()))
+    return state, stored.model_copy(update={key: getattr(config, key) for key in OPERATIONAL})
+
+
+def save(run_dir: Path, state: RunState) -> None:
+    _write_atomic(run_dir / STATE, state.model_dump_json(indent=2).encode())
+
+
+def bundle_path(run_dir: Path, site_key: str) -> Path:
+    return run_dir / BUNDLES / f"{site_key}.sealed"
+
+
+def store_bundle(run_dir: Path, site_key: str, sealed: bytes) -> None:
+    """Keep a received bundle, still encrypted, as it arrives (never a half-written file)."""
+    _write_atomic(bundle_path(run_dir, site_key), sealed)
+
+
+def stored_bundles(run_dir: Path, state: RunState) -> dict[str, bytes]:
+    """The stored bundle of each site that has a request in ``state``."""
+    return {key: path.read_bytes() for key in state.requests if (path := bundle_path(run_dir, key)).is_file()}
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
