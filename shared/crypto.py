@@ -146,6 +146,7 @@ __all__ = [
     "new_certificate_authority",
     "node_key_fingerprint",
     "node_key_from_spki",
+    "node_key_to_spki",
     "open_sealed",
     "save_certificate",
     "save_node_key",
@@ -352,6 +353,11 @@ def load_node_public_key(path: Path) -> NodePublicKey:
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise KeyFileError(f"SuperNode public key file {path.name!r} is not an OpenSSH public key") from exc
     return _nist_ec(key, path)
+
+
+def node_key_to_spki(public_key: NodePublicKey) -> bytes:
+    """A SuperNode key in the form Flower stores and reports it (SubjectPublicKeyInfo PEM)."""
+    return public_key.public_bytes(*_SPKI)
 
 
 def node_key_from_spki(pem: bytes) -> NodePublicKey | None:

@@ -1,0 +1,144 @@
+"""The commands and files behind `site-agent join`, `coordinator serve` and `coordinator run`, and their start checks."""
+
+from __future__ import annotations
+
+import shutil
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from coordinator import control
+from coordinator.superlink import SuperLinkSettings, superlink_command, superlink_env
+from coordinator.tls import issue_tls
+from shared import crypto
+from shared.config import RunConfig
+from shared.errors import ConfigError, KeyFileError
+from shared.keys import (
+    COORDINATOR_PUB,
+    NODE_KEY,
+    SIGNING_PUB,
+    SITE_CA_CERT,
+    create_coordinator_key,
+    create_site_identity,
+)
+from site_agent import join
+from site_agent.settings import site_settings
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> join.JoinSettings:
+    """A complete site key directory (keys, pinned coordinator key, study CA) and settings for it."""
+    coord = tmp_path / "coord"
+    public = create_coordinator_key(coord)
+    files = issue_tls(coord, [])
+    key_dir = tmp_path / "hospital's keys"  # a quote and a space: the node config file must carry them exactly
+    create_site_identity(key_dir)
+    crypto.save_public_key(public, key_dir / COORDINATOR_PUB)
+    shutil.copyfile(files.ca_cert, key_dir / SITE_CA_CERT)
+    (tmp_path / "data").mkdir()
+    return join.JoinSettings(site_id="st-marys", key_dir=key_dir, superlink="link.example.org:443",
+                             data_root=tmp_path / "data", port=9611, threads=2)
+
+
+def test_supernode_command_has_tls_node_auth_own_port_and_offline_env(site: join.JoinSettings) -> None:
+    """TLS against the study CA, node auth with node.key, its own Runtime API port; never --insecure."""
+    join.preflight(site)
+    command = join.supernode_command(site, Path("/x/node-config.toml"))
+    flags = {flag: command[i + 1] for i, flag in enumerate(command[:-1]) if flag.startswith("--")}
+    assert command[0] == "flower-supernode" and "--insecure" not in command
+    assert flags["--superlink"] == "link.example.org:443"
+    assert flags["--root-certificates"] == str((site.key_dir / SITE_CA_CERT).resolve())
+    assert flags["--auth-supernode-private-key"] == str((site.key_dir / NODE_KEY).resolve())
+    assert flags["--port"] == "9611" and flags["--host"] == "127.0.0.1"
+    assert "--max-retries" not in command  # Flower's default: reconnect without limit
+    env = join.supernode_env(site)
+    assert env["FLWR_HOME"] == str(site.home()) and env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "2"
+    assert env["FLWR_DISABLE_UPDATE_CHECK"] == "1" and env["FLWR_TELEMETRY_ENABLED"] == "0"
+    assert env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] == "1"
+
+
+def test_node_config_file_round_trips_into_site_settings(site: join.JoinSettings) -> None:
+    """The node config file parses back (as Flower reads it) into the site's own settings, paths intact."""
+    values = tomllib.loads(join.write_node_config(site).read_text())
+    settings = site_settings(values, RunConfig(), Path("/unused"))
+    assert settings.site_id == "st-marys" and not settings.simulated
+    assert settings.key_dir == site.key_dir.resolve() and settings.data_root == str(site.data_root.resolve())
+
+
+@pytest.mark.parametrize(
+    ("breakage", "error", "match"),
+    [
+        (lambda s: shutil.rmtree(s.key_dir), KeyFileError, "key directory .* does not exist"),
+        (lambda s: (s.key_dir / "signing.key").unlink(), KeyFileError, "'signing.key' not found"),
+        (lambda s: (s.key_dir / NODE_KEY).unlink(), KeyFileError, "'node.key' not found"),
+        (lambda s: (s.key_dir / COORDINATOR_PUB).unlink(), KeyFileError, "pinned coordinator key.*not found"),
+        (lambda s: shutil.copyfile(s.key_dir / SIGNING_PUB, s.key_dir / COORDINATOR_PUB), KeyFileError,
+         "pinned coordinator key.*Ed25519PublicKey"),
+        (lambda s: (s.key_dir / SITE_CA_CERT).unlink(), KeyFileError, "certificate file .* not found"),
+    ],
+    ids=["no-key-dir", "no-signing-key", "no-node-key", "no-coordinator-key", "wrong-coordinator-key", "no-ca"],
+)
+def test_preflight_names_what_is_missing(site: join.JoinSettings, breakage, error, match) -> None:
+    """Each missing or wrong piece fails before anything starts, with a message naming it."""
+    breakage(site)
+    with pytest.raises(error, match=match):
+        join.preflight(site)
+
+
+def test_preflight_checks_the_coordinator_fingerprint_when_given(site: join.JoinSettings) -> None:
+    """A pinned key that is not the one read out of band stops the join."""
+    with pytest.raises(KeyFileError, match="fingerprint"):
+        join.preflight(site.model_copy(update={"coordinator_fingerprint": "00" * 32}))
+
+
+def test_bad_join_options_are_config_errors() -> None:
+    """Options are checked at the door, naming the option."""
+    with pytest.raises(ConfigError, match="--superlink"):
+        join.settings_from_options({"site_id": "a", "key_dir": Path("k"), "superlink": "no-port"})
+    with pytest.raises(ConfigError, match="--site-id"):
+        join.settings_from_options({"site_id": "../a", "key_dir": Path("k"), "superlink": "h:1"})
+
+
+def test_superlink_command_has_tls_auth_database_and_no_installs(tmp_path: Path) -> None:
+    """SuperLink: TLS files from the key dir, node auth on, state database, no runtime dependency installs."""
+    settings = SuperLinkSettings(keys_dir=tmp_path / "coord", state_dir=tmp_path / "state", port=9700)
+    with pytest.raises(KeyFileError, match="no TLS certificate"):
+        superlink_command(settings)
+    issue_tls(tmp_path / "coord", ["link.example.org"])
+    command = superlink_command(settings)
+    flags = {flag: command[i + 1] for i, flag in enumerate(command[:-1]) if flag.startswith("--")}
+    assert "--enable-supernode-auth" in command and "--disable-runtime-dependency-installation" in command
+    assert "--insecure" not in command
+    assert flags["--ssl-certfile"].endswith("tls/server.crt") and flags["--ssl-keyfile"].endswith("tls/server.key")
+    assert flags["--database"] == str((tmp_path / "state" / "state.db").resolve()) and flags["--port"] == "9700"
+    assert superlink_env(settings)["FLWR_HOME"] == str((tmp_path / "state" / "flwr-home").resolve())
+
+
+def test_connection_is_written_to_flwr_home_keeping_other_connections(tmp_path: Path) -> None:
+    """The connection goes into FLWR_HOME/config.toml; existing entries (e.g. 'local') survive."""
+    home = tmp_path / ".flwr-home"
+    home.mkdir()
+    (home / "config.toml").write_text('[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n')
+    conn = control.Connection("link.example.org:443", tmp_path / "ca.crt", home)
+    config = tomllib.loads(control.write_connection(conn).read_text())
+    assert config["superlink"]["default"] == "local" and config["superlink"]["local"] == {"address": ":local:"}
+    assert config["superlink"]["feddistill"] == {"address": "link.example.org:443",
+                                                 "root-certificates": str((tmp_path / "ca.crt").resolve())}
+
+
+def test_run_config_file_and_command(tmp_path: Path) -> None:
+    """Run settings travel as a TOML file that parses back into the same RunConfig."""
+    conn = control.Connection("h:1", tmp_path / "ca.crt", tmp_path / "home")
+    config = RunConfig.from_flower({"keys-dir": "/srv/keys", "out-dir": "/srv/results", "ipc": 2, "sites": 3})
+    path = control.write_run_config(conn, config, "r1")
+    assert RunConfig.from_flower(tomllib.loads(path.read_text())) == config
+    assert control.run_args(conn, tmp_path, path) == ["run", str(tmp_path), "feddistill", "--run-config", str(path)]
+
+
+def test_app_dir_with_federations_is_refused(tmp_path: Path) -> None:
+    """`flwr run` would rewrite a pyproject with [tool.flwr.federations]; we refuse it instead."""
+    (tmp_path / "pyproject.toml").write_text("[tool.flwr.app]\npublisher = 'x'\n[tool.flwr.federations]\ndefault = 'a'\n")
+    with pytest.raises(ConfigError, match="federations"):
+        control.check_app_dir(tmp_path)
+    assert control.check_app_dir(Path(__file__).resolve().parents[2]).name  # the project itself is fine
