@@ -112,6 +112,7 @@ def node_config(settings: JoinSettings) -> dict[str, str | int]:
         "site-id": settings.site_id,
         "key-dir": str(settings.key_dir.expanduser().resolve()),
         "device": settings.device,
+        "cache-dir": str(settings.home() / "cache"),  # site-private working files (e.g. MTT experts)
     }
     if settings.data_root is not None:
         values["data-root"] = str(settings.data_root.expanduser().resolve())

@@ -1,0 +1,210 @@
+"""The deployment end to end on 127.0.0.1: a real SuperLink and three SuperNodes, TLS and node authentication.
+
+The processes are started with exactly the commands ``coordinator serve`` and ``site-agent join``
+build. Three nodes join: site-a and site-b are honest; the third is registered (as site-c) but
+signs its bundle with a stolen copy of site-a's key and claims to be site-a. The run must reject it
+with a clear reason and complete with the other two. A fourth node, never registered, is refused by
+the SuperLink. Every process started here is stopped by PID, the Flower SuperExec children included.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from coordinator import control
+from coordinator.superlink import SuperLinkSettings, superlink_command, superlink_env
+from coordinator.tls import issue_tls
+from coordinator.trust import register_node_key, register_site
+from shared import crypto
+from shared.config import RunConfig
+from shared.keys import (
+    COORDINATOR_PUB,
+    NODE_PUB,
+    SIGNING_KEY,
+    SIGNING_PUB,
+    SITE_CA_CERT,
+    create_coordinator_key,
+    create_site_identity,
+)
+from site_agent import join
+
+PROJECT = Path(__file__).resolve().parents[2]
+TINY = {"dataset": "breastmnist", "sites": 3, "min-sites": 2, "ipc": 1, "iterations": 2, "batch-real": 16,
+        "outer-loop": 1, "inner-loop": 1, "net-width": 16, "train-epochs": 10, "node-wait-timeout": 60.0,
+        "distill-timeout": 240.0, "evaluate-timeout": 120.0}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_port(port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.3)
+    raise TimeoutError(f"nothing listens on port {port} after {timeout:.0f} s")
+
+
+def _descendants(pid: int) -> list[int]:
+    """All descendants of ``pid`` (from /proc), children first found first."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+class Processes:
+    """Processes this test started; ``stop`` ends each one and its descendants by PID."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir, self.started = log_dir, []
+
+    def start(self, name: str, command: list[str], env: dict[str, str]) -> subprocess.Popen:
+        log = (self.log_dir / f"{name}.log").open("wb")
+        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.started.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        pids = [pid for proc in self.started for pid in [proc.pid, *_descendants(proc.pid)]]
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 10
+        for proc in self.started:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for proc in self.started:
+            proc.wait(timeout=10)
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    procs = Processes(tmp_path)
+    yield procs
+    procs.stop()
+
+
+def _site(root: Path, coord: Path, name: str) -> Path:
+    """A site key directory as `site-agent init` + `trust-coordinator` + the CA copy leave it."""
+    key_dir = root / name
+    create_site_identity(key_dir)
+    shutil.copyfile(coord / COORDINATOR_PUB, key_dir / COORDINATOR_PUB)
+    shutil.copyfile(coord / "tls" / "ca.crt", key_dir / SITE_CA_CERT)
+    return key_dir
+
+
+def test_join_refuses_to_start_without_keys_or_with_a_wrong_coordinator_key(tmp_path: Path) -> None:
+    """`site-agent join` with a missing key dir, or a signing key pinned as the coordinator's, exits 1 saying why."""
+    coord = tmp_path / "coord"
+    create_coordinator_key(coord)
+    issue_tls(coord, [])
+    base = ["site-agent", "join", "--site-id", "site-a", "--superlink", "127.0.0.1:1", "--dry-run"]
+    missing = subprocess.run([*base, "--key-dir", str(tmp_path / "nowhere")], capture_output=True, text=True,
+                             check=False)
+    assert missing.returncode == 1 and "key directory" in missing.stderr and "does not exist" in missing.stderr
+    assert "site-agent init" in missing.stderr
+
+    key_dir = _site(tmp_path, coord, "site-a")
+    shutil.copyfile(key_dir / SIGNING_PUB, key_dir / COORDINATOR_PUB)  # the wrong key pinned
+    wrong = subprocess.run([*base, "--key-dir", str(key_dir)], capture_output=True, text=True, check=False)
+    assert wrong.returncode == 1 and "pinned coordinator key" in wrong.stderr and "Ed25519PublicKey" in wrong.stderr
+    assert not list(tmp_path.glob("flwr-home-*"))  # nothing was started or written
+
+
+@pytest.mark.flower
+@pytest.mark.realdata
+def test_deployed_round_with_tls_node_auth_and_an_impostor(data_root: Path, tmp_path: Path, processes) -> None:
+    """One full round across real processes: two honest sites accepted, the impostor rejected, results written."""
+    coord = tmp_path / "coord"
+    create_coordinator_key(coord)
+    issue_tls(coord, [])
+    sites = {name: _site(tmp_path, coord, name) for name in ("site-a", "site-b", "site-c", "site-d")}
+    for name in ("site-a", "site-b", "site-c"):  # site-d is never registered
+        register_site(coord, name, sites[name] / SIGNING_PUB)
+        register_node_key(coord, name, sites[name] / NODE_PUB)
+    shutil.copyfile(sites["site-a"] / SIGNING_KEY, sites["site-c"] / SIGNING_KEY)  # site-c holds a stolen key
+
+    port = _free_port()
+    link = SuperLinkSettings(keys_dir=coord, state_dir=tmp_path / "link", host="127.0.0.1", port=port, threads=1)
+    link.flwr_home().mkdir(parents=True)
+    processes.start("superlink", superlink_command(link), superlink_env(link))
+    _wait_for_port(port, 60)
+    conn = control.Connection(f"127.0.0.1:{port}", coord / "tls" / "ca.crt", tmp_path / "operator-home")
+    for name in ("site-a", "site-b", "site-c"):
+        control.register_node(conn, sites[name] / NODE_PUB, name)  # before the nodes connect
+
+    def join_settings(name: str, claims: str, index: int) -> join.JoinSettings:
+        return join.JoinSettings(site_id=claims, key_dir=sites[name], superlink=conn.address, data_root=data_root,
+                                 flwr_home=tmp_path / f"home-{name}", port=_free_port(), threads=1,
+                                 partition_id=index, num_partitions=3, max_retries=2)
+
+    # The unregistered node is refused by the SuperLink itself (Flower's exit code 305).
+    unregistered = join_settings("site-d", "site-d", 0)
+    join.preflight(unregistered)
+    refused = processes.start("site-d", join.supernode_command(unregistered, join.write_node_config(unregistered)),
+                              join.supernode_env(unregistered))
+    for index, (name, claims) in enumerate([("site-a", "site-a"), ("site-b", "site-b"), ("site-c", "site-a")]):
+        settings = join_settings(name, claims, index)
+        join.preflight(settings)
+        processes.start(name, join.supernode_command(settings, join.write_node_config(settings)),
+                        join.supernode_env(settings))
+    assert refused.wait(timeout=120) == 305
+
+    out_dir = tmp_path / "results"
+    config = RunConfig.from_flower({**TINY, "keys-dir": str(coord), "out-dir": str(out_dir)})
+    run_id = control.submit_run(conn, PROJECT, control.write_run_config(conn, config, "e2e"))
+    deadline = time.monotonic() + 300
+    while not (status := control.run_status(conn, run_id)).startswith("finished") and time.monotonic() < deadline:
+        time.sleep(3)
+    run_dir = out_dir / f"run-{run_id}"
+    logs = {p.name: p.read_text(errors="replace")[-3000:] for p in tmp_path.glob("*.log")}
+    assert status == "finished:completed", logs
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    by_site = {(s["site_id"], s["status"]): s for s in summary["sites"]}
+    assert summary["status"] == "completed" and summary["sites_accepted"] == 2
+    assert ("site-a", "accepted") in by_site and ("site-b", "accepted") in by_site
+    impostor = by_site[("site-c", "rejected")]
+    assert "claims site 'site-a'" in impostor["reason"] and "registered as 'site-c'" in impostor["reason"]
+    assert 0.0 <= summary["global"]["accuracy"] <= 1.0 and len(summary["per_site"]) == 3
+    for name in ("report.md", "run_config.json", "global_model.pt", "synthetic_grid.png", "state.json",
+                 "bundles/site-a.sealed", "bundles/site-b.sealed"):
+        assert (run_dir / name).is_file(), name
+    assert "site-c" in (run_dir / "report.md").read_text()
+    assert not (run_dir / "keys").exists()  # deployment: no simulation keys
+    assert crypto.HPKE_SUITE_NAME in (run_dir / "bundles" / "site-a.sealed").read_bytes()[:400].decode(errors="replace")
