@@ -97,6 +97,7 @@ def register_site(keys_dir: Path, site_id: str, signing_public_key: Path) -> str
         existing = crypto.load_public_key(target, crypto.VerifyKey)
         if crypto.fingerprint(existing) != crypto.fingerprint(key):
             raise KeyFileError(f"site {site_id!r} already has another key registered; revoke it first")
+        return crypto.fingerprint(key)
     crypto.save_public_key(key, target)
     return crypto.fingerprint(key)
 
@@ -113,8 +114,10 @@ def register_node_key(keys_dir: Path, site_id: str, node_public_key: Path) -> st
     key = crypto.load_node_public_key(node_public_key)
     fingerprint = crypto.node_key_fingerprint(key)
     target = keys_dir / NODES / f"{site_id}.pub"
-    if target.exists() and crypto.node_key_fingerprint(crypto.load_node_public_key(target)) != fingerprint:
-        raise KeyFileError(f"site {site_id!r} already has another SuperNode key registered; revoke it first")
+    if target.exists():
+        if crypto.node_key_fingerprint(crypto.load_node_public_key(target)) != fingerprint:
+            raise KeyFileError(f"site {site_id!r} already has another SuperNode key registered; revoke it first")
+        return fingerprint
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(node_public_key.read_bytes())
     return fingerprint
