@@ -67,6 +67,9 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path) -> dict[str, An
     node_ids = wait_for_nodes(grid, config.sites, config.min_sites, config.node_wait_timeout)
     keys = _coordinator_keys(config, run_dir, len(node_ids))
     bindings = bind_nodes(_node_infos(grid, node_ids), keys.sites, keys.node_keys)
+    if config.keys_dir and any(b.site_id is None for b in bindings.values()):
+        log.warning("nodes without registered names: SuperNode authentication is off, so a bundle's site is "
+                    "vouched for by its signature alone")
     spec = ModelSpec(in_channels=info.in_channels, num_classes=info.num_classes, image_size=IMAGE_SIZE,
                      network=config.network())
     image_shape = (spec.in_channels, spec.image_size, spec.image_size)

@@ -77,7 +77,7 @@ def join(
         joining.preflight(settings)
         typer.echo(" ".join(joining.supernode_command(settings, settings.home() / "node-config.toml")))
         return
-    raise typer.Exit(joining.run_supernode(settings, restart=restart))
+    raise typer.Exit(0 if joining.run_supernode(settings, restart=restart) == 0 else 1)
 
 
 def main() -> None:

@@ -18,12 +18,15 @@ The pieces, in order:
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -36,9 +39,11 @@ from site_agent.policy import SitePolicy
 log = logging.getLogger(__name__)
 
 SUPERNODE = "flower-supernode"
-# Exit codes of flower-supernode (flwr.supercore.exit.ExitCode) that a restart cannot fix.
-_CONFIG_EXIT_CODES = {302: "invalid SuperNode auth key", 303: "node auth needs TLS", 304: "invalid trusted entities"}
-_CONNECTION_ERROR = 305  # the link was lost or refused (also: this node's key is not registered)
+# Flower's exit codes (flwr.supercore.exit.ExitCode) that a restart cannot fix. The process itself
+# exits with status 1 on any error; the code is in its log line "Exit Code: <code>".
+CONFIG_EXIT_CODES = {302: "invalid SuperNode auth key", 303: "node auth needs TLS", 304: "invalid trusted entities"}
+CONNECTION_ERROR = 305  # the link was lost or refused (also: this node's key is not registered)
+_EXIT_CODE_LINE = re.compile(rb"Exit Code: (\d+)")
 _BACKOFF_START, _BACKOFF_MAX, _STABLE_SECONDS = 5.0, 120.0, 300.0
 
 
@@ -152,7 +157,7 @@ def supernode_env(settings: JoinSettings) -> dict[str, str]:
 
 
 def run_supernode(settings: JoinSettings, restart: bool = True, max_restarts: int | None = None) -> int:
-    """Check, then run the SuperNode until it stops cleanly or is stopped; returns its exit code.
+    """Check, then run the SuperNode until it stops cleanly or is stopped; returns 0, or its (Flower) exit code.
 
     With ``restart``, an exit on a connection error (the link dropped beyond Flower's own retries, or
     the node is not registered yet) starts it again after 5 s, doubling up to 2 min.
@@ -180,17 +185,20 @@ def run_supernode(settings: JoinSettings, restart: bool = True, max_restarts: in
             log.info("site %s: starting SuperNode against %s (Runtime API port %d)", settings.site_id,
                      settings.superlink, settings.port)
             started = time.monotonic()
-            child = subprocess.Popen(command, env=env, cwd=settings.home())
-            code = child.wait()
-            if stopping or code == 0:
-                return code
-            if code in _CONFIG_EXIT_CODES:
-                raise ConfigError(f"SuperNode exited with code {code} ({_CONFIG_EXIT_CODES[code]})")
+            child = subprocess.Popen(command, env=env, cwd=settings.home(), stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT)
+            flower_code = relay_output(child.stdout, sys.stdout.buffer)
+            status = child.wait()
+            if stopping or status == 0:
+                return status
+            if flower_code in CONFIG_EXIT_CODES:
+                raise ConfigError(f"SuperNode exited with Flower code {flower_code} ({CONFIG_EXIT_CODES[flower_code]})")
+            code = flower_code if flower_code is not None else status
             if not restart or (max_restarts is not None and restarts >= max_restarts):
                 return code
             if time.monotonic() - started > _STABLE_SECONDS:
                 backoff = _BACKOFF_START  # it ran fine for a while: this is a new outage
-            why = "lost or refused connection (is this node registered?)" if code == _CONNECTION_ERROR else f"exit {code}"
+            why = "lost or refused connection (is this node registered?)" if code == CONNECTION_ERROR else f"code {code}"
             log.warning("site %s: SuperNode stopped (%s); restarting in %.0f s", settings.site_id, why, backoff)
             _sleep_unless(lambda: stopping, backoff)
             if stopping:
@@ -199,6 +207,17 @@ def run_supernode(settings: JoinSettings, restart: bool = True, max_restarts: in
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def relay_output(stream: IO[bytes] | None, out: IO[bytes]) -> int | None:
+    """Copy the SuperNode's output to ours line by line; returns the last Flower exit code it logged."""
+    code = None
+    for line in iter(stream.readline, b"") if stream is not None else ():
+        out.write(line)
+        out.flush()
+        if match := _EXIT_CODE_LINE.search(line):
+            code = int(match.group(1))
+    return code
 
 
 def _sleep_unless(stopped: Callable[[], bool], seconds: float) -> None:

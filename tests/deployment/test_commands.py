@@ -142,3 +142,30 @@ def test_app_dir_with_federations_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="federations"):
         control.check_app_dir(tmp_path)
     assert control.check_app_dir(Path(__file__).resolve().parents[2]).name  # the project itself is fine
+
+
+def test_supernode_is_restarted_after_a_lost_link_but_not_after_a_config_error(
+    site: join.JoinSettings, tmp_path: Path, monkeypatch
+) -> None:
+    """Flower code 305 (link lost / not registered) restarts the SuperNode; 302 (bad auth key) stops with an error."""
+    calls = tmp_path / "calls"
+    fake = tmp_path / "fake-supernode"
+    # Like flower-supernode: logs "Exit Code: <Flower code>" and exits 1 (0 for code 0), taking the codes
+    # from $CODES, one per start; records its arguments.
+    fake.write_text('#!/bin/sh\necho "$@" >> "$CALLS"\nn=$(wc -l < "$CALLS")\ncode=$(echo "$CODES" | cut -d" " -f$n)\n'
+                    '[ "$code" = 0 ] && exit 0\necho "ERROR: Exit Code: $code"\nexit 1\n')
+    fake.chmod(0o755)
+    monkeypatch.setattr(join, "SUPERNODE", str(fake))
+    monkeypatch.setattr(join, "_BACKOFF_START", 0.01)
+    monkeypatch.setenv("CALLS", str(calls))
+    monkeypatch.setenv("CODES", "305 305 0")
+    assert join.run_supernode(site) == 0
+    assert len(calls.read_text().splitlines()) == 3 and "--auth-supernode-private-key" in calls.read_text()
+
+    calls.unlink()
+    monkeypatch.setenv("CODES", "302 0")
+    with pytest.raises(ConfigError, match="code 302"):
+        join.run_supernode(site)
+    calls.unlink()
+    monkeypatch.setenv("CODES", "305 0")
+    assert join.run_supernode(site, restart=False) == join.CONNECTION_ERROR
