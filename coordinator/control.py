@@ -127,10 +127,14 @@ def write_run_config(conn: Connection, config: RunConfig, name: str) -> Path:
     return write_flat_toml(conn.flwr_home / "run-configs" / f"{name}.toml", config.to_flower())
 
 
+def run_args(conn: Connection, app_dir: Path, run_config_file: Path) -> list[str]:
+    """``flwr`` arguments that start a run: ``run <app-dir> <connection> --run-config <file>``."""
+    return ["run", str(app_dir), conn.name, "--run-config", str(run_config_file)]
+
+
 def submit_run(conn: Connection, app_dir: Path, run_config_file: Path) -> int:
-    """``flwr run <app-dir> <connection> --run-config <file>``; returns Flower's run id."""
-    answer = flwr_json(conn, "run", str(app_dir), conn.name, "--run-config", str(run_config_file))
-    return int(answer["run-id"])
+    """Start a run on the SuperLink; returns Flower's run id."""
+    return int(flwr_json(conn, *run_args(conn, app_dir, run_config_file))["run-id"])
 
 
 def log_command(conn: Connection, run_id: int) -> list[str]:
