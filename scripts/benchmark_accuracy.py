@@ -13,7 +13,8 @@ image; ``--epochs`` epochs (300) on a synthetic set or subset. The whole trainin
 ``--full-epochs`` (50): its epochs hold many more steps. Accuracy and AUC are MedMNIST's evaluator's.
 
     python scripts/benchmark_accuracy.py --data-root ../shared/data/medmnist
-    python scripts/benchmark_accuracy.py --data-root DIR --datasets breastmnist --methods dm --seeds 0 --stretch 1
+    python scripts/benchmark_accuracy.py --data-root DIR --datasets breastmnist --seeds 0 --json b0.json  # one piece
+    python scripts/benchmark_accuracy.py --summarize b0.json b1.json ...                              # merged table
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ def mean_spread(values: list[float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-root", required=True)
+    parser.add_argument("--data-root", default="")
     parser.add_argument("--datasets", nargs="+", default=["breastmnist", "retinamnist"])
     parser.add_argument("--methods", nargs="+", default=["dc", "dm", "mtt"], choices=[m.value for m in DistillMethod])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -114,14 +115,18 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=300)
     parser.add_argument("--full-epochs", type=int, default=50)
     parser.add_argument("--json", help="also write every point to this file")
+    parser.add_argument("--summarize", nargs="+", metavar="JSON", help="only merge earlier --json files and print the table")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.summarize:
+        report(*load_results(args.summarize), args.ipc)
+        return
 
     curves: list[Curve] = []
     baselines: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for name in args.datasets:
         info = dataset_info(name)
-        _, train, test = load_medmnist(name, args.data_root)
+        _, train, test = load_medmnist(name, args.data_root or None)
         for seed in args.seeds:
             images, labels = random_subset(train, args.ipc, seed)
             baselines.setdefault((name, "random real subset"), []).append(score(images, labels, test, info, args.epochs, seed))
@@ -131,24 +136,47 @@ def main() -> None:
             for method in args.methods:
                 curves.append(distill_curve(DistillMethod(method), train, test, name, seed, args))
 
-    print(f"\n{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, ipc {args.ipc}, "
-          f"seeds {args.seeds}; mean ± std over seeds\n")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"curves": [c.__dict__ for c in curves],
+                       "baselines": [[d, k, v] for (d, k), v in baselines.items()]}, handle, indent=2)
+    report(curves, baselines, args.ipc)
+
+
+def load_results(paths: list[str]) -> tuple[list[Curve], dict[tuple[str, str], list[tuple[float, float]]]]:
+    """Merge the ``--json`` files of several runs (e.g. one per dataset and seed)."""
+    curves: list[Curve] = []
+    baselines: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for path in paths:
+        with open(path) as handle:
+            data = json.load(handle)
+        curves += [Curve(**c) for c in data["curves"]]
+        for dataset, kind, scores in data["baselines"]:
+            baselines.setdefault((dataset, kind), []).extend(tuple(x) for x in scores)
+    return curves, baselines
+
+
+def report(curves: list[Curve], baselines: dict[tuple[str, str], list[tuple[float, float]]], ipc: int) -> None:
+    """A Markdown table: mean ± std over seeds of every yardstick and every method's checkpoints."""
+    datasets = sorted({d for d, _ in baselines} | {c.dataset for c in curves})
+    methods = sorted({c.method for c in curves})
+    seeds = sorted({c.seed for c in curves})
+    print(f"\n{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, ipc {ipc}, "
+          f"seeds {seeds}; mean ± std over seeds\n")
     print("| dataset | set | iterations | distill s | test accuracy | test AUC |")
     print("|---|---|---|---|---|---|")
-    for name in args.datasets:
-        for (dataset, kind), scores in baselines.items():
+    for name in datasets:
+        for (dataset, kind), scores in sorted(baselines.items()):
             if dataset == name:
                 print(f"| {name} | {kind} | - | - | {mean_spread([a for a, _ in scores])} | {mean_spread([u for _, u in scores])} |")
-        for method in args.methods:
+        for method in methods:
             runs = [c for c in curves if c.dataset == name and c.method == method]
+            if not runs:
+                continue
             for i in range(min(len(c.points) for c in runs)):
                 points = [c.points[i] for c in runs]
                 print(f"| {name} | {method} | {points[0][0]} | {mean_spread([p[1] for p in points])} | "
                       f"{mean_spread([p[2] for p in points])} | {mean_spread([p[3] for p in points])} |")
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump({"curves": [c.__dict__ for c in curves],
-                       "baselines": {f"{d}/{k}": v for (d, k), v in baselines.items()}}, handle, indent=2)
 
 
 if __name__ == "__main__":
