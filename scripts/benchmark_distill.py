@@ -53,12 +53,13 @@ def generated_images(shape: str, classes: int, per_class: int) -> LabelledImages
 
 def _measure(job: dict, out: mp.Queue) -> None:
     """In a fresh process: time ``iterations`` iterations (after one warm-up run) and record peak RSS."""
-    from site_agent.distill import distill, matching
+    from shared import training
+    from site_agent.distill import distill
     from site_agent.distill.experts import load_or_train_experts  # noqa: F401  (import cost outside timings)
 
     torch.set_num_threads(job["threads"])
     if job["no_chunks"]:
-        matching._CPU_CHUNK_FLOATS = 2**62  # one chunk = the whole batch
+        training._CPU_CHUNK_FLOATS = 2**62  # one chunk = the whole batch
     data = generated_images(job["shape"], job["classes"], job["per_class"])
     network = NetworkSpec(depth=3, width=job["width"])
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -25,15 +25,8 @@ from tqdm.auto import trange
 from shared.augment import dsa
 from shared.models import ConvNet
 from shared.schemas import DCConfig
-from site_agent.distill.matching import (
-    Observer,
-    chunk_size,
-    gradient_distance,
-    initial_images,
-    mean_loss_gradients,
-    past,
-    sample_batch,
-)
+from shared.training import chunk_size, mean_loss_gradients, sgd_epoch
+from site_agent.distill.matching import Observer, gradient_distance, initial_images, past, sample_batch
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +87,7 @@ def distill_dc(
                     seed = int(aug_rng.integers(2**31))
                     real, fake = dsa(real, seed), dsa(fake, seed)
                 target = torch.full((len(real),), cls, device=device)
-                g_real = mean_loss_gradients(net, params, real, target, chunk_size(real, width))
+                g_real, _ = mean_loss_gradients(net, params, real, target, chunk_size(real, width))
                 g_fake = torch.autograd.grad(F.cross_entropy(net(fake), target[: len(fake)]), params, create_graph=True)
                 loss = loss + gradient_distance(g_fake, g_real)
             opt_img.zero_grad(set_to_none=True)
@@ -124,14 +117,4 @@ def _train_on_synthetic(
 ) -> None:
     """The inner loop: ``epochs`` passes of SGD on the (detached) synthetic set."""
     for _ in range(epochs):
-        order = torch.randperm(len(images), generator=gen).to(images.device)
-        for start in range(0, len(images), _SYN_BATCH):
-            idx = order[start : start + _SYN_BATCH]
-            batch = images[idx]
-            if augment:
-                batch = dsa(batch, int(aug_rng.integers(2**31)), per_sample=True)
-            params = list(net.parameters())
-            grads = mean_loss_gradients(net, params, batch, labels[idx], chunk_size(batch, net.width))
-            for param, grad in zip(params, grads, strict=True):
-                param.grad = grad
-            optimizer.step()
+        sgd_epoch(net, optimizer, images, labels, _SYN_BATCH, augment, gen, aug_rng)

@@ -22,7 +22,8 @@ from tqdm.auto import trange
 from shared.augment import dsa
 from shared.models import ConvNet
 from shared.schemas import DMConfig
-from site_agent.distill.matching import Observer, chunk_size, embed_in_chunks, initial_images, past, sample_batch
+from shared.training import chunk_size
+from site_agent.distill.matching import Observer, embed_in_chunks, initial_images, past, sample_batch
 
 log = logging.getLogger(__name__)
 

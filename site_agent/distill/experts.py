@@ -23,13 +23,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from shared.augment import dsa
 from shared.errors import DataError
 from shared.models import ConvNet
 from shared.schemas import NetworkSpec
+from shared.training import sgd_epoch
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +138,7 @@ def train_experts(
         )
         trajectory = [flat_params(net)]
         for epoch in range(settings.epochs):
-            total = _train_epoch(net, optimizer, images, labels, settings, order_gen, aug_rng)
+            total = sgd_epoch(net, optimizer, images, labels, settings.batch_size, settings.dsa, order_gen, aug_rng)
             if not np.isfinite(total):
                 raise DataError(
                     f"MTT expert {expert} diverged in epoch {epoch + 1} at lr_teacher={settings.lr}",
@@ -149,31 +148,6 @@ def train_experts(
         log.info("MTT expert %d/%d trained: last epoch loss %.4f", expert + 1, settings.num_experts, total)
         trajectories.append(trajectory)
     return trajectories
-
-
-def _train_epoch(
-    net: ConvNet,
-    optimizer: torch.optim.Optimizer,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    settings: ExpertSettings,
-    order_gen: torch.Generator,
-    aug_rng: np.random.Generator,
-) -> float:
-    """One pass over images (N, C, H, W) / labels (N,) in shuffled minibatches; the mean loss."""
-    order = torch.randperm(len(images), generator=order_gen).to(images.device)
-    losses = []
-    for start in range(0, len(images), settings.batch_size):
-        idx = order[start : start + settings.batch_size]
-        batch = images[idx]
-        if settings.dsa:
-            batch = dsa(batch, int(aug_rng.integers(2**31)), per_sample=True)
-        loss = F.cross_entropy(net(batch), labels[idx])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    return float(np.mean(losses))
 
 
 def load_or_train_experts(

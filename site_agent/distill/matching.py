@@ -1,5 +1,7 @@
 """Pieces shared by the distillation methods: real-batch sampling, initialisation, gradient distance,
-cache-sized chunks, and the wall-time deadline a site's policy may set."""
+chunked embeddings, and the wall-time deadline a site's policy may set. Cache-sized chunked
+gradients (``chunk_size``, ``mean_loss_gradients``) live in ``shared.training``, which trains every
+network in the project."""
 
 from __future__ import annotations
 
@@ -7,15 +9,8 @@ import time
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
 from shared.schemas import InitMode
-
-# A chunk whose widest activation holds about this many floats (16 MiB) stays in a server CPU's
-# last-level cache. On the reference CPU, a ConvNet-128 gradient over 256 RGB 32x32 images took
-# 1.3 s in one batch and 0.7-0.8 s in chunks of 32 (docs/benchmarks.md).
-_CPU_CHUNK_FLOATS = 4 * 2**20
-_MIN_CHUNK = 8  # below this, per-call overhead costs more than the cache saves
 
 # Called after each iteration with (iterations done, current synthetic images in pixel space);
 # benchmarks use it to score the set as it improves.
@@ -61,39 +56,6 @@ def gradient_distance(grads_a: list[torch.Tensor], grads_b: list[torch.Tensor]) 
         a, b = a.flatten(1), b.flatten(1)  # (out, fan_in)
         cos = (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1) + 1e-6)
         total = total + (1 - cos).sum()
-    return total
-
-
-def chunk_size(images: torch.Tensor, width: int) -> int:
-    """Images per forward pass: the whole batch on an accelerator, a cache-sized chunk on a CPU.
-
-    ``width`` is the network's channel count, so ``width * H * W`` floats is one image's widest
-    activation (the first conv block's output).
-    """
-    if images.device.type != "cpu":
-        return max(1, len(images))
-    return max(_MIN_CHUNK, _CPU_CHUNK_FLOATS // (width * images.shape[-2] * images.shape[-1]))
-
-
-def mean_loss_gradients(
-    net: torch.nn.Module,
-    params: list[torch.Tensor],
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    chunk: int,
-) -> list[torch.Tensor]:
-    """Gradients of the mean cross-entropy over ``images``, summed chunk by chunk.
-
-    The same sum as one big batch (up to float rounding) because every image's loss depends on that
-    image alone (instance norm), with a working set that fits in cache.
-    """
-    total: list[torch.Tensor] | None = None
-    for start in range(0, len(images), chunk):
-        logits = net(images[start : start + chunk])
-        loss = F.cross_entropy(logits, labels[start : start + chunk], reduction="sum") / len(images)
-        grads = torch.autograd.grad(loss, params)
-        total = list(grads) if total is None else [t.add_(g) for t, g in zip(total, grads, strict=True)]
-    assert total is not None, "mean_loss_gradients needs at least one image"
     return total
 
 

@@ -8,8 +8,9 @@ import torch.nn.functional as F
 
 from shared.models import ConvNet
 from shared.schemas import DCConfig, DMConfig, MTTConfig, NetworkSpec
+from shared.training import chunk_size, mean_loss_gradients
 from site_agent.distill import distill
-from site_agent.distill.matching import chunk_size, embed_in_chunks, mean_loss_gradients
+from site_agent.distill.matching import embed_in_chunks
 from tests.conftest import blobs
 
 CPU = torch.device("cpu")
@@ -24,7 +25,8 @@ def test_chunked_gradients_equal_one_batch_gradients() -> None:
     images, labels = torch.randn(37, 3, 16, 16), torch.randint(0, 4, (37,))
     whole = torch.autograd.grad(F.cross_entropy(net(images), labels), params)
     for chunk in (1, 8, 36, 37, 100):
-        chunked = mean_loss_gradients(net, params, images, labels, chunk)
+        chunked, loss = mean_loss_gradients(net, params, images, labels, chunk)
+        assert loss == pytest.approx(F.cross_entropy(net(images), labels).item(), rel=1e-5)
         for a, b in zip(whole, chunked, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
