@@ -21,6 +21,13 @@ app = typer.Typer(help="Coordinate a federated dataset-distillation study.", pre
 
 _DEFAULTS = RunConfig()
 
+# Study options shared by `simulate` and `run`: one help text each.
+_Dataset = Annotated[str, typer.Option(help="MedMNIST 2D dataset flag, e.g. breastmnist, retinamnist, pathmnist.")]
+_MinSites = Annotated[int, typer.Option(help="Fewest valid bundles for the run to go on.")]
+_Method = Annotated[DistillMethod, typer.Option(help="Distillation method run at every site.")]
+_Ipc = Annotated[int, typer.Option(help="Synthetic images per class per site.")]
+_Iterations = Annotated[int, typer.Option(help="Distillation iterations (0: the method's CPU preset).")]
+
 
 @app.callback()
 def _group() -> None:
@@ -29,15 +36,15 @@ def _group() -> None:
 
 @app.command()
 def simulate(
-    dataset: Annotated[str, typer.Option(help="MedMNIST 2D dataset flag, e.g. breastmnist, retinamnist, pathmnist.")] = _DEFAULTS.dataset,
+    dataset: _Dataset = _DEFAULTS.dataset,
     sites: Annotated[int, typer.Option(help="Number of simulated sites (Flower SuperNodes).")] = _DEFAULTS.sites,
     partition: Annotated[PartitionScheme, typer.Option(help="How the dataset is split across sites.")] = _DEFAULTS.partition,
     alpha: Annotated[float, typer.Option(help="Dirichlet concentration: smaller = more different label mixes.")] = _DEFAULTS.alpha,
-    method: Annotated[DistillMethod, typer.Option(help="Distillation method run at every site.")] = _DEFAULTS.method,
-    ipc: Annotated[int, typer.Option(help="Synthetic images per class per site.")] = _DEFAULTS.ipc,
-    iterations: Annotated[int, typer.Option(help="Distillation iterations (0: the method's CPU preset).")] = _DEFAULTS.iterations,
+    method: _Method = _DEFAULTS.method,
+    ipc: _Ipc = _DEFAULTS.ipc,
+    iterations: _Iterations = _DEFAULTS.iterations,
     data_root: Annotated[str, typer.Option(help="Folder with MedMNIST .npz files (default: $MEDMNIST_ROOT).")] = "",
-    min_sites: Annotated[int, typer.Option(help="Fewest valid bundles for the run to go on.")] = _DEFAULTS.min_sites,
+    min_sites: _MinSites = _DEFAULTS.min_sites,
     seed: Annotated[int, typer.Option(help="Seed for partitioning, distillation and training.")] = _DEFAULTS.seed,
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:1, ...")] = _DEFAULTS.device,
     out_dir: Annotated[Path, typer.Option(help="Parent folder of the run's results folder.")] = Path(_DEFAULTS.out_dir),
@@ -203,12 +210,12 @@ def run(
     root_certificates: Annotated[Path | None, typer.Option(help="CA certificate of the SuperLink.")] = None,
     flwr_home: _FLWR_HOME = Path(".flwr-home"),
     app_dir: Annotated[Path, typer.Option(help="The feddistill project folder (flwr packages it).")] = Path("."),
-    dataset: Annotated[str, typer.Option(help="MedMNIST 2D dataset flag.")] = _DEFAULTS.dataset,
+    dataset: _Dataset = _DEFAULTS.dataset,
     sites: Annotated[int, typer.Option(help="Sites expected.")] = _DEFAULTS.sites,
-    min_sites: Annotated[int, typer.Option(help="Fewest valid bundles for the run to go on.")] = _DEFAULTS.min_sites,
-    method: Annotated[DistillMethod, typer.Option(help="Distillation method.")] = _DEFAULTS.method,
-    ipc: Annotated[int, typer.Option(help="Synthetic images per class per site.")] = _DEFAULTS.ipc,
-    iterations: Annotated[int, typer.Option(help="Distillation iterations (0: the method's CPU preset).")] = _DEFAULTS.iterations,
+    min_sites: _MinSites = _DEFAULTS.min_sites,
+    method: _Method = _DEFAULTS.method,
+    ipc: _Ipc = _DEFAULTS.ipc,
+    iterations: _Iterations = _DEFAULTS.iterations,
     node_wait_timeout: Annotated[float, typer.Option(help="Seconds to wait for sites to connect.")] = _DEFAULTS.node_wait_timeout,
     distill_timeout: Annotated[float, typer.Option(help="Seconds to wait for bundles.")] = _DEFAULTS.distill_timeout,
     setting: Annotated[list[str] | None, typer.Option("--set", help="Any other run-config key, e.g. --set train-epochs=50.")] = None,
