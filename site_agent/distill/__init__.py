@@ -55,8 +55,8 @@ def distill(
 
     ``expert_cache_dir`` (MTT only) keeps the site's expert trajectories between runs; they are
     derived from patient data and stay at the site. ``max_seconds`` (a site policy's wall-time limit)
-ends the distillation after the iteration during which it runs out; the set so far is returned.
-``observer`` sees the set after every iteration (benchmarks score it as it improves).
+    ends the distillation after the iteration during which it runs out; the set so far is returned.
+    ``observer`` sees the set after every iteration (benchmarks score it as it improves).
 
     Raises:
         DataError: no class has ``min_real_per_class`` images.
@@ -84,6 +84,5 @@ ends the distillation after the iteration during which it runs out; the set so f
     seconds = time.perf_counter() - started
 
     labels = torch.tensor(classes, dtype=torch.int64).repeat_interleave(config.ipc)
-    return SyntheticSet(
-        syn_images.detach().cpu(), labels, classes, config, history, seconds, stopped_early=past(deadline) and len(history) < config.iterations
-    )
+    stopped_early = past(deadline) and len(history) < config.iterations
+    return SyntheticSet(syn_images.detach().cpu(), labels, classes, config, history, seconds, stopped_early)

@@ -9,7 +9,7 @@ augmentation before each match.
 
 Where the time goes on a CPU: the real batches' forward/backward passes (``batch_real`` images per
 class per outer step) and the inner loop's SGD steps. Both run in cache-sized chunks
-(:func:`~site_agent.distill.matching.mean_loss_gradients`), which computes the same gradients as
+(:func:`shared.training.mean_loss_gradients`, :func:`shared.training.sgd_epoch`), which computes the same gradients as
 one big batch, faster; on a GPU a chunk is the whole batch.
 """
 
