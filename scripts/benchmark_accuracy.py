@@ -28,13 +28,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from benchmark_federation import reference_subset, score
 
 from shared.config import RunConfig
 from shared.datasets import DatasetInfo, dataset_info
-from shared.metrics import accuracy_and_auc
 from shared.models import ConvNet
 from shared.schemas import DistillMethod, NetworkSpec
-from shared.training import TrainSettings, predict_scores, train_classifier
+from shared.training import TrainSettings, train_classifier
 from site_agent.data import LabelledImages, load_medmnist
 from site_agent.distill import distill
 
@@ -52,14 +52,13 @@ class Curve:
     points: list[tuple[int, float, float, float]] = field(default_factory=list)
 
 
-def score(
+def train_and_score(
     images: torch.Tensor, labels: torch.Tensor, test: LabelledImages, info: DatasetInfo, epochs: int, seed: int
 ) -> tuple[float, float]:
     """Test accuracy and AUC of a fresh ConvNet trained on (images, labels) with the fixed protocol."""
     model = ConvNet(info.in_channels, info.num_classes, images.shape[-1], EVAL_NETWORK)
     train_classifier(model, images, labels, TrainSettings(epochs=epochs, seed=seed), CPU)
-    scores = predict_scores(model, torch.from_numpy(test.images), CPU)
-    return accuracy_and_auc(test.labels, scores, info.task)
+    return score(model, test.images, test.labels, info.task)
 
 
 def distill_curve(
@@ -86,16 +85,16 @@ def distill_curve(
         snapshots[len(result.loss_history)] = (result.seconds, result.images)
     curve = Curve(method.value, name, seed)
     for done, (seconds, images) in sorted(snapshots.items()):
-        acc, auc = score(images, result.labels, test, info, args.epochs, seed)
+        acc, auc = train_and_score(images, result.labels, test, info, args.epochs, seed)
         curve.points.append((done, seconds, acc, auc))
         print(f"  {name} {method.value} seed {seed}: {done} it, {seconds:.0f} s -> acc {acc:.3f} auc {auc:.3f}", flush=True)
     return curve
 
 
 def random_subset(train: LabelledImages, per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    rng = np.random.default_rng(seed)
-    idx = np.concatenate([rng.choice(np.flatnonzero(train.labels == c), size=min(per_class, int((train.labels == c).sum())), replace=False)
-                          for c in np.unique(train.labels)])
+    """``per_class`` random real images of every class (all of a smaller class)."""
+    counts = [min(per_class, int(n)) for n in np.bincount(train.labels)]
+    idx = reference_subset(train.labels, counts, seed)
     return torch.from_numpy(train.images[idx]), torch.from_numpy(train.labels[idx]).long()
 
 
@@ -129,8 +128,8 @@ def main() -> None:
         _, train, test = load_medmnist(name, args.data_root or None)
         for seed in args.seeds:
             images, labels = random_subset(train, args.ipc, seed)
-            baselines.setdefault((name, "random real subset"), []).append(score(images, labels, test, info, args.epochs, seed))
-            full = score(torch.from_numpy(train.images), torch.from_numpy(train.labels).long(), test, info, args.full_epochs, seed)
+            baselines.setdefault((name, "random real subset"), []).append(train_and_score(images, labels, test, info, args.epochs, seed))
+            full = train_and_score(torch.from_numpy(train.images), torch.from_numpy(train.labels).long(), test, info, args.full_epochs, seed)
             baselines.setdefault((name, "whole training split"), []).append(full)
             print(f"  {name} seed {seed}: subset {baselines[(name, 'random real subset')][-1]}, full {full}", flush=True)
             for method in args.methods:

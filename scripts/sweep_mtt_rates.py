@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import torch
-from benchmark_accuracy import score
+from benchmark_accuracy import train_and_score
 
 from shared.config import RunConfig
 from shared.schemas import DistillMethod
@@ -42,7 +42,7 @@ def main() -> None:
                              min_real_per_class=1, expert_cache_dir=Path(cache))
             seconds = time.perf_counter() - started
             history = result.loss_history
-            acc, auc = score(result.images, result.labels, test, info, args.epochs, 0)
+            acc, auc = train_and_score(result.images, result.labels, test, info, args.epochs, 0)
             print(f"| {lr_img:g} | {lr_lr:g} | {len(history)} of {args.iterations} | {history[0]:.1f} -> "
                   f"{sum(history[-5:]) / len(history[-5:]):.2f} | {result.images.abs().max():.1f} | "
                   f"{acc:.3f} / {auc:.3f} | {seconds:.0f} |", flush=True)
