@@ -1,35 +1,90 @@
-"""Federated evaluation: combine the metrics sites report for the global model."""
+"""Federated evaluation: sum the counts each site reports for the global model, then compute pooled metrics.
+
+Every global figure is computed from the summed counts (``shared.metrics``), so it is the metric of the
+whole pooled test set. Nothing is averaged over the sites where a metric happens to be defined.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from shared.metrics import weighted_mean
+from pydantic import ValidationError
+
+from shared.errors import InvalidReply
+from shared.metrics import EvalCounts
+from shared.schemas import EvaluateReply, first_problem
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """The figures of one set of counts (a site's, or all sites' summed); NaN where undefined."""
+
+    accuracy: float
+    balanced_accuracy: float
+    auc: float
+    auc_error_bound: float  # |auc - exact AUC of the same scores| is at most this (binning)
+    majority_rate: float  # accuracy of always predicting the most frequent class
+    recall: list[float]  # per class
+    class_counts: list[int]
+    num_examples: int
+
+    @classmethod
+    def of(cls, counts: EvalCounts) -> Metrics:
+        return cls(
+            accuracy=counts.accuracy(),
+            balanced_accuracy=counts.balanced_accuracy(),
+            auc=counts.auc(),
+            auc_error_bound=counts.auc_error_bound(),
+            majority_rate=counts.majority_rate(),
+            recall=counts.recall(),
+            class_counts=counts.class_counts.tolist(),
+            num_examples=counts.num_examples,
+        )
 
 
 @dataclass(frozen=True)
 class SiteEvaluation:
+    """One site's answer to ``evaluate``: its counts, or why there are none (kept in the report)."""
+
     site_id: str
     node_id: int
-    accuracy: float
-    auc: float  # NaN when the site's test split holds one class only
-    num_examples: int
+    counts: EvalCounts | None
+    problem: str = ""
 
 
 @dataclass(frozen=True)
 class EvalReport:
-    accuracy: float  # example-weighted over sites
-    auc: float  # example-weighted over sites where AUC is defined
-    num_examples: int
-    sites: list[SiteEvaluation]
+    pooled: Metrics  # over all test images of all sites that answered
+    confusion: list[list[int]]  # pooled, rows = true class
+    sites: list[tuple[SiteEvaluation, Metrics | None]]  # each site's own figures, for the per-site table
+
+    @property
+    def num_examples(self) -> int:
+        return self.pooled.num_examples
 
 
-def aggregate(evaluations: list[SiteEvaluation]) -> EvalReport:
-    """Example-weighted accuracy and AUC over the sites that answered."""
-    weights = [e.num_examples for e in evaluations]
-    return EvalReport(
-        accuracy=weighted_mean([e.accuracy for e in evaluations], weights),
-        auc=weighted_mean([e.auc for e in evaluations], weights),
-        num_examples=sum(weights),
-        sites=sorted(evaluations, key=lambda e: e.site_id),
-    )
+def parse_site_counts(metrics: Mapping[str, Any], num_classes: int) -> EvalCounts:
+    """A site's evaluation reply, checked field by field and against itself.
+
+    Raises:
+        InvalidReply: a field is missing, not a count, out of range, or the counts do not add up.
+    """
+    try:
+        return EvaluateReply.model_validate(dict(metrics)).counts(num_classes)
+    except ValidationError as exc:
+        raise InvalidReply(f"evaluation reply {first_problem(exc)}") from None
+    except ValueError as exc:
+        raise InvalidReply(f"evaluation reply: {exc}") from None
+
+
+def aggregate(evaluations: list[SiteEvaluation], num_classes: int) -> EvalReport:
+    """Pooled metrics of the summed counts of every site that answered with valid counts, and each site's own."""
+    total = EvalCounts.empty(num_classes)
+    for evaluation in evaluations:
+        if evaluation.counts is not None:
+            total = total + evaluation.counts
+    ordered = sorted(evaluations, key=lambda e: e.site_id)
+    per_site = [(e, None if e.counts is None else Metrics.of(e.counts)) for e in ordered]
+    return EvalReport(Metrics.of(total), total.confusion.tolist(), per_site)

@@ -66,8 +66,12 @@ def build_summary(
             "class_counts": dict(zip(info.label_names.values(), pooled.class_counts(info.num_classes), strict=True)),
         }
     if evaluation is not None:
-        summary["global"] = {"accuracy": evaluation.accuracy, "auc": evaluation.auc, "num_examples": evaluation.num_examples}
-        summary["per_site"] = [asdict(e) for e in evaluation.sites]
+        summary["global"] = {**asdict(evaluation.pooled), "confusion": evaluation.confusion,
+                             "class_names": list(info.label_names.values())}
+        summary["per_site"] = [
+            {"site_id": e.site_id, "node_id": e.node_id, "problem": e.problem, **(asdict(m) if m else {})}
+            for e, m in evaluation.sites
+        ]
     return _nan_to_none(summary)
 
 
@@ -104,14 +108,28 @@ def render_report(summary: dict[str, Any]) -> str:
             f"{s['bundle_bytes']} | {_fmt(s.get('distill_seconds'))} |"
         )
     if "global" in summary:
-        g = summary["global"]
-        lines += ["", (f"Global model on the sites' test data: accuracy {_fmt(g['accuracy'])}, "
-                       f"AUC {_fmt(g['auc'])} over {g['num_examples']} test images (example-weighted)."),
-                  "", "| site | accuracy | AUC | test images |", "|---|---|---|---|"]
-        for e in summary["per_site"]:
-            lines.append(f"| {e['site_id']} | {_fmt(e['accuracy'])} | {_fmt(e['auc'])} | {e['num_examples']} |")
+        lines += ["", *_global_section(summary["global"], summary["per_site"])]
     lines += ["", "Stage seconds: " + ", ".join(f"{k} {v}" for k, v in summary["stage_seconds"].items()), ""]
     return "\n".join(lines)
+
+
+def _global_section(g: dict[str, Any], per_site: list[dict[str, Any]]) -> list[str]:
+    """Pooled metrics of the global model over every site's test share, per class, then per site."""
+    lines = [
+        (f"Global model, pooled over all {g['num_examples']} test images of the sites that answered "
+        f"(summed counts, not a mean of site figures): accuracy {_fmt(g['accuracy'])} (always predicting the "
+        f"majority class: {_fmt(g['majority_rate'])}), balanced accuracy {_fmt(g['balanced_accuracy'])}, "
+        f"macro one-vs-rest AUC {_fmt(g['auc'])} (binned: within {_fmt(g['auc_error_bound'], 4)} of exact)."),
+        "", "| class | test images | recall |", "|---|---|---|",
+    ]
+    for name, count, recall in zip(g["class_names"], g["class_counts"], g["recall"], strict=True):
+        lines.append(f"| {name} | {count} | {_fmt(recall)} |")
+    lines += ["", "| site | test images | accuracy | balanced accuracy | AUC | note |", "|---|---|---|---|---|---|"]
+    for e in per_site:
+        lines.append(f"| {e['site_id']} | {e.get('num_examples', 0)} | {_fmt(e.get('accuracy'))} | "
+                     f"{_fmt(e.get('balanced_accuracy'))} | {_fmt(e.get('auc'))} | {e['problem']} |")
+    lines += ["", "A site's own AUC is n/a when its test share holds one class; it still counts in the pooled AUC."]
+    return lines
 
 
 def _site_entry(outcome: SiteOutcome) -> dict[str, Any]:
@@ -128,8 +146,8 @@ def _site_entry(outcome: SiteOutcome) -> dict[str, Any]:
     }
 
 
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def _nan_to_none(value: Any) -> Any:

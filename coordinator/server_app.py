@@ -20,7 +20,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from coordinator import report, run_state
 from coordinator.binding import NodeBinding, bind_nodes
-from coordinator.evaluate import SiteEvaluation, aggregate
+from coordinator.evaluate import SiteEvaluation, aggregate, parse_site_counts
 from coordinator.messaging import exchange, wait_for_nodes
 from coordinator.pool import pool
 from coordinator.receive import Expectation, SiteOutcome, receive_bundle
@@ -29,10 +29,10 @@ from coordinator.trust import CoordinatorKeys, create_simulation_keys, load_coor
 from shared.bundle import OpenedBundle
 from shared.config import RunConfig, resolve_device, simulated_site_id
 from shared.datasets import IMAGE_SIZE, dataset_info
-from shared.errors import FedDistillError, FederationError, InvalidBundle
+from shared.errors import FedDistillError, FederationError, InvalidBundle, InvalidReply
 from shared.keys import SIMULATION_KEYS
 from shared.logs import configure_logging
-from shared.schemas import DistillRequest, EvaluateRequest, FieldKey, MetricKey, ModelSpec, RecordKey
+from shared.schemas import DistillRequest, EvaluateRequest, FieldKey, ModelSpec, RecordKey
 
 log = logging.getLogger(__name__)
 
@@ -125,13 +125,16 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path) -> dict[str, An
     delivered_before = {o.node_id for o in outcomes if o.status == "accepted"}
     evaluators = [node for node in node_ids if node in replies or node in delivered_before]  # every site that answered
     eval_replies = exchange(grid, {node: content for node in evaluators}, "evaluate", config.evaluate_timeout)
-    evaluations = [_site_evaluation(node, site_of.get(node), reply) for node, reply in eval_replies.items()]
-    evaluation = aggregate([e for e in evaluations if e is not None])
+    evaluations = [_site_evaluation(node, site_of.get(node), reply, info.num_classes)
+                   for node, reply in eval_replies.items()]
+    evaluation = aggregate(evaluations, info.num_classes)
     stages["evaluate"] = time.perf_counter() - clock
 
     summary = report.build_summary(config, run_id, outcomes, pooled, info, evaluation, stages, "completed")
     report.write_results(run_dir, summary, pooled, info)
-    log.info("run %s completed: accuracy %.3f, AUC %.3f; results in %s", run_id, evaluation.accuracy, evaluation.auc, run_dir)
+    log.info("run %s completed: pooled over %d test images: accuracy %.3f, balanced accuracy %.3f, AUC %.3f; "
+             "results in %s", run_id, evaluation.num_examples, evaluation.pooled.accuracy,
+             evaluation.pooled.balanced_accuracy, evaluation.pooled.auc, run_dir)
     return summary
 
 
@@ -251,18 +254,18 @@ def _receive_all(
     return outcomes, accepted
 
 
-def _site_evaluation(node: int, site_id: str | None, reply: Message) -> SiteEvaluation | None:
+def _site_evaluation(node: int, site_id: str | None, reply: Message, num_classes: int) -> SiteEvaluation:
+    """A site's counts, parsed at the door; a site that failed or sent nonsense is kept with the reason."""
+    site = site_id or f"node-{node}"
     if reply.has_error():
         log.warning("node %d could not evaluate the global model: %s", node, reply.error.reason)
-        return None
-    metrics = reply.content.metric_records.get(RecordKey.METRICS, {})
-    return SiteEvaluation(
-        site_id=site_id or f"node-{node}",
-        node_id=node,
-        accuracy=float(metrics.get(MetricKey.ACCURACY, float("nan"))),
-        auc=float(metrics.get(MetricKey.AUC, float("nan"))),
-        num_examples=int(metrics.get(MetricKey.NUM_EXAMPLES, 0)),
-    )
+        return SiteEvaluation(site, node, None, f"site reported an error: {reply.error.reason}")
+    try:
+        counts = parse_site_counts(reply.content.metric_records.get(RecordKey.METRICS, {}), num_classes)
+    except InvalidReply as exc:
+        log.warning("node %d: evaluation rejected: %s", node, exc)
+        return SiteEvaluation(site, node, None, f"rejected: {exc}")
+    return SiteEvaluation(site, node, counts, "" if counts.num_examples else "holds no test images")
 
 
 app = build_server_app()

@@ -58,7 +58,8 @@ def train_and_score(
     """Test accuracy and AUC of a fresh ConvNet trained on (images, labels) with the fixed protocol."""
     model = ConvNet(info.in_channels, info.num_classes, images.shape[-1], EVAL_NETWORK)
     train_classifier(model, images, labels, TrainSettings(epochs=epochs, seed=seed), CPU)
-    return score(model, test.images, test.labels, info.task)
+    metrics = score(model, test.images, test.labels)
+    return metrics.accuracy, metrics.auc
 
 
 def distill_curve(

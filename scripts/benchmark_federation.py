@@ -17,13 +17,14 @@ import time
 import numpy as np
 import torch
 
+from coordinator.evaluate import Metrics
 from coordinator.simulate import simulate
 from shared.config import RunConfig, resolve_device
 from shared.datasets import dataset_info
-from shared.metrics import accuracy_and_auc
+from shared.metrics import EvalCounts, log_odds
 from shared.models import ConvNet, build_model
 from shared.schemas import ModelSpec
-from shared.training import predict_scores, train_classifier
+from shared.training import predict_logits, train_classifier
 from site_agent.data import load_medmnist
 
 
@@ -34,9 +35,10 @@ def reference_subset(labels: np.ndarray, class_counts: list[int], seed: int) -> 
     return np.concatenate(picks)
 
 
-def score(model: ConvNet, images: np.ndarray, labels: np.ndarray, task: str) -> tuple[float, float]:
-    scores = predict_scores(model, torch.from_numpy(images), torch.device("cpu"))
-    return accuracy_and_auc(labels, scores, task)
+def score(model: ConvNet, images: np.ndarray, labels: np.ndarray) -> Metrics:
+    """The pooled metrics (``coordinator.evaluate``) of a model on one whole test split."""
+    logits = predict_logits(model, torch.from_numpy(images), torch.device("cpu")).numpy()
+    return Metrics.of(EvalCounts.from_scores(labels, log_odds(logits)))
 
 
 def main() -> None:
@@ -59,13 +61,15 @@ def main() -> None:
         spec = ModelSpec(in_channels=info.in_channels, num_classes=info.num_classes, image_size=28, network=config.network())
         global_model = build_model(spec)
         global_model.load_state_dict(torch.load(run_dir / "global_model.pt", weights_only=True))
-        g_acc, g_auc = score(global_model, test.images, test.labels, info.task)
+        g = score(global_model, test.images, test.labels)
+        g_acc, g_auc = g.accuracy, g.auc
 
         counts = [summary["pooled"]["class_counts"][label] for label in info.label_names.values()]
         subset = train.subset(reference_subset(train.labels, counts, args.seed))
         reference = train_classifier(build_model(spec), torch.from_numpy(subset.images), torch.from_numpy(subset.labels),
                                      config.train_settings(), resolve_device(config.device))
-        r_acc, r_auc = score(reference.cpu(), test.images, test.labels, info.task)
+        r = score(reference.cpu(), test.images, test.labels)
+        r_acc, r_auc = r.accuracy, r.auc
         bytes_per_site = [s["bundle_bytes"] for s in summary["sites"] if s["status"] == "accepted"]
         rows.append((name, summary, wall, g_acc, g_auc, r_acc, r_auc, len(subset), bytes_per_site))
 

@@ -89,6 +89,10 @@ class ReplayError(InvalidBundle):
     """A bundle belongs to another run, another request nonce, or was already received."""
 
 
+class InvalidReply(FedDistillError):
+    """A site's evaluation reply is malformed, inconsistent or out of range."""
+
+
 class FederationError(FedDistillError):
     """The federation cannot go on: too few sites answered or were accepted."""
 

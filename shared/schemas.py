@@ -9,7 +9,10 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from shared.metrics import SCORE_BINS, EvalCounts
 
 SCHEMA_VERSION = 1
 
@@ -60,8 +63,10 @@ class MetricKey(StrEnum):
     SEAL_SECONDS = "seal-seconds"
     BUNDLE_BYTES = "bundle-bytes"
     SYNTHETIC_IMAGES = "synthetic-images"
-    ACCURACY = "accuracy"
-    AUC = "auc"
+    # Evaluation of the global model at a site: summable counts only (shared.metrics.EvalCounts).
+    CLASS_COUNTS = "class-counts"  # (K,) test images per class
+    CONFUSION = "confusion"  # (K*K,) row-major, rows = true class
+    SCORE_HISTOGRAMS = "score-histograms"  # (K*2*SCORE_BINS,) row-major
 
 
 def first_problem(exc: ValidationError) -> str:
@@ -190,6 +195,55 @@ class EvaluateRequest(_Strict):
     run_id: str = Field(min_length=1, max_length=128)
     dataset: str = Field(min_length=1, max_length=64)
     model: ModelSpec
+
+
+_Count = Annotated[int, Field(ge=0, le=10**9)]
+
+
+class EvaluateReply(_Strict):
+    """A site's evaluation of the global model: counts that the coordinator sums (``shared.metrics``).
+
+    Parsed with :meth:`counts`, which checks every count against the others, so a site cannot
+    weigh in with more images than it counted or with histograms that do not add up.
+    """
+
+    num_examples: _Count = Field(alias=MetricKey.NUM_EXAMPLES.value)
+    class_counts: list[_Count] = Field(alias=MetricKey.CLASS_COUNTS.value, max_length=1000)
+    confusion: list[_Count] = Field(alias=MetricKey.CONFUSION.value, max_length=1000**2)
+    score_histograms: list[_Count] = Field(alias=MetricKey.SCORE_HISTOGRAMS.value, max_length=2 * 1000 * 1000)
+
+    @classmethod
+    def from_counts(cls, counts: EvalCounts) -> EvaluateReply:
+        return cls.model_validate({
+            MetricKey.NUM_EXAMPLES.value: counts.num_examples,
+            MetricKey.CLASS_COUNTS.value: counts.class_counts.tolist(),
+            MetricKey.CONFUSION.value: counts.confusion.reshape(-1).tolist(),
+            MetricKey.SCORE_HISTOGRAMS.value: counts.histograms.reshape(-1).tolist(),
+        })
+
+    def to_metrics(self) -> dict[str, int | list[int]]:
+        return self.model_dump(by_alias=True)
+
+    def counts(self, num_classes: int) -> EvalCounts:
+        """The counts, once every one is consistent with the others for ``num_classes`` classes.
+
+        Raises:
+            ValueError: naming the first count that does not fit.
+        """
+        k = num_classes
+        if len(self.class_counts) != k or sum(self.class_counts) != self.num_examples:
+            raise ValueError(f"class-counts must be {k} counts adding up to num-examples")
+        if len(self.confusion) != k * k or len(self.score_histograms) != k * 2 * SCORE_BINS:
+            raise ValueError(f"confusion or score-histograms has the wrong length for {k} classes")
+        per_class = np.asarray(self.class_counts, np.int64)
+        confusion = np.asarray(self.confusion, np.int64).reshape(k, k)
+        histograms = np.asarray(self.score_histograms, np.int64).reshape(k, 2, SCORE_BINS)
+        if not np.array_equal(confusion.sum(axis=1), per_class):
+            raise ValueError("confusion rows do not add up to class-counts")
+        expected = np.stack([per_class, self.num_examples - per_class], axis=1)  # (K, 2)
+        if not np.array_equal(histograms.sum(axis=2), expected):
+            raise ValueError("score-histograms do not add up to class-counts")
+        return EvalCounts(per_class, confusion, histograms)
 
 
 class PayloadInfo(_Strict):

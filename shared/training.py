@@ -127,11 +127,13 @@ def sgd_epoch(
 
 
 @torch.no_grad()
+def predict_logits(model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 512) -> torch.Tensor:
+    """Logits (N, num_classes) on the CPU for images (N, C, H, W)."""
+    model.to(device).eval()
+    chunks = [model(images[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(images), batch_size)]
+    return torch.cat(chunks) if chunks else torch.zeros(0, 0)
+
+
 def predict_scores(model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 512) -> np.ndarray:
     """Softmax class scores (N, num_classes) for images (N, C, H, W)."""
-    model.to(device).eval()
-    chunks = [
-        torch.softmax(model(images[i : i + batch_size].to(device)), dim=1).cpu()
-        for i in range(0, len(images), batch_size)
-    ]
-    return torch.cat(chunks).numpy()
+    return torch.softmax(predict_logits(model, images, device, batch_size), dim=1).numpy()

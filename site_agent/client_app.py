@@ -1,7 +1,7 @@
 """The site agent as a Flower ClientApp: turns messages into calls of ``site_agent.handlers`` and back.
 
 ``query.distill`` -> a sealed bundle (bytes in a ConfigRecord) and numbers (MetricRecord), nothing else.
-``evaluate``      -> accuracy, AUC and the test-set size (MetricRecord).
+``evaluate``      -> summable counts of the global model on the site's test share (MetricRecord; shared.metrics).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Evaluating the global model on the site's own test images; only the metrics leave the site."""
+"""Evaluating the global model on the site's own test images; only summable counts leave the site."""
 
 from __future__ import annotations
 
@@ -7,17 +7,19 @@ from collections.abc import Mapping
 import torch
 
 from shared.errors import InvalidBundle
-from shared.metrics import accuracy_and_auc
+from shared.metrics import EvalCounts, log_odds
 from shared.models import build_model
 from shared.schemas import ModelSpec
-from shared.training import predict_scores
+from shared.training import predict_logits
 from site_agent.data import LabelledImages
 
 
 def evaluate_global_model(
-    state_dict: Mapping[str, torch.Tensor], spec: ModelSpec, test: LabelledImages, task: str, device: torch.device
-) -> tuple[float, float, int]:
-    """(accuracy, AUC, number of test images) of the received model on local test data.
+    state_dict: Mapping[str, torch.Tensor], spec: ModelSpec, test: LabelledImages, device: torch.device
+) -> EvalCounts:
+    """Class counts, confusion matrix and score histograms of the received model on local test data.
+
+    A site with no test images returns all-zero counts, so the coordinator can report it as such.
 
     Raises:
         InvalidBundle: the weights do not fit the announced model spec.
@@ -27,6 +29,7 @@ def evaluate_global_model(
         model.load_state_dict(dict(state_dict), strict=True)
     except (RuntimeError, KeyError) as exc:
         raise InvalidBundle("received model weights do not match the announced model spec") from exc
-    scores = predict_scores(model, torch.from_numpy(test.images), device)
-    accuracy, auc = accuracy_and_auc(test.labels, scores, task)
-    return accuracy, auc, len(test)
+    if len(test) == 0:
+        return EvalCounts.empty(spec.num_classes)
+    logits = predict_logits(model, torch.from_numpy(test.images), device).numpy()
+    return EvalCounts.from_scores(test.labels, log_odds(logits))

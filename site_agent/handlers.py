@@ -2,7 +2,7 @@
 
 ``answer_distill``: load local data -> distill -> seal -> (approval, when the policy asks) -> (sealed bundle, metrics).
 ``prepare_release``: the same up to the seal; ``site-agent distill`` previews a release with it.
-``answer_evaluate``: load local test data -> score the global model -> metrics.
+``answer_evaluate``: load local test data -> score the global model -> summable counts (no per-image value).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from collections.abc import Mapping
 import torch
 
 from shared.config import resolve_device
-from shared.errors import DataError, PolicyError
-from shared.schemas import DistillRequest, EvaluateRequest, InitMode, MetricKey
+from shared.errors import PolicyError
+from shared.schemas import DistillRequest, EvaluateReply, EvaluateRequest, InitMode, MetricKey
 from site_agent.approval import ReleaseApproval, approval_for
 from site_agent.data import LabelledImages, load_site_images
 from site_agent.distill import SyntheticSet, distill
@@ -101,12 +101,10 @@ def check_not_a_copy(synthetic: SyntheticSet, train: LabelledImages, policy: Sit
 
 def answer_evaluate(
     request: EvaluateRequest, state_dict: Mapping[str, torch.Tensor], settings: SiteSettings
-) -> dict[str, float]:
-    """Accuracy and AUC of the global model on the site's test images, with their count."""
+) -> dict[str, int | list[int]]:
+    """Counts (``EvaluateReply``) of the global model on the site's test images: no per-image value."""
     images = load_site_images(request.dataset, settings.data_root, settings.partition, settings.verify_md5)
-    if len(images.test) == 0:
-        raise DataError("this site holds no test images to evaluate on")
-    accuracy, auc, count = evaluate_global_model(
-        state_dict, request.model, images.test, images.info.task, resolve_device(settings.device)
-    )
-    return {MetricKey.ACCURACY.value: accuracy, MetricKey.AUC.value: auc, MetricKey.NUM_EXAMPLES.value: float(count)}
+    counts = evaluate_global_model(state_dict, request.model, images.test, resolve_device(settings.device))
+    if counts.num_examples == 0:
+        log.warning("site %s holds no test images: reporting empty counts", settings.site_id)
+    return EvaluateReply.from_counts(counts).to_metrics()

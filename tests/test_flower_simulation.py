@@ -20,7 +20,8 @@ from coordinator.trust import load_coordinator_keys
 from shared.bundle import open_bundle
 from shared.config import RunConfig
 from shared.errors import FederationError
-from shared.schemas import FieldKey, MetricKey, PartitionScheme, RecordKey
+from shared.metrics import SCORE_BINS
+from shared.schemas import EvaluateReply, FieldKey, MetricKey, PartitionScheme, RecordKey
 from site_agent.data import load_site_images
 from site_agent.privacy import nearest_real_similarity
 from site_agent.settings import PartitionSpec
@@ -76,7 +77,11 @@ def test_simulation_releases_only_sealed_sets_and_survives_a_tampered_site(data_
     assert summary["status"] == "completed" and summary["sites_accepted"] == 2
     assert len(by_status["rejected"]) == 1 and "does not decrypt" in by_status["rejected"][0]["reason"]
     assert {s["site_id"] for s in by_status["accepted"]} == {"site-1", "site-2"}
-    assert 0.0 <= summary["global"]["accuracy"] <= 1.0 and summary["global"]["num_examples"] == 156
+    pooled = summary["global"]
+    assert pooled["num_examples"] == 156 and sum(pooled["class_counts"]) == 156  # every site's test share
+    assert 0.0 <= pooled["balanced_accuracy"] <= 1.0 and 0.0 <= pooled["auc"] <= 1.0
+    # The rejected site (unnamed in simulation: its bundle did not open) is scored too.
+    assert len(summary["per_site"]) == 3 and {"site-1", "site-2"} <= {e["site_id"] for e in summary["per_site"]}
     for name in ("summary.json", "report.md", "run_config.json", "synthetic_grid.png", "global_model.pt"):
         assert (run_dir / name).is_file(), name
     assert json.loads((run_dir / "run_config.json").read_text())["ipc"] == 2
@@ -91,11 +96,19 @@ def test_simulation_releases_only_sealed_sets_and_survives_a_tampered_site(data_
     for reply in replies:
         assert reply["error"] is None and reply["arrays"] == []
         assert set(reply["metrics"]) == {RecordKey.METRICS}
-        assert set(reply["metrics"][RecordKey.METRICS]) <= allowed_metrics
-        assert all(isinstance(v, float) for v in reply["metrics"][RecordKey.METRICS].values())
+        metrics = reply["metrics"][RecordKey.METRICS]
+        assert set(metrics) <= allowed_metrics
         if reply["type"] == "evaluate":
+            # Only integer counts whose size depends on the number of classes, never on the images.
             assert reply["config"] == {}
+            assert EvaluateReply.model_validate(metrics).counts(2).num_examples == metrics[MetricKey.NUM_EXAMPLES]
+            assert {k: 1 if isinstance(v, int) else len(v) for k, v in metrics.items()} == {
+                MetricKey.NUM_EXAMPLES: 1, MetricKey.CLASS_COUNTS: 2, MetricKey.CONFUSION: 4,
+                MetricKey.SCORE_HISTOGRAMS: 2 * 2 * SCORE_BINS,
+            }
+            assert all(isinstance(x, int) for v in metrics.values() for x in (v if isinstance(v, list) else [v]))
             continue
+        assert all(isinstance(v, float) for v in metrics.values())
         assert set(reply["config"]) == {RecordKey.BUNDLE}
         assert set(reply["config"][RecordKey.BUNDLE]) == {FieldKey.SEALED}
         sealed = reply["config"][RecordKey.BUNDLE][FieldKey.SEALED]
