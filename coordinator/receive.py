@@ -7,6 +7,7 @@ code after :func:`receive_bundle` trusts what it gets.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 import numpy as np
 
@@ -79,6 +80,8 @@ def check_contents(opened: OpenedBundle, expected: Expectation) -> None:
     counts = np.bincount(labels, minlength=expected.num_classes)
     if {c: int(n) for c, n in enumerate(counts) if n} != manifest.class_counts:
         raise InvalidBundle("bundle class_counts do not match its labels")
+    if manifest.real_class_counts is not None and set(manifest.real_class_counts) != set(range(expected.num_classes)):
+        raise InvalidBundle(f"bundle real_class_counts must give a count for each of the {expected.num_classes} classes")
     if sorted(manifest.class_counts) != sorted(manifest.label_set):
         raise InvalidBundle("bundle label_set does not match its class_counts")
     if counts.max() > request.distill.ipc:
@@ -89,13 +92,21 @@ def check_contents(opened: OpenedBundle, expected: Expectation) -> None:
         raise InvalidBundle(f"bundle image values exceed +-{MAX_ABS_PIXEL:g} (not normalised images)")
 
 
+class OutcomeStatus(StrEnum):
+    """What came of asking one site for its bundle."""
+
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"  # with the reason
+    MISSING = "missing"  # never connected, or no reply in time
+
+
 @dataclass(frozen=True)
 class SiteOutcome:
     """What came of asking one node for its bundle: accepted, rejected (with the reason) or missing."""
 
     node_id: int | None  # None: the site never connected
     site_id: str | None
-    status: str  # "accepted" | "rejected" | "missing"
+    status: OutcomeStatus
     reason: str = ""
     bundle_bytes: int = 0
     metrics: dict[str, float] | None = None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from PIL import Image
 
 from coordinator.evaluate import EvalReport
 from coordinator.pool import PooledSet
-from coordinator.receive import SiteOutcome
+from coordinator.receive import OutcomeStatus, SiteOutcome
 from shared.config import RunConfig
 from shared.datasets import DatasetInfo
 from shared.grid import image_grid
@@ -40,12 +41,17 @@ def build_summary(
     outcomes: list[SiteOutcome],
     pooled: PooledSet | None,
     info: DatasetInfo,
-    evaluation: EvalReport | None,
+    evaluations: Mapping[str, EvalReport] | None,
     stage_seconds: dict[str, float],
     status: str,
     error: str = "",
+    correction: str = "none",
 ) -> dict[str, Any]:
-    """Everything a reader of the run needs, as plain JSON-able values (NaN written as null)."""
+    """Everything a reader of the run needs, as plain JSON-able values (NaN written as null).
+
+    ``evaluations["global"]`` is the global model's evaluation; ``evaluations["uncorrected"]``, when
+    present, the same model without the class-imbalance ``correction``.
+    """
     summary: dict[str, Any] = {
         "run_id": run_id,
         "status": status,
@@ -55,7 +61,7 @@ def build_summary(
         "ipc": config.ipc,
         "iterations": config.iterations,
         "sites_expected": config.sites,
-        "sites_accepted": sum(o.status == "accepted" for o in outcomes),
+        "sites_accepted": sum(o.status == OutcomeStatus.ACCEPTED for o in outcomes),
         "sites": [_site_entry(o) for o in sorted(outcomes, key=lambda o: (o.site_id or "~", o.node_id or -1))],
         "stage_seconds": {k: round(v, 3) for k, v in stage_seconds.items()},
     }
@@ -65,9 +71,12 @@ def build_summary(
             "images_per_site": pooled.images_per_site,
             "class_counts": dict(zip(info.label_names.values(), pooled.class_counts(info.num_classes), strict=True)),
         }
-    if evaluation is not None:
+    if evaluations is not None:
+        evaluation = evaluations["global"]
         summary["global"] = {**asdict(evaluation.pooled), "confusion": evaluation.confusion,
-                             "class_names": list(info.label_names.values())}
+                             "class_names": list(info.label_names.values()), "correction": correction}
+        if "uncorrected" in evaluations:
+            summary["uncorrected"] = asdict(evaluations["uncorrected"].pooled)
         summary["per_site"] = [
             {"site_id": e.site_id, "node_id": e.node_id, "problem": e.problem, **(asdict(m) if m else {})}
             for e, m in evaluation.sites
@@ -108,20 +117,25 @@ def render_report(summary: dict[str, Any]) -> str:
             f"{s['bundle_bytes']} | {_fmt(s.get('distill_seconds'))} |"
         )
     if "global" in summary:
-        lines += ["", *_global_section(summary["global"], summary["per_site"])]
+        lines += ["", *_global_section(summary["global"], summary.get("uncorrected"), summary["per_site"])]
     lines += ["", "Stage seconds: " + ", ".join(f"{k} {v}" for k, v in summary["stage_seconds"].items()), ""]
     return "\n".join(lines)
 
 
-def _global_section(g: dict[str, Any], per_site: list[dict[str, Any]]) -> list[str]:
+def _global_section(g: dict[str, Any], uncorrected: dict[str, Any] | None, per_site: list[dict[str, Any]]) -> list[str]:
     """Pooled metrics of the global model over every site's test share, per class, then per site."""
     lines = [
-        (f"Global model, pooled over all {g['num_examples']} test images of the sites that answered "
-        f"(summed counts, not a mean of site figures): accuracy {_fmt(g['accuracy'])} (always predicting the "
-        f"majority class: {_fmt(g['majority_rate'])}), balanced accuracy {_fmt(g['balanced_accuracy'])}, "
-        f"macro one-vs-rest AUC {_fmt(g['auc'])} (binned: within {_fmt(g['auc_error_bound'], 4)} of exact)."),
-        "", "| class | test images | recall |", "|---|---|---|",
+        (f"Global model, pooled over all {g['num_examples']} test images of the sites that answered (summed "
+        "counts, not a mean of site figures). Always predicting the majority class scores accuracy "
+        f"{_fmt(g['majority_rate'])}; the binned AUC is within {_fmt(g['auc_error_bound'], 4)} of exact."),
+        "", "| model | accuracy | balanced accuracy | macro AUC |", "|---|---|---|---|",
+        (f"| global (class-imbalance correction: {g['correction']}) | {_fmt(g['accuracy'])} | "
+        f"{_fmt(g['balanced_accuracy'])} | {_fmt(g['auc'])} |"),
     ]
+    if uncorrected is not None:
+        lines.append(f"| the same without correction | {_fmt(uncorrected['accuracy'])} | "
+                     f"{_fmt(uncorrected['balanced_accuracy'])} | {_fmt(uncorrected['auc'])} |")
+    lines += ["", "| class | test images | recall |", "|---|---|---|"]
     for name, count, recall in zip(g["class_names"], g["class_counts"], g["recall"], strict=True):
         lines.append(f"| {name} | {count} | {_fmt(recall)} |")
     lines += ["", "| site | test images | accuracy | balanced accuracy | AUC | note |", "|---|---|---|---|---|---|"]

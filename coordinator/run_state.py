@@ -17,15 +17,22 @@ The stored bundles are as confidential as in transit: only the coordinator's pri
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from coordinator.receive import Expectation, receive_bundle
+from coordinator.trust import CoordinatorKeys
+from shared.bundle import OpenedBundle
 from shared.config import RunConfig
-from shared.errors import ConfigError
+from shared.errors import ConfigError, FedDistillError
 from shared.schemas import DistillRequest
+
+log = logging.getLogger(__name__)
 
 STATE = "state.json"
 BUNDLES = "bundles"
@@ -36,12 +43,21 @@ OPERATIONAL = ("min_sites", "node_wait_timeout", "distill_timeout", "evaluate_ti
 
 
 class RunState(BaseModel):
-    """The run id and the request last sent to each site (keyed by site id, or ``node-<id>`` when unnamed)."""
+    """The run id and the request last sent to each site (keyed by site id, or ``node-<id>`` when unnamed).
+
+    ``expected_site`` records, per key, the site the node was registered as (None for an unnamed,
+    simulated node, whose bundle names its site and is vouched for by its signature alone).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     run_id: str
     requests: dict[str, DistillRequest] = {}
+    expected_site: dict[str, str | None] = {}
+
+    def record_request(self, key: str, request: DistillRequest, expected_site: str | None) -> None:
+        self.requests[key] = request
+        self.expected_site[key] = expected_site
 
 
 def start(run_dir: Path, config: RunConfig) -> tuple[RunState, RunConfig]:
@@ -79,6 +95,23 @@ def store_bundle(run_dir: Path, site_key: str, sealed: bytes) -> None:
 def stored_bundles(run_dir: Path, state: RunState) -> dict[str, bytes]:
     """The stored bundle of each site that has a request in ``state``."""
     return {key: path.read_bytes() for key in state.requests if (path := bundle_path(run_dir, key)).is_file()}
+
+
+def reverify_stored(run_dir: Path, state: RunState, expectation: Callable[[DistillRequest, str | None], Expectation],
+                    keys: CoordinatorKeys) -> dict[str, OpenedBundle]:
+    """Open again every bundle a stopped run stored, against the request on record for it.
+
+    Nothing is trusted because it was on disk: a bundle that no longer opens or validates is logged
+    and left out, so its site is asked again. Empty for a new run.
+    """
+    valid: dict[str, OpenedBundle] = {}
+    for key, sealed in stored_bundles(run_dir, state).items():
+        expected = expectation(state.requests[key], state.expected_site.get(key))
+        try:
+            valid[key] = receive_bundle(sealed, expected, keys, {b.manifest.site_id for b in valid.values()})
+        except FedDistillError as exc:
+            log.warning("stored bundle of %s no longer verifies (%s); asking again", key, exc)
+    return valid
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

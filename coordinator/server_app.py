@@ -1,8 +1,9 @@
-"""The coordinator as a Flower ServerApp. ``main`` reads as the pipeline:
+"""The coordinator as a Flower ServerApp. ``run_federation`` reads as the pipeline:
 
-wait for sites -> bind each node to its registered site -> ``query.distill`` with a fresh nonce per
-site (only those without a stored valid bundle when resuming) -> receive (decrypt, verify, validate;
-stored as they arrive) -> pool -> train_global -> ``evaluate`` at every site that answered -> aggregate -> report.
+connect (wait for sites, bind each node to its registered site) -> collect (stored bundles re-verified
+when resuming; ``query.distill`` with a fresh nonce to every other site; each reply decrypted, verified
+and validated, and stored as it arrives) -> pool -> train (corrected for the sites' class mix) ->
+evaluate (``evaluate`` at every site that answered; their counts summed) -> report.
 """
 
 from __future__ import annotations
@@ -10,31 +11,39 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid, ServerApp
 
 from coordinator import report, run_state
 from coordinator.binding import NodeBinding, bind_nodes
-from coordinator.evaluate import SiteEvaluation, aggregate, parse_site_counts
+from coordinator.evaluate import EvalReport, SiteEvaluation, aggregate, parse_site_counts
+from coordinator.imbalance import real_class_prior
 from coordinator.messaging import exchange, wait_for_nodes
-from coordinator.pool import pool
-from coordinator.receive import Expectation, SiteOutcome, receive_bundle
-from coordinator.train import train_global
+from coordinator.pool import PooledSet, pool
+from coordinator.receive import Expectation, OutcomeStatus, SiteOutcome, receive_bundle
+from coordinator.train import GlobalModels, train_corrected
 from coordinator.trust import CoordinatorKeys, create_simulation_keys, load_coordinator_keys
 from shared.bundle import OpenedBundle
 from shared.config import RunConfig, resolve_device, simulated_site_id
-from shared.datasets import IMAGE_SIZE, dataset_info
+from shared.datasets import IMAGE_SIZE, DatasetInfo, dataset_info
 from shared.errors import FedDistillError, FederationError, InvalidBundle, InvalidReply
 from shared.keys import SIMULATION_KEYS
 from shared.logs import configure_logging
+from shared.models import ConvNet
 from shared.schemas import DistillRequest, EvaluateRequest, FieldKey, ModelSpec, RecordKey
 
 log = logging.getLogger(__name__)
+
+# Flower's error replies for a node that went away: the site dropped out, it did not report an error.
+_DROPPED_OUT = {ErrorCode.NODE_UNAVAILABLE: "node unavailable", ErrorCode.REPLY_MESSAGE_UNAVAILABLE: "reply expired"}
 
 
 def build_server_app(run_config_overrides: Mapping[str, Any] | None = None) -> ServerApp:
@@ -51,6 +60,34 @@ def build_server_app(run_config_overrides: Mapping[str, Any] | None = None) -> S
     return app
 
 
+@dataclass(frozen=True)
+class Federation:
+    """The connected sites of one run and what their bundles must match."""
+
+    run_dir: Path
+    config: RunConfig
+    state: run_state.RunState
+    info: DatasetInfo
+    spec: ModelSpec
+    keys: CoordinatorKeys
+    node_ids: list[int]
+    bindings: dict[int, NodeBinding]
+
+    def expectation(self, request: DistillRequest, site_id: str | None) -> Expectation:
+        shape = (self.spec.in_channels, self.spec.image_size, self.spec.image_size)
+        return Expectation(request, shape, self.info.num_classes, int(self.config.max_bundle_mb * 2**20), site_id)
+
+
+@contextmanager
+def timed(stage: str, seconds: dict[str, float]) -> Iterator[None]:
+    """Record the wall time of one stage of the run in ``seconds[stage]``."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[stage] = time.perf_counter() - started
+
+
 def run_federation(grid: Grid, config: RunConfig, run_dir: Path) -> dict[str, Any]:
     """One full round (or the rest of a stopped one); writes the results folder and returns the summary.
 
@@ -59,94 +96,141 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path) -> dict[str, An
         ConfigError: a new run in a folder holding one, or a resume without a stopped run.
     """
     stages: dict[str, float] = {}
-    clock = time.perf_counter()
+    with timed("distill", stages):  # connecting and the sites' distillation
+        federation = connect(grid, config, run_dir)
+        requests, replies, outcomes, accepted = ask_sites(grid, federation)
+    with timed("receive", stages):
+        accepted, outcomes = receive_replies(federation, requests, replies, outcomes, accepted)
+    config, info = federation.config, federation.info
+    if len(accepted) < config.min_sites:
+        message = (f"{len(accepted)} valid bundles, fewer than min-sites={config.min_sites}; the bundles received "
+                   f"are kept: continue with `coordinator run --resume {run_dir}`")
+        summary = report.build_summary(config, federation.state.run_id, outcomes, None, info, None, stages,
+                                       "failed", message)
+        report.write_results(run_dir, summary, None, info)
+        raise FederationError(message)
+    with timed("train", stages):
+        pooled, models = pool_and_train(federation, accepted)
+    with timed("evaluate", stages):
+        # Every site that answered is scored, also one whose bundle was rejected: its test data still counts.
+        delivered = {o.node_id: o.site_id for o in outcomes if o.status == OutcomeStatus.ACCEPTED and o.site_id}
+        site_of = {b.node_id: b.site_id for b in federation.bindings.values() if b.site_id} | delivered
+        evaluators = [n for n in federation.node_ids if n in replies or n in delivered]
+        evaluations = evaluate_at_sites(grid, federation, models, evaluators, site_of)
+    summary = report.build_summary(config, federation.state.run_id, outcomes, pooled, info, evaluations, stages,
+                                   "completed", correction=models.correction.value)
+    report.write_results(run_dir, summary, pooled, info)
+    pooled_metrics = evaluations["global"].pooled
+    log.info("run %s completed: pooled over %d test images: accuracy %.3f, balanced accuracy %.3f, AUC %.3f; "
+             "results in %s", federation.state.run_id, pooled_metrics.num_examples, pooled_metrics.accuracy,
+             pooled_metrics.balanced_accuracy, pooled_metrics.auc, run_dir)
+    return summary
+
+
+def connect(grid: Grid, config: RunConfig, run_dir: Path) -> Federation:
+    """Start (or resume) the run's state, wait for the sites and bind each node to its registered site."""
     state, config = run_state.start(run_dir, config)
-    info = dataset_info(config.dataset)
-    run_id = state.run_id
     report.write_run_config(run_dir, config)
+    info = dataset_info(config.dataset)
     node_ids = wait_for_nodes(grid, config.sites, config.min_sites, config.node_wait_timeout)
     keys = _coordinator_keys(config, run_dir, len(node_ids))
-    bindings = bind_nodes(_node_infos(grid, node_ids), keys.sites, keys.node_keys)
+    wanted = set(node_ids)
+    bindings = bind_nodes([n for n in grid.get_nodes() if n.node_id in wanted], keys.sites, keys.node_keys)
     if config.keys_dir and any(b.site_id is None for b in bindings.values()):
         log.warning("nodes without registered names: SuperNode authentication is off, so a bundle's site is "
                     "vouched for by its signature alone")
     spec = ModelSpec(in_channels=info.in_channels, num_classes=info.num_classes, image_size=IMAGE_SIZE,
                      network=config.network())
-    image_shape = (spec.in_channels, spec.image_size, spec.image_size)
-    max_bytes = int(config.max_bundle_mb * 2**20)
+    return Federation(run_dir, config, state, info, spec, keys, node_ids, bindings)
 
-    # Bundles a stopped run already received are re-verified, and their sites are not asked again.
-    outcomes, accepted, delivered = _reverify_stored(run_dir, state, bindings, image_shape, info.num_classes, keys,
-                                                     max_bytes)
-    outcomes += [SiteOutcome(b.node_id, b.site_id, "rejected", b.problem) for b in bindings.values() if not b.usable]
-    to_ask = [b for b in bindings.values() if b.usable and _key(b) not in delivered]
+
+def ask_sites(
+    grid: Grid, federation: Federation
+) -> tuple[dict[int, DistillRequest], dict[int, Message], list[SiteOutcome], list[OpenedBundle]]:
+    """Re-verify what a stopped run stored, then ask every other usable site to distill, with a fresh nonce.
+
+    Returns the requests sent and replies received by node, and the outcomes and bundles settled so far.
+    """
+    run_dir, state, bindings = federation.run_dir, federation.state, federation.bindings
+    node_of = {_key(b): b.node_id for b in bindings.values()}
+    stored = run_state.reverify_stored(run_dir, state, federation.expectation, federation.keys)
+    outcomes = [SiteOutcome(node_of.get(key), bundle.manifest.site_id, OutcomeStatus.ACCEPTED,
+                            "delivered before the run was resumed", bundle.sealed_bytes)
+                for key, bundle in stored.items()]
+    outcomes += [SiteOutcome(b.node_id, b.site_id, OutcomeStatus.REJECTED, b.problem)
+                 for b in bindings.values() if not b.usable]
+    to_ask = [b for b in bindings.values() if b.usable and _key(b) not in stored]
     log.info("run %s: %d sites connected, %d bundles already held; asking %d to distill %s",
-             run_id, len(node_ids), len(accepted), len(to_ask), config.dataset)
-
-    requests = {
-        b.node_id: DistillRequest(run_id=run_id, nonce=secrets.token_hex(32), dataset=info.name,
-                                  distill=config.distill_config())
-        for b in to_ask
-    }
-    state.requests.update({_key(bindings[node]): request for node, request in requests.items()})
+             state.run_id, len(federation.node_ids), len(stored), len(to_ask), federation.info.name)
+    requests = {b.node_id: DistillRequest(run_id=state.run_id, nonce=secrets.token_hex(32),
+                                          dataset=federation.info.name, distill=federation.config.distill_config())
+                for b in to_ask}
+    for binding in to_ask:
+        state.record_request(_key(binding), requests[binding.node_id], binding.site_id)
     run_state.save(run_dir, state)  # before asking: a bundle is only accepted for a request on record
     replies = exchange(grid, {node: _request_record(req) for node, req in requests.items()}, "query.distill",
-                       config.distill_timeout,
+                       federation.config.distill_timeout,
                        on_reply=lambda node, reply: _store_sealed(run_dir, _key(bindings[node]), reply))
-    stages["distill"] = time.perf_counter() - clock
+    return requests, replies, outcomes, list(stored.values())
 
-    clock = time.perf_counter()
-    expectations = {node: Expectation(req, image_shape, info.num_classes, max_bytes, bindings[node].site_id)
-                    for node, req in requests.items()}
-    new_outcomes, new_accepted = _receive_all(list(requests), replies, expectations, keys, config,
-                                              {o.site_id for o in outcomes if o.status == "accepted"})
-    outcomes += new_outcomes + _never_connected(keys, bindings, config)
-    accepted += new_accepted
-    stages["receive"] = time.perf_counter() - clock
-    if len(accepted) < config.min_sites:
-        message = (f"{len(accepted)} valid bundles, fewer than min-sites={config.min_sites}; the bundles received "
-                   f"are kept: continue with `coordinator run --resume {run_dir}`")
-        summary = report.build_summary(config, run_id, outcomes, None, info, None, stages, "failed", message)
-        report.write_results(run_dir, summary, None, info)
-        raise FederationError(message)
 
-    clock = time.perf_counter()
+def receive_replies(
+    federation: Federation,
+    requests: Mapping[int, DistillRequest],
+    replies: Mapping[int, Message],
+    outcomes: list[SiteOutcome],
+    accepted: list[OpenedBundle],
+) -> tuple[list[OpenedBundle], list[SiteOutcome]]:
+    """Accept or reject each asked node's reply (one bad site never stops the others); list who never came."""
+    delivered = {b.manifest.site_id for b in accepted}
+    outcomes = list(outcomes)
+    accepted = list(accepted)
+    for node, request in requests.items():
+        expected = federation.expectation(request, federation.bindings[node].site_id)
+        outcome, bundle = _receive_one(node, replies.get(node), expected, federation, delivered)
+        if bundle is not None:
+            delivered.add(bundle.manifest.site_id)
+            accepted.append(bundle)
+        outcomes.append(outcome)
+        level = logging.INFO if outcome.status == OutcomeStatus.ACCEPTED else logging.WARNING
+        log.log(level, "node %d (site %s): %s %s", node, outcome.site_id or "?", outcome.status, outcome.reason)
+    return accepted, outcomes + _never_connected(federation)
+
+
+def pool_and_train(federation: Federation, accepted: list[OpenedBundle]) -> tuple[PooledSet, GlobalModels]:
+    """Pool the accepted sets and train the global model on them, corrected by the released class counts."""
     pooled = pool(accepted)
-    model = train_global(pooled, spec, config.train_settings(), resolve_device(config.device))
-    torch.save(model.state_dict(), run_dir / "global_model.pt")
-    stages["train"] = time.perf_counter() - clock
+    config = federation.config
+    prior = real_class_prior(accepted, federation.info.num_classes)
+    models = train_corrected(pooled, federation.spec, config.train_settings(), resolve_device(config.device),
+                             config.imbalance, prior)
+    torch.save(models.model.state_dict(), federation.run_dir / "global_model.pt")
+    return pooled, models
 
-    clock = time.perf_counter()
-    site_of = {o.node_id: o.site_id for o in outcomes if o.status == "accepted"}
-    site_of.update({b.node_id: b.site_id for b in bindings.values() if b.site_id and b.node_id not in site_of})
-    evaluate_request = EvaluateRequest(run_id=run_id, dataset=info.name, model=spec)
-    content = RecordDict({RecordKey.ARRAYS: ArrayRecord(model.state_dict()),
-                          RecordKey.REQUEST: ConfigRecord({FieldKey.REQUEST_JSON: evaluate_request.model_dump_json()})})
-    delivered_before = {o.node_id for o in outcomes if o.status == "accepted"}
-    evaluators = [node for node in node_ids if node in replies or node in delivered_before]  # every site that answered
-    eval_replies = exchange(grid, {node: content for node in evaluators}, "evaluate", config.evaluate_timeout)
-    evaluations = [_site_evaluation(node, site_of.get(node), reply, info.num_classes)
-                   for node, reply in eval_replies.items()]
-    evaluation = aggregate(evaluations, info.num_classes)
-    stages["evaluate"] = time.perf_counter() - clock
 
-    summary = report.build_summary(config, run_id, outcomes, pooled, info, evaluation, stages, "completed")
-    report.write_results(run_dir, summary, pooled, info)
-    log.info("run %s completed: pooled over %d test images: accuracy %.3f, balanced accuracy %.3f, AUC %.3f; "
-             "results in %s", run_id, evaluation.num_examples, evaluation.pooled.accuracy,
-             evaluation.pooled.balanced_accuracy, evaluation.pooled.auc, run_dir)
-    return summary
+def evaluate_at_sites(
+    grid: Grid, federation: Federation, models: GlobalModels, node_ids: list[int], site_of: Mapping[int, str]
+) -> dict[str, EvalReport]:
+    """Pooled metrics of the global model (``global``) and, when it is corrected, of the uncorrected one."""
+    variants: dict[str, ConvNet] = {"global": models.model}
+    if models.model is not models.uncorrected:
+        variants["uncorrected"] = models.uncorrected
+    request = EvaluateRequest(run_id=federation.state.run_id, dataset=federation.info.name, model=federation.spec)
+    reports = {}
+    for name, model in variants.items():
+        content = RecordDict({RecordKey.ARRAYS: ArrayRecord(model.state_dict()),
+                              RecordKey.REQUEST: ConfigRecord({FieldKey.REQUEST_JSON: request.model_dump_json()})})
+        timeout = federation.config.evaluate_timeout
+        replies = exchange(grid, {node: content for node in node_ids}, "evaluate", timeout)
+        evaluations = [_site_evaluation(node, site_of.get(node), replies.get(node), federation.info.num_classes,
+                                        timeout) for node in node_ids]
+        reports[name] = aggregate(evaluations, federation.info.num_classes)
+    return reports
 
 
 def _key(binding: NodeBinding) -> str:
     """Where a node's request and bundle are kept: its site id, or ``node-<id>`` for an unnamed (simulated) node."""
     return binding.site_id or f"node-{binding.node_id}"
-
-
-def _node_infos(grid: Grid, node_ids: list[int]) -> list[Any]:
-    """Flower's NodeInfo (name, public key) of the connected nodes; bare ids where the grid has no more."""
-    wanted = set(node_ids)
-    return [n for n in grid.get_nodes() if n.node_id in wanted]
 
 
 def _coordinator_keys(config: RunConfig, run_dir: Path, num_nodes: int) -> CoordinatorKeys:
@@ -178,85 +262,46 @@ def _store_sealed(run_dir: Path, site_key: str, reply: Message) -> None:
             pass  # reported when the reply is received
 
 
-def _reverify_stored(
-    run_dir: Path,
-    state: run_state.RunState,
-    bindings: Mapping[int, NodeBinding],
-    image_shape: tuple[int, int, int],
-    num_classes: int,
-    keys: CoordinatorKeys,
-    max_bytes: int,
-) -> tuple[list[SiteOutcome], list[OpenedBundle], set[str]]:
-    """Open again every bundle a stopped run stored; the valid ones count as delivered (empty for a new run)."""
-    node_of = {_key(b): b.node_id for b in bindings.values()}
-    outcomes: list[SiteOutcome] = []
-    accepted: list[OpenedBundle] = []
-    delivered: set[str] = set()
-    for key, sealed in run_state.stored_bundles(run_dir, state).items():
-        expected_site = None if key.startswith("node-") else key
-        expectation = Expectation(state.requests[key], image_shape, num_classes, max_bytes, expected_site)
-        try:
-            opened = receive_bundle(sealed, expectation, keys, {o.site_id for o in outcomes})
-        except FedDistillError as exc:
-            log.warning("stored bundle of %s no longer verifies (%s); asking again", key, exc)
-            continue
-        delivered.add(key)
-        accepted.append(opened)
-        outcomes.append(SiteOutcome(node_of.get(key), opened.manifest.site_id, "accepted",
-                                    "delivered before the run was resumed", opened.sealed_bytes))
-    return outcomes, accepted, delivered
+def _receive_one(
+    node: int, reply: Message | None, expected: Expectation, federation: Federation, delivered: set[str]
+) -> tuple[SiteOutcome, OpenedBundle | None]:
+    site = expected.site_id
+    if reply is None:
+        timeout = federation.config.distill_timeout
+        return SiteOutcome(node, site, OutcomeStatus.MISSING, f"no reply within {timeout:.0f} s (dropped out or too "
+                           "slow)"), None
+    if reply.has_error():
+        if reply.error.code in _DROPPED_OUT:
+            return SiteOutcome(node, site, OutcomeStatus.MISSING,
+                               f"dropped out ({_DROPPED_OUT[reply.error.code]})"), None
+        return SiteOutcome(node, site, OutcomeStatus.REJECTED, f"site reported an error: {reply.error.reason}"), None
+    metrics = dict(reply.content.metric_records.get(RecordKey.METRICS, {}))
+    sealed = b""
+    try:
+        sealed = _sealed_bytes(reply)
+        opened = receive_bundle(sealed, expected, federation.keys, delivered)
+    except FedDistillError as exc:
+        return SiteOutcome(node, site, OutcomeStatus.REJECTED, str(exc), len(sealed), metrics), None
+    return SiteOutcome(node, opened.manifest.site_id, OutcomeStatus.ACCEPTED, "", opened.sealed_bytes, metrics), opened
 
 
-def _never_connected(keys: CoordinatorKeys, bindings: Mapping[int, NodeBinding], config: RunConfig) -> list[SiteOutcome]:
+def _never_connected(federation: Federation) -> list[SiteOutcome]:
     """Trusted sites with no connected node (deployment only: simulated sites are not in a trust store)."""
-    if not config.keys_dir:
+    if not federation.config.keys_dir:
         return []
-    connected = {b.site_id for b in bindings.values() if b.usable}
-    return [SiteOutcome(None, site, "missing", f"never connected within {config.node_wait_timeout:.0f} s")
-            for site in sorted(keys.sites) if site not in connected]
+    connected = {b.site_id for b in federation.bindings.values() if b.usable}
+    wait = federation.config.node_wait_timeout
+    return [SiteOutcome(None, site, OutcomeStatus.MISSING, f"never connected within {wait:.0f} s")
+            for site in sorted(federation.keys.sites) if site not in connected]
 
 
-def _receive_all(
-    node_ids: list[int],
-    replies: Mapping[int, Message],
-    expectations: Mapping[int, Expectation],
-    keys: CoordinatorKeys,
-    config: RunConfig,
-    delivered: set[str | None],
-) -> tuple[list[SiteOutcome], list[OpenedBundle]]:
-    """Accept or reject each node's reply; one bad site never stops the others."""
-    outcomes: list[SiteOutcome] = []
-    accepted: list[OpenedBundle] = []
-    delivered = {site for site in delivered if site}
-    for node in node_ids:
-        reply = replies.get(node)
-        expected_site = expectations[node].site_id
-        if reply is None:
-            outcomes.append(SiteOutcome(node, expected_site, "missing",
-                                        f"no reply within {config.distill_timeout:.0f} s (dropped out or too slow)"))
-        elif reply.has_error():
-            outcomes.append(SiteOutcome(node, expected_site, "rejected", f"site reported an error: {reply.error.reason}"))
-        else:
-            metrics = dict(reply.content.metric_records.get(RecordKey.METRICS, {}))
-            sealed = b""
-            try:
-                sealed = _sealed_bytes(reply)
-                opened = receive_bundle(sealed, expectations[node], keys, delivered)
-            except FedDistillError as exc:
-                outcomes.append(SiteOutcome(node, expected_site, "rejected", str(exc), len(sealed), metrics))
-            else:
-                delivered.add(opened.manifest.site_id)
-                accepted.append(opened)
-                outcomes.append(SiteOutcome(node, opened.manifest.site_id, "accepted", "", opened.sealed_bytes, metrics))
-        outcome = outcomes[-1]
-        level = logging.INFO if outcome.status == "accepted" else logging.WARNING
-        log.log(level, "node %d (site %s): %s %s", node, outcome.site_id or "?", outcome.status, outcome.reason)
-    return outcomes, accepted
-
-
-def _site_evaluation(node: int, site_id: str | None, reply: Message, num_classes: int) -> SiteEvaluation:
-    """A site's counts, parsed at the door; a site that failed or sent nonsense is kept with the reason."""
+def _site_evaluation(
+    node: int, site_id: str | None, reply: Message | None, num_classes: int, timeout: float
+) -> SiteEvaluation:
+    """A site's counts, parsed at the door; a site that failed, sent nonsense or no reply is kept with the reason."""
     site = site_id or f"node-{node}"
+    if reply is None:
+        return SiteEvaluation(site, node, None, f"no evaluation reply within {timeout:.0f} s")
     if reply.has_error():
         log.warning("node %d could not evaluate the global model: %s", node, reply.error.reason)
         return SiteEvaluation(site, node, None, f"site reported an error: {reply.error.reason}")

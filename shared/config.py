@@ -20,6 +20,7 @@ from shared.schemas import (
     DistillConfig,
     DistillMethod,
     DMConfig,
+    ImbalanceCorrection,
     InitMode,
     MTTConfig,
     NetworkSpec,
@@ -59,6 +60,8 @@ class RunConfig(BaseModel):
     train_lr: float = Field(0.01, gt=0)
     train_batch: int = Field(256, ge=1)
     train_dsa: bool = True
+    # How the global model is corrected for the real class mix the sites release (coordinator/imbalance.py).
+    imbalance: ImbalanceCorrection = ImbalanceCorrection.LOGIT_ADJUST
     # operations
     node_wait_timeout: float = Field(120.0, gt=0)
     distill_timeout: float = Field(3600.0, gt=0)

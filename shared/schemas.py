@@ -32,6 +32,14 @@ class InitMode(StrEnum):
     REAL = "real"
 
 
+class ImbalanceCorrection(StrEnum):
+    """How the global model, trained on balanced synthetic sets, is corrected for the real class mix."""
+
+    NONE = "none"
+    LOGIT_ADJUST = "logit-adjust"  # add log(real prior / pooled prior) to the logits (Menon et al., ICLR 2021)
+    REWEIGHT = "reweight"  # weight each class's loss by real prior / pooled prior while training
+
+
 class PartitionScheme(StrEnum):
     """How a simulation splits one dataset across simulated sites."""
 
@@ -273,6 +281,10 @@ class BundleManifest(_Strict):
     distill: DistillConfig
     # Iterations actually run (MTT: accepted ones); fewer than asked when the site's time limit hit.
     iterations_completed: int | None = Field(None, ge=0)
+    # The site's real training images per class, as its policy releases them (rounded to a multiple of
+    # ``real_class_counts_rounding``), for the coordinator's class-imbalance correction; None: withheld.
+    real_class_counts: dict[int, _Count] | None = None
+    real_class_counts_rounding: int = Field(1, ge=1, le=10**6)
     normalization: Literal["x/127.5-1"] = "x/127.5-1"
     software: dict[str, str]
     created_at: str

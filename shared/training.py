@@ -50,8 +50,12 @@ def train_classifier(
     labels: torch.Tensor,
     settings: TrainSettings,
     device: torch.device,
+    class_weights: torch.Tensor | None = None,
 ) -> nn.Module:
-    """Train ``model`` in place on images (N, C, H, W) float and labels (N,) int64; returns it."""
+    """Train ``model`` in place on images (N, C, H, W) float and labels (N,) int64; returns it.
+
+    ``class_weights`` (num_classes,) weight each image's loss by its class (imbalance correction).
+    """
     torch.manual_seed(settings.seed)
     model.to(device).train()
     x, y = images.to(device), labels.to(device)
@@ -61,8 +65,9 @@ def train_classifier(
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[settings.epochs // 2], gamma=0.1)
     order_gen = torch.Generator().manual_seed(settings.seed)
     aug_seeds = np.random.default_rng(settings.seed)
+    weights = None if class_weights is None else class_weights.to(device)
     for _ in range(settings.epochs):
-        sgd_epoch(model, optimizer, x, y, settings.batch_size, settings.augment, order_gen, aug_seeds)
+        sgd_epoch(model, optimizer, x, y, settings.batch_size, settings.augment, order_gen, aug_seeds, weights)
         scheduler.step()
     return model.eval()
 
@@ -79,9 +84,15 @@ def chunk_size(images: torch.Tensor, width: int) -> int:
 
 
 def mean_loss_gradients(
-    model: nn.Module, params: list[torch.Tensor], images: torch.Tensor, labels: torch.Tensor, chunk: int
+    model: nn.Module,
+    params: list[torch.Tensor],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    chunk: int,
+    class_weights: torch.Tensor | None = None,
 ) -> tuple[list[torch.Tensor], float]:
-    """Gradients of the mean cross-entropy over ``images`` (summed chunk by chunk), and that mean loss.
+    """Gradients of the mean (optionally class-weighted) cross-entropy over ``images``, summed chunk by
+    chunk, and that mean loss.
 
     The same sum as one big batch (up to float rounding) because every image's loss depends on that
     image alone (instance norm), with a working set that fits in cache.
@@ -90,7 +101,7 @@ def mean_loss_gradients(
     loss_sum = 0.0
     for start in range(0, len(images), chunk):
         logits = model(images[start : start + chunk])
-        loss = F.cross_entropy(logits, labels[start : start + chunk], reduction="sum") / len(images)
+        loss = F.cross_entropy(logits, labels[start : start + chunk], weight=class_weights, reduction="sum") / len(images)
         grads = torch.autograd.grad(loss, params)
         total = list(grads) if total is None else [t.add_(g) for t, g in zip(total, grads, strict=True)]
         loss_sum += loss.item()
@@ -107,6 +118,7 @@ def sgd_epoch(
     augment: bool,
     order_gen: torch.Generator,
     aug_rng: np.random.Generator,
+    class_weights: torch.Tensor | None = None,
 ) -> float:
     """One pass over (images, labels) in shuffled minibatches, each with its own per-image DSA; the mean loss."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -118,7 +130,7 @@ def sgd_epoch(
         batch = images[idx]
         if augment:
             batch = dsa(batch, int(aug_rng.integers(2**31)), per_sample=True)
-        grads, loss = mean_loss_gradients(model, params, batch, labels[idx], chunk)
+        grads, loss = mean_loss_gradients(model, params, batch, labels[idx], chunk, class_weights)
         for param, grad in zip(params, grads, strict=True):
             param.grad = grad
         optimizer.step()

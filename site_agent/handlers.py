@@ -70,7 +70,12 @@ def prepare_release(
     )
     started = time.perf_counter()
     check_not_a_copy(synthetic, images.train, settings.policy, request.distill.init)
-    release = seal_described(synthetic, request, identity, images.info, num_real_examples=len(images.train))
+    policy = settings.policy
+    release = seal_described(
+        synthetic, request, identity, images.info, num_real_examples=len(images.train),
+        real_class_counts=policy.released_class_counts(images.train.class_counts(images.info.num_classes)),
+        real_class_counts_rounding=policy.class_count_rounding,
+    )
     sealed = release.sealed
     metrics = {
         MetricKey.NUM_EXAMPLES.value: float(len(images.train)),

@@ -50,6 +50,13 @@ class SitePolicy(BaseModel):
         0.95, gt=0, le=1, description="refuse a set in which an image correlates this much with a local image"
     )
     mtt: MTTLimits = Field(MTTLimits(), description="caps on MTT's expensive settings")
+    release_class_counts: bool = Field(
+        True, description="put the site's real training images per class in the signed manifest (aggregate counts, "
+        "no image), so the coordinator can correct the global model for class imbalance"
+    )
+    class_count_rounding: int = Field(
+        1, ge=1, description="round the released class counts to a multiple of this (1: exact)"
+    )
     require_approval: bool = Field(
         False, description="hold every release for manual approval before it is sent (see site_agent/approval.py)"
     )
@@ -90,6 +97,13 @@ class SitePolicy(BaseModel):
                 f"site policy file {path.name!r} is not a valid policy: {first_problem(exc)}",
                 hint="`site-agent policy show` lists the fields and their meaning",
             ) from exc
+
+    def released_class_counts(self, counts: list[int]) -> dict[int, int] | None:
+        """The per-class training counts this policy lets leave the site (rounded), or None when withheld."""
+        if not self.release_class_counts:
+            return None
+        step = self.class_count_rounding
+        return {c: round(n / step) * step for c, n in enumerate(counts)}
 
     def check(self, request: DistillRequest) -> None:
         """Refuse a request that exceeds this policy.

@@ -27,6 +27,8 @@ def build_manifest(
     info: DatasetInfo,
     num_real_examples: int,
     payload: bytes,
+    real_class_counts: dict[int, int] | None = None,
+    real_class_counts_rounding: int = 1,
 ) -> BundleManifest:
     """The signed self-description of a release."""
     counts = np.bincount(synthetic.labels.numpy(), minlength=info.num_classes)
@@ -42,6 +44,8 @@ def build_manifest(
         label_set=synthetic.classes,
         class_counts={c: int(counts[c]) for c in synthetic.classes},
         num_real_examples=num_real_examples,
+        real_class_counts=real_class_counts,
+        real_class_counts_rounding=real_class_counts_rounding,
         distill=synthetic.config,
         iterations_completed=len(synthetic.loss_history),
         software=_software_versions(),
@@ -65,13 +69,19 @@ def seal_release(
     identity: SiteIdentity,
     info: DatasetInfo,
     num_real_examples: int,
+    real_class_counts: dict[int, int] | None = None,
+    real_class_counts_rounding: int = 1,
 ) -> bytes:
     """Manifest + payload, signed by the site and sealed to its pinned coordinator key.
+
+    ``real_class_counts`` (the site's training images per class, as its policy releases them) go into
+    the signed manifest; None withholds them.
 
     Raises:
         DataError: the synthetic set holds non-finite or absurd values (never released).
     """
-    return seal_described(synthetic, request, identity, info, num_real_examples).sealed
+    return seal_described(synthetic, request, identity, info, num_real_examples, real_class_counts,
+                          real_class_counts_rounding).sealed
 
 
 def seal_described(
@@ -80,6 +90,8 @@ def seal_described(
     identity: SiteIdentity,
     info: DatasetInfo,
     num_real_examples: int,
+    real_class_counts: dict[int, int] | None = None,
+    real_class_counts_rounding: int = 1,
 ) -> SealedRelease:
     """:func:`seal_release`, keeping the manifest and set for the site's own previews and approvals."""
     if not bool(synthetic.images.isfinite().all()):
@@ -90,7 +102,8 @@ def seal_described(
             hint="the method diverged: lower its image learning rate (--lr-img)",
         )
     payload = encode_payload(synthetic.images.numpy(), synthetic.labels.numpy())
-    manifest = build_manifest(synthetic, request, identity, info, num_real_examples, payload)
+    manifest = build_manifest(synthetic, request, identity, info, num_real_examples, payload, real_class_counts,
+                              real_class_counts_rounding)
     return SealedRelease(seal_bundle(manifest, payload, identity.signing_key, identity.coordinator_key), manifest, synthetic)
 
 

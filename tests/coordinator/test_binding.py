@@ -105,8 +105,7 @@ def test_resume_reopens_stored_bundles_only_for_the_request_on_record(keys, tmp_
 
 def test_resumed_run_counts_valid_stored_bundles_and_asks_again_for_tampered_ones(keys, tmp_path: Path) -> None:
     """On resume a stored valid bundle counts as delivered (its site is not asked again); a tampered one does not."""
-    from coordinator.binding import NodeBinding
-    from coordinator.server_app import _reverify_stored
+    from coordinator.receive import Expectation
 
     coordinator, sites = keys
     state = run_state.RunState(run_id="run-x")
@@ -115,7 +114,6 @@ def test_resumed_run_counts_valid_stored_bundles_and_asks_again_for_tampered_one
         sealed = seal_release(make_synthetic(state.requests[site]), state.requests[site], sites[site],
                               dataset_info("breastmnist"), 10)
         run_state.store_bundle(tmp_path, site, sealed if site == "site-0" else sealed[:-1] + bytes([sealed[-1] ^ 1]))
-    bindings = {7: NodeBinding(7, "site-0"), 8: NodeBinding(8, "site-1")}
-    outcomes, accepted, delivered = _reverify_stored(tmp_path, state, bindings, (1, 28, 28), 2, coordinator, 1 << 20)
-    assert delivered == {"site-0"} and len(accepted) == 1
-    assert [(o.node_id, o.site_id, o.status) for o in outcomes] == [(7, "site-0", "accepted")]
+    valid = run_state.reverify_stored(tmp_path, state, lambda req, site: Expectation(req, (1, 28, 28), 2, 1 << 20, site),
+                                      coordinator)
+    assert list(valid) == ["site-0"] and valid["site-0"].manifest.site_id == "site-0"
