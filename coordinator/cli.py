@@ -72,11 +72,8 @@ def simulate(
     if config.min_sites > config.sites:
         raise ConfigError(f"--min-sites {config.min_sites} is more than --sites {config.sites}")
     run_dir, summary = run_simulation(config, verbose=verbose)
-    glob = summary.get("global", {})
-    typer.echo(
-        f"{summary['sites_accepted']}/{summary['sites_expected']} sites accepted; global accuracy "
-        f"{_fmt(glob.get('accuracy'))}, AUC {_fmt(glob.get('auc'))}\nresults: {run_dir}"
-    )
+    typer.echo(f"{summary['sites_accepted']}/{summary['sites_expected']} sites accepted; {_pooled(summary)}"
+               f"\nresults: {run_dir}")
 
 
 sites_app = typer.Typer(help="The trust store: which signing key and SuperNode key speak for which site.",
@@ -268,14 +265,21 @@ def status(
 
 @app.command()
 def results(out_dir: Annotated[Path, typer.Option(help="The runs' out-dir (on this, the SuperLink host).")]) -> None:
-    """Results folders under --out-dir with their status and, when complete, the global accuracy and AUC."""
+    """Results folders under --out-dir with their status and, when complete, the global model's pooled metrics."""
     import json
 
     for summary in sorted(out_dir.glob("*/summary.json")):
         data = json.loads(summary.read_text())
-        glob = data.get("global", {})
         typer.echo(f"{summary.parent}\t{data['status']}\t{data['sites_accepted']}/{data['sites_expected']} sites\t"
-                   f"accuracy {_fmt(glob.get('accuracy'))}\tAUC {_fmt(glob.get('auc'))}")
+                   f"{_pooled(data)}")
+
+
+def _pooled(summary: dict) -> str:
+    """The global model's pooled figures, as one line."""
+    glob = summary.get("global", {})
+    return (f"global model over {glob.get('num_examples', 0)} test images: accuracy {_fmt(glob.get('accuracy'))} "
+            f"(majority class {_fmt(glob.get('majority_rate'))}), balanced accuracy "
+            f"{_fmt(glob.get('balanced_accuracy'))}, AUC {_fmt(glob.get('auc'))}")
 
 
 def _connection(keys_dir: Path | None, superlink: str | None, root_certificates: Path | None, flwr_home: Path):

@@ -59,7 +59,7 @@ def build_summary(
         "dataset": config.dataset,
         "method": config.method.value,
         "ipc": config.ipc,
-        "iterations": config.iterations,
+        "iterations": config.distill_config().iterations,  # the preset's when the config says 0
         "sites_expected": config.sites,
         "sites_accepted": sum(o.status == OutcomeStatus.ACCEPTED for o in outcomes),
         "sites": [_site_entry(o) for o in sorted(outcomes, key=lambda o: (o.site_id or "~", o.node_id or -1))],

@@ -1,7 +1,10 @@
 """A multi-site federation on one machine, on Flower's Simulation Engine.
 
-Each simulated site is a Flower SuperNode running the real ClientApp on its own partition of a
-MedMNIST dataset; the coordinator is the real ServerApp. Keys are generated per run (simulation keys).
+Each simulated site is a Flower SuperNode running the real ClientApp on its own partition of one
+dataset: an official MedMNIST file, or a hospital's own ``.npz`` export or image folder (any format
+``site-agent check`` reads); the coordinator is the real ServerApp. Keys are generated per run
+(simulation keys). This module is the harness that runs both sides: the only coordinator module
+that loads site code, and only to start the simulated sites and check their data up front.
 """
 
 from __future__ import annotations
@@ -17,9 +20,7 @@ from typing import Any
 import torch
 
 from shared.config import RunConfig
-from shared.datasets import dataset_info
-from shared.errors import DataError, FederationError
-from site_agent.data import MEDMNIST_ROOT_ENV, resolve_data_root
+from shared.errors import FederationError
 
 log = logging.getLogger(__name__)
 
@@ -50,16 +51,20 @@ def backend_config(config: RunConfig) -> dict[str, Any]:
 
 
 def check_data_available(config: RunConfig) -> None:
-    """Fail before starting Flower when the dataset is unknown or its file is not in the data root.
+    """Fail before starting Flower when the data the sites would share out cannot be read.
+
+    Reads it as every simulated site will (``site_agent.data.read_local_data``): the dataset file in a
+    MedMNIST folder, a ``.npz`` export or an image folder.
 
     Raises:
         ConfigError: unknown or unsupported dataset.
-        DataError: the file is missing.
+        DataError: the data is missing or unreadable, naming what is wrong.
     """
-    info = dataset_info(config.dataset)
-    root = resolve_data_root(config.data_root)
-    if not (root / f"{info.name}.npz").is_file():
-        raise DataError(f"dataset file {info.name + '.npz'!r} not found in {root} (set --data-root or {MEDMNIST_ROOT_ENV})")
+    from site_agent.data import read_local_data
+
+    local = read_local_data(config.data_root, config.dataset)
+    if "test" not in local.splits:
+        log.warning("the data has no test split: the sites can distill but the global model cannot be evaluated")
 
 
 def simulate(

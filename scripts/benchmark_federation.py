@@ -1,31 +1,49 @@
-"""Benchmark the default simulated federation on real MedMNIST data and print a Markdown report.
+"""What the pooled global model is worth: simulated federations against a random real subset of the same size.
 
-For each dataset: run ``coordinator simulate`` with the default settings, then score the global model
-on the full test split, next to a reference model trained the same way on a random real subset of
-the same size and class mix (NOT private: it is only a yardstick for what the synthetic set is worth).
+For each dataset, method and seed: run ``coordinator simulate`` (the product: 3 Dirichlet(0.5) sites by
+default, each method's CPU preset) and read the global model's pooled metrics from its summary, with
+and without the class-imbalance correction. Next to it, with the same training settings and the same
+pooled metrics on the same (whole) test split:
 
-    python scripts/benchmark_federation.py --data-root ../shared/data/medmnist --datasets breastmnist retinamnist
+- a random real subset with the same number of images per class as the pooled synthetic set, drawn
+  from the union of the sites' training shares (NOT private: a yardstick only), uncorrected and with
+  the same logit adjustment (the real class prior);
+- the whole training split (the ceiling), trained for ``--full-epochs``;
+- always predicting the majority class.
+
+    python scripts/benchmark_federation.py --data-root ../shared/data/medmnist --datasets breastmnist \\
+        --methods dm --seeds 0 1 2 --json b.json
+    python scripts/benchmark_federation.py --datasets \\
+        pneumoniamnist=../shared/data/medmnist/unverified/pneumoniamnist_train_unordered_unverified.npz
+    python scripts/benchmark_federation.py --summarize b.json r.json p.json    # merged table of earlier pieces
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import platform
 import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from coordinator.evaluate import Metrics
+from coordinator.imbalance import adjust_logits, logit_shift, pooled_prior
 from coordinator.simulate import simulate
 from shared.config import RunConfig, resolve_device
-from shared.datasets import dataset_info
 from shared.metrics import EvalCounts, log_odds
 from shared.models import ConvNet, build_model
-from shared.schemas import ModelSpec
+from shared.schemas import DistillMethod, ModelSpec
 from shared.training import predict_logits, train_classifier
-from site_agent.data import load_medmnist
+from site_agent.data import read_local_data
+
+CPU = torch.device("cpu")
+METRICS = ("accuracy", "balanced_accuracy", "auc")
 
 
 def reference_subset(labels: np.ndarray, class_counts: list[int], seed: int) -> np.ndarray:
@@ -37,58 +55,113 @@ def reference_subset(labels: np.ndarray, class_counts: list[int], seed: int) -> 
 
 def score(model: ConvNet, images: np.ndarray, labels: np.ndarray) -> Metrics:
     """The pooled metrics (``coordinator.evaluate``) of a model on one whole test split."""
-    logits = predict_logits(model, torch.from_numpy(images), torch.device("cpu")).numpy()
+    logits = predict_logits(model, torch.from_numpy(images), CPU).numpy()
     return Metrics.of(EvalCounts.from_scores(labels, log_odds(logits)))
 
 
+def _figures(metrics: Metrics | dict[str, Any]) -> dict[str, float]:
+    values = asdict(metrics) if isinstance(metrics, Metrics) else metrics
+    return {k: float("nan") if values[k] is None else float(values[k]) for k in METRICS}
+
+
+def run_one(name: str, path: str, method: DistillMethod, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    """One federation and its yardsticks; every figure is a pooled metric on the whole test split."""
+    config = RunConfig(dataset=name, data_root=path, method=method, seed=seed, sites=args.sites, alpha=args.alpha,
+                       ipc=args.ipc, out_dir=args.out_dir)
+    started = time.perf_counter()
+    run_dir, summary = simulate(config)
+    wall = time.perf_counter() - started
+    local = read_local_data(path, name)
+    train, test = local.splits["train"], local.splits["test"]
+    info = local.info
+    spec = ModelSpec(in_channels=info.in_channels, num_classes=info.num_classes, image_size=28,
+                     network=config.network())
+    counts = [summary["pooled"]["class_counts"][label] for label in info.label_names.values()]
+    subset = train.subset(reference_subset(train.labels, counts, seed))
+    reference = train_classifier(build_model(spec), torch.from_numpy(subset.images), torch.from_numpy(subset.labels),
+                                 config.train_settings(), resolve_device(config.device)).cpu()
+    real_prior = (np.bincount(train.labels, minlength=info.num_classes) + 1) / (len(train) + info.num_classes)
+    shift = logit_shift(real_prior, pooled_prior(torch.from_numpy(subset.labels), info.num_classes))
+    uncorrected_ref = score(reference, test.images, test.labels)
+    adjusted_ref = score(adjust_logits(reference, shift), test.images, test.labels)
+    row = {
+        "dataset": name, "method": method.value, "seed": seed, "wall_seconds": wall, "pooled_images": len(subset),
+        "site_distill_seconds": [s["distill_seconds"] for s in summary["sites"] if s["distill_seconds"] is not None],
+        "sites_accepted": summary["sites_accepted"], "test_images": summary["global"]["num_examples"],
+        "majority_rate": summary["global"]["majority_rate"], "correction": summary["global"]["correction"],
+        "global": _figures(summary["global"]), "global_uncorrected": _figures(summary.get("uncorrected", summary["global"])),
+        "subset": _figures(adjusted_ref), "subset_uncorrected": _figures(uncorrected_ref),
+        "run_dir": str(run_dir),
+    }
+    if args.full_epochs:
+        full = train_classifier(build_model(spec), torch.from_numpy(train.images), torch.from_numpy(train.labels),
+                                replace(config.train_settings(), epochs=args.full_epochs), CPU).cpu()
+        row["whole_train"] = _figures(score(full, test.images, test.labels))
+    print(f"  {name} {method.value} seed {seed}: global {row['global']} (uncorrected {row['global_uncorrected']}); "
+          f"subset {row['subset']} (uncorrected {row['subset_uncorrected']}); {wall:.0f} s", flush=True)
+    return row
+
+
+def mean_spread(values: list[float]) -> str:
+    values = [v for v in values if not np.isnan(v)]
+    if not values:
+        return "n/a"
+    return f"{np.mean(values):.3f} ± {np.std(values):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
+
+
+def report(rows: list[dict[str, Any]]) -> None:
+    """Markdown: mean ± std over seeds of accuracy / balanced accuracy / AUC for every set."""
+    print(f"\n{platform.machine()}, torch {torch.__version__}; pooled metrics on the whole test split; "
+          "mean ± std over seeds\n")
+    print("| dataset | method | set | seeds | accuracy | balanced accuracy | AUC | per-site distill s (max) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for dataset in sorted({r["dataset"] for r in rows}):
+        for method in sorted({r["method"] for r in rows if r["dataset"] == dataset}):
+            group = [r for r in rows if r["dataset"] == dataset and r["method"] == method]
+            seeds = ",".join(str(r["seed"]) for r in group)
+            slowest = mean_spread([max(r["site_distill_seconds"]) for r in group])
+            sets = [("pooled synthetic, uncorrected", "global_uncorrected"),
+                    (f"pooled synthetic, {group[0]['correction']}", "global"),
+                    ("random real subset, uncorrected (NOT private)", "subset_uncorrected"),
+                    ("random real subset, logit-adjust (NOT private)", "subset")]
+            if "whole_train" in group[0]:
+                sets.append(("whole training split (ceiling)", "whole_train"))
+            for label, key in sets:
+                cells = " | ".join(mean_spread([r[key][m] for r in group]) for m in METRICS)
+                print(f"| {dataset} | {method} | {label} | {seeds} | {cells} | {slowest if key == 'global' else ''} |")
+            majority = mean_spread([r["majority_rate"] for r in group])
+            print(f"| {dataset} | {method} | always the majority class | {seeds} | {majority} | 0.500 | 0.500 | |")
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-root", required=True)
-    parser.add_argument("--datasets", nargs="+", default=["breastmnist", "retinamnist"])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-root", default="", help="MedMNIST folder for datasets given without a path")
+    parser.add_argument("--datasets", nargs="+", default=["breastmnist", "retinamnist"], metavar="NAME[=PATH]")
+    parser.add_argument("--methods", nargs="+", default=["dm"], choices=[m.value for m in DistillMethod])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--sites", type=int, default=3)
+    parser.add_argument("--alpha", type=float, default=0.5)
+    parser.add_argument("--ipc", type=int, default=10)
+    parser.add_argument("--full-epochs", type=int, default=50, help="epochs on the whole training split (0: skip)")
     parser.add_argument("--out-dir", default="results/benchmark")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", help="append every row to this file (one JSON object per line)")
+    parser.add_argument("--summarize", nargs="+", metavar="JSON", help="only merge earlier --json files and print")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-
+    if args.summarize:
+        report([json.loads(line) for path in args.summarize for line in Path(path).read_text().splitlines() if line])
+        return
     rows = []
-    for name in args.datasets:
-        config = RunConfig(dataset=name, data_root=args.data_root, out_dir=args.out_dir, seed=args.seed)
-        started = time.perf_counter()
-        run_dir, summary = simulate(config)
-        wall = time.perf_counter() - started
-        info = dataset_info(name)
-        _, train, test = load_medmnist(name, args.data_root)
-        spec = ModelSpec(in_channels=info.in_channels, num_classes=info.num_classes, image_size=28, network=config.network())
-        global_model = build_model(spec)
-        global_model.load_state_dict(torch.load(run_dir / "global_model.pt", weights_only=True))
-        g = score(global_model, test.images, test.labels)
-        g_acc, g_auc = g.accuracy, g.auc
-
-        counts = [summary["pooled"]["class_counts"][label] for label in info.label_names.values()]
-        subset = train.subset(reference_subset(train.labels, counts, args.seed))
-        reference = train_classifier(build_model(spec), torch.from_numpy(subset.images), torch.from_numpy(subset.labels),
-                                     config.train_settings(), resolve_device(config.device))
-        r = score(reference.cpu(), test.images, test.labels)
-        r_acc, r_auc = r.accuracy, r.auc
-        bytes_per_site = [s["bundle_bytes"] for s in summary["sites"] if s["status"] == "accepted"]
-        rows.append((name, summary, wall, g_acc, g_auc, r_acc, r_auc, len(subset), bytes_per_site))
-
-    print(f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-          f"torch {torch.__version__}; default settings (RunConfig), seed {args.seed}.\n")
-    print("| dataset | sites accepted | pooled images | global acc (site-weighted) | global AUC (site-weighted) "
-          "| global acc / AUC (full test split) | random real subset acc / AUC (NOT private) |")
-    print("|---|---|---|---|---|---|---|")
-    for name, s, _, g_acc, g_auc, r_acc, r_auc, n, _ in rows:
-        glob = s["global"]
-        print(f"| {name} | {s['sites_accepted']}/{s['sites_expected']} | {n} | {glob['accuracy']:.3f} | "
-              f"{glob['auc'] if glob['auc'] is None else round(glob['auc'], 3)} | {g_acc:.3f} / {g_auc:.3f} | {r_acc:.3f} / {r_auc:.3f} |")
-    print("\n| dataset | wall s (whole run) | distill s (all sites, wall) | per-site distill s | receive s | train s | evaluate s | bytes per site |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name, s, wall, *_, bytes_per_site in rows:
-        st = s["stage_seconds"]
-        per_site = ", ".join(f"{x['distill_seconds']:.0f}" for x in s["sites"] if x["distill_seconds"] is not None)
-        print(f"| {name} | {wall:.0f} | {st['distill']:.0f} | {per_site} | {st['receive']:.2f} | {st['train']:.0f} | "
-              f"{st['evaluate']:.1f} | {', '.join(map(str, bytes_per_site))} |")
+    for spec in args.datasets:
+        name, _, path = spec.partition("=")
+        for method in args.methods:
+            for seed in args.seeds:
+                row = run_one(name, path or args.data_root, DistillMethod(method), seed, args)
+                rows.append(row)
+                if args.json:
+                    with open(args.json, "a") as handle:
+                        handle.write(json.dumps(row) + "\n")
+    report(rows)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -12,6 +14,16 @@ from shared.errors import ConfigError
 SUPPORTED_TASKS = ("binary-class", "multi-class", "ordinal-regression")
 # Sites load and release MedMNIST at its 28x28 size.
 IMAGE_SIZE = 28
+MEDMNIST_ROOT_ENV = "MEDMNIST_ROOT"
+
+
+def resolve_data_root(data_root: str | os.PathLike[str] | None) -> Path:
+    """``data_root`` if given, else ``$MEDMNIST_ROOT``, else ``~/.medmnist`` (medmnist's default).
+
+    It may name a MedMNIST folder, one ``.npz`` file (official or a hospital's export) or an image folder.
+    """
+    chosen = str(data_root) if data_root else os.environ.get(MEDMNIST_ROOT_ENV) or "~/.medmnist"
+    return Path(chosen).expanduser()
 
 
 @dataclass(frozen=True)

@@ -31,14 +31,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from shared.datasets import IMAGE_SIZE, DatasetInfo, dataset_info, normalize
+from shared.datasets import IMAGE_SIZE, MEDMNIST_ROOT_ENV, DatasetInfo, dataset_info, normalize, resolve_data_root
 from shared.errors import ConfigError, DataError, LocalDataError
 from site_agent.partition import partition as partition_indices
 from site_agent.settings import PartitionSpec
 
 log = logging.getLogger(__name__)
 
-MEDMNIST_ROOT_ENV = "MEDMNIST_ROOT"
 SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _CHANNELS_OF_MODE = {"L": 1, "RGB": 3}
@@ -90,12 +89,6 @@ class LocalData:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.splits["train"].images.shape[1:])  # (C, H, W)
-
-
-def resolve_data_root(data_root: str | os.PathLike[str] | None) -> Path:
-    """``data_root`` if given, else ``$MEDMNIST_ROOT``, else ``~/.medmnist`` (medmnist's default)."""
-    chosen = str(data_root) if data_root else os.environ.get(MEDMNIST_ROOT_ENV) or "~/.medmnist"
-    return Path(chosen).expanduser()
 
 
 def dataset_of_file(path: str | os.PathLike[str]) -> str | None:

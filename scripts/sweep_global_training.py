@@ -1,0 +1,99 @@
+"""How to train the global model on a pooled set: training choices measured on pools that federations released.
+
+Reads the results folders of simulated runs (``scripts/benchmark_federation.py`` writes them; the
+simulation keys inside open the stored bundles), pools the accepted sets again, and trains the global
+model with each variant. Every variant is also trained on a random real subset with the same images
+per class (NOT private), so each row compares like with like. Figures are pooled metrics on the whole
+test split, uncorrected (no class-prior adjustment), mean ± std over the runs given.
+
+    python scripts/sweep_global_training.py --data-root ../shared/data/medmnist results/benchmark/*/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from benchmark_federation import METRICS, mean_spread, reference_subset
+
+from coordinator import run_state
+from coordinator.evaluate import Metrics
+from coordinator.pool import pool
+from coordinator.trust import load_coordinator_keys
+from shared.bundle import open_bundle
+from shared.config import RunConfig
+from shared.errors import InvalidBundle
+from shared.keys import SIMULATION_KEYS
+from shared.metrics import EvalCounts, log_odds
+from shared.models import build_model
+from shared.schemas import ModelSpec, NetworkSpec
+from shared.training import TrainSettings, predict_logits, train_classifier
+from site_agent.data import read_local_data
+
+CPU = torch.device("cpu")
+
+# name -> (network, settings change, ensemble size)
+VARIANTS = {
+    "default (width 64, 300 epochs)": (None, {}, 1),
+    "1000 epochs": (None, {"epochs": 1000}, 1),
+    "width 128": (NetworkSpec(depth=3, width=128), {}, 1),
+    "ensemble of 3": (None, {}, 3),
+    "no DSA": (None, {"augment": False}, 1),
+}
+
+
+def ensemble_metrics(images, labels, test, spec: ModelSpec, settings: TrainSettings, members: int) -> Metrics:
+    """Pooled metrics of the mean logits of ``members`` ConvNets trained with different seeds."""
+    logits = 0
+    for member in range(members):
+        model = train_classifier(build_model(spec), images, labels, replace(settings, seed=settings.seed + member), CPU)
+        logits = logits + predict_logits(model, torch.from_numpy(test.images), CPU).numpy()
+    return Metrics.of(EvalCounts.from_scores(test.labels, log_odds(logits / members)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dirs", nargs="+")
+    parser.add_argument("--data-root", default="", help="used where a run's own data root is empty")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    results: dict[tuple[str, str, str], list[dict[str, float]]] = {}
+    for run_dir in map(Path, args.run_dirs):
+        config = RunConfig.from_flower(json.loads((run_dir / "run_config.json").read_text()))
+        keys = load_coordinator_keys(run_dir / SIMULATION_KEYS / "coordinator")
+        state = run_state.RunState.model_validate_json((run_dir / run_state.STATE).read_text())
+        bundles = []
+        for sealed in run_state.stored_bundles(run_dir, state).values():
+            try:
+                bundles.append(open_bundle(sealed, keys.private_key, keys.verify_key_for, 1 << 30))
+            except InvalidBundle as exc:  # a bundle the run itself rejected stays out
+                print(f"  {run_dir.name}: a stored bundle is left out ({exc})")
+        pooled = pool(bundles)
+        local = read_local_data(config.data_root or args.data_root, config.dataset)
+        train, test, info = local.splits["train"], local.splits["test"], local.info
+        subset = train.subset(reference_subset(train.labels, pooled.class_counts(info.num_classes), config.seed))
+        for name in args.variants:
+            network, change, members = VARIANTS[name]
+            spec = ModelSpec(in_channels=info.in_channels, num_classes=info.num_classes, image_size=28,
+                             network=network or config.network())
+            settings = replace(config.train_settings(), **change)
+            for kind, (x, y) in {"pooled synthetic": (pooled.images, pooled.labels),
+                                 "random real subset": (torch.from_numpy(subset.images),
+                                                        torch.from_numpy(subset.labels))}.items():
+                metrics = ensemble_metrics(x, y, test, spec, settings, members)
+                figures = {m: getattr(metrics, m) for m in METRICS}
+                results.setdefault((config.dataset, name, kind), []).append(figures)
+                print(f"  {run_dir.name} {name} {kind}: {figures}", flush=True)
+    print("\n| dataset | training | set | runs | accuracy | balanced accuracy | AUC |\n|---|---|---|---|---|---|---|")
+    for (dataset, name, kind), rows in sorted(results.items()):
+        cells = " | ".join(mean_spread([r[m] for r in rows]) for m in METRICS)
+        print(f"| {dataset} | {name} | {kind} | {len(rows)} | {cells} |")
+
+
+if __name__ == "__main__":
+    main()
