@@ -14,7 +14,7 @@ from shared.config import RunConfig
 from shared.crypto import HpkeSuite
 from shared.errors import ConfigError
 from shared.logs import run_cli
-from shared.schemas import DistillMethod, InitMode, PartitionScheme
+from shared.schemas import DistillMethod, ImbalanceCorrection, InitMode, PartitionScheme
 
 app = typer.Typer(help="Coordinate a federated dataset-distillation study.", pretty_exceptions_enable=False,
                   no_args_is_help=True, add_completion=False)
@@ -43,9 +43,10 @@ def simulate(
     method: _Method = _DEFAULTS.method,
     ipc: _Ipc = _DEFAULTS.ipc,
     iterations: _Iterations = _DEFAULTS.iterations,
-    data_root: Annotated[str, typer.Option(help="Folder with MedMNIST .npz files (default: $MEDMNIST_ROOT).")] = "",
+    data_root: Annotated[str, typer.Option(help="MedMNIST folder, or a hospital's own .npz export or image folder, to share out across the sites (default: $MEDMNIST_ROOT).")] = "",
     min_sites: _MinSites = _DEFAULTS.min_sites,
     seed: Annotated[int, typer.Option(help="Seed for partitioning, distillation and training.")] = _DEFAULTS.seed,
+    rounds: Annotated[int, typer.Option(help="Rounds: from round 2 each site refines its set against the global model.")] = _DEFAULTS.rounds,
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:1, ...")] = _DEFAULTS.device,
     out_dir: Annotated[Path, typer.Option(help="Parent folder of the run's results folder.")] = Path(_DEFAULTS.out_dir),
     init: Annotated[InitMode, typer.Option(help="Synthetic init. 'real' copies patient images into the release: demos only.")] = _DEFAULTS.init,
@@ -55,6 +56,7 @@ def simulate(
     net_width: Annotated[int, typer.Option(help="ConvNet width (the paper uses 128).")] = _DEFAULTS.net_width,
     dsa: Annotated[bool, typer.Option(help="Differentiable Siamese augmentation while distilling.")] = _DEFAULTS.dsa,
     train_epochs: Annotated[int, typer.Option(help="Epochs to train the global model on the pooled set.")] = _DEFAULTS.train_epochs,
+    imbalance: Annotated[ImbalanceCorrection, typer.Option(help="Correct the global model for the class mix the sites release.")] = _DEFAULTS.imbalance,
     verbose: Annotated[bool, typer.Option(help="Flower's debug logging.")] = False,
 ) -> None:
     """Run a multi-site federation on this machine with Flower's Simulation Engine and write a results folder."""

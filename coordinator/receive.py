@@ -67,6 +67,8 @@ def check_contents(opened: OpenedBundle, expected: Expectation) -> None:
     manifest, request = opened.manifest, expected.request
     if manifest.dataset != request.dataset:
         raise InvalidBundle(f"bundle dataset is {manifest.dataset!r}, {request.dataset!r} was requested")
+    if manifest.round != request.round:
+        raise ReplayError(f"bundle answers round {manifest.round}, this is round {request.round}")
     if manifest.distill != request.distill:
         raise InvalidBundle("bundle's distillation settings differ from those requested")
     if tuple(manifest.image_shape) != expected.image_shape or manifest.num_classes != expected.num_classes:

@@ -85,12 +85,37 @@ def build_summary(
 
 
 def write_results(run_dir: Path, summary: dict[str, Any], pooled: PooledSet | None, info: DatasetInfo) -> None:
-    """summary.json, report.md and (when there is a pooled set) synthetic_grid.png."""
+    """summary.json, report.md, (when there is a pooled set) synthetic_grid.png and (from round 2) rounds.png."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (run_dir / "report.md").write_text(render_report(summary))
     if pooled is not None:
         synthetic_grid(pooled, info).save(run_dir / "synthetic_grid.png")
+    if len(summary.get("rounds", [])) > 1:
+        plot_rounds(summary["rounds"], run_dir / "rounds.png")
+
+
+def plot_rounds(rounds: list[dict[str, Any]], path: Path) -> None:
+    """Balanced accuracy and AUC of the global model against round and against cumulative bytes moved."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display at a coordinator
+    from matplotlib import pyplot as plt
+
+    numbers = [r["round"] for r in rounds]
+    megabytes = [r["bytes"]["cumulative"] / 1e6 for r in rounds]
+    figure, axes = plt.subplots(1, 2, figsize=(9, 3.5), constrained_layout=True)
+    for axis, x, label in ((axes[0], numbers, "round"), (axes[1], megabytes, "cumulative MB moved (up + down)")):
+        for metric, name in (("balanced_accuracy", "balanced accuracy"), ("auc", "macro AUC")):
+            values = [r["global"][metric] if r["global"][metric] is not None else float("nan") for r in rounds]
+            axis.plot(x, values, marker="o", label=name)
+        axis.set_xlabel(label)
+        axis.grid(alpha=0.3)
+    axes[0].set_xticks(numbers)
+    axes[0].set_ylabel("pooled over all sites' test images")
+    axes[0].legend()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
 
 
 def synthetic_grid(pooled: PooledSet, info: DatasetInfo) -> Image.Image:
@@ -118,6 +143,14 @@ def render_report(summary: dict[str, Any]) -> str:
         )
     if "global" in summary:
         lines += ["", *_global_section(summary["global"], summary.get("uncorrected"), summary["per_site"])]
+    if len(summary.get("rounds", [])) > 1:
+        lines += ["", "| round | sites delivered | accuracy | balanced accuracy | macro AUC | MB moved (cumulative) |",
+                  "|---|---|---|---|---|---|"]
+        for r in summary["rounds"]:
+            g = r["global"]
+            lines.append(f"| {r['round']} | {r['sites_accepted']} | {_fmt(g['accuracy'])} | "
+                         f"{_fmt(g['balanced_accuracy'])} | {_fmt(g['auc'])} | {r['bytes']['cumulative'] / 1e6:.2f} |")
+        lines += ["", "![metrics per round](rounds.png)"]
     lines += ["", "Stage seconds: " + ", ".join(f"{k} {v}" for k, v in summary["stage_seconds"].items()), ""]
     return "\n".join(lines)
 

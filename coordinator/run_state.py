@@ -2,8 +2,10 @@
 
 ::
 
-    <run-dir>/state.json              run id and, per site, the DistillRequest (with its nonce) last sent
-    <run-dir>/bundles/<site>.sealed   each bundle exactly as received, still encrypted (atomic writes)
+    <run-dir>/state.json              run id, the round in progress, per site the DistillRequest (with its
+                                      nonce) last sent, the requests and metrics of completed rounds
+    <run-dir>/bundles/<site>.sealed   each round-1 bundle exactly as received, still encrypted (atomic writes)
+    <run-dir>/bundles/round-<k>/      the bundles of refinement round k
 
 Resuming (``coordinator run --resume <run-dir>``) keeps the run id, re-opens every stored bundle
 against the request stored for its site (decrypt, verify the signature against the trust store,
@@ -22,6 +24,7 @@ import os
 import secrets
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -39,7 +42,7 @@ BUNDLES = "bundles"
 # Settings a resumed run may change; everything else comes from the stopped run's run_config.json,
 # so the stored bundles still answer exactly what is asked.
 OPERATIONAL = ("min_sites", "node_wait_timeout", "distill_timeout", "evaluate_timeout", "keys_dir", "device",
-               "out_dir", "run_dir", "resume", "max_bundle_mb")
+               "out_dir", "run_dir", "resume", "max_bundle_mb", "rounds")
 
 
 class RunState(BaseModel):
@@ -52,12 +55,22 @@ class RunState(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     run_id: str
-    requests: dict[str, DistillRequest] = {}
+    round: int = 1  # the round in progress
+    requests: dict[str, DistillRequest] = {}  # of the round in progress
     expected_site: dict[str, str | None] = {}
+    completed: dict[int, dict[str, DistillRequest]] = {}  # requests of completed rounds, whose bundles stay valid
+    history: list[dict[str, Any]] = []  # per completed round: its metrics and bytes (the summary's "rounds")
 
     def record_request(self, key: str, request: DistillRequest, expected_site: str | None) -> None:
         self.requests[key] = request
         self.expected_site[key] = expected_site
+
+    def next_round(self, record: dict[str, Any]) -> None:
+        """Close the round in progress with its record; the next one starts with no request sent."""
+        self.completed[self.round] = dict(self.requests)
+        self.history.append(record)
+        self.round += 1
+        self.requests = {}
 
 
 def start(run_dir: Path, config: RunConfig) -> tuple[RunState, RunConfig]:
@@ -83,30 +96,36 @@ def save(run_dir: Path, state: RunState) -> None:
     _write_atomic(run_dir / STATE, state.model_dump_json(indent=2).encode())
 
 
-def bundle_path(run_dir: Path, site_key: str) -> Path:
-    return run_dir / BUNDLES / f"{site_key}.sealed"
+def bundle_path(run_dir: Path, site_key: str, round_number: int = 1) -> Path:
+    folder = run_dir / BUNDLES if round_number == 1 else run_dir / BUNDLES / f"round-{round_number}"
+    return folder / f"{site_key}.sealed"
 
 
-def store_bundle(run_dir: Path, site_key: str, sealed: bytes) -> None:
+def store_bundle(run_dir: Path, site_key: str, sealed: bytes, round_number: int = 1) -> None:
     """Keep a received bundle, still encrypted, as it arrives (never a half-written file)."""
-    _write_atomic(bundle_path(run_dir, site_key), sealed)
+    _write_atomic(bundle_path(run_dir, site_key, round_number), sealed)
 
 
-def stored_bundles(run_dir: Path, state: RunState) -> dict[str, bytes]:
-    """The stored bundle of each site that has a request in ``state``."""
-    return {key: path.read_bytes() for key in state.requests if (path := bundle_path(run_dir, key)).is_file()}
+def stored_bundles(run_dir: Path, state: RunState, round_number: int | None = None) -> dict[str, bytes]:
+    """The stored bundle of each site that has a request in that round (default: the round in progress)."""
+    number = state.round if round_number is None else round_number
+    requests = state.requests if number == state.round else state.completed.get(number, {})
+    return {key: path.read_bytes() for key in requests if (path := bundle_path(run_dir, key, number)).is_file()}
 
 
 def reverify_stored(run_dir: Path, state: RunState, expectation: Callable[[DistillRequest, str | None], Expectation],
-                    keys: CoordinatorKeys) -> dict[str, OpenedBundle]:
-    """Open again every bundle a stopped run stored, against the request on record for it.
+                    keys: CoordinatorKeys, round_number: int | None = None) -> dict[str, OpenedBundle]:
+    """Open again every bundle a stopped run stored in a round (default: the one in progress), against
+    the request on record for it.
 
     Nothing is trusted because it was on disk: a bundle that no longer opens or validates is logged
     and left out, so its site is asked again. Empty for a new run.
     """
+    number = state.round if round_number is None else round_number
+    requests = state.requests if number == state.round else state.completed.get(number, {})
     valid: dict[str, OpenedBundle] = {}
-    for key, sealed in stored_bundles(run_dir, state).items():
-        expected = expectation(state.requests[key], state.expected_site.get(key))
+    for key, sealed in stored_bundles(run_dir, state, number).items():
+        expected = expectation(requests[key], state.expected_site.get(key))
         try:
             valid[key] = receive_bundle(sealed, expected, keys, {b.manifest.site_id for b in valid.values()})
         except FedDistillError as exc:

@@ -37,7 +37,7 @@ from shared.datasets import IMAGE_SIZE, DatasetInfo, dataset_info
 from shared.errors import FedDistillError, FederationError, InvalidBundle, InvalidReply
 from shared.keys import SIMULATION_KEYS
 from shared.logs import configure_logging
-from shared.models import ConvNet
+from shared.models import ConvNet, build_model
 from shared.schemas import DistillRequest, EvaluateRequest, FieldKey, ModelSpec, RecordKey
 
 log = logging.getLogger(__name__)
@@ -80,51 +80,91 @@ class Federation:
 
 @contextmanager
 def timed(stage: str, seconds: dict[str, float]) -> Iterator[None]:
-    """Record the wall time of one stage of the run in ``seconds[stage]``."""
+    """Add the wall time of one stage of the run to ``seconds[stage]`` (summed over rounds)."""
     started = time.perf_counter()
     try:
         yield
     finally:
-        seconds[stage] = time.perf_counter() - started
+        seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - started
 
 
 def run_federation(grid: Grid, config: RunConfig, run_dir: Path) -> dict[str, Any]:
-    """One full round (or the rest of a stopped one); writes the results folder and returns the summary.
+    """Every round of a run (or the rest of a stopped one); writes the results folder and returns the summary.
 
     Raises:
         FederationError: too few sites connected or delivered a valid bundle (the summary says who and why).
         ConfigError: a new run in a folder holding one, or a resume without a stopped run.
     """
     stages: dict[str, float] = {}
-    with timed("distill", stages):  # connecting and the sites' distillation
+    with timed("connect", stages):
         federation = connect(grid, config, run_dir)
-        requests, replies, outcomes, accepted = ask_sites(grid, federation)
+    config, state = federation.config, federation.state
+    previous, global_model = _previous_round(federation)
+    summary, accepted, models = run_round(grid, federation, global_model, previous, stages)
+    while state.round < config.rounds:
+        log.info("round %d of %d done: balanced accuracy %s, AUC %s", state.round, config.rounds,
+                 summary["global"]["balanced_accuracy"], summary["global"]["auc"])
+        state.next_round(summary["rounds"][-1])
+        run_state.save(run_dir, state)
+        previous, global_model = {b.manifest.site_id: b for b in accepted}, models.model
+        summary, accepted, models = run_round(grid, federation, global_model, previous, stages)
+    pooled = summary["global"]
+    log.info("run %s completed after %d round(s): pooled over %d test images: accuracy %s, balanced accuracy %s, "
+             "AUC %s; results in %s", state.run_id, state.round, pooled["num_examples"], pooled["accuracy"],
+             pooled["balanced_accuracy"], pooled["auc"], run_dir)
+    return summary
+
+
+def run_round(
+    grid: Grid,
+    federation: Federation,
+    global_model: ConvNet | None,
+    previous: Mapping[str, OpenedBundle],
+    stages: dict[str, float],
+) -> tuple[dict[str, Any], list[OpenedBundle], GlobalModels]:
+    """One round: ask, receive, pool, train, evaluate, report. A site that delivers nothing this round
+    keeps its previous round's set in the pool.
+
+    Raises:
+        FederationError: fewer than min-sites sets to pool (the summary is written first).
+    """
+    config, info, state = federation.config, federation.info, federation.state
+    with timed("distill", stages):
+        requests, replies, outcomes, accepted = ask_sites(grid, federation, global_model)
     with timed("receive", stages):
         accepted, outcomes = receive_replies(federation, requests, replies, outcomes, accepted)
-    config, info = federation.config, federation.info
-    if len(accepted) < config.min_sites:
-        message = (f"{len(accepted)} valid bundles, fewer than min-sites={config.min_sites}; the bundles received "
-                   f"are kept: continue with `coordinator run --resume {run_dir}`")
-        summary = report.build_summary(config, federation.state.run_id, outcomes, None, info, None, stages,
-                                       "failed", message)
-        report.write_results(run_dir, summary, None, info)
+    fresh = {b.manifest.site_id for b in accepted}
+    carried = [bundle for site, bundle in sorted(previous.items()) if site not in fresh]
+    if carried:
+        log.warning("round %d: %d sites delivered no new set; their round %d sets stay in the pool",
+                    state.round, len(carried), state.round - 1)
+    pooled_sets = accepted + carried
+    bytes_moved = {"up": sum(o.bundle_bytes for o in outcomes), "down": _model_bytes(global_model) * len(requests)}
+    if len(pooled_sets) < config.min_sites:
+        message = (f"{len(pooled_sets)} valid bundles, fewer than min-sites={config.min_sites}; the bundles received "
+                   f"are kept: continue with `coordinator run --resume {federation.run_dir}`")
+        summary = report.build_summary(config, state.run_id, outcomes, None, info, None, stages, "failed", message)
+        report.write_results(federation.run_dir, summary, None, info)
         raise FederationError(message)
     with timed("train", stages):
-        pooled, models = pool_and_train(federation, accepted)
+        pooled, models = pool_and_train(federation, pooled_sets)
     with timed("evaluate", stages):
         # Every site that answered is scored, also one whose bundle was rejected: its test data still counts.
         delivered = {o.node_id: o.site_id for o in outcomes if o.status == OutcomeStatus.ACCEPTED and o.site_id}
         site_of = {b.node_id: b.site_id for b in federation.bindings.values() if b.site_id} | delivered
         evaluators = [n for n in federation.node_ids if n in replies or n in delivered]
         evaluations = evaluate_at_sites(grid, federation, models, evaluators, site_of)
-    summary = report.build_summary(config, federation.state.run_id, outcomes, pooled, info, evaluations, stages,
-                                   "completed", correction=models.correction.value)
-    report.write_results(run_dir, summary, pooled, info)
-    pooled_metrics = evaluations["global"].pooled
-    log.info("run %s completed: pooled over %d test images: accuracy %.3f, balanced accuracy %.3f, AUC %.3f; "
-             "results in %s", federation.state.run_id, pooled_metrics.num_examples, pooled_metrics.accuracy,
-             pooled_metrics.balanced_accuracy, pooled_metrics.auc, run_dir)
-    return summary
+    bytes_moved["down"] += _model_bytes(models.model) * len(evaluators) * len(evaluations)
+    summary = report.build_summary(config, state.run_id, outcomes, pooled, info, evaluations, stages, "completed",
+                                   correction=models.correction.value)
+    earlier = state.history[-1]["bytes"]["cumulative"] if state.history else 0
+    summary["round"] = state.round
+    summary["bytes"] = {**bytes_moved, "cumulative": earlier + bytes_moved["up"] + bytes_moved["down"]}
+    record = {"round": state.round, "bytes": summary["bytes"], "sites_accepted": summary["sites_accepted"],
+              **{key: summary[key] for key in ("global", "uncorrected") if key in summary}}
+    summary["rounds"] = [*state.history, record]
+    report.write_results(federation.run_dir, summary, pooled, info)
+    return summary, accepted, models
 
 
 def connect(grid: Grid, config: RunConfig, run_dir: Path) -> Federation:
@@ -145,9 +185,10 @@ def connect(grid: Grid, config: RunConfig, run_dir: Path) -> Federation:
 
 
 def ask_sites(
-    grid: Grid, federation: Federation
+    grid: Grid, federation: Federation, global_model: ConvNet | None = None
 ) -> tuple[dict[int, DistillRequest], dict[int, Message], list[SiteOutcome], list[OpenedBundle]]:
-    """Re-verify what a stopped run stored, then ask every other usable site to distill, with a fresh nonce.
+    """Re-verify what a stopped run stored this round, then ask every other usable site to distill, with a
+    fresh nonce (and, from round 2, the global model to refine against).
 
     Returns the requests sent and replies received by node, and the outcomes and bundles settled so far.
     """
@@ -162,15 +203,16 @@ def ask_sites(
     to_ask = [b for b in bindings.values() if b.usable and _key(b) not in stored]
     log.info("run %s: %d sites connected, %d bundles already held; asking %d to distill %s",
              state.run_id, len(federation.node_ids), len(stored), len(to_ask), federation.info.name)
-    requests = {b.node_id: DistillRequest(run_id=state.run_id, nonce=secrets.token_hex(32),
-                                          dataset=federation.info.name, distill=federation.config.distill_config())
+    refine = {"round": state.round, "global_model": federation.spec if global_model is not None else None}
+    requests = {b.node_id: DistillRequest(run_id=state.run_id, nonce=secrets.token_hex(32), dataset=federation.info.name,
+                                          distill=federation.config.distill_config(), **refine)
                 for b in to_ask}
     for binding in to_ask:
         state.record_request(_key(binding), requests[binding.node_id], binding.site_id)
     run_state.save(run_dir, state)  # before asking: a bundle is only accepted for a request on record
-    replies = exchange(grid, {node: _request_record(req) for node, req in requests.items()}, "query.distill",
-                       federation.config.distill_timeout,
-                       on_reply=lambda node, reply: _store_sealed(run_dir, _key(bindings[node]), reply))
+    replies = exchange(grid, {node: _request_record(req, global_model) for node, req in requests.items()},
+                       "query.distill", federation.config.distill_timeout,
+                       on_reply=lambda node, reply: _store_sealed(run_dir, _key(bindings[node]), reply, state.round))
     return requests, replies, outcomes, list(stored.values())
 
 
@@ -240,8 +282,28 @@ def _coordinator_keys(config: RunConfig, run_dir: Path, num_nodes: int) -> Coord
     return load_coordinator_keys(create_simulation_keys(run_dir / SIMULATION_KEYS, site_ids))
 
 
-def _request_record(request: DistillRequest) -> RecordDict:
-    return RecordDict({RecordKey.REQUEST: ConfigRecord({FieldKey.REQUEST_JSON: request.model_dump_json()})})
+def _request_record(request: DistillRequest, global_model: ConvNet | None = None) -> RecordDict:
+    records: dict[str, Any] = {RecordKey.REQUEST: ConfigRecord({FieldKey.REQUEST_JSON: request.model_dump_json()})}
+    if global_model is not None:
+        records[RecordKey.ARRAYS] = ArrayRecord(global_model.state_dict())
+    return RecordDict(records)
+
+
+def _model_bytes(model: ConvNet | None) -> int:
+    """What one copy of the model's weights weighs on the wire (the arrays, without framing)."""
+    return 0 if model is None else sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+def _previous_round(federation: Federation) -> tuple[dict[str, OpenedBundle], ConvNet | None]:
+    """When resuming a refinement round: the last round's sets (re-verified) and global model."""
+    state = federation.state
+    if state.round == 1:
+        return {}, None
+    sets = run_state.reverify_stored(federation.run_dir, state, federation.expectation, federation.keys,
+                                     state.round - 1)
+    model = build_model(federation.spec)
+    model.load_state_dict(torch.load(federation.run_dir / "global_model.pt", weights_only=True))
+    return {b.manifest.site_id: b for b in sets.values()}, model.eval()
 
 
 def _sealed_bytes(reply: Message) -> bytes:
@@ -253,11 +315,11 @@ def _sealed_bytes(reply: Message) -> bytes:
     return sealed
 
 
-def _store_sealed(run_dir: Path, site_key: str, reply: Message) -> None:
+def _store_sealed(run_dir: Path, site_key: str, reply: Message, round_number: int) -> None:
     """Keep every received bundle, still encrypted, as it arrives."""
     if not reply.has_error() and reply.has_content():
         try:
-            run_state.store_bundle(run_dir, site_key, _sealed_bytes(reply))
+            run_state.store_bundle(run_dir, site_key, _sealed_bytes(reply), round_number)
         except InvalidBundle:
             pass  # reported when the reply is received
 

@@ -42,6 +42,8 @@ class RunConfig(BaseModel):
     partition: PartitionScheme = PartitionScheme.DIRICHLET
     alpha: float = Field(0.5, gt=0)
     seed: int = Field(0, ge=0)
+    # Refinement rounds (FedDM-style): from round 2 each site refines its own set against the global model.
+    rounds: int = Field(1, ge=1, le=100)
     # distillation request
     method: DistillMethod = DistillMethod.DC
     ipc: int = Field(10, ge=1, le=1000)

@@ -177,16 +177,6 @@ class MTTConfig(_Strict):
 DistillConfig = Annotated[DCConfig | DMConfig | MTTConfig, Field(discriminator="method")]
 
 
-class DistillRequest(_Strict):
-    """What the coordinator asks of one site. The nonce is fresh per site and per run."""
-
-    schema_version: Literal[1] = SCHEMA_VERSION
-    run_id: str = Field(min_length=1, max_length=128)
-    nonce: str = Field(pattern=r"^[0-9a-f]{64}$")
-    dataset: str = Field(min_length=1, max_length=64)
-    distill: DistillConfig
-
-
 class ModelSpec(_Strict):
     """Enough to rebuild the global model at a site for evaluation."""
 
@@ -194,6 +184,29 @@ class ModelSpec(_Strict):
     num_classes: int = Field(ge=2, le=1000)
     image_size: int = Field(ge=8, le=512)
     network: NetworkSpec = NetworkSpec()
+
+
+class DistillRequest(_Strict):
+    """What the coordinator asks of one site. The nonce is fresh per site, per round and per run.
+
+    From round 2 on (refinement rounds, FedDM-style) the message also carries the current global
+    model's weights (described by ``global_model``): the site refines its own previous synthetic set
+    against that model as well as fresh random networks.
+    """
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    run_id: str = Field(min_length=1, max_length=128)
+    nonce: str = Field(pattern=r"^[0-9a-f]{64}$")
+    dataset: str = Field(min_length=1, max_length=64)
+    distill: DistillConfig
+    round: int = Field(1, ge=1, le=100)
+    global_model: ModelSpec | None = None
+
+    @model_validator(mode="after")
+    def _model_from_round_two(self) -> DistillRequest:
+        if (self.round > 1) != (self.global_model is not None):
+            raise ValueError("a global model comes with every request from round 2 on, and only then")
+        return self
 
 
 class EvaluateRequest(_Strict):
@@ -285,6 +298,7 @@ class BundleManifest(_Strict):
     # ``real_class_counts_rounding``), for the coordinator's class-imbalance correction; None: withheld.
     real_class_counts: dict[int, _Count] | None = None
     real_class_counts_rounding: int = Field(1, ge=1, le=10**6)
+    round: int = Field(1, ge=1, le=100)  # the refinement round this set answers
     normalization: Literal["x/127.5-1"] = "x/127.5-1"
     software: dict[str, str]
     created_at: str

@@ -39,7 +39,8 @@ def build_client_app(run_config_overrides: Mapping[str, Any] | None = None, mods
     def distill(msg: Message, context: Context) -> Message:
         settings = _settings(context, overrides)
         request = _read_request(msg, DistillRequest)
-        sealed, metrics = _safely(lambda: answer_distill(request, settings))
+        global_model = _arrays(msg) if request.global_model is not None else None
+        sealed, metrics = _safely(lambda: answer_distill(request, settings, global_model=global_model))
         content = RecordDict(
             {RecordKey.BUNDLE: ConfigRecord({BUNDLE_FIELD: sealed}), RecordKey.METRICS: MetricRecord(metrics)}
         )
@@ -49,9 +50,7 @@ def build_client_app(run_config_overrides: Mapping[str, Any] | None = None, mods
     def evaluate(msg: Message, context: Context) -> Message:
         settings = _settings(context, overrides)
         request = _read_request(msg, EvaluateRequest)
-        if RecordKey.ARRAYS not in msg.content.array_records:
-            raise ConfigError("evaluate message carries no model weights")
-        state_dict = msg.content.array_records[RecordKey.ARRAYS].to_torch_state_dict()
+        state_dict = _arrays(msg)
         metrics = _safely(lambda: answer_evaluate(request, state_dict, settings))
         return Message(RecordDict({RecordKey.METRICS: MetricRecord(metrics)}), reply_to=msg)
 
@@ -62,6 +61,13 @@ def _settings(context: Context, overrides: Mapping[str, Any]) -> SiteSettings:
     configure_logging()  # progress lines stay in the site's own log
     run = RunConfig.from_flower({**context.run_config, **overrides})
     return site_settings(context.node_config, run, run.resolved_run_dir(context.run_id))
+
+
+def _arrays(msg: Message) -> dict[str, Any]:
+    """The model weights a request carries (checked against its model spec where they are used)."""
+    if RecordKey.ARRAYS not in msg.content.array_records:
+        raise ConfigError(f"{msg.metadata.message_type} message carries no model weights")
+    return msg.content.array_records[RecordKey.ARRAYS].to_torch_state_dict()
 
 
 def _read_request(msg: Message, model: type[RequestT]) -> RequestT:

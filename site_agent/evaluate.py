@@ -8,10 +8,24 @@ import torch
 
 from shared.errors import InvalidBundle
 from shared.metrics import EvalCounts, log_odds
-from shared.models import build_model
+from shared.models import ConvNet, build_model
 from shared.schemas import ModelSpec
 from shared.training import predict_logits
 from site_agent.data import LabelledImages
+
+
+def load_global_model(state_dict: Mapping[str, torch.Tensor], spec: ModelSpec) -> ConvNet:
+    """The coordinator's global model, rebuilt from its announced spec.
+
+    Raises:
+        InvalidBundle: the weights do not fit the announced model spec.
+    """
+    model = build_model(spec)
+    try:
+        model.load_state_dict(dict(state_dict), strict=True)
+    except (RuntimeError, KeyError) as exc:
+        raise InvalidBundle("received model weights do not match the announced model spec") from exc
+    return model.eval()
 
 
 def evaluate_global_model(
@@ -24,11 +38,7 @@ def evaluate_global_model(
     Raises:
         InvalidBundle: the weights do not fit the announced model spec.
     """
-    model = build_model(spec)
-    try:
-        model.load_state_dict(dict(state_dict), strict=True)
-    except (RuntimeError, KeyError) as exc:
-        raise InvalidBundle("received model weights do not match the announced model spec") from exc
+    model = load_global_model(state_dict, spec)
     if len(test) == 0:
         return EvalCounts.empty(spec.num_classes)
     logits = predict_logits(model, torch.from_numpy(test.images), device).numpy()

@@ -14,42 +14,54 @@ from collections.abc import Mapping
 import torch
 
 from shared.config import resolve_device
-from shared.errors import PolicyError
+from shared.errors import ConfigError, PolicyError
 from shared.schemas import DistillRequest, EvaluateReply, EvaluateRequest, InitMode, MetricKey
 from site_agent.approval import ReleaseApproval, approval_for
 from site_agent.data import LabelledImages, load_site_images
 from site_agent.distill import SyntheticSet, distill
-from site_agent.evaluate import evaluate_global_model
+from site_agent.evaluate import evaluate_global_model, load_global_model
 from site_agent.identity import load_site_identity
 from site_agent.policy import SitePolicy
 from site_agent.privacy import nearest_real_similarity
 from site_agent.release import SealedRelease, seal_described
+from site_agent.rounds import keep_released_set, previous_set
 from site_agent.settings import SiteSettings
 
 log = logging.getLogger(__name__)
 
 
 def answer_distill(
-    request: DistillRequest, settings: SiteSettings, progress: bool = True, approval: ReleaseApproval | None = None
+    request: DistillRequest,
+    settings: SiteSettings,
+    progress: bool = True,
+    approval: ReleaseApproval | None = None,
+    global_model: Mapping[str, torch.Tensor] | None = None,
 ) -> tuple[bytes, dict[str, float]]:
     """Distill the site's training images as requested, seal the result and, if the policy says so, hold it.
 
-    ``approval`` overrides the policy's default approval hook (``site_agent.approval``).
+    ``approval`` overrides the policy's default approval hook (``site_agent.approval``). From round 2,
+    ``global_model`` holds the weights the request's ``global_model`` spec describes.
 
     Raises:
         PolicyError, KeyFileError, DataError, ConfigError: with messages safe to send to the coordinator.
         ApprovalPending: the policy requires approval and the release has not been approved.
     """
-    release, metrics = prepare_release(request, settings, progress)
+    release, metrics = prepare_release(request, settings, progress, global_model)
     if not settings.policy.require_approval:
         return release.sealed, metrics
     return (approval or approval_for(settings)).approve(release), metrics
 
 
 def prepare_release(
-    request: DistillRequest, settings: SiteSettings, progress: bool = True
+    request: DistillRequest,
+    settings: SiteSettings,
+    progress: bool = True,
+    global_model: Mapping[str, torch.Tensor] | None = None,
 ) -> tuple[SealedRelease, dict[str, float]]:
     """Policy check, local data, distillation, near-copy check, seal: a release ready to send, and its metrics.
+
+    From round 2 the site refines the set it released last round (``site_agent.rounds``) against the
+    global model as well as fresh random networks.
 
     Raises:
         PolicyError, KeyFileError, DataError, ConfigError: with messages safe to send to the coordinator.
@@ -63,10 +75,16 @@ def prepare_release(
         settings.site_id, request.dataset, request.distill.method.value, request.distill.ipc,
         request.distill.iterations, device, len(images.train),
     )
+    refine = {}
+    if request.global_model is not None:
+        if global_model is None:
+            raise ConfigError(f"the round {request.round} request came without the global model's weights")
+        refine = {"start_from": previous_set(settings.cache_dir, request.run_id),
+                  "guide": load_global_model(global_model, request.global_model)}
     synthetic = distill(
         images.train, images.info.num_classes, request.distill, device,
         progress=progress, min_real_per_class=settings.policy.min_real_per_class,
-        expert_cache_dir=settings.cache_dir / "experts", max_seconds=settings.policy.max_seconds,
+        expert_cache_dir=settings.cache_dir / "experts", max_seconds=settings.policy.max_seconds, **refine,
     )
     started = time.perf_counter()
     check_not_a_copy(synthetic, images.train, settings.policy, request.distill.init)
@@ -77,6 +95,7 @@ def prepare_release(
         real_class_counts_rounding=policy.class_count_rounding,
     )
     sealed = release.sealed
+    keep_released_set(settings.cache_dir, request.run_id, synthetic)
     metrics = {
         MetricKey.NUM_EXAMPLES.value: float(len(images.train)),
         MetricKey.DISTILL_SECONDS.value: synthetic.seconds,

@@ -46,6 +46,7 @@ def build_manifest(
         num_real_examples=num_real_examples,
         real_class_counts=real_class_counts,
         real_class_counts_rounding=real_class_counts_rounding,
+        round=request.round,
         distill=synthetic.config,
         iterations_completed=len(synthetic.loss_history),
         software=_software_versions(),

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from shared.errors import DataError
+from shared.models import ConvNet
 from shared.schemas import DistillConfig, DistillMethod
 from site_agent.data import LabelledImages
 from site_agent.distill.dc import distill_dc
@@ -50,6 +51,8 @@ def distill(
     expert_cache_dir: Path | None = None,
     max_seconds: float | None = None,
     observer: Observer | None = None,
+    start_from: tuple[torch.Tensor, torch.Tensor] | None = None,
+    guide: ConvNet | None = None,
 ) -> SyntheticSet:
     """Distill ``config.ipc`` synthetic images for every class the site holds enough images of.
 
@@ -57,6 +60,10 @@ def distill(
     derived from patient data and stay at the site. ``max_seconds`` (a site policy's wall-time limit)
     ends the distillation after the iteration during which it runs out; the set so far is returned.
     ``observer`` sees the set after every iteration (benchmarks score it as it improves).
+    Refinement rounds: ``start_from`` (images, labels) is the set the site released last round, where
+    distillation starts instead of the initialisation; ``guide`` is the global model, which DC and DM
+    match against on every other iteration in place of a fresh random network (MTT only starts from
+    the previous set: its targets are the site's own expert trajectories).
 
     Raises:
         DataError: no class has ``min_real_per_class`` images.
@@ -73,13 +80,18 @@ def distill(
 
     started = time.perf_counter()
     deadline = deadline_after(max_seconds)
+    refine = {"start_from": start_from}
+    if guide is not None and config.method != DistillMethod.MTT:
+        refine["guide"] = guide.to(device).eval()
     if config.method == DistillMethod.DC:
-        syn_images, history = distill_dc(real_by_class, config, num_classes, device, progress, deadline, observer)
+        syn_images, history = distill_dc(real_by_class, config, num_classes, device, progress, deadline, observer,
+                                         **refine)
     elif config.method == DistillMethod.DM:
-        syn_images, history = distill_dm(real_by_class, config, num_classes, device, progress, deadline, observer)
+        syn_images, history = distill_dm(real_by_class, config, num_classes, device, progress, deadline, observer,
+                                         **refine)
     else:
         syn_images, history = distill_mtt(
-            real_by_class, config, num_classes, device, progress, expert_cache_dir, deadline, observer
+            real_by_class, config, num_classes, device, progress, expert_cache_dir, deadline, observer, **refine
         )
     seconds = time.perf_counter() - started
 

@@ -26,7 +26,7 @@ from shared.augment import dsa
 from shared.models import ConvNet
 from shared.schemas import DCConfig
 from shared.training import chunk_size, mean_loss_gradients, sgd_epoch
-from site_agent.distill.matching import Observer, gradient_distance, initial_images, past, sample_batch
+from site_agent.distill.matching import Observer, gradient_distance, past, sample_batch, starting_images
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +51,15 @@ def distill_dc(
     progress: bool = True,
     deadline: float | None = None,
     observer: Observer | None = None,
+    start_from: tuple[torch.Tensor, torch.Tensor] | None = None,
+    guide: ConvNet | None = None,
 ) -> tuple[torch.Tensor, list[float]]:
     """Synthetic images (K * ipc, C, H, W), class-major in ``real_by_class`` order, and the loss per iteration.
 
-    Stops early, after a whole iteration, once ``deadline`` (``time.monotonic()``) has passed.
+    Stops early, after a whole iteration, once ``deadline`` (``time.monotonic()``) has passed. In a
+    refinement round it starts from ``start_from`` (the previous set) and, on every other iteration,
+    matches gradients along a trajectory that starts at the global model ``guide`` instead of a
+    random network.
     """
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
@@ -64,7 +69,7 @@ def distill_dc(
     outer_loop, inner_loop = paper_loops(config.ipc)
     outer_loop, inner_loop = config.outer_loop or outer_loop, config.inner_loop or inner_loop
 
-    syn = initial_images(real_by_class, config.ipc, config.init, gen).requires_grad_(True)
+    syn = starting_images(real_by_class, config.ipc, config.init, gen, start_from).requires_grad_(True)
     syn_labels = torch.tensor(classes, device=device).repeat_interleave(config.ipc)
     opt_img = torch.optim.SGD([syn], lr=config.lr_img, momentum=0.5)
     history: list[float] = []
@@ -75,6 +80,8 @@ def distill_dc(
             log.warning("DC: wall-time limit reached after %d of %d iterations", iteration, config.iterations)
             break
         net = ConvNet(in_channels, num_classes, image_size, config.network).to(device).train()
+        if guide is not None and iteration % 2:
+            net.load_state_dict(guide.state_dict())
         params = list(net.parameters())
         opt_net = torch.optim.SGD(params, lr=config.lr_net)
         iteration_loss = 0.0

@@ -23,7 +23,7 @@ from shared.augment import dsa
 from shared.models import ConvNet
 from shared.schemas import DMConfig
 from shared.training import chunk_size
-from site_agent.distill.matching import Observer, embed_in_chunks, initial_images, past, sample_batch
+from site_agent.distill.matching import Observer, embed_in_chunks, past, sample_batch, starting_images
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,8 @@ def distill_dm(
     progress: bool = True,
     deadline: float | None = None,
     observer: Observer | None = None,
+    start_from: tuple[torch.Tensor, torch.Tensor] | None = None,
+    guide: ConvNet | None = None,
 ) -> tuple[torch.Tensor, list[float]]:
     """Distill by matching mean random embeddings of real and synthetic images, class by class.
 
@@ -49,6 +51,9 @@ def distill_dm(
         progress: show a progress bar.
         deadline: ``time.monotonic()`` after which no new iteration starts (``None``: no limit).
         observer: called with (iterations done, images) after every iteration.
+        start_from: a refinement round's previous set (images, labels), the starting point.
+        guide: a refinement round's global model, whose embedding replaces the random one on every
+            other iteration (FedDM's matching against the global model).
 
     Returns:
         Synthetic images (K * ipc, C, H, W) float32 on ``device``, class-major in ``real_by_class``
@@ -60,7 +65,7 @@ def distill_dm(
     classes = list(real_by_class)
     in_channels, image_size = next(iter(real_by_class.values())).shape[1:3]
 
-    syn = initial_images(real_by_class, config.ipc, config.init, gen).requires_grad_(True)
+    syn = starting_images(real_by_class, config.ipc, config.init, gen, start_from).requires_grad_(True)
     opt_img = torch.optim.SGD([syn], lr=config.lr_img, momentum=0.5)
     history: list[float] = []
 
@@ -68,7 +73,10 @@ def distill_dm(
         if iteration and past(deadline):
             log.warning("DM: wall-time limit reached after %d of %d iterations", iteration, config.iterations)
             break
-        net = ConvNet(in_channels, num_classes, image_size, config.network).to(device).train()
+        if guide is not None and iteration % 2:
+            net = guide
+        else:
+            net = ConvNet(in_channels, num_classes, image_size, config.network).to(device).train()
         net.requires_grad_(False)  # only the images learn; skip the weights' gradients
         loss = _matching_loss(net, real_by_class, syn, config, gen, aug_rng)
         opt_img.zero_grad(set_to_none=True)

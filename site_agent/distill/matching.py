@@ -44,6 +44,28 @@ def initial_images(
     return torch.cat(picks).clone()
 
 
+def starting_images(
+    real_by_class: dict[int, torch.Tensor],
+    ipc: int,
+    init: InitMode,
+    gen: torch.Generator,
+    start_from: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """:func:`initial_images`, or, in a refinement round, the site's previous set where it has one.
+
+    ``start_from`` is (images (N, C, H, W), labels (N,)) released in the previous round; a class it
+    holds fewer than ``ipc`` images of is completed from the usual initialisation.
+    """
+    fresh = initial_images(real_by_class, ipc, init, gen)
+    if start_from is None:
+        return fresh
+    images, labels = start_from
+    for k, cls in enumerate(real_by_class):
+        kept = images[labels == cls][:ipc].to(fresh.device, fresh.dtype)
+        fresh[k * ipc : k * ipc + len(kept)] = kept
+    return fresh
+
+
 def gradient_distance(grads_a: list[torch.Tensor], grads_b: list[torch.Tensor]) -> torch.Tensor:
     """DC's layer-wise distance: sum over output units of (1 - cosine) between gradient rows.
 

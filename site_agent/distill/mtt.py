@@ -42,7 +42,7 @@ from shared.errors import ConfigError, DataError
 from shared.models import ConvNet
 from shared.schemas import MTTConfig
 from site_agent.distill.experts import ExpertSettings, Trajectory, load_or_train_experts, unflatten_params
-from site_agent.distill.matching import Observer, initial_images, past
+from site_agent.distill.matching import Observer, past, starting_images
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,7 @@ def distill_mtt(
     expert_cache_dir: Path | None = None,
     deadline: float | None = None,
     observer: Observer | None = None,
+    start_from: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, list[float]]:
     """Distill by matching expert training trajectories.
 
@@ -91,6 +92,7 @@ def distill_mtt(
         deadline: ``time.monotonic()`` after which no new iteration starts (``None``: no limit);
             expert training counts against it but is never cut short.
         observer: called with (accepted iterations, un-whitened images) after every accepted step.
+        start_from: a refinement round's previous set (images, labels) in pixel space, the starting point.
 
     Returns:
         Synthetic images (K * ipc, C, H, W) float32 on ``device``, class-major in ``real_by_class``
@@ -113,7 +115,9 @@ def distill_mtt(
     torch.manual_seed(config.seed)  # expert training moved the global RNG only on a cache miss
 
     net = ConvNet(in_channels, num_classes, image_size, config.network).to(device).train()
-    syn = initial_images(work, config.ipc, config.init, gen).requires_grad_(True)
+    if start_from is not None and zca is not None:
+        start_from = (zca.whiten(start_from[0].to(device)), start_from[1])
+    syn = starting_images(work, config.ipc, config.init, gen, start_from).requires_grad_(True)
     syn_labels = torch.tensor(classes, device=device).repeat_interleave(config.ipc)
     syn_lr = torch.tensor(config.lr_teacher, device=device).requires_grad_(True)
     lr_img, lr_lr = config.lr_img, config.lr_lr

@@ -42,3 +42,18 @@ def test_simulation_partitions_a_hospital_export(tmp_path: Path) -> None:
     _, summary = simulate(config)
     assert summary["status"] == "completed" and summary["sites_accepted"] == 2
     assert summary["global"]["num_examples"] == 20 and summary["global"]["class_counts"] == [10, 10]
+
+
+@pytest.mark.flower
+def test_refinement_rounds_retrain_and_report_each_round(tmp_path: Path) -> None:
+    """Two rounds: each is pooled, trained and scored; bytes add up; the plot is drawn."""
+    config = RunConfig(data_root=str(_export(tmp_path / "export.npz")), out_dir=str(tmp_path / "out"), rounds=2,
+                       **TINY)
+    run_dir, summary = simulate(config)
+    rounds = summary["rounds"]
+    assert summary["status"] == "completed" and [r["round"] for r in rounds] == [1, 2]
+    assert all(r["sites_accepted"] == 2 and r["global"]["num_examples"] == 20 for r in rounds)
+    assert rounds[0]["bytes"]["cumulative"] < rounds[1]["bytes"]["cumulative"]
+    assert rounds[1]["bytes"]["down"] > rounds[0]["bytes"]["down"]  # round 2 also sent the global model to distill
+    assert (run_dir / "rounds.png").is_file() and "| round |" in (run_dir / "report.md").read_text()
+    assert len(list((run_dir / "bundles" / "round-2").glob("*.sealed"))) == 2
