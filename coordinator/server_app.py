@@ -39,6 +39,7 @@ from shared.keys import SIMULATION_KEYS
 from shared.logs import configure_logging
 from shared.models import ConvNet, build_model
 from shared.schemas import DistillRequest, EvaluateRequest, FieldKey, ModelSpec, RecordKey
+from shared.untrusted import untrusted_text
 
 log = logging.getLogger(__name__)
 
@@ -336,14 +337,15 @@ def _receive_one(
         if reply.error.code in _DROPPED_OUT:
             return SiteOutcome(node, site, OutcomeStatus.MISSING,
                                f"dropped out ({_DROPPED_OUT[reply.error.code]})"), None
-        return SiteOutcome(node, site, OutcomeStatus.REJECTED, f"site reported an error: {reply.error.reason}"), None
+        return SiteOutcome(node, site, OutcomeStatus.REJECTED,
+                           f"site reported an error: {untrusted_text(reply.error.reason)}"), None
     metrics = dict(reply.content.metric_records.get(RecordKey.METRICS, {}))
     sealed = b""
     try:
         sealed = _sealed_bytes(reply)
         opened = receive_bundle(sealed, expected, federation.keys, delivered)
     except FedDistillError as exc:
-        return SiteOutcome(node, site, OutcomeStatus.REJECTED, str(exc), len(sealed), metrics), None
+        return SiteOutcome(node, site, OutcomeStatus.REJECTED, untrusted_text(exc), len(sealed), metrics), None
     return SiteOutcome(node, opened.manifest.site_id, OutcomeStatus.ACCEPTED, "", opened.sealed_bytes, metrics), opened
 
 
@@ -365,13 +367,14 @@ def _site_evaluation(
     if reply is None:
         return SiteEvaluation(site, node, None, f"no evaluation reply within {timeout:.0f} s")
     if reply.has_error():
-        log.warning("node %d could not evaluate the global model: %s", node, reply.error.reason)
-        return SiteEvaluation(site, node, None, f"site reported an error: {reply.error.reason}")
+        reason = untrusted_text(reply.error.reason)
+        log.warning("node %d could not evaluate the global model: %s", node, reason)
+        return SiteEvaluation(site, node, None, f"site reported an error: {reason}")
     try:
         counts = parse_site_counts(reply.content.metric_records.get(RecordKey.METRICS, {}), num_classes)
     except InvalidReply as exc:
-        log.warning("node %d: evaluation rejected: %s", node, exc)
-        return SiteEvaluation(site, node, None, f"rejected: {exc}")
+        log.warning("node %d: evaluation rejected: %s", node, untrusted_text(exc))
+        return SiteEvaluation(site, node, None, f"rejected: {untrusted_text(exc)}")
     return SiteEvaluation(site, node, counts, "" if counts.num_examples else "holds no test images")
 
 

@@ -20,6 +20,7 @@ from shared.schemas import (
     DistillConfig,
     DistillMethod,
     DMConfig,
+    IDMConfig,
     ImbalanceCorrection,
     InitMode,
     MTTConfig,
@@ -108,6 +109,8 @@ class RunConfig(BaseModel):
             common["lr_img"] = self.lr_img
         if self.method == DistillMethod.DM:
             return DMConfig(batch_real=self.batch_real or PRESET_BATCH_REAL[self.method], **common)
+        if self.method == DistillMethod.IDM:
+            return IDMConfig(batch_real=self.batch_real or PRESET_BATCH_REAL[self.method], lr_net=self.lr_net, **common)
         if self.method == DistillMethod.MTT:
             return MTTConfig(**common)
         batch_real = self.batch_real or PRESET_BATCH_REAL[self.method]

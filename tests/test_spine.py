@@ -12,7 +12,7 @@ from coordinator.pool import pool
 from coordinator.receive import Expectation, receive_bundle
 from coordinator.train import train_global
 from shared.datasets import DatasetInfo
-from shared.schemas import DCConfig, DistillRequest, DMConfig, ModelSpec, MTTConfig, NetworkSpec
+from shared.schemas import DCConfig, DistillRequest, DMConfig, IDMConfig, ModelSpec, MTTConfig, NetworkSpec
 from shared.training import TrainSettings
 from site_agent.distill import distill
 from site_agent.evaluate import evaluate_global_model
@@ -27,6 +27,7 @@ INFO = DatasetInfo("breastmnist", "binary-class", 1, 2, {0: "a", 1: "b"}, {})
 METHODS = {
     "dc": DCConfig(ipc=2, iterations=5, batch_real=16, outer_loop=2, inner_loop=1, network=NET),
     "dm": DMConfig(ipc=2, iterations=30, batch_real=16, network=NET),
+    "idm": IDMConfig(ipc=2, iterations=30, batch_real=16, network=NET),
     "mtt": MTTConfig(ipc=2, iterations=10, num_experts=1, train_epochs_expert=3, max_start_epoch=1, expert_epochs=1,
                      syn_steps=3, lr_img=100, lr_lr=1e-6, network=NET),
 }

@@ -20,6 +20,7 @@ from shared.schemas import DistillConfig, DistillMethod
 from site_agent.data import LabelledImages
 from site_agent.distill.dc import distill_dc
 from site_agent.distill.dm import distill_dm
+from site_agent.distill.idm import distill_idm
 from site_agent.distill.matching import Observer, deadline_after, past
 from site_agent.distill.mtt import distill_mtt
 
@@ -89,6 +90,9 @@ def distill(
     elif config.method == DistillMethod.DM:
         syn_images, history = distill_dm(real_by_class, config, num_classes, device, progress, deadline, observer,
                                          **refine)
+    elif config.method == DistillMethod.IDM:
+        syn_images, history = distill_idm(real_by_class, config, num_classes, device, progress, deadline, observer,
+                                          **refine)
     else:
         syn_images, history = distill_mtt(
             real_by_class, config, num_classes, device, progress, expert_cache_dir, deadline, observer, **refine

@@ -21,13 +21,13 @@ from tqdm.auto import trange
 
 from shared.augment import dsa
 from shared.models import ConvNet
-from shared.schemas import DMConfig
+from shared.schemas import DMConfig, IDMConfig
 from shared.training import chunk_size
 from site_agent.distill.matching import Observer, embed_in_chunks, past, sample_batch, starting_images
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DMConfig", "distill_dm"]
+__all__ = ["DMConfig", "distill_dm", "matching_loss"]
 
 
 def distill_dm(
@@ -78,7 +78,7 @@ def distill_dm(
         else:
             net = ConvNet(in_channels, num_classes, image_size, config.network).to(device).train()
         net.requires_grad_(False)  # only the images learn; skip the weights' gradients
-        loss = _matching_loss(net, real_by_class, syn, config, gen, aug_rng)
+        loss = matching_loss(net, real_by_class, syn, config, gen, aug_rng)
         opt_img.zero_grad(set_to_none=True)
         loss.backward()
         opt_img.step()
@@ -90,11 +90,11 @@ def distill_dm(
     return syn.detach(), history
 
 
-def _matching_loss(
+def matching_loss(
     net: ConvNet,
     real_by_class: dict[int, torch.Tensor],
     syn: torch.Tensor,
-    config: DMConfig,
+    config: DMConfig | IDMConfig,
     gen: torch.Generator,
     aug_rng: np.random.Generator,
 ) -> torch.Tensor:

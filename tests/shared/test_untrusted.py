@@ -1,0 +1,38 @@
+"""What a site sends is logged and rendered as one short, inert line."""
+
+from __future__ import annotations
+
+import pytest
+
+from coordinator.report import render_report
+from shared.untrusted import MAX_REASON_CHARS, untrusted_text
+
+
+@pytest.mark.parametrize(
+    ("sent", "forbidden"),
+    [
+        ("ok\n2026-01-01 INFO coordinator: run completed", "\n"),
+        ("a | b | c |", "|"),
+        ("see ![x](http://evil.example/pixel.png)", "]("),
+        ("<img src=http://evil.example/x>", "<"),
+        ("tab\tand\r\u2028separators", "\u2028"),
+    ],
+)
+def test_markup_and_control_characters_are_neutralised(sent: str, forbidden: str) -> None:
+    """Line breaks, table pipes, links and tags cannot reach a log line or the report as markup."""
+    assert forbidden not in untrusted_text(sent)
+
+
+def test_long_text_is_capped() -> None:
+    """A megabyte of reason becomes a few hundred characters."""
+    assert len(untrusted_text("x" * 1_000_000)) == MAX_REASON_CHARS
+
+
+def test_report_row_stays_one_row() -> None:
+    """A hostile reason in the site table leaves the table's shape intact."""
+    summary = {"run_id": "r", "status": "failed", "dataset": "d", "method": "dm", "ipc": 1, "iterations": 1,
+               "sites_accepted": 0, "sites_expected": 1, "stage_seconds": {},
+               "sites": [{"site_id": "s", "node_id": 1, "status": "rejected", "bundle_bytes": 0,
+                          "reason": untrusted_text("x |\n| injected | row |")}]}
+    rows = [line for line in render_report(summary).splitlines() if line.startswith("| s ")]
+    assert len(rows) == 1 and rows[0].count("|") == 7
