@@ -95,7 +95,7 @@ def run_one(name: str, path: str, method: DistillMethod, seed: int, args: argpar
         "subset": _figures(adjusted_ref), "subset_uncorrected": _figures(uncorrected_ref),
         "run_dir": str(run_dir),
     }
-    if args.full_epochs:
+    if args.full_epochs and seed in args.seeds[: args.full_seeds]:
         if (name, seed) not in _WHOLE_TRAIN:
             full = train_classifier(build_model(spec), torch.from_numpy(train.images), torch.from_numpy(train.labels),
                                     replace(config.train_settings(), epochs=args.full_epochs), CPU).cpu()
@@ -128,11 +128,13 @@ def report(rows: list[dict[str, Any]]) -> None:
                     (f"pooled synthetic, {group[0]['correction']}", "global"),
                     ("random real subset, uncorrected (NOT private)", "subset_uncorrected"),
                     ("random real subset, logit-adjust (NOT private)", "subset")]
-            if "whole_train" in group[0]:
+            if any("whole_train" in r for r in group):
                 sets.append(("whole training split (ceiling)", "whole_train"))
             for label, key in sets:
-                cells = " | ".join(mean_spread([r[key][m] for r in group]) for m in METRICS)
-                print(f"| {dataset} | {method} | {label} | {seeds} | {cells} | {slowest if key == 'global' else ''} |")
+                have = [r for r in group if key in r]
+                cells = " | ".join(mean_spread([r[key][m] for r in have]) for m in METRICS)
+                shown = seeds if len(have) == len(group) else ",".join(str(r["seed"]) for r in have)
+                print(f"| {dataset} | {method} | {label} | {shown} | {cells} | {slowest if key == 'global' else ''} |")
             majority = mean_spread([r["majority_rate"] for r in group])
             print(f"| {dataset} | {method} | always the majority class | {seeds} | {majority} | 0.500 | 0.500 | |")
 
@@ -148,6 +150,7 @@ def main() -> None:
     parser.add_argument("--ipc", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--full-epochs", type=int, default=50, help="epochs on the whole training split (0: skip)")
+    parser.add_argument("--full-seeds", type=int, default=3, help="train the ceiling for the first N seeds only")
     parser.add_argument("--out-dir", default="results/benchmark")
     parser.add_argument("--json", help="append every row to this file (one JSON object per line)")
     parser.add_argument("--summarize", nargs="+", metavar="JSON", help="only merge earlier --json files and print")
