@@ -74,8 +74,12 @@ def simulate(
     if config.min_sites > config.sites:
         raise ConfigError(f"--min-sites {config.min_sites} is more than --sites {config.sites}")
     run_dir, summary = run_simulation(config, verbose=verbose)
-    typer.echo(f"{summary['sites_accepted']}/{summary['sites_expected']} sites accepted; {_pooled(summary)}"
-               f"\nresults: {run_dir}")
+    typer.echo(f"{summary['sites_accepted']}/{summary['sites_expected']} sites accepted; {_pooled(summary)}")
+    if "yardstick" in summary:
+        y = summary["yardstick"]["uncorrected"]
+        typer.echo(f"a random real subset of the same size (not private): balanced accuracy "
+                   f"{_fmt(y['balanced_accuracy'])}, AUC {_fmt(y['auc'])} (uncorrected; report.md has both)")
+    typer.echo(f"results: {run_dir}")
 
 
 sites_app = typer.Typer(help="The trust store: which signing key and SuperNode key speak for which site.",

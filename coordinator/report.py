@@ -86,13 +86,19 @@ def build_summary(
 
 def write_results(run_dir: Path, summary: dict[str, Any], pooled: PooledSet | None, info: DatasetInfo) -> None:
     """summary.json, report.md, (when there is a pooled set) synthetic_grid.png and (from round 2) rounds.png."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (run_dir / "report.md").write_text(render_report(summary))
+    write_summary(run_dir, summary)
     if pooled is not None:
         synthetic_grid(pooled, info).save(run_dir / "synthetic_grid.png")
     if len(summary.get("rounds", [])) > 1:
         plot_rounds(summary["rounds"], run_dir / "rounds.png")
+
+
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    """summary.json and report.md (NaN written as null)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    summary = _nan_to_none(summary)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (run_dir / "report.md").write_text(render_report(summary))
 
 
 def plot_rounds(rounds: list[dict[str, Any]], path: Path) -> None:
@@ -143,6 +149,8 @@ def render_report(summary: dict[str, Any]) -> str:
         )
     if "global" in summary:
         lines += ["", *_global_section(summary["global"], summary.get("uncorrected"), summary["per_site"])]
+    if "yardstick" in summary:
+        lines += ["", *_yardstick_section(summary)]
     if len(summary.get("rounds", [])) > 1:
         lines += ["", "| round | sites delivered | accuracy | balanced accuracy | macro AUC | MB moved (cumulative) |",
                   "|---|---|---|---|---|---|"]
@@ -176,6 +184,19 @@ def _global_section(g: dict[str, Any], uncorrected: dict[str, Any] | None, per_s
         lines.append(f"| {e['site_id']} | {e.get('num_examples', 0)} | {_fmt(e.get('accuracy'))} | "
                      f"{_fmt(e.get('balanced_accuracy'))} | {_fmt(e.get('auc'))} | {e['problem']} |")
     lines += ["", "A site's own AUC is n/a when its test share holds one class; it still counts in the pooled AUC."]
+    return lines
+
+
+def _yardstick_section(summary: dict[str, Any]) -> list[str]:
+    """The pooled set against a random real subset of the same size (simulation only)."""
+    y, g, u = summary["yardstick"], summary["global"], summary.get("uncorrected", summary["global"])
+    rows = [("pooled synthetic sets, global model", g), ("pooled synthetic sets, without correction", u),
+            (f"random real subset ({y['correction']})", y["corrected"]),
+            ("random real subset, without correction", y["uncorrected"])]
+    lines = [(f"Yardstick (simulation only: it ships real images, so it is **not private**): a random real subset "
+             f"of {y['images']} training images with the pooled set's class mix, trained and scored the same way."),
+             "", "| set | accuracy | balanced accuracy | macro AUC |", "|---|---|---|---|"]
+    lines += [f"| {name} | {_fmt(r['accuracy'])} | {_fmt(r['balanced_accuracy'])} | {_fmt(r['auc'])} |" for name, r in rows]
     return lines
 
 

@@ -68,11 +68,13 @@ def check_data_available(config: RunConfig) -> None:
 
 
 def simulate(
-    config: RunConfig, verbose: bool = False, client_mods: Sequence[Callable] = ()
+    config: RunConfig, verbose: bool = False, client_mods: Sequence[Callable] = (), yardstick: bool = True
 ) -> tuple[Path, dict[str, Any]]:
-    """Run one simulated round; returns the results folder and its summary.
+    """Run a simulated federation; returns the results folder and its summary.
 
     ``client_mods`` are Flower mods wrapped around every simulated site (e.g. to record what it sends).
+    With ``yardstick``, the summary and report also score a random real subset of the pooled set's
+    size (``coordinator.yardstick``; simulation only, not private).
 
     Raises:
         FederationError: the run did not complete (the summary in the folder says why, when it got that far).
@@ -103,4 +105,12 @@ def simulate(
     summary_path = run_dir / "summary.json"
     if not summary_path.exists():
         raise FederationError("simulation ended without writing a summary")
-    return run_dir, json.loads(summary_path.read_text())
+    summary = json.loads(summary_path.read_text())
+    if yardstick and summary.get("global", {}).get("num_examples"):
+        from coordinator.report import write_summary
+        from coordinator.yardstick import random_subset_yardstick
+
+        counts = list(summary["pooled"]["class_counts"].values())
+        summary["yardstick"] = random_subset_yardstick(config, counts)
+        write_summary(run_dir, summary)
+    return run_dir, summary

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from benchmark_federation import reference_subset, score
 
+from coordinator.yardstick import reference_subset, score
 from shared.config import RunConfig
 from shared.datasets import DatasetInfo, dataset_info
 from shared.models import ConvNet

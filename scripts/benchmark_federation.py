@@ -6,8 +6,8 @@ and without the class-imbalance correction. Next to it, with the same training s
 pooled metrics on the same (whole) test split:
 
 - a random real subset with the same number of images per class as the pooled synthetic set, drawn
-  from the union of the sites' training shares (NOT private: a yardstick only), uncorrected and with
-  the same logit adjustment (the real class prior);
+  from the union of the sites' training shares (NOT private: ``coordinator.yardstick``, which the
+  simulation's own report shows too), trained the same way, with and without the same correction;
 - the whole training split (the ceiling), trained for ``--full-epochs``;
 - always predicting the majority class.
 
@@ -33,31 +33,17 @@ import numpy as np
 import torch
 
 from coordinator.evaluate import Metrics
-from coordinator.imbalance import adjust_logits, logit_shift, pooled_prior
 from coordinator.simulate import simulate
-from shared.config import RunConfig, resolve_device
-from shared.metrics import EvalCounts, log_odds
-from shared.models import ConvNet, build_model
+from coordinator.yardstick import score
+from shared.config import RunConfig
+from shared.models import build_model
 from shared.schemas import DistillMethod, ModelSpec
-from shared.training import predict_logits, train_classifier
+from shared.training import train_classifier
 from site_agent.data import read_local_data
 
 CPU = torch.device("cpu")
 METRICS = ("accuracy", "balanced_accuracy", "auc")
 _WHOLE_TRAIN: dict[tuple[str, int], dict[str, float]] = {}  # the ceiling, once per dataset and seed
-
-
-def reference_subset(labels: np.ndarray, class_counts: list[int], seed: int) -> np.ndarray:
-    """Random real indices with the same number of images per class as the pooled synthetic set."""
-    rng = np.random.default_rng(seed)
-    picks = [rng.choice(np.flatnonzero(labels == c), size=n, replace=False) for c, n in enumerate(class_counts) if n]
-    return np.concatenate(picks)
-
-
-def score(model: ConvNet, images: np.ndarray, labels: np.ndarray) -> Metrics:
-    """The pooled metrics (``coordinator.evaluate``) of a model on one whole test split."""
-    logits = predict_logits(model, torch.from_numpy(images), CPU).numpy()
-    return Metrics.of(EvalCounts.from_scores(labels, log_odds(logits)))
 
 
 def _figures(metrics: Metrics | dict[str, Any]) -> dict[str, float]:
@@ -73,26 +59,18 @@ def run_one(name: str, path: str, method: DistillMethod, seed: int, args: argpar
     run_dir, summary = simulate(config)
     wall = time.perf_counter() - started
     local = read_local_data(path, name)
-    train, test = local.splits["train"], local.splits["test"]
-    info = local.info
+    train, test, info = local.splits["train"], local.splits["test"], local.info
     spec = ModelSpec(in_channels=info.in_channels, num_classes=info.num_classes, image_size=28,
                      network=config.network())
-    counts = [summary["pooled"]["class_counts"][label] for label in info.label_names.values()]
-    subset = train.subset(reference_subset(train.labels, counts, seed))
-    reference = train_classifier(build_model(spec), torch.from_numpy(subset.images), torch.from_numpy(subset.labels),
-                                 config.train_settings(), resolve_device(config.device)).cpu()
-    real_prior = (np.bincount(train.labels, minlength=info.num_classes) + 1) / (len(train) + info.num_classes)
-    shift = logit_shift(real_prior, pooled_prior(torch.from_numpy(subset.labels), info.num_classes))
-    uncorrected_ref = score(reference, test.images, test.labels)
-    adjusted_ref = score(adjust_logits(reference, shift), test.images, test.labels)
+    yardstick = summary["yardstick"]
     row = {
         "dataset": name, "method": method.value if args.rounds == 1 else f"{method.value}, {args.rounds} rounds",
-        "seed": seed, "wall_seconds": wall, "pooled_images": len(subset),
+        "seed": seed, "wall_seconds": wall, "pooled_images": yardstick["images"],
         "site_distill_seconds": [s["distill_seconds"] for s in summary["sites"] if s["distill_seconds"] is not None],
         "sites_accepted": summary["sites_accepted"], "test_images": summary["global"]["num_examples"],
         "majority_rate": summary["global"]["majority_rate"], "correction": summary["global"]["correction"],
         "global": _figures(summary["global"]), "global_uncorrected": _figures(summary.get("uncorrected", summary["global"])),
-        "subset": _figures(adjusted_ref), "subset_uncorrected": _figures(uncorrected_ref),
+        "subset": yardstick["corrected"], "subset_uncorrected": yardstick["uncorrected"],
         "run_dir": str(run_dir),
     }
     if args.full_epochs and seed in args.seeds[: args.full_seeds]:

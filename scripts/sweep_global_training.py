@@ -18,12 +18,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from benchmark_federation import METRICS, mean_spread, reference_subset
+from benchmark_federation import METRICS, mean_spread
 
 from coordinator import run_state
 from coordinator.evaluate import Metrics
 from coordinator.pool import pool
 from coordinator.trust import load_coordinator_keys
+from coordinator.yardstick import reference_subset
 from shared.bundle import open_bundle
 from shared.config import RunConfig
 from shared.errors import InvalidBundle

@@ -39,9 +39,13 @@ def test_unreadable_data_is_refused_before_flower_starts(tmp_path: Path) -> None
 def test_simulation_partitions_a_hospital_export(tmp_path: Path) -> None:
     """Two simulated sites share out a local .npz export; every test image is scored once."""
     config = RunConfig(data_root=str(_export(tmp_path / "export.npz")), out_dir=str(tmp_path / "out"), **TINY)
-    _, summary = simulate(config)
+    run_dir, summary = simulate(config)
     assert summary["status"] == "completed" and summary["sites_accepted"] == 2
     assert summary["global"]["num_examples"] == 20 and summary["global"]["class_counts"] == [10, 10]
+    # The simulation's own yardstick: the same number of real images, scored the same way.
+    assert summary["yardstick"]["images"] == summary["pooled"]["images"]
+    assert 0 <= summary["yardstick"]["uncorrected"]["balanced_accuracy"] <= 1
+    assert "random real subset" in (run_dir / "report.md").read_text()
 
 
 @pytest.mark.flower

@@ -1,0 +1,72 @@
+"""Simulation only: what the pooled synthetic set is worth against the same number of real images.
+
+A real coordinator never holds patient images, so this runs only where one machine simulates every
+site (``coordinator simulate``, the benchmarks). It draws a random real subset with the same images
+per class as the pooled set from the union of the sites' training shares, trains the global model's
+network on it the same way (same settings, same class-imbalance correction, the real prior being
+the sites' summed counts), and scores it with the same pooled metrics on the same test images. The
+subset ships real images, so it is a reference, **not** something the federation could release.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import torch
+
+from coordinator.evaluate import Metrics
+from coordinator.pool import PooledSet
+from coordinator.train import train_corrected
+from shared.config import RunConfig, resolve_device
+from shared.datasets import IMAGE_SIZE
+from shared.metrics import EvalCounts, log_odds
+from shared.models import ConvNet
+from shared.schemas import ModelSpec
+from shared.training import predict_logits
+
+FIGURES = ("accuracy", "balanced_accuracy", "auc")
+
+
+def reference_subset(labels: np.ndarray, class_counts: list[int], seed: int) -> np.ndarray:
+    """Random real indices with ``class_counts[c]`` images of class ``c`` (all of a smaller class)."""
+    rng = np.random.default_rng(seed)
+    picks = [rng.choice(np.flatnonzero(labels == c), size=min(n, int((labels == c).sum())), replace=False)
+             for c, n in enumerate(class_counts) if n]
+    return np.concatenate(picks)
+
+
+def score(model: ConvNet, images: np.ndarray, labels: np.ndarray) -> Metrics:
+    """The pooled metrics (``coordinator.evaluate``) of a model on one whole test split."""
+    logits = predict_logits(model, torch.from_numpy(images), torch.device("cpu")).numpy()
+    return Metrics.of(EvalCounts.from_scores(labels, log_odds(logits)))
+
+
+def random_subset_yardstick(config: RunConfig, pooled_class_counts: list[int]) -> dict[str, Any]:
+    """Accuracy, balanced accuracy and AUC of a random real subset the size of the pooled set, on the test split.
+
+    Returns ``{"images", "correction", "corrected", "uncorrected"}``, the last two dicts of the figures.
+    """
+    from site_agent.data import read_local_data  # the harness reads the data the simulated sites share
+
+    local = read_local_data(config.data_root, config.dataset)
+    train, test, info = local.splits["train"], local.splits["test"], local.info
+    subset = train.subset(reference_subset(train.labels, pooled_class_counts, config.seed))
+    spec = ModelSpec(in_channels=info.in_channels, num_classes=info.num_classes, image_size=IMAGE_SIZE,
+                     network=config.network())
+    counts = np.bincount(train.labels, minlength=info.num_classes).astype(np.float64)
+    prior = (counts + 1) / (counts + 1).sum()  # as the coordinator smooths the sites' released counts
+    pool = PooledSet(torch.from_numpy(subset.images), torch.from_numpy(subset.labels), {"random real subset": len(subset)})
+    models = train_corrected(pool, spec, config.train_settings(), resolve_device(config.device), config.imbalance, prior)
+    return {
+        "images": len(subset),
+        "correction": models.correction.value,
+        "corrected": _figures(score(models.model, test.images, test.labels)),
+        "uncorrected": _figures(score(models.uncorrected, test.images, test.labels)),
+    }
+
+
+def _figures(metrics: Metrics) -> dict[str, float]:
+    values = asdict(metrics)
+    return {k: values[k] for k in FIGURES}
