@@ -21,6 +21,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid, ServerApp
+from pydantic import ValidationError
 
 from coordinator import report, run_state
 from coordinator.binding import NodeBinding, bind_nodes
@@ -38,7 +39,15 @@ from shared.errors import FedDistillError, FederationError, InvalidBundle, Inval
 from shared.keys import SIMULATION_KEYS
 from shared.logs import configure_logging
 from shared.models import ConvNet, build_model
-from shared.schemas import DistillRequest, EvaluateRequest, FieldKey, ModelSpec, RecordKey
+from shared.schemas import (
+    DistillReplyMetrics,
+    DistillRequest,
+    EvaluateRequest,
+    FieldKey,
+    ModelSpec,
+    RecordKey,
+    first_problem,
+)
 from shared.untrusted import untrusted_text
 
 log = logging.getLogger(__name__)
@@ -339,14 +348,28 @@ def _receive_one(
                                f"dropped out ({_DROPPED_OUT[reply.error.code]})"), None
         return SiteOutcome(node, site, OutcomeStatus.REJECTED,
                            f"site reported an error: {untrusted_text(reply.error.reason)}"), None
-    metrics = dict(reply.content.metric_records.get(RecordKey.METRICS, {}))
     sealed = b""
     try:
+        metrics = _reply_metrics(reply)
         sealed = _sealed_bytes(reply)
         opened = receive_bundle(sealed, expected, federation.keys, delivered)
     except FedDistillError as exc:
-        return SiteOutcome(node, site, OutcomeStatus.REJECTED, untrusted_text(exc), len(sealed), metrics), None
+        return SiteOutcome(node, site, OutcomeStatus.REJECTED, untrusted_text(exc), len(sealed)), None
+    metrics["num-examples"] = float(opened.manifest.num_real_examples)  # the signed figure, not the sent one
     return SiteOutcome(node, opened.manifest.site_id, OutcomeStatus.ACCEPTED, "", opened.sealed_bytes, metrics), opened
+
+
+def _reply_metrics(reply: Message) -> dict[str, float]:
+    """The numbers beside a bundle, bounded; nonsense rejects the reply (the numbers are unsigned).
+
+    Raises:
+        InvalidReply: a number is missing, not finite or out of range.
+    """
+    try:
+        parsed = DistillReplyMetrics.model_validate(dict(reply.content.metric_records.get(RecordKey.METRICS, {})))
+    except ValidationError as exc:
+        raise InvalidReply(f"reply metrics {first_problem(exc)}") from None
+    return parsed.model_dump(by_alias=True)
 
 
 def _never_connected(federation: Federation) -> list[SiteOutcome]:

@@ -249,6 +249,17 @@ class EvaluateRequest(_Strict):
 
 
 _Count = Annotated[int, Field(ge=0, le=10**9)]
+_Seconds = Annotated[float, Field(ge=0, le=10**7, allow_inf_nan=False)]
+
+
+class DistillReplyMetrics(_Strict):
+    """The numbers a site sends beside its sealed bundle: unsigned, informational, and bounded."""
+
+    num_examples: float = Field(alias=MetricKey.NUM_EXAMPLES.value, ge=0, le=10**9, allow_inf_nan=False)
+    distill_seconds: _Seconds = Field(alias=MetricKey.DISTILL_SECONDS.value)
+    seal_seconds: _Seconds = Field(alias=MetricKey.SEAL_SECONDS.value)
+    bundle_bytes: float = Field(alias=MetricKey.BUNDLE_BYTES.value, ge=0, le=2**40, allow_inf_nan=False)
+    synthetic_images: float = Field(alias=MetricKey.SYNTHETIC_IMAGES.value, ge=0, le=10**7, allow_inf_nan=False)
 
 
 class EvaluateReply(_Strict):

@@ -17,6 +17,7 @@ from shared.config import resolve_device
 from shared.errors import ConfigError, PolicyError
 from shared.schemas import DistillRequest, EvaluateReply, EvaluateRequest, InitMode, MetricKey
 from site_agent.approval import ReleaseApproval, approval_for
+from site_agent.budget import spend_evaluation
 from site_agent.data import LabelledImages, load_site_images
 from site_agent.distill import SyntheticSet, distill
 from site_agent.evaluate import evaluate_global_model, load_global_model
@@ -126,7 +127,12 @@ def check_not_a_copy(synthetic: SyntheticSet, train: LabelledImages, policy: Sit
 def answer_evaluate(
     request: EvaluateRequest, state_dict: Mapping[str, torch.Tensor], settings: SiteSettings
 ) -> dict[str, int | list[int]]:
-    """Counts (``EvaluateReply``) of the global model on the site's test images: no per-image value."""
+    """Counts (``EvaluateReply``) of the global model on the site's test images: no per-image value.
+
+    Raises:
+        PolicyError: the run has had the evaluations the site's policy allows.
+    """
+    spend_evaluation(settings.cache_dir, request.run_id, settings.policy.max_evaluations_per_run)
     images = load_site_images(request.dataset, settings.data_root, settings.partition, settings.verify_md5)
     counts = evaluate_global_model(state_dict, request.model, images.test, resolve_device(settings.device))
     if counts.num_examples == 0:

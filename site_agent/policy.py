@@ -57,6 +57,10 @@ class SitePolicy(BaseModel):
     class_count_rounding: int = Field(
         1, ge=1, description="round the released class counts to a multiple of this (1: exact)"
     )
+    max_evaluations_per_run: int = Field(
+        20, ge=1, description="most times one run may have the site score a model on its test images (each "
+        "evaluation is an oracle on the test data; a run asks two per round)"
+    )
     require_approval: bool = Field(
         False, description="hold every release for manual approval before it is sent (see site_agent/approval.py)"
     )
@@ -70,6 +74,7 @@ class SitePolicy(BaseModel):
         cap = 100_000
         return cls(
             allowed_methods=list(DistillMethod), max_ipc=1000, max_iterations=cap, allow_real_init=allow_real_init,
+            max_evaluations_per_run=cap,
             mtt=MTTLimits(max_syn_steps=cap, max_train_epochs_expert=cap, max_num_experts=cap),
         )
 

@@ -125,3 +125,23 @@ def test_reply_for_another_number_of_classes_is_rejected() -> None:
     """Counts shaped for two classes are refused for a three-class task."""
     with pytest.raises(InvalidReply, match="class-counts"):
         parse_site_counts(_reply(np.array([0, 1, 1]), 2), 3)
+
+
+def _distill_metrics(**change: float) -> dict:
+    return {"num-examples": 100.0, "distill-seconds": 12.5, "seal-seconds": 0.1, "bundle-bytes": 30000.0,
+            "synthetic-images": 20.0, **change}
+
+
+@pytest.mark.parametrize("change", [{"distill-seconds": float("inf")}, {"num-examples": 1e15},
+                                    {"bundle-bytes": -1.0}, {"synthetic-images": float("nan")}])
+def test_nonsense_beside_a_bundle_rejects_the_reply(change: dict) -> None:
+    """The unsigned numbers a site sends with its bundle are bounded; inf, NaN and absurd values reject the reply."""
+    from types import SimpleNamespace
+
+    from coordinator.server_app import _reply_metrics
+
+    ok = SimpleNamespace(content=SimpleNamespace(metric_records={"metrics": _distill_metrics()}))
+    assert _reply_metrics(ok)["distill-seconds"] == 12.5
+    bad = SimpleNamespace(content=SimpleNamespace(metric_records={"metrics": _distill_metrics(**change)}))
+    with pytest.raises(InvalidReply, match="reply metrics"):
+        _reply_metrics(bad)
