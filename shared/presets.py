@@ -9,7 +9,8 @@ gives up against the paper (measured in docs/benchmarks.md):
 * **DM**: 400 iterations instead of 20,000 and 128 real images per class instead of 256. DM's
   iterations are cheap but it converges slowly; from noise it needs many of them.
 * **IDM**: as DM (400 iterations, 128 real images per class), with a queue of 10 networks instead
-  of 100, each trained 5 steps of 64 real images when picked instead of 10 of 256.
+  of 100, one of them trained one step of 64 real images per iteration instead of two trained 10
+  steps of 256: its queued networks are less trained, which is what it costs on a CPU.
 * **MTT**: 200 iterations instead of 5000, 5 experts of 15 epochs instead of 100 of 50, 20 unrolled
   student steps instead of 30; the experts are trained once per site and cached.
 
