@@ -63,14 +63,17 @@ def check(
         raise typer.Exit(1)
 
 
+_FEDERATION = RunConfig()  # a preview releases what a default federation run would
+
+
 def distill(
     data: DataOption,
     out: Annotated[Path, typer.Option(help="Where to write the sealed bundle (e.g. bundle.fdsb).")],
     key_dir: Annotated[Path, typer.Option(help="Site key directory: signing.key and the pinned coordinator.pub.")],
     dataset: DatasetOption = None,
-    method: Annotated[DistillMethod, typer.Option(help="Distillation method.")] = DistillMethod.DC,
-    ipc: Annotated[int, typer.Option(help="Synthetic images per class.")] = 10,
-    iterations: Annotated[int, typer.Option(help="Distillation iterations.")] = 20,
+    method: Annotated[DistillMethod, typer.Option(help="Distillation method.")] = _FEDERATION.method,
+    ipc: Annotated[int, typer.Option(help="Synthetic images per class.")] = _FEDERATION.ipc,
+    iterations: Annotated[int, typer.Option(help="Distillation iterations (0: the method's CPU preset).")] = 0,
     seed: Annotated[int, typer.Option(help="Seed of the distillation.")] = 0,
     site_id: Annotated[str, typer.Option(help="Site id written into the manifest.")] = "local",
     policy: PolicyOption = None,

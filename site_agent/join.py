@@ -34,6 +34,7 @@ from shared import crypto
 from shared.errors import ConfigError, DataError, KeyFileError
 from shared.flower_env import flower_env, write_flat_toml
 from shared.keys import COORDINATOR_PUB, NODE_KEY, SIGNING_KEY, SITE_CA_CERT
+from site_agent.data import detect_format
 from site_agent.policy import SitePolicy
 
 log = logging.getLogger(__name__)
@@ -101,14 +102,26 @@ def preflight(settings: JoinSettings) -> None:
     crypto.load_certificate(settings.ca_file())
     if settings.policy_file is not None:
         SitePolicy.from_file(settings.policy_file.expanduser())
-    if settings.data_root is not None and not settings.data_root.expanduser().is_dir():
-        raise DataError(f"data folder {str(settings.data_root)!r} does not exist")
+    if settings.data_root is not None:
+        _check_data_path(settings.data_root.expanduser())
     if (settings.partition_id is None) != (settings.num_partitions is None):
         raise ConfigError("--partition-id and --num-partitions go together")
     if settings.partition_id is not None and settings.partition_id >= (settings.num_partitions or 0):
         raise ConfigError(f"--partition-id {settings.partition_id} must be below --num-partitions")
     if shutil.which(SUPERNODE) is None:
         raise ConfigError(f"{SUPERNODE!r} is not on PATH", hint="install this package (it depends on flwr)")
+
+
+def _check_data_path(path: Path) -> None:
+    """The data path holds what the loader reads: a folder (MedMNIST files or class images) or a .npz file.
+
+    Raises:
+        DataError: nothing at the path, or a file that is not a .npz export or MedMNIST file.
+    """
+    if not path.exists():
+        raise DataError(f"data path {str(path)!r} does not exist")
+    if path.is_file():
+        detect_format(path, None)  # an official <flag>.npz or a .npz export: as `site-agent check` reads it
 
 
 def node_config(settings: JoinSettings) -> dict[str, str | int]:

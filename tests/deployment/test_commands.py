@@ -6,6 +6,7 @@ import shutil
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from coordinator import control
@@ -13,7 +14,7 @@ from coordinator.superlink import SuperLinkSettings, superlink_command, superlin
 from coordinator.tls import issue_tls
 from shared import crypto
 from shared.config import RunConfig
-from shared.errors import ConfigError, KeyFileError
+from shared.errors import ConfigError, DataError, KeyFileError
 from shared.keys import (
     COORDINATOR_PUB,
     NODE_KEY,
@@ -169,3 +170,15 @@ def test_supernode_is_restarted_after_a_lost_link_but_not_after_a_config_error(
     calls.unlink()
     monkeypatch.setenv("CODES", "305 0")
     assert join.run_supernode(site, restart=False) == join.CONNECTION_ERROR
+
+
+def test_preflight_accepts_a_data_file_the_loader_reads(site: join.JoinSettings, tmp_path: Path) -> None:
+    """A site whose data is one .npz export (or an official <flag>.npz) joins; a file of another kind does not."""
+    export = tmp_path / "export.npz"
+    np.savez(export, train_images=np.zeros((4, 28, 28), np.uint8), train_labels=np.zeros(4, np.int64))
+    join.preflight(site.model_copy(update={"data_root": export}))
+    (tmp_path / "notes.txt").write_text("not images")
+    with pytest.raises(DataError, match="expected a .npz file"):
+        join.preflight(site.model_copy(update={"data_root": tmp_path / "notes.txt"}))
+    with pytest.raises(DataError, match="does not exist"):
+        join.preflight(site.model_copy(update={"data_root": tmp_path / "missing"}))

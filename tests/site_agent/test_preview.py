@@ -91,3 +91,26 @@ def test_distill_obeys_the_site_policy(site: dict[str, Path], tmp_path: Path) ->
     result = runner.invoke(app, distill_args(site, tmp_path / "b.fdsb", "--policy", str(policy)))
     assert isinstance(result.exception, PolicyError) and "ipc 2 exceeds" in str(result.exception)
     assert not (tmp_path / "b.fdsb").exists()
+
+
+@pytest.mark.parametrize("method", ["dc", "dm", "mtt", "idm"])
+def test_preview_runs_what_a_default_federation_run_asks(site: dict[str, Path], tmp_path: Path, monkeypatch,
+                                                        method: str) -> None:
+    """Without --iterations the preview distills the method's CPU preset, exactly as a federation request does."""
+    from site_agent import cli_tools
+    from shared.config import RunConfig
+    from shared.schemas import DistillMethod
+
+    asked = []
+
+    def capture(request, settings, progress=True):
+        asked.append(request.distill)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(cli_tools, "prepare_release", capture)
+    args = ["distill", "--data", str(site["data"]), "--dataset", "breastmnist", "--method", method,
+            "--out", str(tmp_path / "b.fdsb"), "--key-dir", str(site["keys"])]
+    runner.invoke(app, args)
+    assert asked == [RunConfig(method=DistillMethod(method)).distill_config()]
+    runner.invoke(app, args[:5] + args[7:])  # no --method: the federation's default method
+    assert asked[-1] == RunConfig().distill_config()
