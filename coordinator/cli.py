@@ -14,7 +14,7 @@ from shared.config import RunConfig
 from shared.crypto import HpkeSuite
 from shared.errors import ConfigError
 from shared.logs import run_cli
-from shared.schemas import DistillMethod, ImbalanceCorrection, InitMode, PartitionScheme
+from shared.schemas import DistillMethod, ImbalanceCorrection, InitMode, PartitionScheme, setting_error
 
 app = typer.Typer(help="Coordinate a federated dataset-distillation study.", pretty_exceptions_enable=False,
                   no_args_is_help=True, add_completion=False)
@@ -69,8 +69,7 @@ def simulate(
     try:
         config = RunConfig(**values)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        raise ConfigError(f"option --{str(error['loc'][0]).replace('_', '-')}: {error['msg']}") from None
+        raise setting_error(exc, "option --{key}: {msg}") from None
     if config.min_sites > config.sites:
         raise ConfigError(f"--min-sites {config.min_sites} is more than --sites {config.sites}")
     run_dir, summary = run_simulation(config, verbose=verbose)

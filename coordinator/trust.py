@@ -10,15 +10,14 @@ Layout: ``shared.keys``. In simulation, :func:`create_simulation_keys` makes a f
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared import crypto
 from shared.errors import ConfigError, KeyFileError, VerificationError
 from shared.keys import COORDINATOR_KEY, COORDINATOR_PUB, NODES, SITES, create_coordinator_key, create_site_keys
+from shared.schemas import is_site_id
 
-_SITE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _FLOWER_ID = ".flower-node-id"  # nodes/<site-id>.flower-node-id: the node id the SuperLink gave it
 _SIMULATION_NOTE = (
     "SIMULATION KEYS: generated for this simulated run only, with every private key on one machine.\n"
@@ -58,12 +57,12 @@ def load_coordinator_keys(keys_dir: Path) -> CoordinatorKeys:
     sites = {
         path.stem: crypto.load_public_key(path, crypto.VerifyKey)
         for path in sorted((keys_dir / SITES).glob("*.pub"))
-        if _SITE_ID.match(path.stem)
+        if is_site_id(path.stem)
     }
     node_keys = {
         path.stem: crypto.load_node_public_key(path)
         for path in sorted((keys_dir / NODES).glob("*.pub"))
-        if _SITE_ID.match(path.stem)
+        if is_site_id(path.stem)
     }
     return CoordinatorKeys(private_key, sites, node_keys)
 
@@ -89,7 +88,7 @@ def register_site(keys_dir: Path, site_id: str, signing_public_key: Path) -> str
         ConfigError: the site id is not a plain name.
         KeyFileError: the key is unreadable or not Ed25519, or another key is already registered for the site.
     """
-    if not _SITE_ID.match(site_id):
+    if not is_site_id(site_id):
         raise ConfigError(f"site id {site_id!r} must be 1-64 letters, digits, '.', '_' or '-'")
     key = crypto.load_public_key(signing_public_key, crypto.VerifyKey)
     target = keys_dir / SITES / f"{site_id}.pub"
@@ -109,7 +108,7 @@ def register_node_key(keys_dir: Path, site_id: str, node_public_key: Path) -> st
         ConfigError: the site id is not a plain name.
         KeyFileError: the key is unreadable or not ECDSA on a NIST curve, or another one is registered.
     """
-    if not _SITE_ID.match(site_id):
+    if not is_site_id(site_id):
         raise ConfigError(f"site id {site_id!r} must be 1-64 letters, digits, '.', '_' or '-'")
     key = crypto.load_node_public_key(node_public_key)
     fingerprint = crypto.node_key_fingerprint(key)
@@ -130,7 +129,7 @@ def revoke_site(keys_dir: Path, site_id: str) -> None:
         KeyFileError: the site is not registered.
     """
     targets = [keys_dir / SITES / f"{site_id}.pub", keys_dir / NODES / f"{site_id}.pub"]
-    if not _SITE_ID.match(site_id) or not any(t.is_file() for t in targets):
+    if not is_site_id(site_id) or not any(t.is_file() for t in targets):
         raise KeyFileError(f"site {site_id!r} is not registered")
     for target in [*targets, keys_dir / NODES / f"{site_id}{_FLOWER_ID}"]:
         target.unlink(missing_ok=True)
@@ -144,4 +143,4 @@ def record_flower_node(keys_dir: Path, site_id: str, node_id: int) -> None:
 def flower_node_of(keys_dir: Path, site_id: str) -> int | None:
     """The SuperLink node id recorded for a site, if any."""
     path = keys_dir / NODES / f"{site_id}{_FLOWER_ID}"
-    return int(path.read_text()) if _SITE_ID.match(site_id) and path.is_file() else None
+    return int(path.read_text()) if is_site_id(site_id) and path.is_file() else None

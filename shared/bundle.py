@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared import crypto
 from shared.errors import DecryptionError, InvalidBundle
-from shared.schemas import SCHEMA_VERSION, BundleManifest, PayloadInfo, first_problem
+from shared.schemas import SCHEMA_VERSION, BundleManifest, Hex64, PayloadInfo, SiteId, first_problem
 
 MAGIC = b"FDSB\x01"
 HPKE_INFO_PREFIX = b"feddistill/v1"
@@ -58,9 +58,9 @@ class BundleHeader(BaseModel):
     suite: Literal[
         "DHKEM(X25519,HKDF-SHA256)/HKDF-SHA256/AES-256-GCM", "MLKEM768-X25519/HKDF-SHA256/AES-256-GCM"
     ] = crypto.HPKE_SUITE_NAME
-    site_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    site_id: SiteId
     run_id: str = Field(min_length=1, max_length=128)
-    nonce: str = Field(pattern=r"^[0-9a-f]{64}$")
+    nonce: Hex64
 
 
 @dataclass(frozen=True)

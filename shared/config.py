@@ -26,6 +26,7 @@ from shared.schemas import (
     MTTConfig,
     NetworkSpec,
     PartitionScheme,
+    setting_error,
 )
 from shared.training import TrainSettings
 
@@ -90,9 +91,7 @@ class RunConfig(BaseModel):
         try:
             config = cls(**values)
         except ValidationError as exc:
-            error = exc.errors()[0]
-            key = str(error["loc"][0]).replace("_", "-")
-            raise ConfigError(f"run config {key!r}: {error['msg']}") from exc
+            raise setting_error(exc, "run config '{key}': {msg}") from exc
         if config.min_sites > config.sites:
             raise ConfigError(f"run config 'min-sites' is {config.min_sites}, more than 'sites' ({config.sites})")
         return config

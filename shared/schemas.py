@@ -6,15 +6,26 @@ pydantic models before any code looks at it (``model_validate_json``); unknown f
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from shared.errors import ConfigError
 from shared.metrics import SCORE_BINS, EvalCounts
 
 SCHEMA_VERSION = 1
+
+# A site id names files and appears in logs and reports: letters, digits, '.', '_' and '-' only.
+SITE_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+SiteId = Annotated[str, Field(pattern=SITE_ID_PATTERN)]
+Hex64 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]  # nonces, SHA-256 digests, key fingerprints
+
+
+def is_site_id(text: str) -> bool:
+    return re.fullmatch(SITE_ID_PATTERN, text) is not None
 
 
 class DistillMethod(StrEnum):
@@ -83,6 +94,16 @@ def first_problem(exc: ValidationError) -> str:
     error = exc.errors()[0]
     location = ".".join(str(part) for part in error["loc"]) or "(root)"
     return f"field {location!r}: {error['msg']}"
+
+
+def setting_error(exc: ValidationError, template: str) -> ConfigError:
+    """A ConfigError naming the first bad setting in kebab-case: ``template`` holds ``{key}`` and ``{msg}``.
+
+    E.g. ``"option --{key}: {msg}"`` for command-line options, ``"run config {key!r}: {msg}"`` for Flower's.
+    """
+    error = exc.errors()[0]
+    key = str(error["loc"][0]).replace("_", "-") if error["loc"] else "(root)"
+    return ConfigError(template.format(key=key, msg=error["msg"]))
 
 
 class _Strict(BaseModel):
@@ -226,7 +247,7 @@ class DistillRequest(_Strict):
 
     schema_version: Literal[1] = SCHEMA_VERSION
     run_id: str = Field(min_length=1, max_length=128)
-    nonce: str = Field(pattern=r"^[0-9a-f]{64}$")
+    nonce: Hex64
     dataset: str = Field(min_length=1, max_length=64)
     distill: DistillConfig
     round: int = Field(1, ge=1, le=100)
@@ -313,7 +334,7 @@ class PayloadInfo(_Strict):
 
     format: Literal["f16-u16-le-v1"] = "f16-u16-le-v1"
     count: int = Field(ge=1)
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    sha256: Hex64
     nbytes: int = Field(ge=1)
 
 
@@ -321,10 +342,10 @@ class BundleManifest(_Strict):
     """Self-description of one released synthetic set; signed by the site."""
 
     schema_version: Literal[1] = SCHEMA_VERSION
-    site_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    site_id: SiteId
     run_id: str = Field(min_length=1, max_length=128)
-    nonce: str = Field(pattern=r"^[0-9a-f]{64}$")
-    recipient_fingerprint: str = Field(pattern=r"^[0-9a-f]{64}$")
+    nonce: Hex64
+    recipient_fingerprint: Hex64
     dataset: str
     task: str
     image_shape: tuple[int, int, int]  # (C, H, W)

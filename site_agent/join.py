@@ -34,6 +34,7 @@ from shared import crypto
 from shared.errors import ConfigError, DataError, KeyFileError
 from shared.flower_env import flower_env, write_flat_toml
 from shared.keys import COORDINATOR_PUB, NODE_KEY, SIGNING_KEY, SITE_CA_CERT
+from shared.schemas import SiteId, setting_error
 from site_agent.data import detect_format
 from site_agent.policy import SitePolicy
 
@@ -53,7 +54,7 @@ class JoinSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    site_id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    site_id: SiteId
     key_dir: Path
     superlink: str = Field(pattern=r"^\S+:\d{1,5}$", description="the SuperLink's host:port")
     root_certificates: Path | None = None  # default: <key-dir>/superlink-ca.crt
@@ -249,5 +250,4 @@ def settings_from_options(values: dict[str, object]) -> JoinSettings:
     try:
         return JoinSettings(**values)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        raise ConfigError(f"option --{str(error['loc'][0]).replace('_', '-')}: {error['msg']}") from None
+        raise setting_error(exc, "option --{key}: {msg}") from None

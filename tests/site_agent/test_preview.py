@@ -97,9 +97,9 @@ def test_distill_obeys_the_site_policy(site: dict[str, Path], tmp_path: Path) ->
 def test_preview_runs_what_a_default_federation_run_asks(site: dict[str, Path], tmp_path: Path, monkeypatch,
                                                         method: str) -> None:
     """Without --iterations the preview distills the method's CPU preset, exactly as a federation request does."""
-    from site_agent import cli_tools
     from shared.config import RunConfig
     from shared.schemas import DistillMethod
+    from site_agent import cli_tools
 
     asked = []
 
