@@ -36,6 +36,7 @@ from coordinator.evaluate import Metrics
 from coordinator.simulate import simulate
 from coordinator.yardstick import score
 from shared.config import RunConfig
+from shared.datasets import dataset_info
 from shared.models import build_model
 from shared.schemas import DistillMethod, ModelSpec
 from shared.training import train_classifier
@@ -114,7 +115,8 @@ def report(rows: list[dict[str, Any]]) -> None:
                 shown = seeds if len(have) == len(group) else ",".join(str(r["seed"]) for r in have)
                 print(f"| {dataset} | {method} | {label} | {shown} | {cells} | {slowest if key == 'global' else ''} |")
             majority = mean_spread([r["majority_rate"] for r in group])
-            print(f"| {dataset} | {method} | always the majority class | {seeds} | {majority} | 0.500 | 0.500 | |")
+            chance = 1 / dataset_info(dataset).num_classes  # balanced accuracy of a constant prediction
+            print(f"| {dataset} | {method} | always the majority class | {seeds} | {majority} | {chance:.3f} | 0.500 | |")
 
 
 def main() -> None:

@@ -47,7 +47,7 @@ class RunConfig(BaseModel):
     # Refinement rounds (FedDM-style): from round 2 each site refines its own set against the global model.
     rounds: int = Field(1, ge=1, le=100)
     # distillation request
-    method: DistillMethod = DistillMethod.DC
+    method: DistillMethod = DistillMethod.IDM  # the measured best within a CPU site's budget (docs/benchmarks.md)
     ipc: int = Field(10, ge=1, le=1000)
     iterations: int = Field(0, ge=0, le=100_000)  # 0: the method's CPU preset (shared/presets.py)
     lr_img: float = Field(0.0, ge=0)  # 0: the method's own default (DC 0.1, DM 1.0, MTT 10)

@@ -131,7 +131,7 @@ def test_run_stops_cleanly_when_too_few_sites_remain(data_root: Path, tmp_path: 
     config = RunConfig(data_root=str(data_root), sites=2, min_sites=2, out_dir=str(tmp_path / "out"), **TINY)
     with pytest.raises(FederationError, match="fewer than min-sites"):
         simulate(config, client_mods=_mods(tmp_path, tamper_partition=1)[:1])
-    (run_dir,) = (tmp_path / "out").iterdir()
+    (run_dir,) = [p for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")]  # .site-cache: the sites'
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["sites_accepted"] == 1
     assert not (run_dir / "global_model.pt").exists()
