@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from coordinator.receive import Expectation, receive_bundle
-from shared.bundle import MAGIC, BundleHeader, read_header
+from shared.bundle import MAGIC, BundleHeader, SealedBundle
 from shared.datasets import dataset_info
 from shared.errors import DecryptionError, InvalidBundle, ReplayError, VerificationError
 from site_agent.identity import SiteIdentity
@@ -44,9 +44,9 @@ def _flip_last_byte(sealed: bytes) -> bytes:
 
 
 def _edit_header(sealed: bytes, **changes) -> bytes:
-    header, _, ciphertext = read_header(sealed)
-    new = BundleHeader(**{**header.model_dump(), **changes}).model_dump_json().encode()
-    return MAGIC + len(new).to_bytes(4, "big") + new + ciphertext
+    bundle = SealedBundle.from_bytes(sealed)
+    new = BundleHeader(**{**bundle.header.model_dump(), **changes}).model_dump_json().encode()
+    return MAGIC + len(new).to_bytes(4, "big") + new + bundle.ciphertext
 
 
 @pytest.mark.parametrize(
