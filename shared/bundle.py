@@ -150,7 +150,8 @@ class SealedBundle:
             raise InvalidBundle(f"bundle manifest is malformed: {first_problem(exc)}") from exc
         _check_manifest(manifest, header, recipient_key)
         payload = signed_part[offset:]
-        if hashlib.sha256(payload).hexdigest() != manifest.payload.sha256 or len(payload) != manifest.payload.nbytes:
+        digest = hashlib.sha256(payload).hexdigest()
+        if len(payload) != manifest.payload.nbytes or digest != manifest.payload.sha256:
             raise InvalidBundle("payload does not match the manifest's payload digest or size")
         images, labels = decode_payload(payload, manifest.image_shape, manifest.payload.count)
         return OpenedBundle(header, manifest, images, labels, sealed_bytes=self.total_bytes)

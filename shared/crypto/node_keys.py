@@ -89,6 +89,7 @@ def node_key_fingerprint(public_key: NodePublicKey) -> str:
 
 
 def _nist_ec(key: object, path: Path) -> NodeKey | NodePublicKey:
-    if not isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey) or key.curve.name not in _FLOWER_CURVES:
+    is_ec = isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey)
+    if not is_ec or key.curve.name not in _FLOWER_CURVES:
         raise KeyFileError(f"SuperNode key file {path.name!r} is not ECDSA on a NIST curve (Flower rejects it)")
     return key
