@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -21,6 +23,7 @@ from shared.errors import KeyFileError
 
 PKCS8 = (serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 SPKI = (serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+KeyT = TypeVar("KeyT")
 _PEM_BLOCK = re.compile(rb"-----BEGIN [A-Z ]+-----.+?-----END [A-Z ]+-----\s*", re.DOTALL)
 
 
@@ -50,12 +53,7 @@ def load_private_key(path: Path, kind: type[SigningKey | RecipientKey]) -> Signi
     Raises:
         KeyFileError: the file is missing, unreadable, or holds another kind of key.
     """
-    keys = [_parse(block, path, "private") for block in _pem_blocks(path, "private")]
-    if kind is RecipientKey:
-        return RecipientKey(*_recipient_parts(keys, X25519PrivateKey, mlkem.MLKEM768PrivateKey, path, "private"))
-    if len(keys) != 1 or not isinstance(keys[0], kind):
-        raise KeyFileError(f"private key file {path.name!r} holds a {type(keys[0]).__name__}, not {kind.__name__}")
-    return keys[0]
+    return _load(path, kind, "private")
 
 
 def load_public_key(
@@ -66,12 +64,20 @@ def load_public_key(
     Raises:
         KeyFileError: the file is missing, unreadable, or holds another kind of key.
     """
-    keys = [_parse(block, path, "public") for block in _pem_blocks(path, "public")]
-    if kind is RecipientPublicKey:
-        return RecipientPublicKey(*_recipient_parts(keys, X25519PublicKey, mlkem.MLKEM768PublicKey, path, "public"))
-    if len(keys) != 1 or not isinstance(keys[0], kind):
-        raise KeyFileError(f"public key file {path.name!r} holds a {type(keys[0]).__name__}, not {kind.__name__}")
-    return keys[0]
+    return _load(path, kind, "public")
+
+
+def read_key_file(path: Path, what: str, parse: Callable[[bytes], KeyT], unreadable: str) -> KeyT:
+    """``parse`` of a file's bytes; a missing or unparsable file is a KeyFileError naming ``what`` and the file.
+
+    E.g. ``what="TLS key"``, ``unreadable="is not an unencrypted PEM private key"``.
+    """
+    try:
+        return parse(path.read_bytes())
+    except FileNotFoundError as exc:
+        raise KeyFileError(f"{what} file {path.name!r} not found") from exc
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise KeyFileError(f"{what} file {path.name!r} {unreadable}") from exc
 
 
 def write_private(path: Path, data: bytes) -> None:
@@ -100,6 +106,22 @@ def _parse(block: bytes, path: Path, what: str) -> object:
         return serialization.load_pem_public_key(block)
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise KeyFileError(f"{what} key file {path.name!r} is not a readable PEM key") from exc
+
+
+# An HPKE key file holds an X25519 key, then an ML-KEM-768 key for the hybrid suite.
+_RECIPIENT_PARTS = {
+    RecipientKey: (X25519PrivateKey, mlkem.MLKEM768PrivateKey),
+    RecipientPublicKey: (X25519PublicKey, mlkem.MLKEM768PublicKey),
+}
+
+
+def _load(path: Path, kind: type, what: str) -> object:
+    keys = [_parse(block, path, what) for block in _pem_blocks(path, what)]
+    if kind in _RECIPIENT_PARTS:
+        return kind(*_recipient_parts(keys, *_RECIPIENT_PARTS[kind], path, what))
+    if len(keys) != 1 or not isinstance(keys[0], kind):
+        raise KeyFileError(f"{what} key file {path.name!r} holds a {type(keys[0]).__name__}, not {kind.__name__}")
+    return keys[0]
 
 
 def _recipient_parts(keys: list[object], classic: type, hybrid: type, path: Path, what: str) -> tuple:

@@ -14,7 +14,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from shared.crypto.key_files import SPKI, write_private
+from shared.crypto.key_files import SPKI, read_key_file, write_private
 from shared.errors import KeyFileError
 
 NodeKey = ec.EllipticCurvePrivateKey
@@ -43,12 +43,8 @@ def load_node_private_key(path: Path) -> NodeKey:
     Raises:
         KeyFileError: missing, unreadable, or not ECDSA on a NIST curve (what Flower accepts).
     """
-    try:
-        key = serialization.load_ssh_private_key(path.read_bytes(), password=None)
-    except FileNotFoundError as exc:
-        raise KeyFileError(f"SuperNode key file {path.name!r} not found") from exc
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise KeyFileError(f"SuperNode key file {path.name!r} is not an unencrypted OpenSSH private key") from exc
+    key = read_key_file(path, "SuperNode key", lambda data: serialization.load_ssh_private_key(data, password=None),
+                        "is not an unencrypted OpenSSH private key")
     return _nist_ec(key, path)
 
 
@@ -58,12 +54,7 @@ def load_node_public_key(path: Path) -> NodePublicKey:
     Raises:
         KeyFileError: missing, unreadable, or not ECDSA on a NIST curve.
     """
-    try:
-        key = serialization.load_ssh_public_key(path.read_bytes())
-    except FileNotFoundError as exc:
-        raise KeyFileError(f"SuperNode public key file {path.name!r} not found") from exc
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise KeyFileError(f"SuperNode public key file {path.name!r} is not an OpenSSH public key") from exc
+    key = read_key_file(path, "SuperNode public key", serialization.load_ssh_public_key, "is not an OpenSSH public key")
     return _nist_ec(key, path)
 
 

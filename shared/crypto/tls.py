@@ -9,12 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from shared.crypto.key_files import PKCS8, SPKI, write_private
+from shared.crypto.key_files import PKCS8, SPKI, read_key_file, write_private
 from shared.errors import KeyFileError
 
 _CERT_DAYS = 825
@@ -104,12 +103,7 @@ def load_certificate(path: Path) -> x509.Certificate:
     Raises:
         KeyFileError: missing or not a PEM certificate.
     """
-    try:
-        return x509.load_pem_x509_certificate(path.read_bytes())
-    except FileNotFoundError as exc:
-        raise KeyFileError(f"certificate file {path.name!r} not found") from exc
-    except ValueError as exc:
-        raise KeyFileError(f"certificate file {path.name!r} is not a PEM certificate") from exc
+    return read_key_file(path, "certificate", x509.load_pem_x509_certificate, "is not a PEM certificate")
 
 
 def certificate_names(cert: x509.Certificate) -> list[str]:
@@ -138,12 +132,8 @@ def certificate_fingerprint(cert: x509.Certificate) -> str:
 
 
 def _load_tls_key(path: Path, any_kind: bool = False):
-    try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except FileNotFoundError as exc:
-        raise KeyFileError(f"TLS key file {path.name!r} not found") from exc
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise KeyFileError(f"TLS key file {path.name!r} is not an unencrypted PEM private key") from exc
+    key = read_key_file(path, "TLS key", lambda data: serialization.load_pem_private_key(data, password=None),
+                        "is not an unencrypted PEM private key")
     if not any_kind and not isinstance(key, ec.EllipticCurvePrivateKey):
         raise KeyFileError(f"TLS key file {path.name!r} is not an EC key")
     return key

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from coordinator.receive import Expectation, receive_bundle
-from shared.bundle import MAGIC, BundleHeader, SealedBundle
+from shared.bundle import MAGIC
 from shared.datasets import dataset_info
 from shared.errors import DecryptionError, InvalidBundle, ReplayError, VerificationError
 from site_agent.identity import SiteIdentity
 from site_agent.release import seal_release
-from tests.conftest import make_request, make_synthetic
+from tests.conftest import edit_header, make_request, make_synthetic
 
 INFO = dataset_info("breastmnist")
 MAX_BYTES = 1 << 20
@@ -43,17 +43,11 @@ def _flip_last_byte(sealed: bytes) -> bytes:
     return sealed[:-1] + bytes([sealed[-1] ^ 0x01])
 
 
-def _edit_header(sealed: bytes, **changes) -> bytes:
-    bundle = SealedBundle.from_bytes(sealed)
-    new = BundleHeader(**{**bundle.header.model_dump(), **changes}).model_dump_json().encode()
-    return MAGIC + len(new).to_bytes(4, "big") + new + bundle.ciphertext
-
-
 @pytest.mark.parametrize(
     ("tamper", "error", "match"),
     [
         (_flip_last_byte, DecryptionError, "does not decrypt"),
-        (lambda s: _edit_header(s, site_id="site-1"), DecryptionError, "does not decrypt"),
+        (lambda s: edit_header(s, site_id="site-1"), DecryptionError, "does not decrypt"),
         (lambda s: s[:40], InvalidBundle, "out of bounds|truncated"),
         (lambda s: b"GIF89a" + s, InvalidBundle, "magic"),
         (lambda s: s + b"\0" * MAX_BYTES, InvalidBundle, "over the limit"),

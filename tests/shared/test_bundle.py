@@ -19,6 +19,7 @@ from shared.bundle import (
 )
 from shared.errors import DecryptionError, InvalidBundle, VerificationError
 from shared.schemas import BundleManifest, DCConfig
+from tests.conftest import edit_header
 
 SITE = crypto.generate_signing_key()
 COORDINATOR = crypto.generate_recipient_key()
@@ -93,19 +94,13 @@ def _flip(sealed: bytes, index: int) -> bytes:
     return sealed[:index] + bytes([sealed[index] ^ 0x01]) + sealed[index + 1 :]
 
 
-def _edit_header(sealed: bytes, **changes) -> bytes:
-    bundle = SealedBundle.from_bytes(sealed)
-    header = BundleHeader(**{**bundle.header.model_dump(), **changes}).model_dump_json().encode()
-    return MAGIC + len(header).to_bytes(4, "big") + header + bundle.ciphertext
-
-
 @pytest.mark.parametrize(
     ("tamper", "error", "match"),
     [
         (lambda s: _flip(s, len(s) - 1), DecryptionError, "does not decrypt"),
         (lambda s: _flip(s, len(s) // 2), DecryptionError, "does not decrypt"),
-        (lambda s: _edit_header(s, run_id="run-2"), DecryptionError, "does not decrypt"),
-        (lambda s: _edit_header(s, suite="MLKEM768-X25519/HKDF-SHA256/AES-256-GCM"), DecryptionError, "HPKE suite"),
+        (lambda s: edit_header(s, run_id="run-2"), DecryptionError, "does not decrypt"),
+        (lambda s: edit_header(s, suite="MLKEM768-X25519/HKDF-SHA256/AES-256-GCM"), DecryptionError, "HPKE suite"),
         (lambda s: s[:40], InvalidBundle, "out of bounds"),
         (lambda s: s[:7], InvalidBundle, "truncated before the header length"),
         (lambda s: b"GIF89a" + s, InvalidBundle, "magic"),
