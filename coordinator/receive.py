@@ -12,7 +12,7 @@ from enum import StrEnum
 import numpy as np
 
 from coordinator.trust import CoordinatorKeys
-from shared.bundle import MAX_ABS_PIXEL, OpenedBundle, open_bundle, read_header
+from shared.bundle import MAX_ABS_PIXEL, BundleHeader, OpenedBundle, SealedBundle
 from shared.errors import InvalidBundle, ReplayError, VerificationError
 from shared.schemas import DistillRequest
 
@@ -34,28 +34,40 @@ def receive_bundle(
 ) -> OpenedBundle:
     """Open one sealed bundle and validate it; returns it only if everything holds.
 
+    The clear header is checked against the request before anything is decrypted; it is trusted
+    only once decryption (it is bound into the HPKE info) and the signed manifest agree with it.
+
     Raises:
         InvalidBundle: malformed, too large, or its contents break the request.
         ReplayError: another run's or another request's bundle, or a site that already delivered.
         VerificationError: the bundle names another site than the node's registered one.
-        DecryptionError, VerificationError: see ``shared.bundle.open_bundle``.
+        DecryptionError, VerificationError: see ``shared.bundle.SealedBundle.open``.
     """
-    if len(sealed) <= expected.max_bytes:  # oversize is reported by open_bundle before parsing
-        header, _, _ = read_header(sealed)
-        if expected.site_id is not None and header.site_id != expected.site_id:
-            raise VerificationError(
-                f"bundle claims site {header.site_id!r}, but it came from the Flower node registered as "
-                f"{expected.site_id!r}"
-            )
-        if header.run_id != expected.request.run_id:
-            raise ReplayError(f"bundle belongs to run {header.run_id!r}, not to this run")
-        if header.nonce != expected.request.nonce:
-            raise ReplayError("bundle answers another request (nonce differs from the one sent to this node)")
-        if header.site_id in delivered_sites:
-            raise ReplayError(f"site {header.site_id!r} already delivered a bundle in this run")
-    opened = open_bundle(sealed, keys.private_key, keys.verify_key_for, expected.max_bytes)
+    bundle = SealedBundle.from_bytes(sealed, expected.max_bytes)
+    check_header(bundle.header, expected, delivered_sites)
+    opened = bundle.open(keys.private_key, keys.verify_key_for)
     check_contents(opened, expected)
     return opened
+
+
+def check_header(header: BundleHeader, expected: Expectation, delivered_sites: set[str]) -> None:
+    """Check a bundle's clear header against the request sent to its node, before decrypting it.
+
+    Raises:
+        VerificationError: the header names another site than the node's registered one.
+        ReplayError: another run, another nonce, or a site that already delivered.
+    """
+    if expected.site_id is not None and header.site_id != expected.site_id:
+        raise VerificationError(
+            f"bundle claims site {header.site_id!r}, but it came from the Flower node registered as "
+            f"{expected.site_id!r}"
+        )
+    if header.run_id != expected.request.run_id:
+        raise ReplayError(f"bundle belongs to run {header.run_id!r}, not to this run")
+    if header.nonce != expected.request.nonce:
+        raise ReplayError("bundle answers another request (nonce differs from the one sent to this node)")
+    if header.site_id in delivered_sites:
+        raise ReplayError(f"site {header.site_id!r} already delivered a bundle in this run")
 
 
 def check_contents(opened: OpenedBundle, expected: Expectation) -> None:

@@ -18,15 +18,23 @@ header makes decryption fail) and the signed manifest repeats site, run and nonc
 The manifest also names the fingerprint of the coordinator key the site sealed to, so a signed
 bundle cannot be re-encrypted by someone else to a different coordinator.
 
+Parse once, at the door: :meth:`SealedBundle.from_bytes` checks the size, the magic and the header
+and gives a typed value, which the coordinator checks against its request before
+:meth:`SealedBundle.open` decrypts, verifies and validates every manifest field the payload's
+decoding relies on. Every failure is an ``InvalidBundle`` (or a subclass).
+
 Round trip (see ``tests/shared/test_bundle.py``)::
 
-    sealed = seal_bundle(manifest, images, labels, site_key, coordinator_key.public_key())
+    payload = encode_payload(images, labels)  # images (N, C, H, W), labels (N,)
+    manifest = BundleManifest(..., payload=payload_info(payload, count=N))
+    sealed = seal_bundle(manifest, payload, site_key, coordinator_key.public_key())
     opened = open_bundle(sealed, coordinator_key, lambda site_id: site_key.public_key(), max_bytes)
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,6 +54,8 @@ _MAX_HEADER_BYTES = 4096
 _MAX_MANIFEST_BYTES = 1 << 20
 # Normalised images live near [-1, 1]; values far beyond are not images (and overflow float16).
 MAX_ABS_PIXEL = 1e3
+# The largest images and task a manifest may describe (as a ModelSpec allows: 16 channels, 512 pixels, 1000 classes).
+_MAX_CHANNELS, _MAX_SIDE, _MAX_CLASSES = 16, 512, 1000
 
 
 class BundleHeader(BaseModel):
@@ -77,6 +87,76 @@ class OpenedBundle:
     sealed_bytes: int
 
 
+@dataclass(frozen=True)
+class SealedBundle:
+    """A sealed bundle parsed at the door, not yet decrypted: its clear header, the header's exact bytes
+    (bound into the HPKE info) and the ciphertext. The header is unauthenticated until :meth:`open`."""
+
+    header: BundleHeader
+    header_bytes: bytes
+    ciphertext: bytes
+    total_bytes: int
+
+    @classmethod
+    def from_bytes(cls, sealed: bytes, max_bytes: int | None = None) -> SealedBundle:
+        """Parse the bytes as received; ``max_bytes`` refuses anything larger before any parsing.
+
+        Raises:
+            InvalidBundle: too large, wrong magic, truncated, or a header that does not parse.
+        """
+        if max_bytes is not None and len(sealed) > max_bytes:
+            raise InvalidBundle(f"bundle is {len(sealed)} bytes, over the limit of {max_bytes} bytes")
+        if not sealed.startswith(MAGIC):
+            raise InvalidBundle("bundle does not start with the expected magic bytes (not a sealed bundle)")
+        header_bytes, offset = _read_block(sealed, len(MAGIC), _MAX_HEADER_BYTES, "header")
+        try:
+            header = BundleHeader.model_validate_json(header_bytes)
+        except ValidationError as exc:
+            raise InvalidBundle(f"bundle header is malformed: {first_problem(exc)}") from exc
+        return cls(header, header_bytes, sealed[offset:], len(sealed))
+
+    def open(
+        self, recipient_key: crypto.RecipientKey, verify_key_for: Callable[[str], crypto.VerifyKey]
+    ) -> OpenedBundle:
+        """Decrypt, verify and parse. Every failure becomes an ``InvalidBundle`` subclass.
+
+        Args:
+            recipient_key: the coordinator's HPKE private key.
+            verify_key_for: the registered signing key of a site id; raises ``VerificationError`` for
+                an unknown site.
+
+        Raises:
+            InvalidBundle: malformed, or a manifest inconsistent with the header or the payload.
+            DecryptionError: does not decrypt with this key and header.
+            VerificationError: unknown site or bad signature.
+        """
+        header = self.header
+        verify_key = verify_key_for(header.site_id)
+        if header.suite != crypto.HPKE_SUITE_NAMES[recipient_key.suite]:
+            raise DecryptionError(
+                f"bundle is sealed with HPKE suite {header.suite}, but this coordinator's key is "
+                f"{recipient_key.suite.value}"
+            )
+        signed = crypto.open_sealed(self.ciphertext, recipient_key, info=hpke_info(self.header_bytes))
+        if len(signed) < crypto.SIGNATURE_BYTES:
+            raise InvalidBundle("signed bundle is shorter than a signature")
+        signed_part, signature = signed[: -crypto.SIGNATURE_BYTES], signed[-crypto.SIGNATURE_BYTES :]
+        crypto.verify(verify_key, signed_part, signature)
+
+        manifest_bytes, offset = _read_block(signed_part, 0, _MAX_MANIFEST_BYTES, "manifest")
+        try:
+            manifest = BundleManifest.model_validate_json(manifest_bytes)
+        except ValidationError as exc:
+            raise InvalidBundle(f"bundle manifest is malformed: {first_problem(exc)}") from exc
+        _check_manifest(manifest, header, recipient_key)
+        payload = signed_part[offset:]
+        digest = hashlib.sha256(payload).hexdigest()
+        if len(payload) != manifest.payload.nbytes or digest != manifest.payload.sha256:
+            raise InvalidBundle("payload does not match the manifest's payload digest or size")
+        images, labels = decode_payload(payload, manifest.image_shape, manifest.payload.count)
+        return OpenedBundle(header, manifest, images, labels, sealed_bytes=self.total_bytes)
+
+
 def encode_payload(images: np.ndarray, labels: np.ndarray) -> bytes:
     """Payload bytes for images (N, C, H, W) and labels (N,), in the documented layout."""
     if images.ndim != 4 or labels.shape != (images.shape[0],):
@@ -88,9 +168,12 @@ def decode_payload(payload: bytes, image_shape: tuple[int, int, int], count: int
     """Inverse of :func:`encode_payload`; returns float32 images and int64 labels.
 
     Raises:
-        InvalidBundle: the byte count does not match ``count`` images of ``image_shape``.
+        InvalidBundle: a dimension is not positive, or the byte count does not match ``count`` images of
+            ``image_shape``.
     """
-    image_values = count * int(np.prod(image_shape))
+    if count < 1 or min(image_shape) < 1:
+        raise InvalidBundle(f"payload of {count} images of shape {image_shape} is empty or has a dimension below 1")
+    image_values = count * math.prod(image_shape)  # Python ints: no overflow for any claimed shape
     expected = image_values * 2 + count * 2
     if len(payload) != expected:
         raise InvalidBundle(f"payload has {len(payload)} bytes, expected {expected} for {count} images of {image_shape}")
@@ -126,73 +209,47 @@ def seal_bundle(
     return MAGIC + _U32.pack(len(header_bytes)) + header_bytes + ciphertext
 
 
-def read_header(sealed: bytes) -> tuple[BundleHeader, bytes, bytes]:
-    """Split a sealed bundle into (parsed header, raw header bytes, ciphertext) without decrypting.
-
-    Raises:
-        InvalidBundle: wrong magic, truncated, or a header that does not parse.
-    """
-    if not sealed.startswith(MAGIC):
-        raise InvalidBundle("bundle does not start with the expected magic bytes (not a sealed bundle)")
-    offset = len(MAGIC)
-    header_bytes, offset = _read_block(sealed, offset, _MAX_HEADER_BYTES, "header")
-    try:
-        header = BundleHeader.model_validate_json(header_bytes)
-    except ValidationError as exc:
-        raise InvalidBundle(f"bundle header is malformed: {first_problem(exc)}") from exc
-    return header, header_bytes, sealed[offset:]
-
-
 def open_bundle(
     sealed: bytes,
     recipient_key: crypto.RecipientKey,
     verify_key_for: Callable[[str], crypto.VerifyKey],
     max_bytes: int,
 ) -> OpenedBundle:
-    """Decrypt, verify and parse a sealed bundle. Every failure becomes an ``InvalidBundle`` subclass.
-
-    Args:
-        sealed: the bytes as received.
-        recipient_key: the coordinator's HPKE private key.
-        verify_key_for: the registered signing key of a site id; raises ``VerificationError`` for
-            an unknown site.
-        max_bytes: refuse anything larger before any parsing.
+    """Parse, decrypt, verify and validate a sealed bundle in one call (see :class:`SealedBundle`).
 
     Raises:
-        InvalidBundle: too large, malformed, or inconsistent.
+        InvalidBundle: too large (over ``max_bytes``), malformed, or inconsistent.
         DecryptionError: does not decrypt with this key and header.
         VerificationError: unknown site or bad signature.
     """
-    if len(sealed) > max_bytes:
-        raise InvalidBundle(f"bundle is {len(sealed)} bytes, over the limit of {max_bytes} bytes")
-    header, header_bytes, ciphertext = read_header(sealed)
-    verify_key = verify_key_for(header.site_id)
-    if header.suite != crypto.HPKE_SUITE_NAMES[recipient_key.suite]:
-        raise DecryptionError(
-            f"bundle is sealed with HPKE suite {header.suite}, but this coordinator's key is {recipient_key.suite.value}"
-        )
-    signed = crypto.open_sealed(ciphertext, recipient_key, info=hpke_info(header_bytes))
-    if len(signed) < crypto.SIGNATURE_BYTES:
-        raise InvalidBundle("signed bundle is shorter than a signature")
-    signed_part, signature = signed[: -crypto.SIGNATURE_BYTES], signed[-crypto.SIGNATURE_BYTES :]
-    crypto.verify(verify_key, signed_part, signature)
+    return SealedBundle.from_bytes(sealed, max_bytes).open(recipient_key, verify_key_for)
 
-    manifest_bytes, offset = _read_block(signed_part, 0, _MAX_MANIFEST_BYTES, "manifest")
-    try:
-        manifest = BundleManifest.model_validate_json(manifest_bytes)
-    except ValidationError as exc:
-        raise InvalidBundle(f"bundle manifest is malformed: {first_problem(exc)}") from exc
+
+def _check_manifest(manifest: BundleManifest, header: BundleHeader, recipient_key: crypto.RecipientKey) -> None:
+    """Check the signed manifest against the header, the coordinator key, and the bounds its payload is read with.
+
+    Raises:
+        InvalidBundle: naming the first field that does not hold.
+    """
     for field in ("site_id", "run_id", "nonce"):
         if getattr(manifest, field) != getattr(header, field):
             raise InvalidBundle(f"manifest {field} does not match the bundle header")
     if manifest.recipient_fingerprint != crypto.fingerprint(recipient_key.public_key()):
         raise InvalidBundle("manifest recipient_fingerprint names another coordinator key")
-
-    payload = signed_part[offset:]
-    if hashlib.sha256(payload).hexdigest() != manifest.payload.sha256 or len(payload) != manifest.payload.nbytes:
-        raise InvalidBundle("payload does not match the manifest's payload digest or size")
-    images, labels = decode_payload(payload, manifest.image_shape, manifest.payload.count)
-    return OpenedBundle(header, manifest, images, labels, sealed_bytes=len(sealed))
+    channels, height, width = manifest.image_shape
+    if not (1 <= channels <= _MAX_CHANNELS and 1 <= height <= _MAX_SIDE and 1 <= width <= _MAX_SIDE):
+        raise InvalidBundle(
+            f"manifest image_shape {tuple(manifest.image_shape)} is out of bounds "
+            f"(1-{_MAX_CHANNELS} channels, sides of 1-{_MAX_SIDE} pixels)"
+        )
+    if manifest.num_classes > _MAX_CLASSES:
+        raise InvalidBundle(f"manifest num_classes {manifest.num_classes} is over {_MAX_CLASSES}")
+    per_image = 2 * channels * height * width + 2  # float16 pixels and a uint16 label
+    if manifest.payload.nbytes != manifest.payload.count * per_image:
+        raise InvalidBundle(
+            f"manifest payload nbytes {manifest.payload.nbytes} does not hold {manifest.payload.count} images "
+            f"of shape {tuple(manifest.image_shape)}"
+        )
 
 
 def _read_block(data: bytes, offset: int, limit: int, what: str) -> tuple[bytes, int]:

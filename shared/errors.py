@@ -33,7 +33,8 @@ class ConfigError(FedDistillError):
 class DataError(FedDistillError):
     """Local data cannot be read, fails its checksum or does not fit the task."""
 
-    hint = "point --data-root (or MEDMNIST_ROOT) at a folder holding the MedMNIST .npz files"
+    hint = ("point the data path (site-agent --data, a node's data-root, coordinator --data-root) or MEDMNIST_ROOT "
+            "at the MedMNIST .npz files or the site's own images")
 
 
 class LocalDataError(DataError):

@@ -29,7 +29,7 @@ import re
 from pathlib import Path
 from typing import Protocol
 
-from shared.bundle import read_header
+from shared.bundle import SealedBundle
 from shared.errors import ApprovalPending, PolicyError
 from site_agent.preview import write_release
 from site_agent.release import SealedRelease
@@ -96,7 +96,7 @@ def _approved_bundle(bundle: Path, run_id: str, nonce: str) -> bytes:
     if not bundle.is_file():
         raise PolicyError(f"the release for run {run_id!r} is marked approved but its bundle is missing")
     sealed = bundle.read_bytes()
-    header, _, _ = read_header(sealed)
+    header = SealedBundle.from_bytes(sealed).header
     if (header.run_id, header.nonce) != (run_id, nonce):
         raise PolicyError(f"the approved bundle for run {run_id!r} answers another request; not sending it")
     return sealed

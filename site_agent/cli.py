@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Annotated
@@ -9,10 +10,12 @@ from typing import Annotated
 import typer
 
 from shared import crypto
-from shared.errors import KeyFileError
+from shared.errors import ConfigError, KeyFileError
 from shared.keys import COORDINATOR_PUB, create_site_identity
 from shared.logs import run_cli
 from site_agent import cli_tools
+
+log = logging.getLogger(__name__)
 
 app = typer.Typer(help="Run a hospital's site agent.", pretty_exceptions_enable=False,
                   no_args_is_help=True, add_completion=False)
@@ -54,7 +57,8 @@ def join(
     key_dir: Annotated[Path, typer.Option(help="The site's key directory (site-agent init, trust-coordinator).")],
     superlink: Annotated[str, typer.Option(help="The coordinator's SuperLink as host:port.")],
     root_certificates: Annotated[Path | None, typer.Option(help="Study CA certificate (default: <key-dir>/superlink-ca.crt).")] = None,
-    data_root: Annotated[Path | None, typer.Option(help="Folder with this site's images.")] = None,
+    data: Annotated[Path | None, typer.Option("--data", help=cli_tools.DATA_HELP)] = None,
+    data_root: Annotated[Path | None, typer.Option("--data-root", hidden=True, help="Old name of --data.")] = None,
     policy_file: Annotated[Path | None, typer.Option(help="The site's policy (JSON SitePolicy).")] = None,
     flwr_home: Annotated[Path | None, typer.Option(help="FLWR_HOME of this SuperNode (default: beside the key dir).")] = None,
     port: Annotated[int, typer.Option(help="Local Runtime API port; one per SuperNode on a machine.")] = 9094,
@@ -71,13 +75,28 @@ def join(
     """Check this site's keys and settings, then run its Flower SuperNode against the coordinator (TLS, node auth)."""
     from site_agent import join as joining
 
-    values = {k: v for k, v in locals().items() if k not in ("dry_run", "restart", "joining")}
+    values = {k: v for k, v in locals().items() if k not in ("dry_run", "restart", "joining", "data_root")}
+    values["data"] = _renamed(data, data_root, "--data", "--data-root")
     settings = joining.settings_from_options(values)
     if dry_run:
         joining.preflight(settings)
         typer.echo(" ".join(joining.supernode_command(settings, settings.home() / "node-config.toml")))
         return
     raise typer.Exit(0 if joining.run_supernode(settings, restart=restart) == 0 else 1)
+
+
+def _renamed(value: Path | None, old_value: Path | None, name: str, old_name: str) -> Path | None:
+    """An option's value given under its name or, deprecated, under its old one (not both).
+
+    Raises:
+        ConfigError: both names are given with different values.
+    """
+    if old_value is None:
+        return value
+    if value is not None and value != old_value:
+        raise ConfigError(f"{old_name} is the old name of {name}; give {name} only")
+    log.warning("%s is deprecated; use %s", old_name, name)
+    return old_value
 
 
 def main() -> None:

@@ -28,7 +28,8 @@ console = Console()
 policy_app = typer.Typer(help="The site's own limits: show them, or write the default policy file.",
                          no_args_is_help=True)
 
-DataOption = Annotated[Path, typer.Option("--data", help="MedMNIST .npz (or its folder), a .npz export, or an image folder.")]
+DATA_HELP = "This site's images: a MedMNIST .npz (or its folder), a .npz export, or an image folder."
+DataOption = Annotated[Path, typer.Option("--data", help=DATA_HELP)]
 DatasetOption = Annotated[
     str | None, typer.Option(help="MedMNIST flag the data follows (classes, channels); an official file's name gives it.")
 ]

@@ -125,8 +125,23 @@ def detect_format(path: Path, dataset: str | None) -> tuple[DataFormat, Path]:
     wanted = f"{dataset.lower()}.npz" if dataset else "a .npz file"
     raise DataError(
         f"dataset file {wanted!r} not found in the data root, nor a folder of class images "
-        f"(set --data-root or {MEDMNIST_ROOT_ENV}; downloads are off)"
+        f"(check the data path or set {MEDMNIST_ROOT_ENV}; downloads are off)"
     )
+
+
+def check_data_path(path: Path) -> None:
+    """Refuse a data path that no dataset could be read from: the check a site can make before a request names one.
+
+    A folder holding ``.npz`` files is a MedMNIST root (the request's dataset picks the file); anything
+    else must be what :func:`detect_format` reads without a dataset: a ``.npz`` file or a folder of
+    class images.
+
+    Raises:
+        DataError: nothing at ``path``, a file that is not ``.npz``, or a folder with neither.
+    """
+    if path.is_dir() and any(path.glob("*.npz")):
+        return
+    detect_format(path, None)
 
 
 def read_local_data(

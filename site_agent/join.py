@@ -3,7 +3,7 @@
 The pieces, in order:
 
 1. :func:`preflight` checks everything the SuperNode will need (key directory, signing key, SuperNode
-   key, pinned coordinator key, the study CA, policy file, data folder) and fails with one clear
+   key, pinned coordinator key, the study CA, policy file, data path) and fails with one clear
    error *before* anything starts: a site that would fail at its first request fails at start instead.
 2. :func:`write_node_config` writes the site's facts (site id, key and data locations, policy file)
    into a TOML file that ``flower-supernode --node-config`` reads; a file avoids quoting paths.
@@ -35,7 +35,7 @@ from shared.errors import ConfigError, DataError, KeyFileError
 from shared.flower_env import flower_env, write_flat_toml
 from shared.keys import COORDINATOR_PUB, NODE_KEY, SIGNING_KEY, SITE_CA_CERT
 from shared.schemas import SiteId, setting_error
-from site_agent.data import detect_format
+from site_agent.data import check_data_path
 from site_agent.policy import SitePolicy
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class JoinSettings(BaseModel):
     key_dir: Path
     superlink: str = Field(pattern=r"^\S+:\d{1,5}$", description="the SuperLink's host:port")
     root_certificates: Path | None = None  # default: <key-dir>/superlink-ca.crt
-    data_root: Path | None = None
+    data: Path | None = None  # the site's images (``site-agent check --data`` reads the same)
     policy_file: Path | None = None
     flwr_home: Path | None = None  # default: <key-dir>/../flwr-home-<site-id>
     port: int = Field(9094, ge=1, le=65535)
@@ -83,7 +83,7 @@ def preflight(settings: JoinSettings) -> None:
     Raises:
         KeyFileError: key directory, signing key, SuperNode key, coordinator key or CA certificate missing or wrong.
         ConfigError: bad policy file, partition options, or ``flower-supernode`` not installed.
-        DataError: the data folder does not exist.
+        DataError: the data path does not exist or holds nothing the loader reads.
     """
     key_dir = settings.key_dir.expanduser()
     if not key_dir.is_dir():
@@ -103,8 +103,8 @@ def preflight(settings: JoinSettings) -> None:
     crypto.load_certificate(settings.ca_file())
     if settings.policy_file is not None:
         SitePolicy.from_file(settings.policy_file.expanduser())
-    if settings.data_root is not None:
-        _check_data_path(settings.data_root.expanduser())
+    if settings.data is not None:
+        _check_data_path(settings.data.expanduser())
     if (settings.partition_id is None) != (settings.num_partitions is None):
         raise ConfigError("--partition-id and --num-partitions go together")
     if settings.partition_id is not None and settings.partition_id >= (settings.num_partitions or 0):
@@ -114,15 +114,14 @@ def preflight(settings: JoinSettings) -> None:
 
 
 def _check_data_path(path: Path) -> None:
-    """The data path holds what the loader reads: a folder (MedMNIST files or class images) or a .npz file.
+    """The data path holds what the loader reads: MedMNIST files, a .npz export or a folder of class images.
 
     Raises:
-        DataError: nothing at the path, or a file that is not a .npz export or MedMNIST file.
+        DataError: nothing at the path, or nothing there that ``site-agent check`` could read.
     """
     if not path.exists():
         raise DataError(f"data path {str(path)!r} does not exist")
-    if path.is_file():
-        detect_format(path, None)  # an official <flag>.npz or a .npz export: as `site-agent check` reads it
+    check_data_path(path)  # the loader's own format check, before a request names the dataset
 
 
 def node_config(settings: JoinSettings) -> dict[str, str | int]:
@@ -133,8 +132,8 @@ def node_config(settings: JoinSettings) -> dict[str, str | int]:
         "device": settings.device,
         "cache-dir": str(settings.home() / "cache"),  # site-private working files (e.g. MTT experts)
     }
-    if settings.data_root is not None:
-        values["data-root"] = str(settings.data_root.expanduser().resolve())
+    if settings.data is not None:
+        values["data-root"] = str(settings.data.expanduser().resolve())
     if settings.policy_file is not None:
         values["policy-file"] = str(settings.policy_file.expanduser().resolve())
     if settings.partition_id is not None and settings.num_partitions is not None:

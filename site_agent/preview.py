@@ -28,7 +28,7 @@ from PIL import Image
 from pydantic import BaseModel
 
 from shared import crypto
-from shared.bundle import BundleHeader, OpenedBundle, open_bundle, read_header
+from shared.bundle import BundleHeader, OpenedBundle, SealedBundle, open_bundle
 from shared.datasets import dataset_info
 from shared.grid import image_grid
 from shared.schemas import DistillConfig, DistillRequest
@@ -89,9 +89,9 @@ def summarize_bundle(sealed: bytes) -> BundleSummary:
     Raises:
         InvalidBundle: not a sealed bundle, or a malformed header.
     """
-    header, header_bytes, ciphertext = read_header(sealed)
-    return BundleSummary(header=header, total_bytes=len(sealed), header_bytes=len(header_bytes),
-                         ciphertext_bytes=len(ciphertext))
+    bundle = SealedBundle.from_bytes(sealed)
+    return BundleSummary(header=bundle.header, total_bytes=bundle.total_bytes, header_bytes=len(bundle.header_bytes),
+                         ciphertext_bytes=len(bundle.ciphertext))
 
 
 def open_for_inspection(sealed: bytes, coordinator_key: Path, site_key: Path) -> OpenedBundle:

@@ -1,8 +1,9 @@
 """What a site knows about itself, read once per message from its own configuration.
 
-Deployment: from the SuperNode's ``--node-config`` (``site-id``, ``key-dir``, ``data-root``,
-``policy-file``, ``device``, optionally ``partition-id``/``num-partitions`` to use one share of a
-dataset, ``verify-md5``). Simulation: Flower gives only ``partition-id``/``num-partitions``, so the
+Deployment: from the SuperNode's ``--node-config`` (:class:`NodeConfig`: ``site-id``, ``key-dir``,
+``data-root``, ``policy-file``, ``device``, ``cache-dir``, ``verify-md5``, optionally
+``partition-id``/``num-partitions`` with ``partition``, ``alpha`` and ``partition-seed`` to use one
+share of a dataset). Simulation: Flower gives only ``partition-id``/``num-partitions``, so the
 simulated site ``site-<i>`` takes partition i of the run's dataset and its keys from the run folder.
 """
 
@@ -11,12 +12,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.config import RunConfig, simulated_site_id
 from shared.errors import ConfigError
 from shared.keys import SIMULATION_KEYS
-from shared.schemas import PartitionScheme
+from shared.schemas import PartitionScheme, SiteId, setting_error
 from site_agent.policy import SitePolicy
 
 
@@ -44,6 +47,70 @@ class SiteSettings:
     cache_dir: Path  # site-private: MTT expert trajectories, never released
 
 
+def _kebab(name: str) -> str:
+    return name.replace("_", "-")
+
+
+class _NodeKeys(BaseModel):
+    # Flower's node config uses the TOML's kebab-case keys; keys this site does not read are ignored.
+    model_config = ConfigDict(frozen=True, alias_generator=_kebab)
+
+
+class SimulatedNode(_NodeKeys):
+    """The node config Flower's simulation gives each node."""
+
+    partition_id: int = Field(ge=0)
+    num_partitions: int = Field(ge=1)
+
+
+class NodeConfig(_NodeKeys):
+    """A deployed site's ``--node-config`` (``site-agent join`` writes it)."""
+
+    site_id: SiteId
+    key_dir: Path
+    data_root: str = ""  # empty: MEDMNIST_ROOT, then ~/.medmnist
+    policy_file: str = ""  # empty: the built-in policy
+    device: str = "auto"
+    verify_md5: bool = True
+    cache_dir: Path = Path("~/.cache/feddistill")
+    # Demos and tests: share partition-id of num-partitions of a public dataset.
+    partition_id: int | None = Field(None, ge=0)
+    num_partitions: int | None = Field(None, ge=1)
+    partition: PartitionScheme = PartitionScheme.IID
+    alpha: float = Field(0.5, gt=0)
+    partition_seed: int = Field(0, ge=0)
+
+    def partition_spec(self) -> PartitionSpec | None:
+        """The share this site uses, or None for all of its data.
+
+        Raises:
+            ConfigError: only one of ``partition-id`` and ``num-partitions`` is given, or the id is too large.
+        """
+        if self.partition_id is None and self.num_partitions is None:
+            return None
+        if self.partition_id is None or self.num_partitions is None:
+            raise ConfigError("node config 'partition-id' and 'num-partitions' go together")
+        if self.partition_id >= self.num_partitions:
+            raise ConfigError(f"node config 'partition-id' {self.partition_id} must be below 'num-partitions' "
+                              f"({self.num_partitions})")
+        return PartitionSpec(self.partition_id, self.num_partitions, self.partition, self.alpha, self.partition_seed)
+
+
+NodeT = TypeVar("NodeT", bound=_NodeKeys)
+
+
+def parse_node_config(model: type[NodeT], node_config: Mapping[str, Any]) -> NodeT:
+    """The node config as ``model``; a missing or bad value is a ConfigError naming its key.
+
+    Raises:
+        ConfigError: e.g. "node config 'key-dir': Field required".
+    """
+    try:
+        return model.model_validate(dict(node_config))
+    except ValidationError as exc:
+        raise setting_error(exc, "node config '{key}': {msg}") from None
+
+
 def simulation_site_key_dir(run_dir: Path, site_id: str) -> Path:
     return run_dir / SIMULATION_KEYS / site_id
 
@@ -52,49 +119,38 @@ def site_settings(node_config: Mapping[str, Any], run: RunConfig, run_dir: Path)
     """Settings for this site from the node config, or the simulation defaults when it has no site id.
 
     Raises:
-        ConfigError: a deployed site lacks ``key-dir``, or a value has the wrong type.
+        ConfigError: a deployed site lacks ``key-dir``, a value has the wrong type or range, or the node
+            config has neither a site id nor a simulation partition.
     """
-    if "site-id" not in node_config:
-        index = int(node_config["partition-id"])
-        site_id = simulated_site_id(index)
-        # Simulated sites accept the simulation's own settings: one operator plays every role.
-        policy = SitePolicy.permissive(allow_real_init=run.init == "real")
-        return SiteSettings(
-            site_id=site_id,
-            key_dir=simulation_site_key_dir(run_dir, site_id),
-            data_root=run.data_root,
-            partition=PartitionSpec(index, int(node_config["num-partitions"]), run.partition, run.alpha, run.seed),
-            policy=policy,
-            device=run.device,
-            verify_md5=True,
-            simulated=True,
-            cache_dir=Path(run.out_dir).expanduser().resolve() / ".site-cache" / site_id,
-        )
-    try:
-        key_dir = Path(str(node_config["key-dir"])).expanduser()
-    except KeyError as exc:
-        raise ConfigError("node config 'key-dir' is required for a deployed site") from exc
-    partition = None
-    if "partition-id" in node_config:
-        try:
-            partition = PartitionSpec(
-                int(node_config["partition-id"]), int(node_config["num-partitions"]),
-                PartitionScheme(str(node_config.get("partition", "iid"))),
-                float(node_config.get("alpha", 0.5)), int(node_config.get("partition-seed", 0)),
-            )
-        except (KeyError, ValueError, TypeError) as exc:
-            raise ConfigError(
-                "node config 'partition-id' needs an integer 'num-partitions' and valid 'partition'/'alpha'"
-            ) from exc
-    policy_file = node_config.get("policy-file")
+    if "site-id" in node_config:
+        return _deployed(parse_node_config(NodeConfig, node_config))
+    if "partition-id" not in node_config:
+        raise ConfigError("node config has neither 'site-id' (a deployed site) nor 'partition-id' (a simulated one)")
+    node = parse_node_config(SimulatedNode, node_config)
+    site_id = simulated_site_id(node.partition_id)
     return SiteSettings(
-        site_id=str(node_config["site-id"]),
-        key_dir=key_dir,
-        data_root=str(node_config.get("data-root", "")),
-        partition=partition,
-        policy=SitePolicy.from_file(Path(str(policy_file))) if policy_file else SitePolicy(),
-        device=str(node_config.get("device", "auto")),
-        verify_md5=bool(node_config.get("verify-md5", True)),
+        site_id=site_id,
+        key_dir=simulation_site_key_dir(run_dir, site_id),
+        data_root=run.data_root,
+        partition=PartitionSpec(node.partition_id, node.num_partitions, run.partition, run.alpha, run.seed),
+        # Simulated sites accept the simulation's own settings: one operator plays every role.
+        policy=SitePolicy.permissive(allow_real_init=run.init == "real"),
+        device=run.device,
+        verify_md5=True,
+        simulated=True,
+        cache_dir=Path(run.out_dir).expanduser().resolve() / ".site-cache" / site_id,
+    )
+
+
+def _deployed(node: NodeConfig) -> SiteSettings:
+    return SiteSettings(
+        site_id=node.site_id,
+        key_dir=node.key_dir.expanduser(),
+        data_root=node.data_root,
+        partition=node.partition_spec(),
+        policy=SitePolicy.from_file(Path(node.policy_file)) if node.policy_file else SitePolicy(),
+        device=node.device,
+        verify_md5=node.verify_md5,
         simulated=False,
-        cache_dir=Path(str(node_config.get("cache-dir", "~/.cache/feddistill"))).expanduser(),
+        cache_dir=node.cache_dir.expanduser(),
     )

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from coordinator.trust import create_simulation_keys, load_coordinator_keys
+from shared.bundle import MAGIC, BundleHeader, SealedBundle
 from shared.schemas import DCConfig, DistillRequest
 from site_agent.data import LabelledImages
 from site_agent.distill import SyntheticSet
@@ -66,3 +67,10 @@ def make_synthetic(request: DistillRequest, images: np.ndarray | None = None, la
     return SyntheticSet(
         torch.from_numpy(images), torch.tensor(labels), sorted(set(labels)), request.distill, [1.0], 0.1
     )
+
+
+def edit_header(sealed: bytes, **changes) -> bytes:
+    """A tampered bundle: ``sealed`` with fields of its clear header changed, its ciphertext kept."""
+    bundle = SealedBundle.from_bytes(sealed)
+    header = BundleHeader(**{**bundle.header.model_dump(), **changes}).model_dump_json().encode()
+    return MAGIC + len(header).to_bytes(4, "big") + header + bundle.ciphertext

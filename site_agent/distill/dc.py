@@ -20,13 +20,14 @@ import logging
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import trange
 
 from shared.augment import dsa
 from shared.models import ConvNet
-from shared.schemas import DCConfig
+from shared.schemas import DCConfig, DistillMethod
 from shared.training import chunk_size, mean_loss_gradients, sgd_epoch
-from site_agent.distill.matching import Observer, gradient_distance, past, sample_batch, starting_images
+from site_agent.distill.loop import Iterations, seeded
+from site_agent.distill.matching import Observer, gradient_distance, sample_batch, starting_images
+from site_agent.distill.registry import register
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ def paper_loops(ipc: int) -> tuple[int, int]:
     return _PAPER_LOOPS[-1][1:]
 
 
+@register(DistillMethod.DC)
 def distill_dc(
     real_by_class: dict[int, torch.Tensor],
     config: DCConfig,
@@ -61,9 +63,8 @@ def distill_dc(
     matches gradients along a trajectory that starts at the global model ``guide`` instead of a
     random network.
     """
-    torch.manual_seed(config.seed)
-    gen = torch.Generator().manual_seed(config.seed)
-    aug_rng = np.random.default_rng(config.seed)
+    streams = seeded(config.seed)
+    gen, aug_rng = streams.gen, streams.rng
     classes = list(real_by_class)
     in_channels, image_size = next(iter(real_by_class.values())).shape[1:3]
     outer_loop, inner_loop = paper_loops(config.ipc)
@@ -72,13 +73,12 @@ def distill_dc(
     syn = starting_images(real_by_class, config.ipc, config.init, gen, start_from).requires_grad_(True)
     syn_labels = torch.tensor(classes, device=device).repeat_interleave(config.ipc)
     opt_img = torch.optim.SGD([syn], lr=config.lr_img, momentum=0.5)
-    history: list[float] = []
+    iterations = Iterations("DC", config.iterations, log=log, log_every=10,
+                            describe=lambda loss: f"matching loss {loss:.4f}", images=syn.detach, progress=progress,
+                            deadline=deadline, observer=observer)
 
     width = config.network.width
-    for iteration in trange(config.iterations, desc="DC distill", disable=not progress, leave=False):
-        if iteration and past(deadline):
-            log.warning("DC: wall-time limit reached after %d of %d iterations", iteration, config.iterations)
-            break
+    for iteration in iterations:
         net = ConvNet(in_channels, num_classes, image_size, config.network).to(device).train()
         if guide is not None and iteration % 2:
             net.load_state_dict(guide.state_dict())
@@ -104,12 +104,8 @@ def distill_dc(
             if step == outer_loop - 1:
                 break
             _train_on_synthetic(net, opt_net, syn.detach(), syn_labels, inner_loop, config.dsa, gen, aug_rng)
-        history.append(iteration_loss / outer_loop)
-        if observer:
-            observer(len(history), syn.detach())
-        if iteration % 10 == 0 or iteration == config.iterations - 1:
-            log.info("DC iteration %d/%d: matching loss %.4f", iteration + 1, config.iterations, history[-1])
-    return syn.detach(), history
+        iterations.record(iteration, iteration_loss / outer_loop)
+    return syn.detach(), iterations.history
 
 
 def _train_on_synthetic(

@@ -17,19 +17,21 @@ import logging
 
 import numpy as np
 import torch
-from tqdm.auto import trange
 
 from shared.augment import dsa
 from shared.models import ConvNet
-from shared.schemas import DMConfig, IDMConfig
+from shared.schemas import DistillMethod, DMConfig, IDMConfig
 from shared.training import chunk_size
-from site_agent.distill.matching import Observer, embed_in_chunks, past, sample_batch, starting_images
+from site_agent.distill.loop import Iterations, seeded
+from site_agent.distill.matching import Observer, embed_in_chunks, sample_batch, starting_images
+from site_agent.distill.registry import register
 
 log = logging.getLogger(__name__)
 
 __all__ = ["DMConfig", "distill_dm", "matching_loss"]
 
 
+@register(DistillMethod.DM)
 def distill_dm(
     real_by_class: dict[int, torch.Tensor],
     config: DMConfig,
@@ -59,20 +61,18 @@ def distill_dm(
         Synthetic images (K * ipc, C, H, W) float32 on ``device``, class-major in ``real_by_class``
         order, and the matching loss per iteration (mean over classes).
     """
-    torch.manual_seed(config.seed)
-    gen = torch.Generator().manual_seed(config.seed)
-    aug_rng = np.random.default_rng(config.seed)
+    streams = seeded(config.seed)
+    gen, aug_rng = streams.gen, streams.rng
     classes = list(real_by_class)
     in_channels, image_size = next(iter(real_by_class.values())).shape[1:3]
 
     syn = starting_images(real_by_class, config.ipc, config.init, gen, start_from).requires_grad_(True)
     opt_img = torch.optim.SGD([syn], lr=config.lr_img, momentum=0.5)
-    history: list[float] = []
+    iterations = Iterations("DM", config.iterations, log=log, log_every=100,
+                            describe=lambda loss: f"matching loss {loss:.4f}", images=syn.detach, progress=progress,
+                            deadline=deadline, observer=observer)
 
-    for iteration in trange(config.iterations, desc="DM distill", disable=not progress, leave=False):
-        if iteration and past(deadline):
-            log.warning("DM: wall-time limit reached after %d of %d iterations", iteration, config.iterations)
-            break
+    for iteration in iterations:
         if guide is not None and iteration % 2:
             net = guide
         else:
@@ -82,12 +82,8 @@ def distill_dm(
         opt_img.zero_grad(set_to_none=True)
         loss.backward()
         opt_img.step()
-        history.append(loss.item() / len(classes))
-        if observer:
-            observer(len(history), syn.detach())
-        if iteration % 100 == 0 or iteration == config.iterations - 1:
-            log.info("DM iteration %d/%d: matching loss %.4f", iteration + 1, config.iterations, history[-1])
-    return syn.detach(), history
+        iterations.record(iteration, loss.item() / len(classes))
+    return syn.detach(), iterations.history
 
 
 def matching_loss(

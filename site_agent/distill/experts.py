@@ -29,6 +29,7 @@ from shared.errors import DataError
 from shared.models import ConvNet
 from shared.schemas import NetworkSpec
 from shared.training import sgd_epoch
+from site_agent.distill.loop import seeded
 
 log = logging.getLogger(__name__)
 
@@ -128,17 +129,15 @@ def train_experts(
     trajectories: list[Trajectory] = []
     for expert in tqdm(range(settings.num_experts), desc="MTT experts", disable=not progress, leave=False):
         # A seed per expert: experts differ, yet a rebuild reproduces the same set.
-        seed = settings.seed * 100_003 + expert
-        torch.manual_seed(seed)
-        order_gen = torch.Generator().manual_seed(seed)
-        aug_rng = np.random.default_rng(seed)
+        streams = seeded(settings.seed * 100_003 + expert)
         net = ConvNet(in_channels, num_classes, image_size, settings.network).to(device).train()
         optimizer = torch.optim.SGD(
             net.parameters(), lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
         )
         trajectory = [flat_params(net)]
         for epoch in range(settings.epochs):
-            total = sgd_epoch(net, optimizer, images, labels, settings.batch_size, settings.dsa, order_gen, aug_rng)
+            total = sgd_epoch(net, optimizer, images, labels, settings.batch_size, settings.dsa, streams.gen,
+                              streams.rng)
             if not np.isfinite(total):
                 raise DataError(
                     f"MTT expert {expert} diverged in epoch {epoch + 1} at lr_teacher={settings.lr}",

@@ -26,14 +26,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import trange
 
 from shared.augment import dsa
 from shared.models import ConvNet
-from shared.schemas import IDMConfig
+from shared.schemas import DistillMethod, IDMConfig
 from shared.training import chunk_size, mean_loss_gradients
 from site_agent.distill.dm import matching_loss
-from site_agent.distill.matching import Observer, past, starting_images
+from site_agent.distill.loop import Iterations, seeded
+from site_agent.distill.matching import Observer, starting_images
+from site_agent.distill.registry import register
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class _Queued:
     accuracy: float = 0.0
 
 
+@register(DistillMethod.IDM)
 def distill_idm(
     real_by_class: dict[int, torch.Tensor],
     config: IDMConfig,
@@ -80,9 +82,8 @@ def distill_idm(
         Synthetic images (K * ipc, C, H, W) float32 on ``device``, class-major in ``real_by_class``
         order, and the loss per iteration (mean over classes).
     """
-    torch.manual_seed(config.seed)
-    gen = torch.Generator().manual_seed(config.seed)
-    aug_rng = np.random.default_rng(config.seed)
+    streams = seeded(config.seed)
+    gen, aug_rng = streams.gen, streams.rng
     pick_rng = np.random.default_rng(config.seed + 1)
     classes = list(real_by_class)
     in_channels, image_size = next(iter(real_by_class.values())).shape[1:3]
@@ -93,17 +94,16 @@ def distill_idm(
     syn_labels = torch.tensor(classes, device=device).repeat_interleave(config.ipc)
     opt_img = torch.optim.SGD([syn], lr=config.lr_img, momentum=0.5)
     queue: deque[_Queued] = deque(maxlen=config.queue_size)
-    history: list[float] = []
+    iterations = Iterations("IDM", config.iterations, log=log, log_every=100,
+                            describe=lambda loss: f"loss {loss:.4f} (queue of {len(queue)})", images=syn.detach,
+                            progress=progress, deadline=deadline, observer=observer)
 
     def new_network() -> _Queued:
         net = ConvNet(in_channels, num_classes, image_size, config.network).to(device).train()
         optimizer = torch.optim.SGD(net.parameters(), lr=config.lr_net, momentum=0.9, weight_decay=5e-4)
         return _Queued(net, optimizer)
 
-    for iteration in trange(config.iterations, desc="IDM distill", disable=not progress, leave=False):
-        if iteration and past(deadline):
-            log.warning("IDM: wall-time limit reached after %d of %d iterations", iteration, config.iterations)
-            break
+    for iteration in iterations:
         if iteration % config.new_model_every == 0:
             queue.append(new_network())
         if guide is not None and iteration % 2:
@@ -122,13 +122,8 @@ def distill_idm(
         net.requires_grad_(True)
         for _ in range(min(config.models_trained, len(queue))):
             _train_on_real(queue[int(pick_rng.integers(len(queue)))], all_real, all_labels, config, gen)
-        history.append(loss.item() / len(classes))
-        if observer:
-            observer(len(history), syn.detach())
-        if iteration % 100 == 0 or iteration == config.iterations - 1:
-            log.info("IDM iteration %d/%d: loss %.4f (queue of %d)", iteration + 1, config.iterations, history[-1],
-                     len(queue))
-    return syn.detach(), history
+        iterations.record(iteration, loss.item() / len(classes))
+    return syn.detach(), iterations.history
 
 
 def _train_on_real(

@@ -35,14 +35,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
-from tqdm.auto import trange
 
 from shared.augment import dsa
 from shared.errors import ConfigError, DataError
 from shared.models import ConvNet
-from shared.schemas import MTTConfig
+from shared.schemas import DistillMethod, MTTConfig
 from site_agent.distill.experts import ExpertSettings, Trajectory, load_or_train_experts, unflatten_params
-from site_agent.distill.matching import Observer, past, starting_images
+from site_agent.distill.loop import Iterations, seeded
+from site_agent.distill.matching import Observer, starting_images
+from site_agent.distill.registry import register
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ def expert_settings(config: MTTConfig) -> ExpertSettings:
     )
 
 
+@register(DistillMethod.MTT, matches_guide=False, caches_experts=True)
 def distill_mtt(
     real_by_class: dict[int, torch.Tensor],
     config: MTTConfig,
@@ -103,9 +105,8 @@ def distill_mtt(
         ConfigError: ``zca`` asked for images too large to whiten.
         DataError: no finite synthetic set could be produced.
     """
-    torch.manual_seed(config.seed)
-    gen = torch.Generator().manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
+    streams = seeded(config.seed)
+    gen, rng = streams.gen, streams.rng
     classes = list(real_by_class)
     in_channels, image_size = next(iter(real_by_class.values())).shape[1:3]
 
@@ -120,86 +121,103 @@ def distill_mtt(
     syn = starting_images(work, config.ipc, config.init, gen, start_from).requires_grad_(True)
     syn_labels = torch.tensor(classes, device=device).repeat_interleave(config.ipc)
     syn_lr = torch.tensor(config.lr_teacher, device=device).requires_grad_(True)
-    lr_img, lr_lr = config.lr_img, config.lr_lr
-    opt_img, opt_lr = _optimizers(syn, syn_lr, lr_img, lr_lr)
-    good_syn, good_lr = syn.detach().clone(), syn_lr.detach().clone()
-    reference: float | None = None
-    history: list[float] = []
-    backoffs = 0
+    backoff = _BackOff(syn, syn_lr, config.lr_img, config.lr_lr)
+    iterations = Iterations(
+        "MTT", config.iterations, log=log, log_every=50,
+        describe=lambda loss: f"trajectory loss {loss:.4f}, synthetic lr {syn_lr.item():.4g}",
+        images=lambda: zca.unwhiten(syn.detach()) if zca else syn.detach(),
+        progress=progress, deadline=deadline, observer=observer,
+    )
 
-    for iteration in trange(config.iterations, desc="MTT distill", disable=not progress, leave=False):
-        if history and past(deadline):
-            log.warning("MTT: wall-time limit reached after %d of %d iterations", iteration, config.iterations)
-            break
+    for iteration in iterations:
         trajectory = trajectories[int(rng.integers(len(trajectories)))]
         start_epoch = int(rng.integers(config.max_start_epoch))
-        problem = _invalid_state(syn, syn_lr)
-        loss = None
+        problem = backoff.invalid_state()
         if problem is None:
             loss = _trajectory_loss(net, trajectory, start_epoch, syn, syn_labels, syn_lr, config, device, gen, rng)
-            problem = _bad_loss(loss.item(), reference)
-        if problem is None:
-            opt_img.zero_grad(set_to_none=True)
-            opt_lr.zero_grad(set_to_none=True)
-            loss.backward()
-            if not (torch.isfinite(syn.grad).all() and torch.isfinite(syn_lr.grad).all()):
-                problem = "non-finite gradient"
+            problem = backoff.backward(loss)
         if problem is not None:
-            backoffs += 1
-            with torch.no_grad():
-                syn.copy_(good_syn)
-                syn_lr.copy_(good_lr)
-            if backoffs > _MAX_BACKOFFS:
-                log.warning(
-                    "MTT iteration %d: %s; stopping after %d back-offs with the last good set",
-                    iteration + 1,
-                    problem,
-                    _MAX_BACKOFFS,
-                )
+            if not backoff.retreat(iteration, problem):
                 break
-            lr_img, lr_lr = lr_img / 2, lr_lr / 2
-            # Fresh optimisers: the momentum buffers hold the step that diverged.
-            opt_img, opt_lr = _optimizers(syn, syn_lr, lr_img, lr_lr)
-            log.warning(
-                "MTT iteration %d: %s; restored the last good set, lr_img -> %.4g (back-off %d/%d)",
-                iteration + 1,
-                problem,
-                lr_img,
-                backoffs,
-                _MAX_BACKOFFS,
-            )
             continue
-        # This state's loss and gradients are sound: it is the one to return to if the step below fails.
-        good_syn.copy_(syn.detach())
-        good_lr.copy_(syn_lr.detach())
         value = loss.item()
-        reference = max(value, 1.0) if reference is None else reference
-        history.append(value)
-        opt_img.step()
-        opt_lr.step()
-        if observer:
-            observer(len(history), zca.unwhiten(syn.detach()) if zca else syn.detach())
-        if iteration % 50 == 0 or iteration == config.iterations - 1:
-            log.info(
-                "MTT iteration %d/%d: trajectory loss %.4f, synthetic lr %.4g",
-                iteration + 1,
-                config.iterations,
-                value,
-                syn_lr.item(),
-            )
+        backoff.step(value)
+        iterations.record(iteration, value)
 
-    result = syn.detach()
-    if not torch.isfinite(result).all():  # the last step is never checked by a following loss
-        log.warning("MTT: the final step gave non-finite images; returning the last good set")
-        result = good_syn
+    result = backoff.result()
     if zca is not None:
         result = zca.unwhiten(result)
-    if not history or not torch.isfinite(result).all():
+    if not iterations.history or not torch.isfinite(result).all():
         raise DataError(
             "MTT could not produce a finite synthetic set",
             hint="lower lr_img, lr_lr or lr_teacher, or use fewer syn_steps",
         )
-    return result.contiguous(), history
+    return result.contiguous(), iterations.history
+
+
+class _BackOff:
+    """MTT's guard against divergence: the last sound state to return to, and step sizes halved on each failure.
+
+    A state is sound when its images and learning rate are valid and its loss and gradients are
+    finite and not exploding; only then is the optimisers' step taken from it.
+    """
+
+    def __init__(self, syn: torch.Tensor, syn_lr: torch.Tensor, lr_img: float, lr_lr: float) -> None:
+        self.syn, self.syn_lr = syn, syn_lr
+        self.lr_img, self.lr_lr = lr_img, lr_lr
+        self.opt_img, self.opt_lr = _optimizers(syn, syn_lr, lr_img, lr_lr)
+        self.good_syn, self.good_lr = syn.detach().clone(), syn_lr.detach().clone()
+        self.reference: float | None = None  # the first kept loss (at least 1): what "exploded" is measured against
+        self.count = 0
+
+    def invalid_state(self) -> str | None:
+        """Why the current images / learning rate cannot be used, or ``None``."""
+        return _invalid_state(self.syn, self.syn_lr)
+
+    def backward(self, loss: torch.Tensor) -> str | None:
+        """Backpropagate ``loss`` unless it diverged; why this iteration must be undone, or ``None``."""
+        problem = _bad_loss(loss.item(), self.reference)
+        if problem is None:
+            self.opt_img.zero_grad(set_to_none=True)
+            self.opt_lr.zero_grad(set_to_none=True)
+            loss.backward()
+            if not (torch.isfinite(self.syn.grad).all() and torch.isfinite(self.syn_lr.grad).all()):
+                problem = "non-finite gradient"
+        return problem
+
+    def step(self, loss: float) -> None:
+        """The iteration was sound: keep its state as the one to return to, then take the optimisers' step."""
+        self.good_syn.copy_(self.syn.detach())
+        self.good_lr.copy_(self.syn_lr.detach())
+        self.reference = max(loss, 1.0) if self.reference is None else self.reference
+        self.opt_img.step()
+        self.opt_lr.step()
+
+    def retreat(self, iteration: int, problem: str) -> bool:
+        """Restore the last sound state and halve the step sizes; ``False`` once out of back-offs (stop there)."""
+        self.count += 1
+        with torch.no_grad():
+            self.syn.copy_(self.good_syn)
+            self.syn_lr.copy_(self.good_lr)
+        if self.count > _MAX_BACKOFFS:
+            log.warning("MTT iteration %d: %s; stopping after %d back-offs with the last good set", iteration + 1,
+                        problem, _MAX_BACKOFFS)
+            return False
+        self.lr_img, self.lr_lr = self.lr_img / 2, self.lr_lr / 2
+        # Fresh optimisers: the momentum buffers hold the step that diverged.
+        self.opt_img, self.opt_lr = _optimizers(self.syn, self.syn_lr, self.lr_img, self.lr_lr)
+        log.warning("MTT iteration %d: %s; restored the last good set, lr_img -> %.4g (back-off %d/%d)",
+                    iteration + 1, problem, self.lr_img, self.count, _MAX_BACKOFFS)
+        return True
+
+    def result(self) -> torch.Tensor:
+        """The images to return: the current ones, or the last sound ones if the final step broke them."""
+        current = self.syn.detach()
+        if torch.isfinite(current).all():
+            return current
+        # The last step is never checked by a following loss.
+        log.warning("MTT: the final step gave non-finite images; returning the last good set")
+        return self.good_syn
 
 
 def _optimizers(

@@ -37,9 +37,9 @@ def site(tmp_path: Path) -> join.JoinSettings:
     create_site_identity(key_dir)
     crypto.save_public_key(public, key_dir / COORDINATOR_PUB)
     shutil.copyfile(files.ca_cert, key_dir / SITE_CA_CERT)
-    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "0_benign").mkdir(parents=True)  # a folder of class images, as the loader reads it
     return join.JoinSettings(site_id="st-marys", key_dir=key_dir, superlink="link.example.org:443",
-                             data_root=tmp_path / "data", port=9611, threads=2)
+                             data=tmp_path / "data", port=9611, threads=2)
 
 
 def test_supernode_command_has_tls_node_auth_own_port_and_offline_env(site: join.JoinSettings) -> None:
@@ -64,7 +64,7 @@ def test_node_config_file_round_trips_into_site_settings(site: join.JoinSettings
     values = tomllib.loads(join.write_node_config(site).read_text())
     settings = site_settings(values, RunConfig(), Path("/unused"))
     assert settings.site_id == "st-marys" and not settings.simulated
-    assert settings.key_dir == site.key_dir.resolve() and settings.data_root == str(site.data_root.resolve())
+    assert settings.key_dir == site.key_dir.resolve() and settings.data_root == str(site.data.resolve())
 
 
 @pytest.mark.parametrize(
@@ -173,12 +173,38 @@ def test_supernode_is_restarted_after_a_lost_link_but_not_after_a_config_error(
 
 
 def test_preflight_accepts_a_data_file_the_loader_reads(site: join.JoinSettings, tmp_path: Path) -> None:
-    """A site whose data is one .npz export (or an official <flag>.npz) joins; a file of another kind does not."""
+    """A site whose data is one .npz export (or an official <flag>.npz) joins; a file of another kind does not;
+    neither does a folder holding neither MedMNIST files nor class folders."""
     export = tmp_path / "export.npz"
     np.savez(export, train_images=np.zeros((4, 28, 28), np.uint8), train_labels=np.zeros(4, np.int64))
-    join.preflight(site.model_copy(update={"data_root": export}))
+    join.preflight(site.model_copy(update={"data": export}))
     (tmp_path / "notes.txt").write_text("not images")
     with pytest.raises(DataError, match="expected a .npz file"):
-        join.preflight(site.model_copy(update={"data_root": tmp_path / "notes.txt"}))
+        join.preflight(site.model_copy(update={"data": tmp_path / "notes.txt"}))
     with pytest.raises(DataError, match="does not exist"):
-        join.preflight(site.model_copy(update={"data_root": tmp_path / "missing"}))
+        join.preflight(site.model_copy(update={"data": tmp_path / "missing"}))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="nor a folder of class images"):
+        join.preflight(site.model_copy(update={"data": tmp_path / "empty"}))
+    (tmp_path / "empty" / "0_benign").mkdir()
+    join.preflight(site.model_copy(update={"data": tmp_path / "empty"}))  # a folder of class images
+    shutil.copyfile(export, tmp_path / "empty" / "breastmnist.npz")
+    join.preflight(site.model_copy(update={"data": tmp_path / "empty"}))  # a MedMNIST root
+
+
+def test_join_names_its_data_option_as_check_and_distill_do(site: join.JoinSettings, monkeypatch) -> None:
+    """`site-agent join --data`; the old `--data-root` still works, hidden from the help; both at once are refused."""
+    from typer.testing import CliRunner
+
+    from site_agent.cli import app
+
+    checked = []
+    monkeypatch.setattr(join, "preflight", checked.append)
+    base = ["join", "--site-id", "st-marys", "--key-dir", str(site.key_dir), "--superlink", "h:1", "--dry-run"]
+    for flag in ("--data", "--data-root"):
+        assert CliRunner().invoke(app, [*base, flag, str(site.data)]).exit_code == 0
+    assert [s.data for s in checked] == [site.data, site.data]
+    both = CliRunner().invoke(app, [*base, "--data", "a", "--data-root", "b"])
+    assert isinstance(both.exception, ConfigError) and "old name of --data" in str(both.exception)
+    shown = CliRunner().invoke(app, ["join", "--help"], terminal_width=200).output
+    assert "--data " in shown and "--data-root" not in shown

@@ -169,7 +169,7 @@ def test_deployed_round_with_tls_node_auth_and_an_impostor(data_root: Path, tmp_
         control.register_node(conn, sites[name] / NODE_PUB, name)  # before the nodes connect
 
     def join_settings(name: str, claims: str, index: int) -> join.JoinSettings:
-        return join.JoinSettings(site_id=claims, key_dir=sites[name], superlink=conn.address, data_root=data_root,
+        return join.JoinSettings(site_id=claims, key_dir=sites[name], superlink=conn.address, data=data_root,
                                  flwr_home=tmp_path / f"home-{name}", port=_free_port(), threads=1,
                                  partition_id=index, num_partitions=3, max_retries=2)
 

@@ -12,7 +12,7 @@ from coordinator.receive import Expectation, receive_bundle
 from coordinator.tls import install_own_tls, issue_tls
 from coordinator.trust import CoordinatorKeys
 from shared import crypto
-from shared.bundle import read_header
+from shared.bundle import SealedBundle
 from shared.datasets import dataset_info
 from shared.errors import DecryptionError, KeyFileError
 from shared.keys import NODE_KEY, NODE_PUB, SIGNING_KEY, create_site_identity
@@ -67,7 +67,7 @@ def test_bundle_is_sealed_with_the_suite_of_the_pinned_key(tmp_path: Path, suite
     request = make_request()
     sealed = seal_release(make_synthetic(request), request, SiteIdentity("site-0", signing, pinned),
                           dataset_info("breastmnist"), num_real_examples=10)
-    assert read_header(sealed)[0].suite == crypto.HPKE_SUITE_NAMES[suite]
+    assert SealedBundle.from_bytes(sealed).header.suite == crypto.HPKE_SUITE_NAMES[suite]
     keys = CoordinatorKeys(reloaded, {"site-0": signing.public_key()})
     opened = receive_bundle(sealed, Expectation(request, (1, 28, 28), 2, 1 << 20), keys, set())
     assert np.array_equal(opened.labels, [0, 0, 1, 1])

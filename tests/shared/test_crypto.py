@@ -1,8 +1,10 @@
-"""Signatures, HPKE sealing and key files."""
+"""Signatures, HPKE sealing, key files and certificates."""
 
 from __future__ import annotations
 
+import re
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -59,3 +61,29 @@ def test_private_keys_are_owner_only_and_typed(tmp_path) -> None:
     (tmp_path / "junk.key").write_text("not a key")
     with pytest.raises(KeyFileError, match="not a readable PEM"):
         crypto.load_private_key(tmp_path / "junk.key", crypto.SigningKey)
+
+
+def test_certificates_carry_only_their_key_usages() -> None:
+    """The study CA signs certificates and CRLs only; the server key signs and enciphers only."""
+    from cryptography import x509
+
+    ca = crypto.new_certificate_authority("study CA")
+    _, server = crypto.issue_server_certificate(ca, ["link.example.org"])
+    uses = ("digital_signature", "content_commitment", "key_encipherment", "data_encipherment", "key_agreement",
+            "key_cert_sign", "crl_sign")
+    for cert, wanted in ((ca.certificate, {"key_cert_sign", "crl_sign"}),
+                         (server, {"digital_signature", "key_encipherment"})):
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+        assert {name for name in uses if getattr(usage, name)} == wanted
+
+
+def test_only_the_crypto_package_imports_cryptography() -> None:
+    """Every use of ``cryptography`` goes through ``shared.crypto``."""
+    root = Path(__file__).resolve().parents[2]
+    importers = {
+        path.relative_to(root).as_posix()
+        for package in ("shared", "site_agent", "coordinator")
+        for path in (root / package).rglob("*.py")
+        if re.search(r"^\s*(from|import) cryptography\b", path.read_text(), re.MULTILINE)
+    }
+    assert importers and all(name.startswith("shared/crypto/") for name in importers)

@@ -1,4 +1,4 @@
-"""The shared engine pieces: chunked gradients equal one-batch gradients; a site's time limit ends a run."""
+"""The shared engine pieces: chunked gradients, the time limit, the method registry and the iteration frame."""
 
 from __future__ import annotations
 
@@ -68,3 +68,43 @@ def test_no_time_limit_runs_every_iteration() -> None:
     config = DCConfig(ipc=1, iterations=3, batch_real=16, network=SMALL)
     result = distill(blobs(), 2, config, CPU, progress=False, max_seconds=None)
     assert not result.stopped_early and len(result.loss_history) == 3
+
+
+def test_every_method_is_the_module_named_after_it() -> None:
+    """Each DistillMethod is registered by site_agent/distill/<method>.py; only MTT takes the expert cache."""
+    from shared.schemas import DistillMethod
+    from site_agent.distill.registry import method_for
+
+    for method in DistillMethod:
+        entry = method_for(method)
+        assert entry.distill.__module__ == f"site_agent.distill.{method.value}"
+        is_mtt = method == DistillMethod.MTT
+        assert entry.caches_experts == is_mtt and entry.matches_guide == (not is_mtt)
+
+
+def test_iterations_keep_one_before_a_passed_deadline_and_show_each_kept_one(caplog) -> None:
+    """A deadline already past still lets one iteration be kept; the observer sees every kept one, in order."""
+    import logging
+    import time
+
+    from site_agent.distill.loop import Iterations
+
+    seen = []
+    log = logging.getLogger("tests.iterations")
+
+    def run(deadline: float | None, keep: set[int]) -> Iterations:
+        loop = Iterations("T", 5, log=log, log_every=2, describe=lambda loss: f"loss {loss:.1f}",
+                          images=lambda: torch.zeros(1), progress=False, deadline=deadline,
+                          observer=lambda done, images: seen.append(done))
+        for iteration in loop:
+            if iteration in keep:
+                loop.record(iteration, float(iteration))
+        return loop
+
+    with caplog.at_level(logging.INFO, logger="tests.iterations"):
+        assert run(time.monotonic() - 1, {0, 1, 2}).history == [0.0]
+        assert "T: wall-time limit reached after 1 of 5 iterations" in caplog.text
+        assert run(None, {1, 2, 4}).history == [1.0, 2.0, 4.0]  # iterations 0 and 3 kept nothing
+    assert seen == [1, 1, 2, 3]
+    progress = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert progress == ["T iteration 1/5: loss 0.0", "T iteration 3/5: loss 2.0", "T iteration 5/5: loss 4.0"]

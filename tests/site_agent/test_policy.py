@@ -26,7 +26,7 @@ runner = CliRunner()
 @pytest.mark.parametrize(
     ("text", "match"),
     [
-        ('{"max_ipc": "lots"}', "field 'max_ipc'"),
+        ('{"max_ipc": "lots"}', "'policy.json' is not a valid policy: field 'max_ipc'"),
         ('{"max_ipcs": 5}', "field 'max_ipcs': Extra inputs are not permitted"),
         ('{"mtt": {"max_syn_steps": 0}}', "field 'mtt.max_syn_steps'"),
         ('{"max_seconds": -1}', "field 'max_seconds'"),

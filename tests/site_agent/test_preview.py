@@ -98,6 +98,7 @@ def test_preview_runs_what_a_default_federation_run_asks(site: dict[str, Path], 
                                                         method: str) -> None:
     """Without --iterations the preview distills the method's CPU preset, exactly as a federation request does."""
     from shared.config import RunConfig
+    from shared.presets import PRESET_ITERATIONS
     from shared.schemas import DistillMethod
     from site_agent import cli_tools
 
@@ -111,6 +112,8 @@ def test_preview_runs_what_a_default_federation_run_asks(site: dict[str, Path], 
     args = ["distill", "--data", str(site["data"]), "--dataset", "breastmnist", "--method", method,
             "--out", str(tmp_path / "b.fdsb"), "--key-dir", str(site["keys"])]
     runner.invoke(app, args)
-    assert asked == [RunConfig(method=DistillMethod(method)).distill_config()]
+    federation = RunConfig.from_flower({"method": method, "iterations": 0})  # a run leaving iterations at 0
+    assert asked == [federation.distill_config()]
+    assert asked[0].iterations == PRESET_ITERATIONS[DistillMethod(method)]
     runner.invoke(app, args[:5] + args[7:])  # no --method: the federation's default method
     assert asked[-1] == RunConfig().distill_config()

@@ -8,9 +8,10 @@ import pytest
 
 from shared.config import RunConfig
 from shared.errors import ConfigError, KeyFileError
+from shared.schemas import PartitionScheme
 from site_agent.client_app import _safely
 from site_agent.identity import load_site_identity
-from site_agent.settings import site_settings
+from site_agent.settings import PartitionSpec, site_settings
 
 
 def test_simulated_site_takes_its_partition_and_run_keys(tmp_path: Path) -> None:
@@ -25,11 +26,36 @@ def test_deployed_site_reads_node_config(tmp_path: Path) -> None:
     settings = site_settings({"site-id": "st-marys", "key-dir": str(tmp_path)}, RunConfig(init="real"), tmp_path)
     assert not settings.simulated and settings.site_id == "st-marys" and settings.partition is None
     assert not settings.policy.allow_real_init  # the coordinator's run config cannot grant it
-    with pytest.raises(ConfigError, match="key-dir"):
-        site_settings({"site-id": "st-marys"}, RunConfig(), tmp_path)
-    with pytest.raises(ConfigError, match="num-partitions"):
-        site_settings({"site-id": "a", "key-dir": str(tmp_path), "partition-id": 0, "num-partitions": "many"},
-                      RunConfig(), tmp_path)
+    assert settings.verify_md5 and settings.device == "auto" and settings.data_root == ""
+    shared = site_settings({"site-id": "a", "key-dir": "~/keys", "partition-id": 1, "num-partitions": 4,
+                            "partition": "dirichlet", "alpha": 0.3, "verify-md5": "false", "cache-dir": "~/c"},
+                           RunConfig(), tmp_path)
+    assert shared.partition == PartitionSpec(1, 4, PartitionScheme.DIRICHLET, 0.3, 0)
+    assert shared.key_dir == Path("~/keys").expanduser() and shared.cache_dir == Path("~/c").expanduser()
+    assert not shared.verify_md5
+
+
+@pytest.mark.parametrize(
+    ("node_config", "match"),
+    [
+        ({"site-id": "st-marys"}, "node config 'key-dir': Field required"),
+        ({"site-id": "st marys", "key-dir": "k"}, "node config 'site-id': String should match pattern"),
+        ({"site-id": "a", "key-dir": "k", "partition-id": 0, "num-partitions": "many"}, "node config 'num-partitions'"),
+        ({"site-id": "a", "key-dir": "k", "partition-id": 0}, "'partition-id' and 'num-partitions' go together"),
+        ({"site-id": "a", "key-dir": "k", "partition-id": 3, "num-partitions": 3}, "'partition-id' 3 must be below"),
+        ({"site-id": "a", "key-dir": "k", "partition": "random"}, "node config 'partition'"),
+        ({"site-id": "a", "key-dir": "k", "alpha": -1}, "node config 'alpha'"),
+        ({"site-id": "a", "key-dir": "k", "verify-md5": "perhaps"}, "node config 'verify-md5'"),
+        ({"partition-id": -1, "num-partitions": 3}, "node config 'partition-id'"),
+        ({}, "neither 'site-id'"),
+    ],
+    ids=["no-key-dir", "bad-site-id", "bad-count", "id-without-count", "id-too-large", "bad-scheme", "bad-alpha",
+         "bad-bool", "bad-simulated-id", "empty"],
+)
+def test_bad_node_config_names_the_key(tmp_path: Path, node_config: dict, match: str) -> None:
+    """A missing or malformed node config value is a ConfigError naming its kebab-case key."""
+    with pytest.raises(ConfigError, match=match):
+        site_settings(node_config, RunConfig(), tmp_path)
 
 
 def test_missing_key_directory_fails_clearly(tmp_path: Path) -> None:

@@ -1,0 +1,91 @@
+"""Distillation: a site's real images in, a small synthetic set out, behind one function.
+
+``distill(train, num_classes, config, device, progress)`` runs the method the config names (see
+``registry``). Only classes with at least ``min_real_per_class`` local images are distilled: a class
+learned from one or two patients would be close to a copy of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from shared.errors import DataError
+from shared.models import ConvNet
+from shared.schemas import DistillConfig
+from site_agent.data import LabelledImages
+from site_agent.distill.matching import Observer, deadline_after, past
+from site_agent.distill.registry import method_for
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SyntheticSet:
+    """A distilled set: images (N, C, H, W) float32 and labels (N,) int64, both on the CPU."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[int]
+    config: DistillConfig
+    loss_history: list[float]  # one value per iteration run (MTT: per accepted iteration)
+    seconds: float
+    stopped_early: bool = False  # the site's wall-time limit ended it before ``config.iterations``
+
+
+def distill(
+    train: LabelledImages,
+    num_classes: int,
+    config: DistillConfig,
+    device: torch.device,
+    progress: bool = True,
+    min_real_per_class: int = 1,
+    expert_cache_dir: Path | None = None,
+    max_seconds: float | None = None,
+    observer: Observer | None = None,
+    start_from: tuple[torch.Tensor, torch.Tensor] | None = None,
+    guide: ConvNet | None = None,
+) -> SyntheticSet:
+    """Distill ``config.ipc`` synthetic images for every class the site holds enough images of.
+
+    ``expert_cache_dir`` (MTT only) keeps the site's expert trajectories between runs; they are
+    derived from patient data and stay at the site. ``max_seconds`` (a site policy's wall-time limit)
+    ends the distillation after the iteration during which it runs out; the set so far is returned.
+    ``observer`` sees the set after every iteration (benchmarks score it as it improves).
+    Refinement rounds: ``start_from`` (images, labels) is the set the site released last round, where
+    distillation starts instead of the initialisation; ``guide`` is the global model, which DC and DM
+    match against on every other iteration in place of a fresh random network (MTT only starts from
+    the previous set: its targets are the site's own expert trajectories).
+
+    Raises:
+        DataError: no class has ``min_real_per_class`` images.
+    """
+    counts = train.class_counts(num_classes)
+    classes = [c for c, n in enumerate(counts) if n >= min_real_per_class]
+    skipped = [c for c, n in enumerate(counts) if 0 < n < min_real_per_class]
+    if skipped:
+        log.warning("not distilling classes %s: fewer than %d local images each", skipped, min_real_per_class)
+    if not classes:
+        raise DataError(f"no class has the {min_real_per_class} local images needed to distill it")
+    images = torch.from_numpy(train.images)
+    real_by_class = {c: images[torch.from_numpy(train.labels == c)].to(device) for c in classes}
+
+    started = time.perf_counter()
+    deadline = deadline_after(max_seconds)
+    method = method_for(config.method)
+    options: dict[str, object] = {}
+    if method.matches_guide and guide is not None:
+        options["guide"] = guide.to(device).eval()
+    if method.caches_experts:
+        options["expert_cache_dir"] = expert_cache_dir
+    syn_images, history = method.distill(real_by_class, config, num_classes, device, progress, deadline=deadline,
+                                         observer=observer, start_from=start_from, **options)
+    seconds = time.perf_counter() - started
+
+    labels = torch.tensor(classes, dtype=torch.int64).repeat_interleave(config.ipc)
+    stopped_early = past(deadline) and len(history) < config.iterations
+    return SyntheticSet(syn_images.detach().cpu(), labels, classes, config, history, seconds, stopped_early)

@@ -1,0 +1,83 @@
+"""The frame every distillation method runs in, written once.
+
+:func:`seeded` gives a run its random streams from its seed, so a seed reproduces its set.
+:class:`Iterations` runs a method's iterations: the progress bar, the stop at the site's wall-time
+deadline (never before one iteration is kept), the loss record, the observer call after each kept
+iteration and a log line now and then. A method writes only what one iteration does.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import trange
+
+from site_agent.distill.matching import Observer, past
+
+
+@dataclass(frozen=True)
+class Streams:
+    """A run's random streams beside torch's global one (which initialises networks)."""
+
+    gen: torch.Generator  # real batches, initial images, minibatch order
+    rng: np.random.Generator  # DSA seeds and other NumPy draws
+
+
+def seeded(seed: int) -> Streams:
+    """Seed torch's global generator and return fresh streams, all from ``seed``."""
+    torch.manual_seed(seed)
+    return Streams(torch.Generator().manual_seed(seed), np.random.default_rng(seed))
+
+
+class Iterations:
+    """Up to ``total`` iterations of one method; iterate for the iteration index, :meth:`record` each kept one.
+
+    Args:
+        method: the name in progress bars and logs ("DC", "MTT", ...).
+        total: iterations asked for.
+        log: the method's logger.
+        log_every: an info line every this many iterations (and after the last).
+        describe: the info line's text for a loss, e.g. ``lambda loss: f"matching loss {loss:.4f}"``.
+        images: the current synthetic images (N, C, H, W) in pixel space, for the observer.
+        progress: show a progress bar.
+        deadline: ``time.monotonic()`` after which no new iteration starts (``None``: no limit).
+        observer: called with (iterations kept, images) after every kept iteration.
+    """
+
+    def __init__(
+        self,
+        method: str,
+        total: int,
+        *,
+        log: logging.Logger,
+        log_every: int,
+        describe: Callable[[float], str],
+        images: Callable[[], torch.Tensor],
+        progress: bool,
+        deadline: float | None,
+        observer: Observer | None,
+    ) -> None:
+        self.method, self.total = method, total
+        self.log, self.log_every, self.describe = log, log_every, describe
+        self.images, self.progress, self.deadline, self.observer = images, progress, deadline, observer
+        self.history: list[float] = []  # the loss of every kept iteration
+
+    def __iter__(self) -> Iterator[int]:
+        for iteration in trange(self.total, desc=f"{self.method} distill", disable=not self.progress, leave=False):
+            if self.history and past(self.deadline):
+                self.log.warning("%s: wall-time limit reached after %d of %d iterations", self.method, iteration,
+                                 self.total)
+                return
+            yield iteration
+
+    def record(self, iteration: int, loss: float) -> None:
+        """Keep a finished iteration's loss, show the set to the observer, and log now and then."""
+        self.history.append(loss)
+        if self.observer:
+            self.observer(len(self.history), self.images())
+        if iteration % self.log_every == 0 or iteration == self.total - 1:
+            self.log.info("%s iteration %d/%d: %s", self.method, iteration + 1, self.total, self.describe(loss))

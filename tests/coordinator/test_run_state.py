@@ -1,0 +1,57 @@
+"""Resuming a stopped run: stored requests and bundles, re-verified before they count."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from coordinator import run_state
+from coordinator.receive import Expectation, receive_bundle
+from shared.config import RunConfig
+from shared.datasets import dataset_info
+from shared.errors import ConfigError, ReplayError
+from site_agent.release import seal_release
+from tests.conftest import make_request, make_synthetic
+
+
+def test_resume_reopens_stored_bundles_only_for_the_request_on_record(keys, tmp_path: Path) -> None:
+    """A stored bundle re-verifies against the stored request; after a new nonce replaces it, it no longer does."""
+    coordinator, sites = keys
+    config = RunConfig(run_dir=str(tmp_path))
+    state, _ = run_state.start(tmp_path, config)
+    request = make_request(run_id=state.run_id)
+    state.requests["site-0"] = request
+    run_state.save(tmp_path, state)
+    (tmp_path / "run_config.json").write_text(json.dumps(config.to_flower()))
+    sealed = seal_release(make_synthetic(request), request, sites["site-0"], dataset_info("breastmnist"), 10)
+    run_state.store_bundle(tmp_path, "site-0", sealed)
+
+    with pytest.raises(ConfigError, match="already holds a run"):
+        run_state.start(tmp_path, config)
+    resumed, resumed_config = run_state.start(tmp_path, config.model_copy(update={"resume": True, "min_sites": 1}))
+    assert resumed.run_id == state.run_id and resumed_config.min_sites == 1
+    stored = run_state.stored_bundles(tmp_path, resumed)
+    expectation = Expectation(resumed.requests["site-0"], (1, 28, 28), 2, 1 << 20, "site-0")
+    assert receive_bundle(stored["site-0"], expectation, coordinator, set()).manifest.site_id == "site-0"
+
+    replaced = make_request(run_id=state.run_id, nonce="cd" * 32)
+    with pytest.raises(ReplayError, match="nonce"):
+        receive_bundle(stored["site-0"], Expectation(replaced, (1, 28, 28), 2, 1 << 20, "site-0"), coordinator, set())
+    with pytest.raises(ConfigError, match="no stopped run"):
+        run_state.start(tmp_path / "elsewhere", config.model_copy(update={"resume": True}))
+
+
+def test_resumed_run_counts_valid_stored_bundles_and_asks_again_for_tampered_ones(keys, tmp_path: Path) -> None:
+    """On resume a stored valid bundle counts as delivered (its site is not asked again); a tampered one does not."""
+    coordinator, sites = keys
+    state = run_state.RunState(run_id="run-x")
+    for site in ("site-0", "site-1"):
+        state.requests[site] = make_request(run_id="run-x", nonce=(site[-1] * 64))
+        sealed = seal_release(make_synthetic(state.requests[site]), state.requests[site], sites[site],
+                              dataset_info("breastmnist"), 10)
+        run_state.store_bundle(tmp_path, site, sealed if site == "site-0" else sealed[:-1] + bytes([sealed[-1] ^ 1]))
+    valid = run_state.reverify_stored(tmp_path, state, lambda req, site: Expectation(req, (1, 28, 28), 2, 1 << 20, site),
+                                      coordinator)
+    assert list(valid) == ["site-0"] and valid["site-0"].manifest.site_id == "site-0"
