@@ -8,17 +8,11 @@ site's private cache, so it survives the per-message ClientApp processes of a de
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from pathlib import Path
 
 from shared.errors import PolicyError
-
-
-def _path(cache_dir: Path, run_id: str) -> Path:
-    # The run id comes from the coordinator: hash it rather than use it as a file name.
-    return cache_dir / "evaluations" / f"{hashlib.sha256(run_id.encode()).hexdigest()[:32]}.json"
+from site_agent.cache import run_file, write_atomically
 
 
 def spend_evaluation(cache_dir: Path, run_id: str, limit: int) -> int:
@@ -27,12 +21,9 @@ def spend_evaluation(cache_dir: Path, run_id: str, limit: int) -> int:
     Raises:
         PolicyError: the run has already had ``limit`` evaluations; nothing is scored.
     """
-    path = _path(cache_dir, run_id)
+    path = run_file(cache_dir, "evaluations", run_id, ".json")
     done = json.loads(path.read_text())["evaluations"] if path.is_file() else 0
     if done >= limit:
         raise PolicyError(f"this run has had the {limit} evaluations this site's policy allows per run")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"evaluations": done + 1}))
-    os.replace(tmp, path)
+    write_atomically(path, lambda tmp: tmp.write_text(json.dumps({"evaluations": done + 1})))
     return done + 1

@@ -7,34 +7,26 @@ sends with the request, as well as fresh random networks, and releases a new sea
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
 import torch
 
+from site_agent.cache import run_file, write_atomically
 from site_agent.distill import SyntheticSet
 
 log = logging.getLogger(__name__)
 
 
-def _path(cache_dir: Path, run_id: str) -> Path:
-    # The run id comes from the coordinator: hash it rather than use it as a file name.
-    return cache_dir / "rounds" / hashlib.sha256(run_id.encode()).hexdigest()[:32] / "released.pt"
-
-
 def keep_released_set(cache_dir: Path, run_id: str, synthetic: SyntheticSet) -> None:
     """Remember the set just released in this run, for the next round."""
-    path = _path(cache_dir, run_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"images": synthetic.images, "labels": synthetic.labels}, tmp)
-    tmp.replace(path)
+    kept = {"images": synthetic.images, "labels": synthetic.labels}
+    write_atomically(run_file(cache_dir, "rounds", run_id, ".pt"), lambda tmp: torch.save(kept, tmp))
 
 
 def previous_set(cache_dir: Path, run_id: str) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Images (N, C, H, W) and labels (N,) this site released in the last round of this run, or None."""
-    path = _path(cache_dir, run_id)
+    path = run_file(cache_dir, "rounds", run_id, ".pt")
     if not path.is_file():
         log.warning("no set of an earlier round of this run is kept at this site: starting afresh")
         return None
