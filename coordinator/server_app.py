@@ -270,8 +270,7 @@ def evaluate_at_sites(
     request = EvaluateRequest(run_id=federation.state.run_id, dataset=federation.info.name, model=federation.spec)
     reports = {}
     for name, model in variants.items():
-        content = RecordDict({RecordKey.ARRAYS: ArrayRecord(model.state_dict()),
-                              RecordKey.REQUEST: ConfigRecord({FieldKey.REQUEST_JSON: request.model_dump_json()})})
+        content = _request_record(request, model)
         timeout = federation.config.evaluate_timeout
         replies = exchange(grid, {node: content for node in node_ids}, "evaluate", timeout)
         evaluations = [_site_evaluation(node, site_of.get(node), replies.get(node), federation.info.num_classes,
@@ -292,10 +291,11 @@ def _coordinator_keys(config: RunConfig, run_dir: Path, num_nodes: int) -> Coord
     return load_coordinator_keys(create_simulation_keys(run_dir / SIMULATION_KEYS, site_ids))
 
 
-def _request_record(request: DistillRequest, global_model: ConvNet | None = None) -> RecordDict:
+def _request_record(request: DistillRequest | EvaluateRequest, model: ConvNet | None = None) -> RecordDict:
+    """A request as JSON, with the model's weights when it carries them (evaluate; distill from round 2)."""
     records: dict[str, Any] = {RecordKey.REQUEST: ConfigRecord({FieldKey.REQUEST_JSON: request.model_dump_json()})}
-    if global_model is not None:
-        records[RecordKey.ARRAYS] = ArrayRecord(global_model.state_dict())
+    if model is not None:
+        records[RecordKey.ARRAYS] = ArrayRecord(model.state_dict())
     return RecordDict(records)
 
 
