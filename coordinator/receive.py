@@ -14,7 +14,7 @@ import numpy as np
 from coordinator.trust import CoordinatorKeys
 from shared.bundle import MAX_ABS_PIXEL, BundleHeader, OpenedBundle, SealedBundle
 from shared.errors import InvalidBundle, ReplayError, VerificationError
-from shared.schemas import DistillRequest
+from shared.schemas import DistillRequest, PrivacySummary
 
 
 @dataclass(frozen=True)
@@ -124,3 +124,4 @@ class SiteOutcome:
     reason: str = ""
     bundle_bytes: int = 0
     metrics: dict[str, float] | None = None
+    privacy: PrivacySummary | None = None  # the privacy report signed into an accepted bundle's manifest

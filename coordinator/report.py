@@ -147,6 +147,8 @@ def render_report(summary: dict[str, Any]) -> str:
             f"| {s['site_id'] or '?'} | {s['node_id'] if s['node_id'] is not None else '-'} | {s['status']} | {s['reason'] or ''} | "
             f"{s['bundle_bytes']} | {_fmt(s.get('distill_seconds'))} |"
         )
+    if any(s.get("privacy") for s in summary["sites"]):
+        lines += ["", *_privacy_section(summary["sites"])]
     if "global" in summary:
         lines += ["", *_global_section(summary["global"], summary.get("uncorrected"), summary["per_site"])]
     if "yardstick" in summary:
@@ -187,6 +189,33 @@ def _global_section(g: dict[str, Any], uncorrected: dict[str, Any] | None, per_s
     return lines
 
 
+def _privacy_section(sites: list[dict[str, Any]]) -> list[str]:
+    """Each site's privacy report in numbers, as signed into its manifest (site_agent/privacy)."""
+    lines = [("Privacy reports, measured by each site before release and signed into its manifest. Membership "
+              "attack AUC (0.5: chance) on a model trained on the site's set, against the same attack on a random "
+              "real subset of the same size; TPR at 0.1 % FPR of the strongest attack; synthetic images flagged "
+              "as too close to a real one; the set's balanced accuracy on the site's held-out images."),
+             "", ("| site | attack AUC [95 % CI] | LiRA AUC | real-subset AUC | TPR at 0.1 % FPR | flagged | "
+                  "held-out bal. acc. | report s |"), "|---|---|---|---|---|---|---|---|"]
+    for s in sites:
+        p = s.get("privacy")
+        if not p:
+            continue
+        attacks = [a for a in (p["threshold_attack"], p["lira"]) if a]
+        tpr = max((a["tpr_at_0_1pct_fpr"]["value"] for a in attacks), default=None)
+        lines.append(f"| {s['site_id']} | {_interval(p['threshold_attack'])} | {_interval(p['lira'])} | "
+                     f"{_interval(p['reference_threshold_attack'])} | {_fmt(tpr)} | {p['nearest_real_flagged']} | "
+                     f"{_fmt(p['site_balanced_accuracy'])} | {p['seconds']:.0f} |")
+    return lines
+
+
+def _interval(attack: dict[str, Any] | None) -> str:
+    if not attack:
+        return "n/a"
+    auc = attack["auc"]
+    return f"{auc['value']:.3f} [{auc['low']:.2f}, {auc['high']:.2f}]"
+
+
 def _yardstick_section(summary: dict[str, Any]) -> list[str]:
     """The pooled set against a random real subset of the same size (simulation only)."""
     y, g, u = summary["yardstick"], summary["global"], summary.get("uncorrected", summary["global"])
@@ -211,6 +240,8 @@ def _site_entry(outcome: SiteOutcome) -> dict[str, Any]:
         "distill_seconds": metrics.get("distill-seconds"),
         "synthetic_images": metrics.get("synthetic-images"),
         "real_train_images": metrics.get("num-examples"),
+        "privacy_seconds": metrics.get("privacy-seconds"),
+        "privacy": outcome.privacy.model_dump(mode="json") if outcome.privacy else None,
     }
 
 

@@ -20,21 +20,13 @@ from coordinator.evaluate import Metrics
 from coordinator.pool import PooledSet
 from coordinator.train import train_corrected
 from shared.config import RunConfig, resolve_device
-from shared.datasets import IMAGE_SIZE
+from shared.datasets import IMAGE_SIZE, reference_subset
 from shared.metrics import EvalCounts, log_odds
 from shared.models import ConvNet
 from shared.schemas import ModelSpec
 from shared.training import predict_logits
 
 FIGURES = ("accuracy", "balanced_accuracy", "auc")
-
-
-def reference_subset(labels: np.ndarray, class_counts: list[int], seed: int) -> np.ndarray:
-    """Random real indices with ``class_counts[c]`` images of class ``c`` (all of a smaller class)."""
-    rng = np.random.default_rng(seed)
-    picks = [rng.choice(np.flatnonzero(labels == c), size=min(n, int((labels == c).sum())), replace=False)
-             for c, n in enumerate(class_counts) if n]
-    return np.concatenate(picks)
 
 
 def score(model: ConvNet, images: np.ndarray, labels: np.ndarray) -> Metrics:

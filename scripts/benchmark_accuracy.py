@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from coordinator.yardstick import reference_subset, score
+from coordinator.yardstick import score
 from shared.config import RunConfig
-from shared.datasets import DatasetInfo, dataset_info
+from shared.datasets import DatasetInfo, dataset_info, reference_subset
 from shared.models import ConvNet
 from shared.schemas import DistillMethod, NetworkSpec
 from shared.training import TrainSettings, train_classifier

@@ -24,9 +24,9 @@ from coordinator import run_state
 from coordinator.evaluate import Metrics
 from coordinator.pool import pool
 from coordinator.trust import load_coordinator_keys
-from coordinator.yardstick import reference_subset
 from shared.bundle import open_bundle
 from shared.config import RunConfig
+from shared.datasets import reference_subset
 from shared.errors import InvalidBundle
 from shared.keys import SIMULATION_KEYS
 from shared.metrics import EvalCounts, log_odds

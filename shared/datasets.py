@@ -88,3 +88,11 @@ def denormalize(images: np.ndarray) -> np.ndarray:
     """float (N, C, H, W) in about [-1, 1] -> uint8 (N, H, W, C) for display."""
     x = np.clip((images + 1.0) * 127.5, 0, 255).round().astype(np.uint8)
     return x.transpose(0, 2, 3, 1)
+
+
+def reference_subset(labels: np.ndarray, class_counts: list[int], seed: int) -> np.ndarray:
+    """Random real indices with ``class_counts[c]`` images of class ``c`` (all of a smaller class)."""
+    rng = np.random.default_rng(seed)
+    picks = [rng.choice(np.flatnonzero(labels == c), size=min(n, int((labels == c).sum())), replace=False)
+             for c, n in enumerate(class_counts) if n]
+    return np.concatenate(picks)

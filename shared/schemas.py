@@ -81,6 +81,7 @@ class MetricKey(StrEnum):
     NUM_EXAMPLES = "num-examples"
     DISTILL_SECONDS = "distill-seconds"
     SEAL_SECONDS = "seal-seconds"
+    PRIVACY_SECONDS = "privacy-seconds"  # the site's privacy report before release
     BUNDLE_BYTES = "bundle-bytes"
     SYNTHETIC_IMAGES = "synthetic-images"
     # Evaluation of the global model at a site: summable counts only (shared.metrics.EvalCounts).
@@ -271,6 +272,7 @@ class EvaluateRequest(_Strict):
 
 _Count = Annotated[int, Field(ge=0, le=10**9)]
 _Seconds = Annotated[float, Field(ge=0, le=10**7, allow_inf_nan=False)]
+_Fraction = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 
 
 class DistillReplyMetrics(_Strict):
@@ -279,6 +281,7 @@ class DistillReplyMetrics(_Strict):
     num_examples: float = Field(alias=MetricKey.NUM_EXAMPLES.value, ge=0, le=10**9, allow_inf_nan=False)
     distill_seconds: _Seconds = Field(alias=MetricKey.DISTILL_SECONDS.value)
     seal_seconds: _Seconds = Field(alias=MetricKey.SEAL_SECONDS.value)
+    privacy_seconds: _Seconds = Field(0.0, alias=MetricKey.PRIVACY_SECONDS.value)
     bundle_bytes: float = Field(alias=MetricKey.BUNDLE_BYTES.value, ge=0, le=2**40, allow_inf_nan=False)
     synthetic_images: float = Field(alias=MetricKey.SYNTHETIC_IMAGES.value, ge=0, le=10**7, allow_inf_nan=False)
 
@@ -329,6 +332,47 @@ class EvaluateReply(_Strict):
         return EvalCounts(per_class, confusion, histograms)
 
 
+class Estimate(_Strict):
+    """A measured fraction and its bootstrap 95 % interval."""
+
+    value: _Fraction
+    low: _Fraction
+    high: _Fraction
+
+
+class AttackSummary(_Strict):
+    """How well one membership-inference attack told the site's members from its non-members."""
+
+    auc: Estimate
+    tpr_at_1pct_fpr: Estimate
+    tpr_at_0_1pct_fpr: Estimate  # with N non-members, FPRs below 1/N read as zero false positives
+
+
+class PrivacySummary(_Strict):
+    """The numbers of a site's privacy report (``site_agent.privacy``), signed into the manifest.
+
+    The full report, with per-image nearest neighbours, stays at the site.
+    """
+
+    # None: not measurable (no held-out images at the site), or for LiRA no time for the shadow models.
+    threshold_attack: AttackSummary | None = None
+    lira: AttackSummary | None = None
+    reference_threshold_attack: AttackSummary | None = None  # a random real subset of the same size, trained alike
+    reference_lira: AttackSummary | None = None
+    members: _Count
+    non_members: _Count
+    shadow_models: _Count
+    nearest_real_flagged: _Count  # synthetic images closer to a real one than the policy's quantile allows
+    nearest_real_min_rank: _Fraction  # lowest rank among real-to-real nearest distances (0: a copy)
+    max_ssim: float = Field(ge=-1, le=1, allow_inf_nan=False)
+    synthetic_duplicates: _Count
+    site_accuracy: _Fraction | None = None  # of a model trained on the set, on the site's held-out images
+    site_balanced_accuracy: _Fraction | None = None
+    site_auc: _Fraction | None = None  # None where the held-out images lack a class
+    site_test_images: _Count
+    seconds: _Seconds
+
+
 class PayloadInfo(_Strict):
     """Layout of the payload that follows the manifest (see ``shared.bundle``)."""
 
@@ -361,6 +405,7 @@ class BundleManifest(_Strict):
     real_class_counts: dict[int, _Count] | None = None
     real_class_counts_rounding: int = Field(1, ge=1, le=10**6)
     round: int = Field(1, ge=1, le=100)  # the refinement round this set answers
+    privacy: PrivacySummary | None = None  # the site's privacy report in numbers; None: not computed
     normalization: Literal["x/127.5-1"] = "x/127.5-1"
     software: dict[str, str]
     created_at: str

@@ -22,6 +22,8 @@ from site_agent.data import dataset_of_file
 from site_agent.handlers import prepare_release
 from site_agent.policy import SitePolicy, describe, write_default_policy
 from site_agent.preview import open_for_inspection, opened_grid, preview_request, summarize_bundle, write_release
+from site_agent.privacy.gate import ReleaseBlocked
+from site_agent.privacy.page import REPORT_HTML, privacy_report_folder, summary_lines
 from site_agent.settings import SiteSettings
 
 console = Console()
@@ -98,6 +100,9 @@ def distill(
     except LocalDataError as exc:
         console.print(exc.local_detail, style="red", highlight=False)
         raise
+    except ReleaseBlocked as exc:
+        console.print(f"privacy report (site-local): {exc.report_page}", style="red", highlight=False)
+        raise
     files = write_release(release, out)
     counts = ", ".join(f"class {c}: {n}" for c, n in release.manifest.class_counts.items())
     typer.echo(
@@ -106,6 +111,11 @@ def distill(
         f"synthetic images: {counts}; distilled in {metrics['distill-seconds']:.1f} s\n"
         f"site-local preview (not sent): {files.preview}\nsite-local manifest (not sent): {files.manifest}"
     )
+    if release.manifest.privacy is not None:
+        folder = privacy_report_folder(settings.cache_dir, release.manifest.run_id, release.manifest.nonce)
+        typer.echo("\n".join(["privacy report (numbers signed into the manifest):",
+                               *(f"  {line}" for line in summary_lines(release.manifest.privacy)),
+                               f"full privacy report (site-local, not sent): {folder / REPORT_HTML}"]))
 
 
 def inspect(

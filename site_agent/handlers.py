@@ -1,6 +1,7 @@
 """What a site does for each kind of request, as plain functions (no Flower types).
 
-``answer_distill``: load local data -> distill -> seal -> (approval, when the policy asks) -> (sealed bundle, metrics).
+``answer_distill``: load local data -> distill -> privacy report and gate -> seal -> (approval, when the policy
+asks) -> (sealed bundle, metrics).
 ``prepare_release``: the same up to the seal; ``site-agent distill`` previews a release with it.
 ``answer_evaluate``: load local test data -> score the global model -> summable counts (no per-image value).
 """
@@ -15,15 +16,18 @@ import torch
 
 from shared.config import resolve_device
 from shared.errors import ConfigError, PolicyError
-from shared.schemas import DistillRequest, EvaluateReply, EvaluateRequest, InitMode, MetricKey
+from shared.schemas import DistillRequest, EvaluateReply, EvaluateRequest, InitMode, MetricKey, PrivacySummary
 from site_agent.approval import ReleaseApproval, approval_for
 from site_agent.budget import spend_evaluation
-from site_agent.data import LabelledImages, load_site_images
+from site_agent.data import LabelledImages, SiteImages, load_site_images
 from site_agent.distill import SyntheticSet, distill
 from site_agent.evaluate import evaluate_global_model, load_global_model
 from site_agent.identity import load_site_identity
 from site_agent.policy import SitePolicy
-from site_agent.privacy import nearest_real_similarity
+from site_agent.privacy.gate import enforce, failed_limits
+from site_agent.privacy.near_copy import nearest_real_similarity
+from site_agent.privacy.page import privacy_report_folder, summary_lines, write_report
+from site_agent.privacy.report import ShadowSettings, measure_privacy
 from site_agent.release import SealedRelease, seal_described
 from site_agent.rounds import keep_released_set, previous_set
 from site_agent.settings import SiteSettings
@@ -87,13 +91,14 @@ def prepare_release(
         progress=progress, min_real_per_class=settings.policy.min_real_per_class,
         expert_cache_dir=settings.cache_dir / "experts", max_seconds=settings.policy.max_seconds, **refine,
     )
-    started = time.perf_counter()
     check_not_a_copy(synthetic, images.train, settings.policy, request.distill.init)
+    privacy = report_privacy(synthetic, images, request, settings, device)
+    started = time.perf_counter()
     policy = settings.policy
     release = seal_described(
         synthetic, request, identity, images.info, num_real_examples=len(images.train),
         real_class_counts=policy.released_class_counts(images.train.class_counts(images.info.num_classes)),
-        real_class_counts_rounding=policy.class_count_rounding,
+        real_class_counts_rounding=policy.class_count_rounding, privacy=privacy,
     )
     sealed = release.sealed
     keep_released_set(settings.cache_dir, request.run_id, synthetic)
@@ -101,6 +106,7 @@ def prepare_release(
         MetricKey.NUM_EXAMPLES.value: float(len(images.train)),
         MetricKey.DISTILL_SECONDS.value: synthetic.seconds,
         MetricKey.SEAL_SECONDS.value: time.perf_counter() - started,
+        MetricKey.PRIVACY_SECONDS.value: privacy.seconds if privacy else 0.0,
         MetricKey.BUNDLE_BYTES.value: float(len(sealed)),
         MetricKey.SYNTHETIC_IMAGES.value: float(len(synthetic.labels)),
     }
@@ -122,6 +128,32 @@ def check_not_a_copy(synthetic: SyntheticSet, train: LabelledImages, policy: Sit
             f"a synthetic image is a near copy of a local image (correlation above {policy.max_real_similarity}); "
             "nothing was released"
         )
+
+
+def report_privacy(
+    synthetic: SyntheticSet, images: SiteImages, request: DistillRequest, settings: SiteSettings, device: torch.device
+) -> PrivacySummary | None:
+    """Measure the set's privacy report, write it at the site, and hold the release to the policy's limits.
+
+    Returns the summary to sign into the manifest (None when the policy turns the report off).
+
+    Raises:
+        ReleaseBlocked: the report breaks a limit; the full report is still written for the reviewer.
+    """
+    limits = settings.policy.privacy
+    if not limits.report:
+        return None
+    shadows = ShadowSettings(min_real_per_class=settings.policy.min_real_per_class,
+                             max_seconds=settings.policy.max_seconds)
+    report = measure_privacy(synthetic, images, limits, device, shadows, seed=request.distill.seed)
+    failed = failed_limits(report.summary, limits)
+    folder = privacy_report_folder(settings.cache_dir, request.run_id, request.nonce)
+    _, page = write_report(report, synthetic, images.info.label_names, limits, failed, folder)
+    for line in summary_lines(report.summary):
+        log.info("site %s privacy report: %s", settings.site_id, line)
+    log.info("site %s: privacy report at %s", settings.site_id, page)
+    enforce(report.summary, limits, str(page))
+    return report.summary
 
 
 def answer_evaluate(

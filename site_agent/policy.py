@@ -31,6 +31,36 @@ class MTTLimits(BaseModel):
     max_num_experts: int = Field(20, ge=1, description="most expert trajectories trained at the site")
 
 
+class PrivacyLimits(BaseModel):
+    """What the site measures before each release (``site_agent.privacy``) and the limits that block it.
+
+    A limit set to null is reported but never blocks.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    report: bool = Field(True, description="measure memorisation, membership inference and utility before release")
+    max_mia_auc: float | None = Field(
+        0.6, ge=0.5, le=1, description="block a release whose strongest membership attack reaches this AUC"
+    )
+    max_mia_tpr_at_0_1pct_fpr: float | None = Field(
+        0.1, ge=0, le=1, description="block a release whose strongest attack finds this share of members at 0.1 % FPR "
+        "(at zero false positives when the site holds under 1000 held-out images)"
+    )
+    min_nearest_real_quantile: float | None = Field(
+        0.01, ge=0, le=1, description="block a release with a synthetic image closer to a real one than this quantile "
+        "of real-to-real nearest distances in its class (pixel or feature space)"
+    )
+    shadow_models: int = Field(
+        4, ge=0, le=64, description="shadow models of the LiRA attack, each trained on a set distilled from a random "
+        "half of the site's images (0: threshold attack only)"
+    )
+    max_seconds: float | None = Field(
+        1800, gt=0, description="time the report may take; shadow models that do not fit are skipped (null: no limit)"
+    )
+    train_epochs: int = Field(300, ge=1, le=10_000, description="epochs of every model the report trains")
+
+
 class SitePolicy(BaseModel):
     """Upper limits a site enforces on every distillation request."""
 
@@ -50,6 +80,7 @@ class SitePolicy(BaseModel):
         0.95, gt=0, le=1, description="refuse a set in which an image correlates this much with a local image"
     )
     mtt: MTTLimits = Field(MTTLimits(), description="caps on MTT's expensive settings")
+    privacy: PrivacyLimits = Field(PrivacyLimits(), description="the privacy report and the limits it enforces")
     release_class_counts: bool = Field(
         True, description="put the site's real training images per class in the signed manifest (aggregate counts, "
         "no image), so the coordinator can correct the global model for class imbalance"
@@ -69,13 +100,22 @@ class SitePolicy(BaseModel):
     )
 
     @classmethod
-    def permissive(cls, allow_real_init: bool) -> SitePolicy:
-        """A simulated site's policy: one operator plays every role, so it takes the run's own settings."""
+    def permissive(
+        cls, allow_real_init: bool, privacy_report: bool = True, shadow_models: int = 0, train_epochs: int = 300
+    ) -> SitePolicy:
+        """A simulated site's policy: one operator plays every role, so it takes the run's own settings.
+
+        The privacy report is measured (its models trained for the global model's ``train_epochs``)
+        and shown, but no limit blocks a release.
+        """
         cap = 100_000
         return cls(
             allowed_methods=list(DistillMethod), max_ipc=1000, max_iterations=cap, allow_real_init=allow_real_init,
             max_evaluations_per_run=cap,
             mtt=MTTLimits(max_syn_steps=cap, max_train_epochs_expert=cap, max_num_experts=cap),
+            privacy=PrivacyLimits(report=privacy_report, max_mia_auc=None, max_mia_tpr_at_0_1pct_fpr=None,
+                                  min_nearest_real_quantile=None, shadow_models=shadow_models,
+                                  train_epochs=train_epochs),
         )
 
     @classmethod
@@ -151,12 +191,13 @@ def write_default_policy(path: Path, overwrite: bool = False) -> SitePolicy:
 
 
 def describe(policy: SitePolicy) -> list[tuple[str, str, str]]:
-    """(field, value, meaning) for every setting, nested MTT caps as ``mtt.<field>``."""
+    """(field, value, meaning) for every setting, nested limits as ``mtt.<field>`` and ``privacy.<field>``."""
     rows = []
     for name, field in SitePolicy.model_fields.items():
         value = getattr(policy, name)
-        if isinstance(value, MTTLimits):
-            rows += [(f"mtt.{n}", json.dumps(getattr(value, n)), f.description or "") for n, f in MTTLimits.model_fields.items()]
+        if isinstance(value, MTTLimits | PrivacyLimits):
+            rows += [(f"{name}.{n}", json.dumps(getattr(value, n)), f.description or "")
+                     for n, f in type(value).model_fields.items()]
         else:
             shown = [m.value for m in value] if name == "allowed_methods" else value
             rows.append((name, json.dumps(shown), field.description or ""))

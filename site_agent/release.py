@@ -15,7 +15,7 @@ from shared import __version__, crypto
 from shared.bundle import MAX_ABS_PIXEL, encode_payload, payload_info, seal_bundle
 from shared.datasets import DatasetInfo
 from shared.errors import DataError
-from shared.schemas import BundleManifest, DistillRequest
+from shared.schemas import BundleManifest, DistillRequest, PrivacySummary
 from site_agent.distill import SyntheticSet
 from site_agent.identity import SiteIdentity
 
@@ -29,6 +29,7 @@ def build_manifest(
     payload: bytes,
     real_class_counts: dict[int, int] | None = None,
     real_class_counts_rounding: int = 1,
+    privacy: PrivacySummary | None = None,
 ) -> BundleManifest:
     """The signed self-description of a release."""
     counts = np.bincount(synthetic.labels.numpy(), minlength=info.num_classes)
@@ -47,6 +48,7 @@ def build_manifest(
         real_class_counts=real_class_counts,
         real_class_counts_rounding=real_class_counts_rounding,
         round=request.round,
+        privacy=privacy,
         distill=synthetic.config,
         iterations_completed=len(synthetic.loss_history),
         software=_software_versions(),
@@ -93,8 +95,12 @@ def seal_described(
     num_real_examples: int,
     real_class_counts: dict[int, int] | None = None,
     real_class_counts_rounding: int = 1,
+    privacy: PrivacySummary | None = None,
 ) -> SealedRelease:
-    """:func:`seal_release`, keeping the manifest and set for the site's own previews and approvals."""
+    """:func:`seal_release`, keeping the manifest and set for the site's own previews and approvals.
+
+    ``privacy`` is the site's privacy report in numbers, signed into the manifest.
+    """
     if not bool(synthetic.images.isfinite().all()):
         raise DataError("distillation produced non-finite synthetic images; nothing was released")
     if float(synthetic.images.abs().max()) > MAX_ABS_PIXEL:
@@ -104,7 +110,7 @@ def seal_described(
         )
     payload = encode_payload(synthetic.images.numpy(), synthetic.labels.numpy())
     manifest = build_manifest(synthetic, request, identity, info, num_real_examples, payload, real_class_counts,
-                              real_class_counts_rounding)
+                              real_class_counts_rounding, privacy)
     return SealedRelease(seal_bundle(manifest, payload, identity.signing_key, identity.coordinator_key), manifest, synthetic)
 
 

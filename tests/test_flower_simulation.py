@@ -23,7 +23,7 @@ from shared.errors import FederationError
 from shared.metrics import SCORE_BINS
 from shared.schemas import EvaluateReply, FieldKey, MetricKey, PartitionScheme, RecordKey
 from site_agent.data import load_site_images
-from site_agent.privacy import nearest_real_similarity
+from site_agent.privacy.near_copy import nearest_real_similarity
 from site_agent.settings import PartitionSpec
 
 pytestmark = [pytest.mark.flower, pytest.mark.realdata]

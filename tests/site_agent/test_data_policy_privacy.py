@@ -13,7 +13,7 @@ from shared.schemas import DCConfig, InitMode, PartitionScheme
 from site_agent.data import load_medmnist
 from site_agent.partition import partition
 from site_agent.policy import SitePolicy
-from site_agent.privacy import nearest_real_similarity
+from site_agent.privacy.near_copy import nearest_real_similarity
 from tests.conftest import blobs, make_request
 
 

@@ -15,7 +15,7 @@ from shared.schemas import DistillRequest, DMConfig, MTTConfig, NetworkSpec
 from site_agent.approval import APPROVED, BUNDLE_NAME, FolderApproval, approval_for
 from site_agent.cli import app
 from site_agent.handlers import answer_distill
-from site_agent.policy import SitePolicy
+from site_agent.policy import PrivacyLimits, SitePolicy
 from site_agent.release import seal_described
 from site_agent.settings import SiteSettings
 from tests.conftest import make_request, make_synthetic
@@ -126,7 +126,8 @@ def test_answer_distill_waits_for_approval_when_the_policy_requires_it(keys, tmp
     labels = np.repeat([0, 1], 12)
     images = np.clip(rng.integers(40, 215, (2, 28, 28))[labels] + rng.normal(0, 20, (24, 28, 28)), 0, 255)
     np.savez(tmp_path / "export.npz", train_images=images.astype(np.uint8), train_labels=labels)
-    policy = SitePolicy(require_approval=True, approvals_dir=str(tmp_path / "approvals"))
+    policy = SitePolicy(require_approval=True, approvals_dir=str(tmp_path / "approvals"),
+                        privacy=PrivacyLimits(report=False))
     settings = SiteSettings(site_id="site-0", key_dir=tmp_path / "keys" / "site-0", data_root=str(tmp_path / "export.npz"),
                             partition=None, policy=policy, device="cpu", verify_md5=True, simulated=False,
                             cache_dir=tmp_path / "cache")

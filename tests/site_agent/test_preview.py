@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -32,14 +33,18 @@ def write_export(path: Path, per_class: int = 12) -> Path:
 def site(tmp_path: Path) -> dict[str, Path]:
     """Simulation-style keys for site-0 (pinned coordinator key) and a data export."""
     coordinator_dir = create_simulation_keys(tmp_path / "keys", ["site-0", "site-1"])
-    return {"coordinator": coordinator_dir, "keys": tmp_path / "keys" / "site-0",
+    # A report quick enough for a test, with limits that 4 held-out images cannot meaningfully test.
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"privacy": {"train_epochs": 5, "shadow_models": 0, "max_mia_auc": None,
+                                              "max_mia_tpr_at_0_1pct_fpr": None}}))
+    return {"coordinator": coordinator_dir, "keys": tmp_path / "keys" / "site-0", "policy": policy,
             "other": tmp_path / "keys" / "site-1", "data": write_export(tmp_path / "export.npz")}
 
 
 def distill_args(site: dict[str, Path], out: Path, *extra: str) -> list[str]:
     return ["distill", "--data", str(site["data"]), "--dataset", "breastmnist", "--method", "dm", "--ipc", "2",
             "--iterations", "2", "--out", str(out), "--key-dir", str(site["keys"]), "--site-id", "site-0",
-            "--device", "cpu", "--cache-dir", str(out.parent / "cache"), *extra]
+            "--device", "cpu", "--cache-dir", str(out.parent / "cache"), "--policy", str(site["policy"]), *extra]
 
 
 def test_distill_writes_a_bundle_the_coordinator_accepts(site: dict[str, Path], tmp_path: Path) -> None:
@@ -56,6 +61,8 @@ def test_distill_writes_a_bundle_the_coordinator_accepts(site: dict[str, Path], 
     keys = load_coordinator_keys(site["coordinator"])
     opened = receive_bundle(out.read_bytes(), Expectation(request, (1, 28, 28), 2, 1 << 20), keys, set())
     assert opened.images.shape == (4, 1, 28, 28) and opened.manifest == manifest
+    assert manifest.privacy is not None and manifest.privacy.non_members == 4  # signed, numbers only
+    assert "threshold attack: AUC" in result.output and "privacy-report.html" in result.output
 
 
 def test_inspect_shows_the_header_and_opens_with_the_coordinator_key(site: dict[str, Path], tmp_path: Path) -> None:
