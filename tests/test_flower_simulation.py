@@ -85,6 +85,12 @@ def test_simulation_releases_only_sealed_sets_and_survives_a_tampered_site(data_
     for name in ("summary.json", "report.md", "run_config.json", "synthetic_grid.png", "global_model.pt"):
         assert (run_dir / name).is_file(), name
     assert json.loads((run_dir / "run_config.json").read_text())["ipc"] == 2
+    # Each accepted site's privacy report, signed into its manifest, reaches the summary and the report.
+    for site in by_status["accepted"]:
+        privacy = site["privacy"]
+        assert privacy["threshold_attack"]["auc"]["low"] <= privacy["threshold_attack"]["auc"]["value"]
+        assert privacy["members"] == site["real_train_images"]
+    assert "Privacy reports" in (run_dir / "report.md").read_text()
 
     # Every reply every site sent: 3 distill + 3 evaluate.
     replies = [pickle.loads(p.read_bytes()) for p in sorted(record_dir.glob("*.pkl"))]
