@@ -73,8 +73,8 @@ overflow:auto}} .bad{{color:#a00}}</style>
 <p>Full report (site-local): {html.escape(REPORT_JSON) if report_path.is_file() else "not measured"} in this
 folder, and the privacy report page in the site's cache.</p>
 <h2>Signed manifest</h2>
-<pre>{html.escape(manifest.model_dump_json(indent=2)) if manifest else "missing"}</pre>
+<pre>{html.escape(manifest.model_dump_json(indent=2), quote=False) if manifest else "missing"}</pre>
 <h2>The request</h2>
-<pre>{html.escape(request.model_dump_json(indent=2)) if request else "missing"}</pre>
+<pre>{html.escape(request.model_dump_json(indent=2), quote=False) if request else "missing"}</pre>
 </body></html>
 """
