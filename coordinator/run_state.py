@@ -42,7 +42,7 @@ BUNDLES = "bundles"
 # Settings a resumed run may change; everything else comes from the stopped run's run_config.json,
 # so the stored bundles still answer exactly what is asked.
 OPERATIONAL = ("min_sites", "node_wait_timeout", "distill_timeout", "evaluate_timeout", "keys_dir", "device",
-               "out_dir", "run_dir", "resume", "max_bundle_mb", "rounds")
+               "out_dir", "run_dir", "resume", "max_bundle_mb", "rounds", "approval_wait_s", "approval_ask_every_s")
 
 
 class RunState(BaseModel):

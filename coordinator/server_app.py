@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +35,14 @@ from coordinator.trust import CoordinatorKeys, create_simulation_keys, load_coor
 from shared.bundle import OpenedBundle
 from shared.config import RunConfig, resolve_device, simulated_site_id
 from shared.datasets import IMAGE_SIZE, DatasetInfo, dataset_info
-from shared.errors import FedDistillError, FederationError, InvalidBundle, InvalidReply
+from shared.errors import (
+    AWAITS_APPROVAL,
+    REJECTED_BY_REVIEWER,
+    FedDistillError,
+    FederationError,
+    InvalidBundle,
+    InvalidReply,
+)
 from shared.keys import SIMULATION_KEYS
 from shared.logs import configure_logging
 from shared.models import ConvNet, build_model
@@ -151,8 +158,10 @@ def run_round(
     pooled_sets = accepted + carried
     bytes_moved = {"up": sum(o.bundle_bytes for o in outcomes), "down": _model_bytes(global_model) * len(requests)}
     if len(pooled_sets) < config.min_sites:
-        message = (f"{len(pooled_sets)} valid bundles, fewer than min-sites={config.min_sites}; the bundles received "
-                   f"are kept: continue with `coordinator run --resume {federation.run_dir}`")
+        waiting = sum(o.status == OutcomeStatus.AWAITING_APPROVAL for o in outcomes)
+        held = f" ({waiting} sites' releases await their operators' approval: see approval-wait-s)" if waiting else ""
+        message = (f"{len(pooled_sets)} valid bundles, fewer than min-sites={config.min_sites}{held}; the bundles "
+                   f"received are kept: continue with `coordinator run --resume {federation.run_dir}`")
         summary = report.build_summary(config, state.run_id, outcomes, None, info, None, stages, "failed", message)
         report.write_results(federation.run_dir, summary, None, info)
         raise FederationError(message)
@@ -221,10 +230,38 @@ def ask_sites(
     for binding in to_ask:
         state.record_request(_key(binding), requests[binding.node_id], binding.site_id)
     run_state.save(run_dir, state)  # before asking: a bundle is only accepted for a request on record
+
+    def store(node: int, reply: Message) -> None:
+        _store_sealed(run_dir, _key(bindings[node]), reply, state.round)
+
     replies = exchange(grid, {node: _request_record(req, global_model) for node, req in requests.items()},
-                       "query.distill", federation.config.distill_timeout,
-                       on_reply=lambda node, reply: _store_sealed(run_dir, _key(bindings[node]), reply, state.round))
+                       "query.distill", federation.config.distill_timeout, on_reply=store)
+    replies = await_approvals(grid, federation.config, requests, replies, global_model, store)
     return requests, replies, outcomes, list(stored.values())
+
+
+def await_approvals(
+    grid: Grid,
+    config: RunConfig,
+    requests: Mapping[int, DistillRequest],
+    replies: Mapping[int, Message],
+    global_model: ConvNet | None,
+    on_reply: Callable[[int, Message], None],
+) -> dict[int, Message]:
+    """Ask each site whose release awaits its operator's approval again, with the same request (same nonce),
+    every ``approval-ask-every-s`` until none waits or ``approval-wait-s`` has passed; returns the latest replies.
+
+    A site that approved answers with the release its operator reviewed; one that rejected it says so.
+    """
+    replies = dict(replies)
+    deadline = time.monotonic() + config.approval_wait_s
+    while (waiting := sorted(n for n, r in replies.items() if _awaits_approval(r))) and time.monotonic() < deadline:
+        pause = min(config.approval_ask_every_s, deadline - time.monotonic())
+        log.info("%d sites' releases await their operators' approval; asking them again in %.0f s", len(waiting), pause)
+        time.sleep(pause)
+        replies |= exchange(grid, {node: _request_record(requests[node], global_model) for node in waiting},
+                            "query.distill", config.distill_timeout, on_reply=on_reply)
+    return replies
 
 
 def receive_replies(
@@ -347,6 +384,11 @@ def _receive_one(
         if reply.error.code in _DROPPED_OUT:
             return SiteOutcome(node, site, OutcomeStatus.MISSING,
                                f"dropped out ({_DROPPED_OUT[reply.error.code]})"), None
+        reason = untrusted_text(_site_message(reply.error.reason))
+        if AWAITS_APPROVAL in reply.error.reason:
+            return SiteOutcome(node, site, OutcomeStatus.AWAITING_APPROVAL, reason), None
+        if REJECTED_BY_REVIEWER in reply.error.reason:
+            return SiteOutcome(node, site, OutcomeStatus.REJECTED_AT_SITE, reason), None
         return SiteOutcome(node, site, OutcomeStatus.REJECTED,
                            f"site reported an error: {untrusted_text(reply.error.reason)}"), None
     sealed = b""
@@ -359,6 +401,18 @@ def _receive_one(
     metrics["num-examples"] = float(opened.manifest.num_real_examples)  # the signed figure, not the sent one
     return SiteOutcome(node, opened.manifest.site_id, OutcomeStatus.ACCEPTED, "", opened.sealed_bytes, metrics,
                        opened.manifest.privacy), opened
+
+
+def _awaits_approval(reply: Message) -> bool:
+    return reply.has_error() and AWAITS_APPROVAL in reply.error.reason
+
+
+def _site_message(reason: str) -> str:
+    """The site's own sentence out of Flower's error text: ``<class '...'>:<'text'>``, where the Simulation
+    Engine's text is ``Exception ClientAppException occurred. Message: text``."""
+    text = reason.split(":<'", 1)[-1].removesuffix("'>").strip()
+    wrapped = " occurred. Message: "
+    return text.split(wrapped, 1)[1] if text.startswith("Exception ") and wrapped in text else text
 
 
 def _reply_metrics(reply: Message) -> dict[str, float]:
