@@ -384,11 +384,10 @@ def _receive_one(
         if reply.error.code in _DROPPED_OUT:
             return SiteOutcome(node, site, OutcomeStatus.MISSING,
                                f"dropped out ({_DROPPED_OUT[reply.error.code]})"), None
-        reason = untrusted_text(_site_message(reply.error.reason))
-        if AWAITS_APPROVAL in reply.error.reason:
-            return SiteOutcome(node, site, OutcomeStatus.AWAITING_APPROVAL, reason), None
-        if REJECTED_BY_REVIEWER in reply.error.reason:
-            return SiteOutcome(node, site, OutcomeStatus.REJECTED_AT_SITE, reason), None
+        for marker, status in ((AWAITS_APPROVAL, OutcomeStatus.AWAITING_APPROVAL),
+                               (REJECTED_BY_REVIEWER, OutcomeStatus.REJECTED_AT_SITE)):
+            if marker in reply.error.reason:
+                return SiteOutcome(node, site, status, untrusted_text(_site_message(reply.error.reason, marker))), None
         return SiteOutcome(node, site, OutcomeStatus.REJECTED,
                            f"site reported an error: {untrusted_text(reply.error.reason)}"), None
     sealed = b""
@@ -407,12 +406,13 @@ def _awaits_approval(reply: Message) -> bool:
     return reply.has_error() and AWAITS_APPROVAL in reply.error.reason
 
 
-def _site_message(reason: str) -> str:
-    """The site's own sentence out of Flower's error text: ``<class '...'>:<'text'>``, where the Simulation
-    Engine's text is ``Exception ClientAppException occurred. Message: text``."""
-    text = reason.split(":<'", 1)[-1].removesuffix("'>").strip()
+def _site_message(reason: str, marker: str) -> str:
+    """The site's own sentence (the line holding ``marker``) out of Flower's error text: ``<class '...'>:<'text'>``,
+    where the Simulation Engine's text may hold a Ray traceback ending ``... occurred. Message: text``."""
+    line = next((line for line in reversed(reason.splitlines()) if marker in line), reason)
+    line = line.split(":<'", 1)[-1].removesuffix("'>")
     wrapped = " occurred. Message: "
-    return text.split(wrapped, 1)[1] if text.startswith("Exception ") and wrapped in text else text
+    return (line.split(wrapped, 1)[1] if wrapped in line else line).strip()
 
 
 def _reply_metrics(reply: Message) -> dict[str, float]:

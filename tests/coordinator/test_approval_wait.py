@@ -19,6 +19,9 @@ from tests.conftest import make_request
 
 SIMULATION = "<class 'flwr.clientapp.client_app.ClientAppException'>:<'\nException ClientAppException occurred. Message: {}'>"
 DEPLOYED = "<class 'shared.errors.{}'>:<'{}'>"
+RAY = ("<class 'ray.exceptions.RayTaskError(ClientAppException)'>:<'ray::ClientAppActor.run() (pid=1)\n"
+       "  File \"ray_actor.py\", line 65, in run\n    raise ClientAppException(str(ex)) from ex\n"
+       "flwr.clientapp.client_app.ClientAppException: \nException ClientAppException occurred. Message: {}'>")
 PENDING = "the release for run 'r' awaits this site's manual approval; nothing was sent"
 DECLINED = "the release for run 'r' was rejected by this site's reviewer: too close to a patient; nothing was sent"
 
@@ -87,6 +90,7 @@ def test_without_approval_wait_the_coordinator_asks_once() -> None:
     (SIMULATION.format(PENDING), OutcomeStatus.AWAITING_APPROVAL, PENDING),
     (DEPLOYED.format("ApprovalPending", PENDING), OutcomeStatus.AWAITING_APPROVAL, PENDING),
     (SIMULATION.format(DECLINED), OutcomeStatus.REJECTED_AT_SITE, DECLINED),
+    (RAY.format(DECLINED), OutcomeStatus.REJECTED_AT_SITE, DECLINED),
     (DEPLOYED.format("ReleaseRejected", DECLINED), OutcomeStatus.REJECTED_AT_SITE, DECLINED),
     (DEPLOYED.format("DataError", "no training images"), OutcomeStatus.REJECTED, "site reported an error"),
 ])
@@ -97,6 +101,8 @@ def test_a_held_or_declined_release_is_its_own_status(reason: str, status: Outco
     reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=request_msg)
     outcome, bundle = server_app._receive_one(7, reply, SimpleNamespace(site_id="site-0"), None, set())
     assert bundle is None and outcome.status == status and shown in outcome.reason
+    if status != OutcomeStatus.REJECTED:
+        assert outcome.reason == shown  # the site's sentence alone, without Flower's or Ray's wrapping
     config = RunConfig()
     summary = build_summary(config, "r", [outcome], None, dataset_info("breastmnist"), None, {}, "failed")
     assert summary["sites"][0]["status"] == status and summary["sites_by_status"] == {status.value: 1}
