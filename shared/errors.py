@@ -72,7 +72,7 @@ class ApprovalPending(PolicyError):
     ``folder`` (site-local, never in the message) is where the held release waits.
     """
 
-    hint = "the site's operator reviews the held release and approves it (see site_agent/approval.py)"
+    hint = "the site's operator reviews it (`site-agent review`), then `site-agent approve ID --by NAME` or `reject`"
 
     def __init__(self, message: str, *, folder: str = "") -> None:
         super().__init__(message)

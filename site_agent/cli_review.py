@@ -12,8 +12,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from site_agent import audit
 from site_agent.approval import FolderApproval, HeldRelease, ReleaseStatus, approvals_dir_for
@@ -21,7 +19,6 @@ from site_agent.cli_tools import PolicyOption
 from site_agent.policy import SitePolicy
 from site_agent.review import privacy_headline, write_review_page
 
-console = Console()
 audit_app = typer.Typer(help="The site's audit log: show it, or check its hash chain.", no_args_is_help=True)
 
 CacheOption = Annotated[
@@ -52,18 +49,17 @@ def review(
     if not releases:
         typer.echo(f"no releases in {approvals.approvals_dir}")
         return
-    table = Table(title=f"releases in {approvals.approvals_dir}")
-    for column in ("ID", "run", "dataset", "method", "ipc", "status", "privacy"):
-        table.add_column(column, overflow="fold")
-    for held in releases:
-        table.add_row(held.id, *_facts(held), held.status.value, privacy_headline(held))
-    console.print(table)
-    for held in releases:
+    for held in releases:  # ID first, whole, on its own: it is what approve and reject take
+        run, dataset, method, ipc = _facts(held)
+        typer.echo(f"{held.id}  {held.status.value}\n  run {run}: {dataset}, {method}, ipc {ipc}; {privacy_headline(held)}")
         if held.status == ReleaseStatus.HELD:
             page = write_review_page(held)
-            typer.echo(f"review {held.id}: {page}")
+            typer.echo(f"  review page: {page}")
             if open_page:
                 webbrowser.open(page.resolve().as_uri())
+        elif held.decision is not None:
+            why = f": {held.decision.reason}" if held.decision.reason else ""
+            typer.echo(f"  {held.status.value} by {held.decision.by} at {held.decision.at}{why}")
 
 
 def approve(

@@ -67,7 +67,8 @@ def test_a_held_release_is_reviewed_approved_and_sent_as_stored_without_distilli
     cache = ["--cache-dir", str(settings.cache_dir)]
     listed = runner.invoke(app, ["review", *cache])
     assert listed.exit_code == 0, listed.output
-    assert f"review {folder.name}: {folder / 'review.html'}" in listed.output
+    assert f"{folder.name}  held\n  run r1: breastmnist, dm, ipc 2; MIA AUC " in listed.output
+    assert f"  review page: {folder / 'review.html'}" in listed.output
     page = (folder / "review.html").read_text()
     assert "data:image/png;base64," in page and '"nonce": "' + "ef" * 32 in page
     assert runner.invoke(app, ["approve", "no-such-release", "--by", "alice", *cache]).exit_code == 1
