@@ -150,6 +150,7 @@ def run_round(
         requests, replies, outcomes, accepted = ask_sites(grid, federation, global_model)
     with timed("receive", stages):
         accepted, outcomes = receive_replies(federation, requests, replies, outcomes, accepted)
+    _remember_awaiting_approval(federation, outcomes)
     fresh = {b.manifest.site_id for b in accepted}
     carried = [bundle for site, bundle in sorted(previous.items()) if site not in fresh]
     if carried:
@@ -207,7 +208,8 @@ def ask_sites(
     grid: Grid, federation: Federation, global_model: ConvNet | None = None
 ) -> tuple[dict[int, DistillRequest], dict[int, Message], list[SiteOutcome], list[OpenedBundle]]:
     """Re-verify what a stopped run stored this round, then ask every other usable site to distill, with a
-    fresh nonce (and, from round 2, the global model to refine against).
+    fresh nonce (the same request again where a stopped run's site held its release for approval), and,
+    from round 2, the global model to refine against.
 
     Returns the requests sent and replies received by node, and the outcomes and bundles settled so far.
     """
@@ -224,8 +226,9 @@ def ask_sites(
     log.info("run %s: %d sites connected, %d bundles already held; asking %d to distill %s",
              state.run_id, len(federation.node_ids), len(stored), len(to_ask), federation.info.name)
     refine = {"round": state.round, "global_model": federation.spec if global_model is not None else None}
-    requests = {b.node_id: DistillRequest(run_id=state.run_id, nonce=secrets.token_hex(32), dataset=federation.info.name,
-                                          distill=federation.config.distill_config(), **refine)
+    requests = {b.node_id: state.request_to_send(_key(b), DistillRequest(
+                    run_id=state.run_id, nonce=secrets.token_hex(32), dataset=federation.info.name,
+                    distill=federation.config.distill_config(), **refine))
                 for b in to_ask}
     for binding in to_ask:
         state.record_request(_key(binding), requests[binding.node_id], binding.site_id)
@@ -315,6 +318,14 @@ def evaluate_at_sites(
                                         timeout) for node in node_ids]
         reports[name] = aggregate(evaluations, federation.info.num_classes)
     return reports
+
+
+def _remember_awaiting_approval(federation: Federation, outcomes: list[SiteOutcome]) -> None:
+    """Record whose release awaits its site's approval: a resumed run asks them the same request again."""
+    key_of = {b.node_id: _key(b) for b in federation.bindings.values()}
+    federation.state.awaiting_approval = sorted(key_of[o.node_id] for o in outcomes
+                                                if o.status == OutcomeStatus.AWAITING_APPROVAL and o.node_id in key_of)
+    run_state.save(federation.run_dir, federation.state)
 
 
 def _key(binding: NodeBinding) -> str:

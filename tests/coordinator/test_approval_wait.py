@@ -9,8 +9,8 @@ from flwr.app import ConfigRecord, Error, Message, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.supercore.task_identity import TaskIdentity
 
-from coordinator import messaging, server_app
-from coordinator.receive import OutcomeStatus
+from coordinator import messaging, run_state, server_app
+from coordinator.receive import OutcomeStatus, SiteOutcome
 from coordinator.report import build_summary, render_report
 from shared.config import RunConfig
 from shared.datasets import dataset_info
@@ -109,3 +109,16 @@ def test_a_held_or_declined_release_is_its_own_status(reason: str, status: Outco
     report = render_report(summary)
     assert f"| {status.value} |" in report
     assert ("Site review:" in report) == (status != OutcomeStatus.REJECTED)
+
+
+def test_the_run_state_remembers_whose_release_awaits_approval(tmp_path) -> None:
+    """After receiving, the keys of sites awaiting approval are saved for a resumed run."""
+    state = run_state.RunState(run_id="r")
+    bindings = {7: SimpleNamespace(node_id=7, site_id="site-0"), 8: SimpleNamespace(node_id=8, site_id=None)}
+    federation = SimpleNamespace(bindings=bindings, state=state, run_dir=tmp_path)
+    outcomes = [SiteOutcome(7, "site-0", OutcomeStatus.AWAITING_APPROVAL, PENDING),
+                SiteOutcome(8, None, OutcomeStatus.AWAITING_APPROVAL, PENDING),
+                SiteOutcome(None, "site-9", OutcomeStatus.MISSING, "never connected")]
+    server_app._remember_awaiting_approval(federation, outcomes)
+    saved = run_state.RunState.model_validate_json((tmp_path / run_state.STATE).read_text())
+    assert saved.awaiting_approval == ["node-8", "site-0"]
