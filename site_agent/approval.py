@@ -176,8 +176,10 @@ class FolderApproval:
         return [held for folder in folders if (held := _read(folder)) is not None]
 
     def get(self, release_id: str) -> HeldRelease:
-        """Raises:
-        ConfigError: no release has this ID.
+        """One release by its ID (its folder's name).
+
+        Raises:
+            ConfigError: no release has this ID.
         """
         folder = self.approvals_dir / release_id
         held = _read(folder) if "/" not in release_id and release_id not in ("", ".", "..") and folder.is_dir() else None

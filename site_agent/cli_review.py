@@ -86,7 +86,10 @@ def reject(
 @audit_app.command("show")
 def audit_show(cache_dir: CacheOption = DEFAULT_CACHE) -> None:
     """Print the audit log, one line per entry (not checked: `site-agent audit verify` checks it)."""
-    for entry in audit.read_entries(cache_dir.expanduser()):
+    entries = audit.read_entries(cache_dir.expanduser())
+    if not entries:
+        typer.echo(f"no audit log in {audit.audit_dir(cache_dir.expanduser())}")
+    for entry in entries:
         typer.echo(audit.describe(entry))
 
 
