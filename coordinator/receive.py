@@ -112,11 +112,14 @@ class OutcomeStatus(StrEnum):
     ACCEPTED = "accepted"
     REJECTED = "rejected"  # with the reason
     MISSING = "missing"  # never connected, or no reply in time
+    AWAITING_APPROVAL = "awaiting-approval"  # the site holds its release for its operator's review
+    REJECTED_AT_SITE = "rejected-at-site"  # the site's reviewer rejected its release (with their reason)
 
 
 @dataclass(frozen=True)
 class SiteOutcome:
-    """What came of asking one node for its bundle: accepted, rejected (with the reason) or missing."""
+    """What came of asking one node for its bundle: accepted, rejected (with the reason), missing, awaiting the
+    site's approval, or rejected by the site's reviewer."""
 
     node_id: int | None  # None: the site never connected
     site_id: str | None

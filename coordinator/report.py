@@ -62,6 +62,8 @@ def build_summary(
         "iterations": config.distill_config().iterations,  # the preset's when the config says 0
         "sites_expected": config.sites,
         "sites_accepted": sum(o.status == OutcomeStatus.ACCEPTED for o in outcomes),
+        "sites_by_status": {status.value: n for status in OutcomeStatus
+                            if (n := sum(o.status == status for o in outcomes))},
         "sites": [_site_entry(o) for o in sorted(outcomes, key=lambda o: (o.site_id or "~", o.node_id or -1))],
         "stage_seconds": {k: round(v, 3) for k, v in stage_seconds.items()},
     }
@@ -141,6 +143,11 @@ def render_report(summary: dict[str, Any]) -> str:
     ]
     if summary.get("error"):
         lines += ["", f"**Stopped:** {summary['error']}"]
+    by_status = summary.get("sites_by_status", {})
+    held, declined = by_status.get(OutcomeStatus.AWAITING_APPROVAL, 0), by_status.get(OutcomeStatus.REJECTED_AT_SITE, 0)
+    if held or declined:
+        lines += ["", (f"Site review: {held} sites' releases await their operators' approval, {declined} were rejected "
+                      "by the site's own reviewer (nothing was sent by them).")]
     lines += ["", "| site | node | status | reason | bundle bytes | distill s |", "|---|---|---|---|---|---|"]
     for s in summary["sites"]:
         lines.append(

@@ -13,6 +13,8 @@ check run id, nonce and contents: nothing is trusted because it was on disk), an
 sites without a valid bundle, each with a fresh nonce that replaces the old request. So a bundle is
 only ever accepted for the exact (run id, site, nonce) the coordinator issued and still holds, a
 site delivers at most once per run, and a late reply to a superseded request fails the nonce check.
+The exception: a site whose release awaited its operator's approval when the run stopped is asked
+the same request again, since the release its operator reviews answers only that nonce.
 The stored bundles are as confidential as in transit: only the coordinator's private key opens them.
 """
 
@@ -42,7 +44,7 @@ BUNDLES = "bundles"
 # Settings a resumed run may change; everything else comes from the stopped run's run_config.json,
 # so the stored bundles still answer exactly what is asked.
 OPERATIONAL = ("min_sites", "node_wait_timeout", "distill_timeout", "evaluate_timeout", "keys_dir", "device",
-               "out_dir", "run_dir", "resume", "max_bundle_mb", "rounds")
+               "out_dir", "run_dir", "resume", "max_bundle_mb", "rounds", "approval_wait_s", "approval_ask_every_s")
 
 
 class RunState(BaseModel):
@@ -58,6 +60,7 @@ class RunState(BaseModel):
     round: int = 1  # the round in progress
     requests: dict[str, DistillRequest] = {}  # of the round in progress
     expected_site: dict[str, str | None] = {}
+    awaiting_approval: list[str] = []  # keys whose release awaited the site's approval in the round in progress
     completed: dict[int, dict[str, DistillRequest]] = {}  # requests of completed rounds, whose bundles stay valid
     history: list[dict[str, Any]] = []  # per completed round: its metrics and bytes (the summary's "rounds")
 
@@ -65,12 +68,18 @@ class RunState(BaseModel):
         self.requests[key] = request
         self.expected_site[key] = expected_site
 
+    def request_to_send(self, key: str, fresh: DistillRequest) -> DistillRequest:
+        """The request on record while the site's release awaits its approval (same nonce), else ``fresh``."""
+        held = self.requests.get(key)
+        return held if key in self.awaiting_approval and held is not None else fresh
+
     def next_round(self, record: dict[str, Any]) -> None:
         """Close the round in progress with its record; the next one starts with no request sent."""
         self.completed[self.round] = dict(self.requests)
         self.history.append(record)
         self.round += 1
         self.requests = {}
+        self.awaiting_approval = []
 
 
 def start(run_dir: Path, config: RunConfig) -> tuple[RunState, RunConfig]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +35,14 @@ from coordinator.trust import CoordinatorKeys, create_simulation_keys, load_coor
 from shared.bundle import OpenedBundle
 from shared.config import RunConfig, resolve_device, simulated_site_id
 from shared.datasets import IMAGE_SIZE, DatasetInfo, dataset_info
-from shared.errors import FedDistillError, FederationError, InvalidBundle, InvalidReply
+from shared.errors import (
+    AWAITS_APPROVAL,
+    REJECTED_BY_REVIEWER,
+    FedDistillError,
+    FederationError,
+    InvalidBundle,
+    InvalidReply,
+)
 from shared.keys import SIMULATION_KEYS
 from shared.logs import configure_logging
 from shared.models import ConvNet, build_model
@@ -143,6 +150,7 @@ def run_round(
         requests, replies, outcomes, accepted = ask_sites(grid, federation, global_model)
     with timed("receive", stages):
         accepted, outcomes = receive_replies(federation, requests, replies, outcomes, accepted)
+    _remember_awaiting_approval(federation, outcomes)
     fresh = {b.manifest.site_id for b in accepted}
     carried = [bundle for site, bundle in sorted(previous.items()) if site not in fresh]
     if carried:
@@ -151,8 +159,10 @@ def run_round(
     pooled_sets = accepted + carried
     bytes_moved = {"up": sum(o.bundle_bytes for o in outcomes), "down": _model_bytes(global_model) * len(requests)}
     if len(pooled_sets) < config.min_sites:
-        message = (f"{len(pooled_sets)} valid bundles, fewer than min-sites={config.min_sites}; the bundles received "
-                   f"are kept: continue with `coordinator run --resume {federation.run_dir}`")
+        waiting = sum(o.status == OutcomeStatus.AWAITING_APPROVAL for o in outcomes)
+        held = f" ({waiting} sites' releases await their operators' approval: see approval-wait-s)" if waiting else ""
+        message = (f"{len(pooled_sets)} valid bundles, fewer than min-sites={config.min_sites}{held}; the bundles "
+                   f"received are kept: continue with `coordinator run --resume {federation.run_dir}`")
         summary = report.build_summary(config, state.run_id, outcomes, None, info, None, stages, "failed", message)
         report.write_results(federation.run_dir, summary, None, info)
         raise FederationError(message)
@@ -198,7 +208,8 @@ def ask_sites(
     grid: Grid, federation: Federation, global_model: ConvNet | None = None
 ) -> tuple[dict[int, DistillRequest], dict[int, Message], list[SiteOutcome], list[OpenedBundle]]:
     """Re-verify what a stopped run stored this round, then ask every other usable site to distill, with a
-    fresh nonce (and, from round 2, the global model to refine against).
+    fresh nonce (the same request again where a stopped run's site held its release for approval), and,
+    from round 2, the global model to refine against.
 
     Returns the requests sent and replies received by node, and the outcomes and bundles settled so far.
     """
@@ -215,16 +226,45 @@ def ask_sites(
     log.info("run %s: %d sites connected, %d bundles already held; asking %d to distill %s",
              state.run_id, len(federation.node_ids), len(stored), len(to_ask), federation.info.name)
     refine = {"round": state.round, "global_model": federation.spec if global_model is not None else None}
-    requests = {b.node_id: DistillRequest(run_id=state.run_id, nonce=secrets.token_hex(32), dataset=federation.info.name,
-                                          distill=federation.config.distill_config(), **refine)
+    requests = {b.node_id: state.request_to_send(_key(b), DistillRequest(
+                    run_id=state.run_id, nonce=secrets.token_hex(32), dataset=federation.info.name,
+                    distill=federation.config.distill_config(), **refine))
                 for b in to_ask}
     for binding in to_ask:
         state.record_request(_key(binding), requests[binding.node_id], binding.site_id)
     run_state.save(run_dir, state)  # before asking: a bundle is only accepted for a request on record
+
+    def store(node: int, reply: Message) -> None:
+        _store_sealed(run_dir, _key(bindings[node]), reply, state.round)
+
     replies = exchange(grid, {node: _request_record(req, global_model) for node, req in requests.items()},
-                       "query.distill", federation.config.distill_timeout,
-                       on_reply=lambda node, reply: _store_sealed(run_dir, _key(bindings[node]), reply, state.round))
+                       "query.distill", federation.config.distill_timeout, on_reply=store)
+    replies = await_approvals(grid, federation.config, requests, replies, global_model, store)
     return requests, replies, outcomes, list(stored.values())
+
+
+def await_approvals(
+    grid: Grid,
+    config: RunConfig,
+    requests: Mapping[int, DistillRequest],
+    replies: Mapping[int, Message],
+    global_model: ConvNet | None,
+    on_reply: Callable[[int, Message], None],
+) -> dict[int, Message]:
+    """Ask each site whose release awaits its operator's approval again, with the same request (same nonce),
+    every ``approval-ask-every-s`` until none waits or ``approval-wait-s`` has passed; returns the latest replies.
+
+    A site that approved answers with the release its operator reviewed; one that rejected it says so.
+    """
+    replies = dict(replies)
+    deadline = time.monotonic() + config.approval_wait_s
+    while (waiting := sorted(n for n, r in replies.items() if _awaits_approval(r))) and time.monotonic() < deadline:
+        pause = min(config.approval_ask_every_s, deadline - time.monotonic())
+        log.info("%d sites' releases await their operators' approval; asking them again in %.0f s", len(waiting), pause)
+        time.sleep(pause)
+        replies |= exchange(grid, {node: _request_record(requests[node], global_model) for node in waiting},
+                            "query.distill", config.distill_timeout, on_reply=on_reply)
+    return replies
 
 
 def receive_replies(
@@ -278,6 +318,14 @@ def evaluate_at_sites(
                                         timeout) for node in node_ids]
         reports[name] = aggregate(evaluations, federation.info.num_classes)
     return reports
+
+
+def _remember_awaiting_approval(federation: Federation, outcomes: list[SiteOutcome]) -> None:
+    """Record whose release awaits its site's approval: a resumed run asks them the same request again."""
+    key_of = {b.node_id: _key(b) for b in federation.bindings.values()}
+    federation.state.awaiting_approval = sorted(key_of[o.node_id] for o in outcomes
+                                                if o.status == OutcomeStatus.AWAITING_APPROVAL and o.node_id in key_of)
+    run_state.save(federation.run_dir, federation.state)
 
 
 def _key(binding: NodeBinding) -> str:
@@ -347,6 +395,10 @@ def _receive_one(
         if reply.error.code in _DROPPED_OUT:
             return SiteOutcome(node, site, OutcomeStatus.MISSING,
                                f"dropped out ({_DROPPED_OUT[reply.error.code]})"), None
+        for marker, status in ((AWAITS_APPROVAL, OutcomeStatus.AWAITING_APPROVAL),
+                               (REJECTED_BY_REVIEWER, OutcomeStatus.REJECTED_AT_SITE)):
+            if marker in reply.error.reason:
+                return SiteOutcome(node, site, status, untrusted_text(_site_message(reply.error.reason, marker))), None
         return SiteOutcome(node, site, OutcomeStatus.REJECTED,
                            f"site reported an error: {untrusted_text(reply.error.reason)}"), None
     sealed = b""
@@ -359,6 +411,19 @@ def _receive_one(
     metrics["num-examples"] = float(opened.manifest.num_real_examples)  # the signed figure, not the sent one
     return SiteOutcome(node, opened.manifest.site_id, OutcomeStatus.ACCEPTED, "", opened.sealed_bytes, metrics,
                        opened.manifest.privacy), opened
+
+
+def _awaits_approval(reply: Message) -> bool:
+    return reply.has_error() and AWAITS_APPROVAL in reply.error.reason
+
+
+def _site_message(reason: str, marker: str) -> str:
+    """The site's own sentence (the line holding ``marker``) out of Flower's error text: ``<class '...'>:<'text'>``,
+    where the Simulation Engine's text may hold a Ray traceback ending ``... occurred. Message: text``."""
+    line = next((line for line in reversed(reason.splitlines()) if marker in line), reason)
+    line = line.split(":<'", 1)[-1].removesuffix("'>")
+    wrapped = " occurred. Message: "
+    return (line.split(wrapped, 1)[1] if wrapped in line else line).strip()
 
 
 def _reply_metrics(reply: Message) -> dict[str, float]:

@@ -69,9 +69,15 @@ class RunConfig(BaseModel):
     # Simulated sites' privacy report before each release (site_agent/privacy): shown, never blocking.
     privacy_report: bool = True
     privacy_shadows: int = Field(0, ge=0, le=64)  # LiRA shadow models per site (each is a distillation)
+    # Simulated sites hold every release for manual approval (site policy require_approval), to try the review.
+    require_approval: bool = False
     # operations
     node_wait_timeout: float = Field(120.0, gt=0)
     distill_timeout: float = Field(3600.0, gt=0)
+    # Ask a site whose release awaits its operator's approval again (same request, same nonce) every
+    # approval-ask-every-s, for up to approval-wait-s after the first ask (0: ask once, do not wait).
+    approval_wait_s: float = Field(0.0, ge=0)
+    approval_ask_every_s: float = Field(30.0, gt=0)
     evaluate_timeout: float = Field(600.0, gt=0)
     max_bundle_mb: float = Field(64.0, gt=0)
     out_dir: str = "results"

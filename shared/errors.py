@@ -7,6 +7,11 @@ statistics.
 
 from __future__ import annotations
 
+# Phrases in a site's refusal that tell the coordinator a release is held or was rejected by the site's
+# reviewer, not that the site failed: Flower's error reply keeps an exception's text, not always its class.
+AWAITS_APPROVAL = "awaits this site's manual approval"
+REJECTED_BY_REVIEWER = "was rejected by this site's reviewer"
+
 
 class FedDistillError(Exception):
     """Base class of every error this project raises on purpose."""
@@ -67,11 +72,23 @@ class ApprovalPending(PolicyError):
     ``folder`` (site-local, never in the message) is where the held release waits.
     """
 
-    hint = "the site's operator reviews the held release and approves it (see site_agent/approval.py)"
+    hint = "the site's operator reviews it (`site-agent review`), then `site-agent approve ID --by NAME` or `reject`"
 
     def __init__(self, message: str, *, folder: str = "") -> None:
         super().__init__(message)
         self.folder = folder
+
+
+class ReleaseRejected(PolicyError):
+    """The site's own reviewer rejected the release this request asks for; nothing was sent, nor will be."""
+
+    hint = "the site's operator rejected this release; ask them, or start a new run for a newly distilled set"
+
+
+class AuditLogError(FedDistillError):
+    """The site's audit log is malformed or its hash chain is broken; the message names the first bad entry."""
+
+    hint = "the audit log was edited, reordered or cut short; keep the file as it is for the site's investigation"
 
 
 class InvalidBundle(FedDistillError):

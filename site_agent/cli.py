@@ -13,7 +13,7 @@ from shared import crypto
 from shared.errors import ConfigError, KeyFileError
 from shared.keys import COORDINATOR_PUB, create_site_identity
 from shared.logs import run_cli
-from site_agent import cli_tools
+from site_agent import cli_review, cli_tools
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ def trust_coordinator(
 
 
 cli_tools.register(app)  # check, distill, inspect, policy: tools that need no coordinator
+cli_review.register(app)  # review, approve, reject, audit: what leaves the site, and its record
 
 
 @app.command()

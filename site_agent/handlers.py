@@ -1,13 +1,18 @@
 """What a site does for each kind of request, as plain functions (no Flower types).
 
-``answer_distill``: load local data -> distill -> privacy report and gate -> seal -> (approval, when the policy
-asks) -> (sealed bundle, metrics).
+``answer_distill``: (approval, when the policy asks: a decided request is answered from the approvals
+folder, before any work) -> load local data -> distill -> privacy report and gate -> seal -> (held for
+approval) -> (sealed bundle, metrics).
 ``prepare_release``: the same up to the seal; ``site-agent distill`` previews a release with it.
 ``answer_evaluate``: load local test data -> score the global model -> summable counts (no per-image value).
+
+Each step is recorded in the site's audit log (``site_agent.audit``): the request, the set built, its
+privacy report, the decision and the release.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Mapping
@@ -17,16 +22,18 @@ import torch
 from shared.config import resolve_device
 from shared.errors import ConfigError, PolicyError
 from shared.schemas import DistillRequest, EvaluateReply, EvaluateRequest, InitMode, MetricKey, PrivacySummary
+from site_agent import audit
 from site_agent.approval import ReleaseApproval, approval_for
+from site_agent.audit import AuditEvent
 from site_agent.budget import spend_evaluation
 from site_agent.data import LabelledImages, SiteImages, load_site_images
 from site_agent.distill import SyntheticSet, distill
 from site_agent.evaluate import evaluate_global_model, load_global_model
 from site_agent.identity import load_site_identity
 from site_agent.policy import SitePolicy
-from site_agent.privacy.gate import enforce, failed_limits
+from site_agent.privacy.gate import enforce, failed_limits, limit_names
 from site_agent.privacy.near_copy import nearest_real_similarity
-from site_agent.privacy.page import privacy_report_folder, summary_lines, write_report
+from site_agent.privacy.page import headline, privacy_report_folder, summary_lines, write_report
 from site_agent.privacy.report import ShadowSettings, measure_privacy
 from site_agent.release import SealedRelease, seal_described
 from site_agent.rounds import keep_released_set, previous_set
@@ -44,17 +51,32 @@ def answer_distill(
 ) -> tuple[bytes, dict[str, float]]:
     """Distill the site's training images as requested, seal the result and, if the policy says so, hold it.
 
+    With approval required, the request (run id and nonce) is looked up first: an approved release is
+    sent as stored, and a held or rejected one is refused, without loading data or distilling again.
     ``approval`` overrides the policy's default approval hook (``site_agent.approval``). From round 2,
     ``global_model`` holds the weights the request's ``global_model`` spec describes.
 
     Raises:
         PolicyError, KeyFileError, DataError, ConfigError: with messages safe to send to the coordinator.
         ApprovalPending: the policy requires approval and the release has not been approved.
+        ReleaseRejected: the site's reviewer rejected the release this request asks for.
     """
-    release, metrics = prepare_release(request, settings, progress, global_model)
-    if not settings.policy.require_approval:
-        return release.sealed, metrics
-    return (approval or approval_for(settings)).approve(release), metrics
+    cache = settings.cache_dir
+    audit.record(cache, AuditEvent.REQUEST_RECEIVED, request, "coordinator", method=request.distill.method.value,
+                 ipc=request.distill.ipc, round=request.round, dataset=request.dataset)
+    approval = (approval or approval_for(settings)) if settings.policy.require_approval else None
+    stored = approval.decided(request) if approval is not None else None  # before any work
+    if stored is not None:
+        sealed, metrics = stored
+    else:
+        release, metrics = prepare_release(request, settings, progress, global_model)
+        if approval is not None:
+            approval.hold(release, request, metrics)
+        audit.record(cache, AuditEvent.DECISION, request, "policy", decision="approved", why="no review required")
+        sealed = release.sealed
+    audit.record(cache, AuditEvent.RELEASE, request, "site-agent", sha256=hashlib.sha256(sealed).hexdigest(),
+                 bytes=len(sealed))
+    return sealed, metrics
 
 
 def prepare_release(
@@ -91,6 +113,9 @@ def prepare_release(
         progress=progress, min_real_per_class=settings.policy.min_real_per_class,
         expert_cache_dir=settings.cache_dir / "experts", max_seconds=settings.policy.max_seconds, **refine,
     )
+    audit.record(settings.cache_dir, AuditEvent.SET_BUILT, request, "site-agent", method=request.distill.method.value,
+                 images=len(synthetic.labels), seconds=round(synthetic.seconds, 3),
+                 sha256=hashlib.sha256(synthetic.images.numpy().tobytes()).hexdigest())
     check_not_a_copy(synthetic, images.train, settings.policy, request.distill.init)
     privacy = report_privacy(synthetic, images, request, settings, device)
     started = time.perf_counter()
@@ -148,7 +173,12 @@ def report_privacy(
     report = measure_privacy(synthetic, images, limits, device, shadows, seed=request.distill.seed)
     failed = failed_limits(report.summary, limits)
     folder = privacy_report_folder(settings.cache_dir, request.run_id, request.nonce)
-    _, page = write_report(report, synthetic, images.info.label_names, limits, failed, folder)
+    report_json, page = write_report(report, synthetic, images.info.label_names, limits, failed, folder)
+    audit.record(settings.cache_dir, AuditEvent.PRIVACY_REPORT, request, "site-agent", **headline(report.summary),
+                 passed=[n for n in limit_names(limits) if n not in failed], failed=failed, report=str(report_json))
+    if failed:
+        audit.record(settings.cache_dir, AuditEvent.DECISION, request, "policy", decision="blocked",
+                     why=f"privacy limits failed: {', '.join(failed)}")
     for line in summary_lines(report.summary):
         log.info("site %s privacy report: %s", settings.site_id, line)
     log.info("site %s: privacy report at %s", settings.site_id, page)

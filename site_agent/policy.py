@@ -101,17 +101,19 @@ class SitePolicy(BaseModel):
 
     @classmethod
     def permissive(
-        cls, allow_real_init: bool, privacy_report: bool = True, shadow_models: int = 0, train_epochs: int = 300
+        cls, allow_real_init: bool, privacy_report: bool = True, shadow_models: int = 0, train_epochs: int = 300,
+        require_approval: bool = False,
     ) -> SitePolicy:
         """A simulated site's policy: one operator plays every role, so it takes the run's own settings.
 
         The privacy report is measured (its models trained for the global model's ``train_epochs``)
-        and shown, but no limit blocks a release.
+        and shown, but no limit blocks a release. ``require_approval`` holds each release for review, as
+        a deployed site's policy may.
         """
         cap = 100_000
         return cls(
             allowed_methods=list(DistillMethod), max_ipc=1000, max_iterations=cap, allow_real_init=allow_real_init,
-            max_evaluations_per_run=cap,
+            max_evaluations_per_run=cap, require_approval=require_approval,
             mtt=MTTLimits(max_syn_steps=cap, max_train_epochs_expert=cap, max_num_experts=cap),
             privacy=PrivacyLimits(report=privacy_report, max_mia_auc=None, max_mia_tpr_at_0_1pct_fpr=None,
                                   min_nearest_real_quantile=None, shadow_models=shadow_models,

@@ -135,7 +135,8 @@ def site_settings(node_config: Mapping[str, Any], run: RunConfig, run_dir: Path)
         partition=PartitionSpec(node.partition_id, node.num_partitions, run.partition, run.alpha, run.seed),
         # Simulated sites accept the simulation's own settings: one operator plays every role.
         policy=SitePolicy.permissive(allow_real_init=run.init == "real", privacy_report=run.privacy_report,
-                                     shadow_models=run.privacy_shadows, train_epochs=run.train_epochs),
+                                     shadow_models=run.privacy_shadows, train_epochs=run.train_epochs,
+                                     require_approval=run.require_approval),
         device=run.device,
         verify_md5=True,
         simulated=True,

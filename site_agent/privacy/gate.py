@@ -45,6 +45,12 @@ def failed_limits(summary: PrivacySummary, limits: PrivacyLimits) -> list[str]:
     return failed
 
 
+def limit_names(limits: PrivacyLimits) -> list[str]:
+    """The limits the policy sets (a limit set to null is reported but never blocks)."""
+    names = ("max_mia_auc", "max_mia_tpr_at_0_1pct_fpr", "min_nearest_real_quantile")
+    return [name for name in names if getattr(limits, name) is not None]
+
+
 def enforce(summary: PrivacySummary, limits: PrivacyLimits, report_page: str = "") -> None:
     """Raises:
     ReleaseBlocked: the summary breaks a limit.

@@ -118,6 +118,19 @@ def summary_lines(summary: PrivacySummary) -> list[str]:
     return lines
 
 
+def headline(summary: PrivacySummary) -> dict[str, float | int | None]:
+    """The report's headline numbers (the strongest attack, memorisation, utility), for the audit log and lists."""
+    attacks = [a for a in (summary.threshold_attack, summary.lira) if a is not None]
+    return {
+        "mia_auc": max((a.auc.value for a in attacks), default=None),
+        "mia_tpr_at_0_1pct_fpr": max((a.tpr_at_0_1pct_fpr.value for a in attacks), default=None),
+        "nearest_real_flagged": summary.nearest_real_flagged,
+        "nearest_real_min_rank": summary.nearest_real_min_rank,
+        "max_ssim": summary.max_ssim,
+        "site_balanced_accuracy": summary.site_balanced_accuracy,
+    }
+
+
 def _attack_cells(attack: AttackSummary | None) -> str:
     if attack is None:
         return "<td colspan=3>not measured</td>"

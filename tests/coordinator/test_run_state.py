@@ -55,3 +55,18 @@ def test_resumed_run_counts_valid_stored_bundles_and_asks_again_for_tampered_one
     valid = run_state.reverify_stored(tmp_path, state, lambda req, site: Expectation(req, (1, 28, 28), 2, 1 << 20, site),
                                       coordinator)
     assert list(valid) == ["site-0"] and valid["site-0"].manifest.site_id == "site-0"
+
+
+def test_a_resumed_run_asks_a_site_awaiting_approval_the_same_request(tmp_path: Path) -> None:
+    """Its reviewed release answers only the nonce on record; every other site gets a fresh request."""
+    state = run_state.RunState(run_id="run-x")
+    held, other = make_request(run_id="run-x", nonce="ab" * 32), make_request(run_id="run-x", nonce="cd" * 32)
+    state.record_request("site-0", held, "site-0")
+    state.record_request("site-1", other, "site-1")
+    state.awaiting_approval = ["site-0"]
+    run_state.save(tmp_path, state)
+    resumed = run_state.RunState.model_validate_json((tmp_path / run_state.STATE).read_text())
+    fresh = make_request(run_id="run-x", nonce="ef" * 32)
+    assert resumed.request_to_send("site-0", fresh) == held and resumed.request_to_send("site-1", fresh) == fresh
+    resumed.next_round({})
+    assert resumed.awaiting_approval == [] and resumed.request_to_send("site-0", fresh) == fresh

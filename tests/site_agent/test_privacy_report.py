@@ -210,3 +210,10 @@ def test_a_blocked_release_is_never_sealed_and_leaves_its_report_at_the_site(key
     report = json.loads((folder / REPORT_JSON).read_text())
     assert report["failed_limits"][0] == "min_nearest_real_quantile" and (folder / REPORT_HTML).is_file()
     assert report["summary"]["nearest_real_flagged"] == 4
+    # The site's audit log records the request, the set, the report and the policy's block, and no release.
+    from site_agent import audit
+
+    entries = audit.verify(settings.cache_dir)
+    assert [e.event.value for e in entries] == ["request_received", "set_built", "privacy_report", "decision"]
+    assert entries[2].details["failed"] == ["min_nearest_real_quantile"] and entries[2].details["nearest_real_flagged"] == 4
+    assert (entries[3].actor, entries[3].details["decision"]) == ("policy", "blocked")

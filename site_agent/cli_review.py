@@ -1,0 +1,120 @@
+"""``site-agent review | approve | reject | audit``: the site operator's control over what leaves the site.
+
+Thin, like ``site_agent.cli`` (which registers these commands): releases held for approval are
+listed, shown and decided through ``site_agent.approval``; the audit log is read and checked through
+``site_agent.audit``.
+"""
+
+from __future__ import annotations
+
+import webbrowser
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from site_agent import audit
+from site_agent.approval import FolderApproval, HeldRelease, ReleaseStatus, approvals_dir_for
+from site_agent.cli_tools import PolicyOption
+from site_agent.policy import SitePolicy
+from site_agent.review import privacy_headline, write_review_page
+
+audit_app = typer.Typer(help="The site's audit log: show it, or check its hash chain.", no_args_is_help=True)
+
+CacheOption = Annotated[
+    Path, typer.Option(help="The site's cache directory (the node config's cache-dir).")
+]
+ApprovalsOption = Annotated[
+    Path | None, typer.Option(help="The approvals folder (default: the policy's approvals_dir, else <cache-dir>/approvals).")
+]
+ByOption = Annotated[str, typer.Option("--by", help="Who decides (recorded with the decision and in the audit log).")]
+DEFAULT_CACHE = Path("~/.cache/feddistill")
+
+
+def register(app: typer.Typer) -> None:
+    """Add these commands to the ``site-agent`` app."""
+    app.command()(review)
+    app.command()(approve)
+    app.command()(reject)
+    app.add_typer(audit_app, name="audit")
+
+
+def review(
+    cache_dir: CacheOption = DEFAULT_CACHE, policy: PolicyOption = None, approvals_dir: ApprovalsOption = None,
+    open_page: Annotated[bool, typer.Option("--open", help="Open each held release's page in a browser.")] = False,
+) -> None:
+    """List the releases in the approvals folder and write a review page (review.html) for each held one."""
+    approvals = _approvals(cache_dir, policy, approvals_dir)
+    releases = approvals.releases()
+    if not releases:
+        typer.echo(f"no releases in {approvals.approvals_dir}")
+        return
+    for held in releases:  # ID first, whole, on its own: it is what approve and reject take
+        run, dataset, method, ipc = _facts(held)
+        typer.echo(f"{held.id}  {held.status.value}\n  run {run}: {dataset}, {method}, ipc {ipc}; {privacy_headline(held)}")
+        if held.status == ReleaseStatus.HELD:
+            page = write_review_page(held)
+            typer.echo(f"  review page: {page}")
+            if open_page:
+                webbrowser.open(page.resolve().as_uri())
+        elif held.decision is not None:
+            why = f": {held.decision.reason}" if held.decision.reason else ""
+            typer.echo(f"  {held.status.value} by {held.decision.by} at {held.decision.at}{why}")
+
+
+def approve(
+    release_id: Annotated[str, typer.Argument(help="The release's ID, as `site-agent review` lists it.")],
+    by: ByOption,
+    cache_dir: CacheOption = DEFAULT_CACHE, policy: PolicyOption = None, approvals_dir: ApprovalsOption = None,
+) -> None:
+    """Approve a held release: the next time the coordinator asks, exactly its stored bundle is sent."""
+    held = _approvals(cache_dir, policy, approvals_dir).approve(release_id, by)
+    typer.echo(f"approved {held.id} (by {by}); it is sent when the coordinator asks again for run {_run(held)}")
+
+
+def reject(
+    release_id: Annotated[str, typer.Argument(help="The release's ID, as `site-agent review` lists it.")],
+    reason: Annotated[str, typer.Option(help="Why (sent to the coordinator, cut to 200 characters).")],
+    by: ByOption,
+    cache_dir: CacheOption = DEFAULT_CACHE, policy: PolicyOption = None, approvals_dir: ApprovalsOption = None,
+) -> None:
+    """Reject a held release: its sealed bundle is deleted and the coordinator is told it was rejected."""
+    held = _approvals(cache_dir, policy, approvals_dir).reject(release_id, reason, by)
+    typer.echo(f"rejected {held.id} (by {by}); its sealed bundle was deleted")
+
+
+@audit_app.command("show")
+def audit_show(cache_dir: CacheOption = DEFAULT_CACHE) -> None:
+    """Print the audit log, one line per entry (not checked: `site-agent audit verify` checks it)."""
+    entries = audit.read_entries(cache_dir.expanduser())
+    if not entries:
+        typer.echo(f"no audit log in {audit.audit_dir(cache_dir.expanduser())}")
+    for entry in entries:
+        typer.echo(audit.describe(entry))
+
+
+@audit_app.command("verify")
+def audit_verify(cache_dir: CacheOption = DEFAULT_CACHE) -> None:
+    """Check the audit log's hash chain; exits 1 naming the first bad entry."""
+    entries = audit.verify(cache_dir.expanduser())
+    typer.echo(f"audit log intact: {len(entries)} entries, chain and head agree")
+
+
+def _approvals(cache_dir: Path, policy: Path | None, approvals_dir: Path | None) -> FolderApproval:
+    cache = cache_dir.expanduser()
+    site_policy = SitePolicy.from_file(policy) if policy else SitePolicy()
+    return FolderApproval(approvals_dir.expanduser() if approvals_dir else approvals_dir_for(site_policy, cache), cache)
+
+
+def _facts(held: HeldRelease) -> tuple[str, str, str, str]:
+    if held.manifest is not None:
+        m = held.manifest
+        return m.run_id, m.dataset, m.distill.method.value, str(m.distill.ipc)
+    if held.request is not None:
+        r = held.request
+        return r.run_id, r.dataset, r.distill.method.value, str(r.distill.ipc)
+    return "?", "?", "?", "?"
+
+
+def _run(held: HeldRelease) -> str:
+    return _facts(held)[0]
