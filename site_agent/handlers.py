@@ -69,7 +69,11 @@ def answer_distill(
     if stored is not None:
         sealed, metrics = stored
     else:
-        release, metrics = prepare_release(request, settings, progress, global_model)
+        try:
+            release, metrics = prepare_release(request, settings, progress, global_model)
+        except PolicyError as exc:  # the request's limits, a near copy, or the privacy limits: nothing sealed
+            audit.record(cache, AuditEvent.DECISION, request, "policy", decision="blocked", why=str(exc)[:1000])
+            raise
         if approval is not None:
             approval.hold(release, request, metrics)
         audit.record(cache, AuditEvent.DECISION, request, "policy", decision="approved", why="no review required")
@@ -176,9 +180,6 @@ def report_privacy(
     report_json, page = write_report(report, synthetic, images.info.label_names, limits, failed, folder)
     audit.record(settings.cache_dir, AuditEvent.PRIVACY_REPORT, request, "site-agent", **headline(report.summary),
                  passed=[n for n in limit_names(limits) if n not in failed], failed=failed, report=str(report_json))
-    if failed:
-        audit.record(settings.cache_dir, AuditEvent.DECISION, request, "policy", decision="blocked",
-                     why=f"privacy limits failed: {', '.join(failed)}")
     for line in summary_lines(report.summary):
         log.info("site %s privacy report: %s", settings.site_id, line)
     log.info("site %s: privacy report at %s", settings.site_id, page)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -144,3 +145,14 @@ def test_approval_for_uses_the_policys_folder(tmp_path: Path) -> None:
     assert approval_for(settings).approvals_dir == tmp_path / "elsewhere"
     default = SiteSettings("s", tmp_path, "", None, SitePolicy(), "cpu", True, False, tmp_path / "cache")
     assert approval_for(default).approvals_dir == tmp_path / "cache" / "approvals"
+
+
+def test_a_request_over_the_policys_limits_is_logged_as_blocked_before_any_work(tmp_path: Path) -> None:
+    """The refusal of ``policy.check`` is a decision too: the audit log shows the request and the block."""
+    settings = _site(tmp_path, PrivacyLimits(report=False))
+    settings = dataclasses.replace(settings, policy=SitePolicy(max_ipc=1))
+    with pytest.raises(PolicyError, match="ipc"):
+        answer_distill(make_request(ipc=2), settings, progress=False)
+    entries = audit.verify(settings.cache_dir)
+    assert [e.event.value for e in entries] == ["request_received", "decision"]
+    assert entries[1].details["decision"] == "blocked" and "ipc" in str(entries[1].details["why"])
