@@ -11,7 +11,6 @@ to every site (``site-agent join --root-certificates``); ``ca.key`` never leaves
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,14 +75,11 @@ def install_own_tls(keys_dir: Path, cert: Path, key: Path, ca_cert: Path | None)
             "127.0.0.1 and localhost, or let `coordinator init --san <name>` issue one",
         )
     files = TlsFiles.in_keys_dir(keys_dir)
-    files.server_cert.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    shutil.copyfile(cert, files.server_cert)
-    files.server_key.touch(mode=0o600)
-    files.server_key.chmod(0o600)
-    files.server_key.write_bytes(key.read_bytes())
+    crypto.write_public(files.server_cert, cert.read_bytes())
+    crypto.write_private(files.server_key, key.read_bytes())
     if ca_cert is not None:
         crypto.load_certificate(ca_cert)
-        shutil.copyfile(ca_cert, files.ca_cert)
+        crypto.write_public(files.ca_cert, ca_cert.read_bytes())
     return files
 
 

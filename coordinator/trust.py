@@ -117,8 +117,7 @@ def register_node_key(keys_dir: Path, site_id: str, node_public_key: Path) -> st
         if crypto.node_key_fingerprint(crypto.load_node_public_key(target)) != fingerprint:
             raise KeyFileError(f"site {site_id!r} already has another SuperNode key registered; revoke it first")
         return fingerprint
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(node_public_key.read_bytes())
+    crypto.write_public(target, node_public_key.read_bytes())
     return fingerprint
 
 

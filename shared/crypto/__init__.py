@@ -1,6 +1,13 @@
 """Signatures, encryption, key files and TLS: the only package that imports ``cryptography``."""
 
-from shared.crypto.key_files import load_private_key, load_public_key, save_private_key, save_public_key
+from shared.crypto.key_files import (
+    load_private_key,
+    load_public_key,
+    save_private_key,
+    save_public_key,
+    write_private,
+    write_public,
+)
 from shared.crypto.node_keys import (
     NodeKey,
     NodePublicKey,
@@ -83,4 +90,6 @@ __all__ = [
     "seal",
     "sign",
     "verify",
+    "write_private",
+    "write_public",
 ]

@@ -3,12 +3,20 @@
 Private keys are unencrypted PKCS#8 PEM written with mode 0600; public keys are SubjectPublicKeyInfo
 PEM. A hybrid HPKE key is two PEM blocks, X25519 then ML-KEM-768. Loading checks the kind of key, so
 a site key handed where the coordinator's is expected fails with a :class:`KeyFileError`.
+
+Every key file (private or public, keys and certificates) is written to a new file created with
+``O_EXCL | O_NOFOLLOW`` beside it and renamed into place, so a link planted at the key's path is
+replaced, never followed; a key folder that other users may write to is refused. As ssh does, a
+private key is read only if it is not a symbolic link and no other user may read or write it.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import secrets
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -43,8 +51,7 @@ def save_public_key(public_key: VerifyKey | RecipientPublicKey, path: Path) -> N
         pem += b"" if public_key.mlkem is None else public_key.mlkem.public_bytes(*SPKI)
     else:
         pem = public_key.public_bytes(*SPKI)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(pem)
+    write_public(path, pem)
 
 
 def load_private_key(path: Path, kind: type[SigningKey | RecipientKey]) -> SigningKey | RecipientKey:
@@ -67,33 +74,88 @@ def load_public_key(
     return _load(path, kind, "public")
 
 
-def read_key_file(path: Path, what: str, parse: Callable[[bytes], KeyT], unreadable: str) -> KeyT:
+def read_key_file(
+    path: Path, what: str, parse: Callable[[bytes], KeyT], unreadable: str, private: bool = False
+) -> KeyT:
     """``parse`` of a file's bytes; a missing or unparsable file is a KeyFileError naming ``what`` and the file.
 
-    E.g. ``what="TLS key"``, ``unreadable="is not an unencrypted PEM private key"``.
+    E.g. ``what="TLS key"``, ``unreadable="is not an unencrypted PEM private key"``. A ``private`` file
+    is read as :func:`read_private` reads it.
     """
     try:
-        return parse(path.read_bytes())
+        data = read_private(path, what) if private else path.read_bytes()
     except FileNotFoundError as exc:
         raise KeyFileError(f"{what} file {path.name!r} not found") from exc
+    try:
+        return parse(data)
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise KeyFileError(f"{what} file {path.name!r} {unreadable}") from exc
 
 
+def read_private(path: Path, what: str) -> bytes:
+    """A private key file's bytes, refused when it is a symbolic link or other users may read or write it.
+
+    Raises:
+        FileNotFoundError: no such file.
+        KeyFileError: a link, or a mode open to group or others (``chmod 600`` fixes it).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise KeyFileError(f"{what} file {path.name!r} is a symbolic link; private keys are read only from "
+                               "the file itself (point the key folder option at where it lives)") from None
+        raise
+    with os.fdopen(fd, "rb") as handle:
+        mode = stat.S_IMODE(os.fstat(handle.fileno()).st_mode)
+        if mode & 0o077:
+            raise KeyFileError(f"{what} file {path.name!r} is open to other users (mode {mode:04o}); "
+                               f"make it owner-only: chmod 600 {path}")
+        return handle.read()
+
+
 def write_private(path: Path, data: bytes) -> None:
     """Write ``data`` to a file only its owner can read (0600 from its creation on)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.chmod(path, 0o600)
+    _write_new(path, data, 0o600)
+
+
+def write_public(path: Path, data: bytes) -> None:
+    """Write a public key or certificate (0644), never through a link planted at ``path``."""
+    _write_new(path, data, 0o644)
+
+
+def _write_new(path: Path, data: bytes, mode: int) -> None:
+    """Create a fresh file beside ``path`` (``O_EXCL | O_NOFOLLOW``), write it, and rename it over ``path``.
+
+    Raises:
+        KeyFileError: the folder is writable by other users, who could swap the key after it is written.
+    """
+    folder = path.parent
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    folder_mode = stat.S_IMODE(folder.stat().st_mode)
+    if folder_mode & 0o022:
+        raise KeyFileError(f"key folder {str(folder)!r} is writable by other users (mode {folder_mode:04o}); "
+                           f"make it owner-only first: chmod 700 {folder}")
+    temporary = folder / f".{path.name}.{secrets.token_hex(8)}.new"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temporary, mode)  # the umask may have narrowed a public file's mode
+        os.replace(temporary, path)  # rename replaces a link at ``path`` itself, never its target
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def _pem_blocks(path: Path, what: str) -> list[bytes]:
     try:
-        blocks = _PEM_BLOCK.findall(path.read_bytes())
+        data = read_private(path, f"{what} key") if what == "private" else path.read_bytes()
     except FileNotFoundError as exc:
         raise KeyFileError(f"{what} key file {path.name!r} not found") from exc
+    blocks = _PEM_BLOCK.findall(data)
     if not blocks:
         raise KeyFileError(f"{what} key file {path.name!r} is not a readable PEM key")
     return blocks

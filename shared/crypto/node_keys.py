@@ -14,7 +14,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from shared.crypto.key_files import SPKI, read_key_file, write_private
+from shared.crypto.key_files import SPKI, read_key_file, write_private, write_public
 from shared.errors import KeyFileError
 
 NodeKey = ec.EllipticCurvePrivateKey
@@ -34,7 +34,7 @@ def save_node_key(key: NodeKey, private_path: Path, public_path: Path) -> None:
                             serialization.NoEncryption())
     write_private(private_path, pem)
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    public_path.write_bytes(public + b"\n")
+    write_public(public_path, public + b"\n")
 
 
 def load_node_private_key(path: Path) -> NodeKey:
@@ -44,7 +44,7 @@ def load_node_private_key(path: Path) -> NodeKey:
         KeyFileError: missing, unreadable, or not ECDSA on a NIST curve (what Flower accepts).
     """
     key = read_key_file(path, "SuperNode key", lambda data: serialization.load_ssh_private_key(data, password=None),
-                        "is not an unencrypted OpenSSH private key")
+                        "is not an unencrypted OpenSSH private key", private=True)
     return _nist_ec(key, path)
 
 

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from shared.crypto.key_files import PKCS8, SPKI, read_key_file, write_private
+from shared.crypto.key_files import PKCS8, SPKI, read_key_file, write_private, write_public
 from shared.errors import KeyFileError
 
 _CERT_DAYS = 825
@@ -75,8 +75,7 @@ def issue_server_certificate(
 
 
 def save_certificate(cert: x509.Certificate, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    write_public(path, cert.public_bytes(serialization.Encoding.PEM))
 
 
 def save_tls_private_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
@@ -121,7 +120,7 @@ def check_key_matches_certificate(cert_path: Path, key_path: Path) -> None:
     Raises:
         KeyFileError: unreadable files, or the key is not the certificate's.
     """
-    cert, key = load_certificate(cert_path), _load_tls_key(key_path, any_kind=True)
+    cert, key = load_certificate(cert_path), _load_tls_key(key_path, any_kind=True, ours=False)
     if key.public_key().public_bytes(*SPKI) != cert.public_key().public_bytes(*SPKI):
         raise KeyFileError(f"TLS key {key_path.name!r} does not belong to certificate {cert_path.name!r}")
 
@@ -131,9 +130,10 @@ def certificate_fingerprint(cert: x509.Certificate) -> str:
     return cert.fingerprint(hashes.SHA256()).hex()
 
 
-def _load_tls_key(path: Path, any_kind: bool = False):
+def _load_tls_key(path: Path, any_kind: bool = False, ours: bool = True):
+    """A TLS private key; ``ours=False``: an operator's own key at a path they name (a link is fine: certbot's are)."""
     key = read_key_file(path, "TLS key", lambda data: serialization.load_pem_private_key(data, password=None),
-                        "is not an unencrypted PEM private key")
+                        "is not an unencrypted PEM private key", private=ours)
     if not any_kind and not isinstance(key, ec.EllipticCurvePrivateKey):
         raise KeyFileError(f"TLS key file {path.name!r} is not an EC key")
     return key

@@ -59,8 +59,60 @@ def test_private_keys_are_owner_only_and_typed(tmp_path) -> None:
     with pytest.raises(KeyFileError, match="not found"):
         crypto.load_private_key(tmp_path / "missing.key", crypto.SigningKey)
     (tmp_path / "junk.key").write_text("not a key")
+    (tmp_path / "junk.key").chmod(0o600)
     with pytest.raises(KeyFileError, match="not a readable PEM"):
         crypto.load_private_key(tmp_path / "junk.key", crypto.SigningKey)
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o660])
+def test_a_private_key_open_to_other_users_is_refused_with_the_fix(tmp_path, mode: int) -> None:
+    """As ssh does: a key others may read (or write) is not used, and the message says how to fix it."""
+    path = tmp_path / "signing.key"
+    crypto.save_private_key(crypto.generate_signing_key(), path)
+    path.chmod(mode)
+    with pytest.raises(KeyFileError, match=rf"mode {mode:04o}.*chmod 600"):
+        crypto.load_private_key(path, crypto.SigningKey)
+    node = tmp_path / "node.key"
+    crypto.save_node_key(crypto.generate_node_key(), node, tmp_path / "node.pub")
+    node.chmod(mode)
+    with pytest.raises(KeyFileError, match="open to other users"):
+        crypto.load_node_private_key(node)
+
+
+def test_a_private_key_reached_through_a_link_is_refused(tmp_path) -> None:
+    real = tmp_path / "elsewhere.key"
+    crypto.save_private_key(crypto.generate_signing_key(), real)
+    (tmp_path / "signing.key").symlink_to(real)
+    with pytest.raises(KeyFileError, match="symbolic link"):
+        crypto.load_private_key(tmp_path / "signing.key", crypto.SigningKey)
+
+
+def test_writing_a_key_replaces_a_planted_link_and_never_writes_through_it(tmp_path) -> None:
+    """A link at a new key's path neither redirects the key nor overwrites the file it points to."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    keys = tmp_path / "keys"
+    keys.mkdir(mode=0o700)
+    for name in ("signing.key", "signing.pub"):
+        (keys / name).symlink_to(victim)
+    key = crypto.generate_signing_key()
+    crypto.save_private_key(key, keys / "signing.key")
+    crypto.save_public_key(key.public_key(), keys / "signing.pub")
+    assert victim.read_text() == "precious"
+    assert not (keys / "signing.key").is_symlink() and stat.S_IMODE((keys / "signing.key").stat().st_mode) == 0o600
+    assert crypto.load_private_key(keys / "signing.key", crypto.SigningKey).public_key() == key.public_key()
+    assert [p.name for p in keys.iterdir()] == sorted(["signing.key", "signing.pub"]) or len(list(keys.iterdir())) == 2
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o775, 0o757])
+def test_a_key_folder_other_users_may_write_to_is_refused(tmp_path, mode: int) -> None:
+    """They could swap the key after it is written; nothing is written there."""
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    keys.chmod(mode)
+    with pytest.raises(KeyFileError, match=rf"writable by other users \(mode {mode:04o}\).*chmod 700"):
+        crypto.save_private_key(crypto.generate_signing_key(), keys / "signing.key")
+    assert list(keys.iterdir()) == []
 
 
 def test_certificates_carry_only_their_key_usages() -> None:
