@@ -11,6 +11,7 @@ that probability (``steps=1, sampling_rate=1``: one release on all of it, as ``d
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import dp_accounting
 from dp_accounting.pld import PLDAccountant
@@ -21,6 +22,26 @@ MECHANISM = "gaussian"
 # 1e-3 keeps a calibration to seconds on a CPU and costs under 1 % of noise against the default 1e-4.
 _DISCRETIZATION = 1e-3
 _SMALLEST_MULTIPLIER = 0.25  # epsilon above ~20 at delta 1e-5 for one release: beyond any useful target
+
+
+@dataclass(frozen=True)
+class DPRelease:
+    """What a differentially private distillation spent and released beside its images.
+
+    ``noisy_class_counts`` (class id -> noisy count, rounded, at least 0, for every class of the task)
+    are the mechanism's output and the only class counts such a release may carry; ``classes`` are the
+    classes distilled, chosen from those noisy counts.
+    """
+
+    epsilon: float
+    delta: float
+    noise_multiplier: float
+    sigma: float  # noise standard deviation = noise_multiplier * sensitivity
+    sensitivity: float  # L2, under adding or removing one image
+    mechanism: str
+    accountant: str
+    classes: list[int]
+    noisy_class_counts: dict[int, int]
 
 
 def _accountant() -> PLDAccountant:
