@@ -55,8 +55,9 @@ __all__ = ["DPDMConfig", "FeatureMap", "distill_dpdm", "noisy_class_statistics"]
 class FeatureMap:
     """The clipped random feature of an image: (N, C, H, W) -> (N, NUM_NETS * PROJECTED_DIM), unit norm rows.
 
-    Built from torch's global generator (seeded by the caller) and the config seed; a function of the
-    image alone (instance norm keeps images in a batch independent), differentiable in it.
+    Networks, projections and view seeds come from torch's global generator, which the caller seeds
+    from the config seed (``loop.seeded``). A function of the image alone (instance norm keeps the
+    images of a batch independent), differentiable in it.
     """
 
     def __init__(self, in_channels: int, num_classes: int, image_size: int, config: DPDMConfig,
@@ -64,10 +65,8 @@ class FeatureMap:
         self.nets = [ConvNet(in_channels, num_classes, image_size, config.network).to(device).train().requires_grad_(False)
                      for _ in range(NUM_NETS)]
         dim = self.nets[0].classifier.in_features
-        gen = torch.Generator().manual_seed(config.seed)
-        self.projections = [(torch.randn(dim, PROJECTED_DIM, generator=gen) / math.sqrt(PROJECTED_DIM)).to(device)
-                            for _ in self.nets]
-        self.view_seeds = [int(s) for s in torch.randint(2**31, (NUM_VIEWS,), generator=gen)] if config.dsa else []
+        self.projections = [(torch.randn(dim, PROJECTED_DIM) / math.sqrt(PROJECTED_DIM)).to(device) for _ in self.nets]
+        self.view_seeds = [int(s) for s in torch.randint(2**31, (NUM_VIEWS,))] if config.dsa else []
         self.width = config.network.width
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
