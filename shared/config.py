@@ -51,7 +51,7 @@ class RunConfig(BaseModel):
     method: DistillMethod = DistillMethod.IDM  # the measured best within a CPU site's budget (docs/benchmarks.md)
     ipc: int = Field(10, ge=1, le=1000)
     iterations: int = Field(0, ge=0, le=100_000)  # 0: the method's CPU preset (shared/presets.py)
-    lr_img: float = Field(0.0, ge=0)  # 0: the method's own default (DC 0.1, DM 1.0, MTT 10)
+    lr_img: float = Field(0.0, ge=0)  # 0: the method's own default (DC 0.1, DM 1.0, MTT 10, DPDM 10)
     lr_net: float = Field(0.01, gt=0)
     batch_real: int = Field(0, ge=0)  # 0: the method's CPU preset
     outer_loop: int = Field(0, ge=0)

@@ -241,7 +241,9 @@ class DPDMConfig(_Strict):
     method: Literal[DistillMethod.DPDM] = DistillMethod.DPDM
     ipc: int = Field(10, ge=1, le=1000)
     iterations: int = Field(300, ge=1, le=100_000)
-    lr_img: float = Field(1.0, gt=0, le=100)
+    # DM's 1.0 barely moved the loss (unit-norm features give small gradients): on BreastMNIST 40 iterations
+    # took it from 0.27 to 0.23 at lr 1 and to 0.09 at lr 10.
+    lr_img: float = Field(10.0, gt=0, le=100)
     epsilon: float = Field(4.0, gt=0, le=20)  # above ~20 a guarantee says little
     delta: float = Field(1e-5, gt=0, le=1e-3)
     dsa: bool = True  # features averaged over 4 fixed DSA views of each image (False: the image alone)
