@@ -27,6 +27,8 @@ _MinSites = Annotated[int, typer.Option(help="Fewest valid bundles for the run t
 _Method = Annotated[DistillMethod, typer.Option(help="Distillation method run at every site.")]
 _Ipc = Annotated[int, typer.Option(help="Synthetic images per class per site.")]
 _Iterations = Annotated[int, typer.Option(help="Distillation iterations (0: the method's CPU preset).")]
+_Epsilon = Annotated[float, typer.Option(help="dpdm: each site's differential-privacy epsilon for its one release.")]
+_Delta = Annotated[float, typer.Option(help="dpdm: each site's differential-privacy delta.")]
 
 
 @app.callback()
@@ -43,6 +45,8 @@ def simulate(
     method: _Method = _DEFAULTS.method,
     ipc: _Ipc = _DEFAULTS.ipc,
     iterations: _Iterations = _DEFAULTS.iterations,
+    epsilon: _Epsilon = _DEFAULTS.epsilon,
+    delta: _Delta = _DEFAULTS.delta,
     data_root: Annotated[str, typer.Option(help="MedMNIST folder, or a hospital's own .npz export or image folder, to share out across the sites (default: $MEDMNIST_ROOT).")] = "",
     min_sites: _MinSites = _DEFAULTS.min_sites,
     seed: Annotated[int, typer.Option(help="Seed for partitioning, distillation and training.")] = _DEFAULTS.seed,
@@ -72,6 +76,7 @@ def simulate(
         raise setting_error(exc, "option --{key}: {msg}") from None
     if config.min_sites > config.sites:
         raise ConfigError(f"--min-sites {config.min_sites} is more than --sites {config.sites}")
+    config.check_private_rounds()
     run_dir, summary = run_simulation(config, verbose=verbose)
     typer.echo(f"{summary['sites_accepted']}/{summary['sites_expected']} sites accepted; {_pooled(summary)}")
     if "yardstick" in summary:
@@ -218,6 +223,8 @@ def run(
     method: _Method = _DEFAULTS.method,
     ipc: _Ipc = _DEFAULTS.ipc,
     iterations: _Iterations = _DEFAULTS.iterations,
+    epsilon: _Epsilon = _DEFAULTS.epsilon,
+    delta: _Delta = _DEFAULTS.delta,
     node_wait_timeout: Annotated[float, typer.Option(help="Seconds to wait for sites to connect.")] = _DEFAULTS.node_wait_timeout,
     distill_timeout: Annotated[float, typer.Option(help="Seconds to wait for bundles.")] = _DEFAULTS.distill_timeout,
     setting: Annotated[list[str] | None, typer.Option("--set", help="Any other run-config key, e.g. --set train-epochs=50.")] = None,
@@ -231,7 +238,7 @@ def run(
         if not value.startswith("/"):
             raise ConfigError(f"{name} {value!r} must be an absolute path on the SuperLink host")
     values = {"dataset": dataset, "sites": sites, "min-sites": min_sites, "method": method.value, "ipc": ipc,
-              "iterations": iterations, "node-wait-timeout": node_wait_timeout, "distill-timeout": distill_timeout,
+              "iterations": iterations, "epsilon": epsilon, "delta": delta, "node-wait-timeout": node_wait_timeout, "distill-timeout": distill_timeout,
               "keys-dir": keys_dir, "out-dir": out_dir, **_parse_settings(setting or [])}
     if resume:
         values |= {"resume": True, "run-dir": resume if resume.startswith("/") else f"{out_dir.rstrip('/')}/{resume}"}

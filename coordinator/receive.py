@@ -14,7 +14,7 @@ import numpy as np
 from coordinator.trust import CoordinatorKeys
 from shared.bundle import MAX_ABS_PIXEL, BundleHeader, OpenedBundle, SealedBundle
 from shared.errors import InvalidBundle, ReplayError, VerificationError
-from shared.schemas import DistillRequest, PrivacySummary
+from shared.schemas import DistillRequest, DPDMConfig, DPGuarantee, PrivacySummary
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,10 @@ def check_contents(opened: OpenedBundle, expected: Expectation) -> None:
         raise ReplayError(f"bundle answers round {manifest.round}, this is round {request.round}")
     if manifest.distill != request.distill:
         raise InvalidBundle("bundle's distillation settings differ from those requested")
+    config = request.distill
+    if isinstance(config, DPDMConfig) and (manifest.dp is None or (manifest.dp.epsilon, manifest.dp.delta)
+                                           != (config.epsilon, config.delta)):
+        raise InvalidBundle("a dpdm bundle must carry the differential-privacy guarantee (epsilon, delta) requested")
     if tuple(manifest.image_shape) != expected.image_shape or manifest.num_classes != expected.num_classes:
         raise InvalidBundle(
             f"bundle image shape {tuple(manifest.image_shape)} / {manifest.num_classes} classes, "
@@ -128,3 +132,4 @@ class SiteOutcome:
     bundle_bytes: int = 0
     metrics: dict[str, float] | None = None
     privacy: PrivacySummary | None = None  # the privacy report signed into an accepted bundle's manifest
+    dp: DPGuarantee | None = None  # the differential-privacy guarantee signed into it (dpdm)

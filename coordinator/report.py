@@ -154,6 +154,8 @@ def render_report(summary: dict[str, Any]) -> str:
             f"| {s['site_id'] or '?'} | {s['node_id'] if s['node_id'] is not None else '-'} | {s['status']} | {s['reason'] or ''} | "
             f"{s['bundle_bytes']} | {_fmt(s.get('distill_seconds'))} |"
         )
+    if any(s.get("dp") for s in summary["sites"]):
+        lines += ["", *_dp_section(summary["sites"])]
     if any(s.get("privacy") for s in summary["sites"]):
         lines += ["", *_privacy_section(summary["sites"])]
     if "global" in summary:
@@ -193,6 +195,16 @@ def _global_section(g: dict[str, Any], uncorrected: dict[str, Any] | None, per_s
         lines.append(f"| {e['site_id']} | {e.get('num_examples', 0)} | {_fmt(e.get('accuracy'))} | "
                      f"{_fmt(e.get('balanced_accuracy'))} | {_fmt(e.get('auc'))} | {e['problem']} |")
     lines += ["", "A site's own AUC is n/a when its test share holds one class; it still counts in the pooled AUC."]
+    return lines
+
+
+def _dp_section(sites: list[dict[str, Any]]) -> list[str]:
+    """Each site's differential-privacy guarantee, as signed into its manifest (dpdm)."""
+    lines = [("Differential privacy, signed into each manifest: what it covers is that site's released set and "
+              "class counts, for this one release (not its privacy report below, not other runs).")]
+    lines += [""] + [f"- {s['site_id']}: DP: ε={d['epsilon']:g}, δ={d['delta']:g} ({d['mechanism']} mechanism, "
+                     f"{d['accountant']}, noise multiplier {d['noise_multiplier']:.3f})"
+                     for s in sites if (d := s.get("dp"))]
     return lines
 
 
@@ -249,6 +261,7 @@ def _site_entry(outcome: SiteOutcome) -> dict[str, Any]:
         "real_train_images": metrics.get("num-examples"),
         "privacy_seconds": metrics.get("privacy-seconds"),
         "privacy": outcome.privacy.model_dump(mode="json") if outcome.privacy else None,
+        "dp": outcome.dp.model_dump(mode="json") if outcome.dp else None,
     }
 
 

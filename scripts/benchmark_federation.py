@@ -15,6 +15,8 @@ pooled metrics on the same (whole) test split:
         --methods dm --seeds 0 1 2 --json b.json
     python scripts/benchmark_federation.py --datasets \\
         pneumoniamnist=../shared/data/medmnist/unverified/pneumoniamnist_train_unordered_unverified.npz
+    python scripts/benchmark_federation.py --datasets breastmnist --methods dpdm dm idm --epsilon 1 4 10 \\
+        --seeds 0 1 2 --json dp.json    # one dpdm row per epsilon, beside the non-private methods
     python scripts/benchmark_federation.py --summarize b.json r.json p.json    # merged table of earlier pieces
 """
 
@@ -52,10 +54,15 @@ def _figures(metrics: Metrics | dict[str, Any]) -> dict[str, float]:
     return {k: float("nan") if values[k] is None else float(values[k]) for k in METRICS}
 
 
-def run_one(name: str, path: str, method: DistillMethod, seed: int, args: argparse.Namespace) -> dict[str, Any]:
-    """One federation and its yardsticks; every figure is a pooled metric on the whole test split."""
+def run_one(name: str, path: str, method: DistillMethod, seed: int, args: argparse.Namespace,
+            epsilon: float | None = None) -> dict[str, Any]:
+    """One federation and its yardsticks; every figure is a pooled metric on the whole test split.
+
+    ``epsilon`` (dpdm only) is each site's privacy target; the row's method names it.
+    """
+    private = {"epsilon": epsilon, "delta": args.delta} if epsilon is not None else {}
     config = RunConfig(dataset=name, data_root=path, method=method, seed=seed, sites=args.sites, alpha=args.alpha,
-                       ipc=args.ipc, rounds=args.rounds, out_dir=args.out_dir)
+                       ipc=args.ipc, rounds=args.rounds, out_dir=args.out_dir, **private)
     started = time.perf_counter()
     run_dir, summary = simulate(config)
     wall = time.perf_counter() - started
@@ -64,8 +71,11 @@ def run_one(name: str, path: str, method: DistillMethod, seed: int, args: argpar
     spec = ModelSpec(in_channels=info.in_channels, num_classes=info.num_classes, image_size=28,
                      network=config.network())
     yardstick = summary["yardstick"]
+    label = method.value if args.rounds == 1 else f"{method.value}, {args.rounds} rounds"
+    if epsilon is not None:
+        label = f"{label} (ε={epsilon:g}, δ={args.delta:g})"
     row = {
-        "dataset": name, "method": method.value if args.rounds == 1 else f"{method.value}, {args.rounds} rounds",
+        "dataset": name, "method": label, "epsilon": epsilon,
         "seed": seed, "wall_seconds": wall, "pooled_images": yardstick["images"],
         "site_distill_seconds": [s["distill_seconds"] for s in summary["sites"] if s["distill_seconds"] is not None],
         "sites_accepted": summary["sites_accepted"], "test_images": summary["global"]["num_examples"],
@@ -80,7 +90,7 @@ def run_one(name: str, path: str, method: DistillMethod, seed: int, args: argpar
                                     replace(config.train_settings(), epochs=args.full_epochs), CPU).cpu()
             _WHOLE_TRAIN[name, seed] = _figures(score(full, test.images, test.labels))
         row["whole_train"] = _WHOLE_TRAIN[name, seed]
-    print(f"  {name} {method.value} seed {seed}: global {row['global']} (uncorrected {row['global_uncorrected']}); "
+    print(f"  {name} {label} seed {seed}: global {row['global']} (uncorrected {row['global_uncorrected']}); "
           f"subset {row['subset']} (uncorrected {row['subset_uncorrected']}); {wall:.0f} s", flush=True)
     return row
 
@@ -129,6 +139,9 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--ipc", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--epsilon", nargs="+", type=float, default=[RunConfig().epsilon],
+                        help="dpdm: one run per epsilon (each site's target for its one release)")
+    parser.add_argument("--delta", type=float, default=RunConfig().delta, help="dpdm: each site's delta")
     parser.add_argument("--full-epochs", type=int, default=50, help="epochs on the whole training split (0: skip)")
     parser.add_argument("--full-seeds", type=int, default=3, help="train the ceiling for the first N seeds only")
     parser.add_argument("--out-dir", default="results/benchmark")
@@ -143,12 +156,14 @@ def main() -> None:
     for spec in args.datasets:
         name, _, path = spec.partition("=")
         for method in args.methods:
-            for seed in args.seeds:
-                row = run_one(name, path or args.data_root, DistillMethod(method), seed, args)
-                rows.append(row)
-                if args.json:
-                    with open(args.json, "a") as handle:
-                        handle.write(json.dumps(row) + "\n")
+            epsilons = args.epsilon if method == DistillMethod.DPDM else [None]
+            for epsilon in epsilons:
+                for seed in args.seeds:
+                    row = run_one(name, path or args.data_root, DistillMethod(method), seed, args, epsilon)
+                    rows.append(row)
+                    if args.json:
+                        with open(args.json, "a") as handle:
+                            handle.write(json.dumps(row) + "\n")
     report(rows)
 
 

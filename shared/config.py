@@ -20,6 +20,7 @@ from shared.schemas import (
     DistillConfig,
     DistillMethod,
     DMConfig,
+    DPDMConfig,
     IDMConfig,
     ImbalanceCorrection,
     InitMode,
@@ -50,7 +51,7 @@ class RunConfig(BaseModel):
     method: DistillMethod = DistillMethod.IDM  # the measured best within a CPU site's budget (docs/benchmarks.md)
     ipc: int = Field(10, ge=1, le=1000)
     iterations: int = Field(0, ge=0, le=100_000)  # 0: the method's CPU preset (shared/presets.py)
-    lr_img: float = Field(0.0, ge=0)  # 0: the method's own default (DC 0.1, DM 1.0, MTT 10)
+    lr_img: float = Field(0.0, ge=0)  # 0: the method's own default (DC 0.1, DM 1.0, MTT 10, DPDM 10)
     lr_net: float = Field(0.01, gt=0)
     batch_real: int = Field(0, ge=0)  # 0: the method's CPU preset
     outer_loop: int = Field(0, ge=0)
@@ -59,6 +60,9 @@ class RunConfig(BaseModel):
     init: InitMode = InitMode.NOISE
     net_width: int = Field(64, ge=8, le=1024)
     net_depth: int = Field(3, ge=1, le=6)
+    # dpdm's differential-privacy target for each site's one release (site_agent/distill/dpdm.py)
+    epsilon: float = Field(4.0, gt=0, le=20)
+    delta: float = Field(1e-5, gt=0, le=1e-3)
     # global model
     train_epochs: int = Field(300, ge=1)
     train_lr: float = Field(0.01, gt=0)
@@ -103,7 +107,18 @@ class RunConfig(BaseModel):
             raise setting_error(exc, "run config '{key}': {msg}") from exc
         if config.min_sites > config.sites:
             raise ConfigError(f"run config 'min-sites' is {config.min_sites}, more than 'sites' ({config.sites})")
+        config.check_private_rounds()
         return config
+
+    def check_private_rounds(self) -> None:
+        """Refuse refinement rounds with dpdm: each would touch the sites' images again, outside epsilon.
+
+        Raises:
+            ConfigError: ``rounds`` > 1 with method dpdm.
+        """
+        if self.method == DistillMethod.DPDM and self.rounds > 1:
+            raise ConfigError(f"run config 'rounds' is {self.rounds}: dpdm releases once per site (a refinement "
+                              "round would spend privacy budget the guarantee does not count)")
 
     def to_flower(self) -> dict[str, Any]:
         """Kebab-case keys with plain values, as Flower's run config carries them."""
@@ -121,6 +136,8 @@ class RunConfig(BaseModel):
             return IDMConfig(batch_real=self.batch_real or PRESET_BATCH_REAL[self.method], lr_net=self.lr_net, **common)
         if self.method == DistillMethod.MTT:
             return MTTConfig(**common)
+        if self.method == DistillMethod.DPDM:
+            return DPDMConfig(epsilon=self.epsilon, delta=self.delta, **common)
         batch_real = self.batch_real or PRESET_BATCH_REAL[self.method]
         return DCConfig(lr_net=self.lr_net, batch_real=batch_real, outer_loop=self.outer_loop,
                         inner_loop=self.inner_loop, **common)

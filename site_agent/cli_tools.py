@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
 from shared import crypto
 from shared.config import RunConfig
 from shared.errors import ConfigError, LocalDataError
-from shared.schemas import DistillMethod
+from shared.schemas import DistillMethod, setting_error
 from site_agent.check import CheckReport, check_data
 from site_agent.data import dataset_of_file
 from site_agent.handlers import prepare_release
@@ -78,6 +79,8 @@ def distill(
     ipc: Annotated[int, typer.Option(help="Synthetic images per class.")] = _FEDERATION.ipc,
     iterations: Annotated[int, typer.Option(help="Distillation iterations (0: the method's CPU preset).")] = 0,
     seed: Annotated[int, typer.Option(help="Seed of the distillation.")] = 0,
+    epsilon: Annotated[float, typer.Option(help="dpdm: the release's differential-privacy epsilon.")] = _FEDERATION.epsilon,
+    delta: Annotated[float, typer.Option(help="dpdm: the release's differential-privacy delta.")] = _FEDERATION.delta,
     site_id: Annotated[str, typer.Option(help="Site id written into the manifest.")] = "local",
     policy: PolicyOption = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
@@ -89,7 +92,11 @@ def distill(
     if not dataset:
         raise ConfigError("--dataset is needed unless --data is an official MedMNIST file")
     # The federation's own presets, so the preview is what a default run would release.
-    config = RunConfig(dataset=dataset, method=method, ipc=ipc, iterations=iterations, seed=seed).distill_config()
+    try:
+        config = RunConfig(dataset=dataset, method=method, ipc=ipc, iterations=iterations, seed=seed,
+                           epsilon=epsilon, delta=delta).distill_config()
+    except ValidationError as exc:
+        raise setting_error(exc, "option --{key}: {msg}") from None
     settings = SiteSettings(
         site_id=site_id, key_dir=key_dir, data_root=str(data), partition=None,
         policy=SitePolicy.from_file(policy) if policy else SitePolicy(), device=device, verify_md5=verify_md5,

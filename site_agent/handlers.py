@@ -124,15 +124,19 @@ def prepare_release(
     privacy = report_privacy(synthetic, images, request, settings, device)
     started = time.perf_counter()
     policy = settings.policy
+    # A differentially private set may carry only the mechanism's noisy counts, never the true ones.
+    num_classes = images.info.num_classes
+    counts = ([synthetic.dp.noisy_class_counts.get(c, 0) for c in range(num_classes)] if synthetic.dp
+              else images.train.class_counts(num_classes))
     release = seal_described(
-        synthetic, request, identity, images.info, num_real_examples=len(images.train),
-        real_class_counts=policy.released_class_counts(images.train.class_counts(images.info.num_classes)),
+        synthetic, request, identity, images.info, num_real_examples=sum(counts),
+        real_class_counts=policy.released_class_counts(counts),
         real_class_counts_rounding=policy.class_count_rounding, privacy=privacy,
     )
     sealed = release.sealed
     keep_released_set(settings.cache_dir, request.run_id, synthetic)
     metrics = {
-        MetricKey.NUM_EXAMPLES.value: float(len(images.train)),
+        MetricKey.NUM_EXAMPLES.value: float(sum(counts)),
         MetricKey.DISTILL_SECONDS.value: synthetic.seconds,
         MetricKey.SEAL_SECONDS.value: time.perf_counter() - started,
         MetricKey.PRIVACY_SECONDS.value: privacy.seconds if privacy else 0.0,

@@ -14,7 +14,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.errors import ConfigError, PolicyError
-from shared.schemas import DistillMethod, DistillRequest, InitMode, MTTConfig, first_problem
+from shared.schemas import DistillMethod, DistillRequest, DPDMConfig, InitMode, MTTConfig, first_problem
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,12 @@ class SitePolicy(BaseModel):
     )
     allow_real_init: bool = Field(
         False, description="allow init 'real', which puts patient images into the release"
+    )
+    require_dp: bool = Field(
+        False, description="run only differentially private methods (dpdm), whose release has a formal guarantee"
+    )
+    max_epsilon: float | None = Field(
+        None, gt=0, description="largest epsilon a dpdm request may ask for (null: any the request schema allows)"
     )
     min_real_per_class: int = Field(10, ge=1, description="classes with fewer local images are not distilled")
     max_real_similarity: float = Field(
@@ -161,6 +167,12 @@ class SitePolicy(BaseModel):
         config = request.distill
         if config.method not in self.allowed_methods:
             raise PolicyError(f"method {config.method.value!r} is not allowed by this site's policy")
+        if self.require_dp and not isinstance(config, DPDMConfig):
+            raise PolicyError(f"method {config.method.value!r} has no differential-privacy guarantee and this "
+                              "site's policy sets require_dp")
+        if isinstance(config, DPDMConfig) and self.max_epsilon is not None and config.epsilon > self.max_epsilon:
+            raise PolicyError(f"epsilon {config.epsilon:g} exceeds this site's limit of {self.max_epsilon:g} "
+                              "(max_epsilon)")
         if config.ipc > self.max_ipc:
             raise PolicyError(f"ipc {config.ipc} exceeds this site's limit of {self.max_ipc}")
         if config.iterations > self.max_iterations:

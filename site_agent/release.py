@@ -15,7 +15,7 @@ from shared import __version__, crypto
 from shared.bundle import MAX_ABS_PIXEL, encode_payload, payload_info, seal_bundle
 from shared.datasets import DatasetInfo
 from shared.errors import DataError
-from shared.schemas import BundleManifest, DistillRequest, PrivacySummary
+from shared.schemas import BundleManifest, DistillRequest, DPGuarantee, PrivacySummary
 from site_agent.distill import SyntheticSet
 from site_agent.identity import SiteIdentity
 
@@ -31,8 +31,12 @@ def build_manifest(
     real_class_counts_rounding: int = 1,
     privacy: PrivacySummary | None = None,
 ) -> BundleManifest:
-    """The signed self-description of a release."""
+    """The signed self-description of a release (with its DP guarantee when the method is private)."""
     counts = np.bincount(synthetic.labels.numpy(), minlength=info.num_classes)
+    dp = synthetic.dp
+    guarantee = None if dp is None else DPGuarantee(
+        epsilon=dp.epsilon, delta=dp.delta, mechanism=dp.mechanism, accountant=dp.accountant,
+        noise_multiplier=dp.noise_multiplier, sensitivity=dp.sensitivity)
     return BundleManifest(
         site_id=identity.site_id,
         run_id=request.run_id,
@@ -49,6 +53,7 @@ def build_manifest(
         real_class_counts_rounding=real_class_counts_rounding,
         round=request.round,
         privacy=privacy,
+        dp=guarantee,
         distill=synthetic.config,
         iterations_completed=len(synthetic.loss_history),
         software=_software_versions(),

@@ -12,7 +12,16 @@ from coordinator.pool import pool
 from coordinator.receive import Expectation, receive_bundle
 from coordinator.train import train_global
 from shared.datasets import DatasetInfo
-from shared.schemas import DCConfig, DistillRequest, DMConfig, IDMConfig, ModelSpec, MTTConfig, NetworkSpec
+from shared.schemas import (
+    DCConfig,
+    DistillRequest,
+    DMConfig,
+    DPDMConfig,
+    IDMConfig,
+    ModelSpec,
+    MTTConfig,
+    NetworkSpec,
+)
 from shared.training import TrainSettings
 from site_agent.distill import distill
 from site_agent.evaluate import evaluate_global_model
@@ -30,6 +39,7 @@ METHODS = {
     "idm": IDMConfig(ipc=2, iterations=30, batch_real=16, network=NET),
     "mtt": MTTConfig(ipc=2, iterations=10, num_experts=1, train_epochs_expert=3, max_start_epoch=1, expert_epochs=1,
                      syn_steps=3, lr_img=100, lr_lr=1e-6, network=NET),
+    "dpdm": DPDMConfig(ipc=2, iterations=30, epsilon=4.0, network=NET),
 }
 
 

@@ -18,6 +18,7 @@ from shared.errors import DataError
 from shared.models import ConvNet
 from shared.schemas import DistillConfig
 from site_agent.data import LabelledImages
+from site_agent.distill.accounting import DPRelease
 from site_agent.distill.matching import Observer, deadline_after, past
 from site_agent.distill.registry import method_for
 
@@ -35,6 +36,7 @@ class SyntheticSet:
     loss_history: list[float]  # one value per iteration run (MTT: per accepted iteration)
     seconds: float
     stopped_early: bool = False  # the site's wall-time limit ended it before ``config.iterations``
+    dp: DPRelease | None = None  # a differentially private method's guarantee and noisy class counts
 
 
 def distill(
@@ -61,9 +63,17 @@ def distill(
     match against on every other iteration in place of a fresh random network (MTT only starts from
     the previous set: its targets are the site's own expert trajectories).
 
+    A differentially private method (``dpdm``) gets every class of the task and picks the classes to
+    distill from its own noisy counts, so that the choice is covered by its guarantee; its set carries
+    the ``dp`` record.
+
     Raises:
-        DataError: no class has ``min_real_per_class`` images.
+        DataError: no class has ``min_real_per_class`` images (for a private method: by its noisy counts).
     """
+    method = method_for(config.method)
+    if method.private:
+        return _distill_private(train, num_classes, config, device, progress, min_real_per_class, max_seconds,
+                                observer, start_from)
     counts = train.class_counts(num_classes)
     classes = [c for c, n in enumerate(counts) if n >= min_real_per_class]
     skipped = [c for c, n in enumerate(counts) if 0 < n < min_real_per_class]
@@ -76,7 +86,6 @@ def distill(
 
     started = time.perf_counter()
     deadline = deadline_after(max_seconds)
-    method = method_for(config.method)
     options: dict[str, object] = {}
     if method.matches_guide and guide is not None:
         options["guide"] = guide.to(device).eval()
@@ -89,3 +98,29 @@ def distill(
     labels = torch.tensor(classes, dtype=torch.int64).repeat_interleave(config.ipc)
     stopped_early = past(deadline) and len(history) < config.iterations
     return SyntheticSet(syn_images.detach().cpu(), labels, classes, config, history, seconds, stopped_early)
+
+
+def _distill_private(
+    train: LabelledImages,
+    num_classes: int,
+    config: DistillConfig,
+    device: torch.device,
+    progress: bool,
+    min_real_per_class: int,
+    max_seconds: float | None,
+    observer: Observer | None,
+    start_from: tuple[torch.Tensor, torch.Tensor] | None,
+) -> SyntheticSet:
+    """:func:`distill` for a differentially private method: no decision here looks at the true counts."""
+    images = torch.from_numpy(train.images)
+    real_by_class = {c: images[torch.from_numpy(train.labels == c)].to(device) for c in range(num_classes)}
+    started = time.perf_counter()
+    deadline = deadline_after(max_seconds)
+    syn_images, history, record = method_for(config.method).distill(
+        real_by_class, config, num_classes, device, progress, deadline=deadline, observer=observer,
+        start_from=start_from, min_real_per_class=min_real_per_class)
+    seconds = time.perf_counter() - started
+    labels = torch.tensor(record.classes, dtype=torch.int64).repeat_interleave(config.ipc)
+    stopped_early = past(deadline) and len(history) < config.iterations
+    return SyntheticSet(syn_images.detach().cpu(), labels, record.classes, config, history, seconds, stopped_early,
+                        dp=record)

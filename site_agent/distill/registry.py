@@ -15,10 +15,12 @@ from typing import TypeVar
 import torch
 
 from shared.schemas import DistillMethod
+from site_agent.distill.accounting import DPRelease
 
 # (real_by_class, config, num_classes, device, progress, *, deadline, observer, start_from, [guide],
-#  [expert_cache_dir]) -> (synthetic images (K * ipc, C, H, W), loss per kept iteration)
-DistillFn = Callable[..., tuple[torch.Tensor, list[float]]]
+#  [expert_cache_dir], [min_real_per_class]) -> (synthetic images (K * ipc, C, H, W), loss per kept iteration
+#  [, DPRelease for a private method])
+DistillFn = Callable[..., tuple[torch.Tensor, list[float]] | tuple[torch.Tensor, list[float], DPRelease]]
 FnT = TypeVar("FnT", bound=DistillFn)
 
 
@@ -29,18 +31,21 @@ class Method:
     distill: DistillFn
     matches_guide: bool  # refinement rounds: takes the global model as ``guide`` (stands in for a random network)
     caches_experts: bool  # takes ``expert_cache_dir``: site-private expert trajectories kept between runs
+    # Differentially private: takes every class of the task and ``min_real_per_class``, chooses the classes
+    # from its own noisy counts, and returns its ``DPRelease`` third.
+    private: bool = False
 
 
 _METHODS: dict[DistillMethod, Method] = {}
 
 
 def register(
-    method: DistillMethod, *, matches_guide: bool = True, caches_experts: bool = False
+    method: DistillMethod, *, matches_guide: bool = True, caches_experts: bool = False, private: bool = False
 ) -> Callable[[FnT], FnT]:
     """Decorator: ``method`` is distilled by the decorated function."""
 
     def add(fn: FnT) -> FnT:
-        _METHODS[method] = Method(fn, matches_guide, caches_experts)
+        _METHODS[method] = Method(fn, matches_guide, caches_experts, private)
         return fn
 
     return add

@@ -9,6 +9,7 @@ from coordinator.receive import Expectation, receive_bundle
 from shared.bundle import MAGIC
 from shared.datasets import dataset_info
 from shared.errors import DecryptionError, InvalidBundle, ReplayError, VerificationError
+from shared.schemas import DistillRequest, DPDMConfig
 from site_agent.identity import SiteIdentity
 from site_agent.release import seal_release
 from tests.conftest import edit_header, make_request, make_synthetic
@@ -146,3 +147,12 @@ def test_other_dataset_or_settings_are_rejected(keys) -> None:
     same_shape = make_request(ipc=3).model_copy(update={"dataset": "pneumoniamnist"})  # also (1, 28, 28), 2 classes
     with pytest.raises(InvalidBundle, match="bundle dataset is 'breastmnist', 'pneumoniamnist' was requested"):
         receive_bundle(sealed, _expect(same_shape), coordinator, set())
+
+
+def test_dpdm_bundle_without_its_guarantee_is_rejected(keys) -> None:
+    """A bundle answering a dpdm request must carry the (epsilon, delta) guarantee it was asked for."""
+    _, sites = keys
+    request = DistillRequest(run_id="run-1", nonce="ab" * 32, dataset="breastmnist",
+                             distill=DPDMConfig(ipc=2, iterations=1))
+    with pytest.raises(InvalidBundle, match="differential-privacy guarantee"):
+        receive_bundle(_seal(sites["site-0"], request), _expect(request), keys[0], set())

@@ -71,15 +71,17 @@ def test_no_time_limit_runs_every_iteration() -> None:
 
 
 def test_every_method_is_the_module_named_after_it() -> None:
-    """Each DistillMethod is registered by site_agent/distill/<method>.py; only MTT takes the expert cache."""
+    """Each DistillMethod is registered by site_agent/distill/<method>.py; only MTT takes the expert cache,
+    only DPDM is private, and neither matches the global model."""
     from shared.schemas import DistillMethod
     from site_agent.distill.registry import method_for
 
     for method in DistillMethod:
         entry = method_for(method)
         assert entry.distill.__module__ == f"site_agent.distill.{method.value}"
-        is_mtt = method == DistillMethod.MTT
-        assert entry.caches_experts == is_mtt and entry.matches_guide == (not is_mtt)
+        is_mtt, is_dp = method == DistillMethod.MTT, method == DistillMethod.DPDM
+        assert entry.caches_experts == is_mtt and entry.private == is_dp
+        assert entry.matches_guide == (not is_mtt and not is_dp)
 
 
 def test_iterations_keep_one_before_a_passed_deadline_and_show_each_kept_one(caplog) -> None:
