@@ -201,7 +201,8 @@ def _global_section(g: dict[str, Any], uncorrected: dict[str, Any] | None, per_s
 def _dp_section(sites: list[dict[str, Any]]) -> list[str]:
     """Each site's differential-privacy guarantee, as signed into its manifest (dpdm)."""
     lines = [("Differential privacy, signed into each manifest: what it covers is that site's released set and "
-              "class counts, for this one release (not its privacy report below, not other runs).")]
+              "class counts, for this one release (not other runs). A DP site keeps its privacy report at the site: "
+              "its figures come from the training images, outside the guarantee.")]
     lines += [""] + [f"- {s['site_id']}: DP: ε={d['epsilon']:g}, δ={d['delta']:g} ({d['mechanism']} mechanism, "
                      f"{d['accountant']}, noise multiplier {d['noise_multiplier']:.3f})"
                      for s in sites if (d := s.get("dp"))]

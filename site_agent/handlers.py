@@ -131,7 +131,9 @@ def prepare_release(
     release = seal_described(
         synthetic, request, identity, images.info, num_real_examples=sum(counts),
         real_class_counts=policy.released_class_counts(counts),
-        real_class_counts_rounding=policy.class_count_rounding, privacy=privacy,
+        real_class_counts_rounding=policy.class_count_rounding,
+        # The report is measured on the training images outside ε: a DP release keeps it at the site.
+        privacy=None if synthetic.dp else privacy,
     )
     sealed = release.sealed
     keep_released_set(settings.cache_dir, request.run_id, synthetic)

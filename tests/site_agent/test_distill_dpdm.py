@@ -154,7 +154,8 @@ def test_policy_can_require_dp_and_cap_epsilon() -> None:
 
 
 def test_release_signs_the_guarantee_and_only_noisy_counts(keys, tmp_path: Path, monkeypatch) -> None:
-    """The sealed manifest carries (epsilon, delta, mechanism, accountant) and the mechanism's noisy counts."""
+    """The sealed manifest carries (epsilon, delta, mechanism, accountant) and the mechanism's noisy counts;
+    the privacy report, measured on the training images outside the budget, stays at the site."""
     coordinator, _ = keys
     rng = np.random.default_rng(0)
     labels = np.repeat([0, 1], [30, 50])
@@ -162,7 +163,9 @@ def test_release_signs_the_guarantee_and_only_noisy_counts(keys, tmp_path: Path,
     np.savez(tmp_path / "export.npz", train_images=images.astype(np.uint8), train_labels=labels)
     # A fixed noise stream for a reproducible test; a site's comes from the OS.
     monkeypatch.setattr(dpdm_module, "os_seeded_generator", lambda: torch.Generator().manual_seed(3))
-    policy = SitePolicy(min_real_per_class=5, privacy=PrivacyLimits(report=False))
+    limits = PrivacyLimits(max_mia_auc=None, max_mia_tpr_at_0_1pct_fpr=None, min_nearest_real_quantile=None,
+                           shadow_models=0, train_epochs=2)
+    policy = SitePolicy(min_real_per_class=5, privacy=limits)
     settings = SiteSettings(site_id="site-0", key_dir=tmp_path / "keys" / "site-0", data_root=str(tmp_path / "export.npz"),
                             partition=None, policy=policy, device="cpu", verify_md5=True, simulated=False,
                             cache_dir=tmp_path / "cache")
@@ -177,5 +180,6 @@ def test_release_signs_the_guarantee_and_only_noisy_counts(keys, tmp_path: Path,
     assert manifest.dp.noise_multiplier == pytest.approx(noise_multiplier_for(1.0, DELTA))
     assert manifest.real_class_counts == dp.noisy_class_counts != {0: 30, 1: 50}
     assert manifest.num_real_examples == sum(dp.noisy_class_counts.values()) == metrics["num-examples"]
+    assert manifest.privacy is None and list((tmp_path / "cache" / "privacy-reports").rglob("privacy-report.json"))
     opened = receive_bundle(release.sealed, Expectation(request, (1, 28, 28), 2, 1 << 20), coordinator, set())
     assert opened.manifest.dp == manifest.dp
