@@ -62,7 +62,8 @@ def run_one(name: str, path: str, method: DistillMethod, seed: int, args: argpar
     """
     private = {"epsilon": epsilon, "delta": args.delta} if epsilon is not None else {}
     config = RunConfig(dataset=name, data_root=path, method=method, seed=seed, sites=args.sites, alpha=args.alpha,
-                       ipc=args.ipc, rounds=args.rounds, out_dir=args.out_dir, **private)
+                       ipc=args.ipc, rounds=args.rounds, out_dir=args.out_dir, privacy_report=args.privacy_report,
+                       **private)
     started = time.perf_counter()
     run_dir, summary = simulate(config)
     wall = time.perf_counter() - started
@@ -142,6 +143,9 @@ def main() -> None:
     parser.add_argument("--epsilon", nargs="+", type=float, default=[RunConfig().epsilon],
                         help="dpdm: one run per epsilon (each site's target for its one release)")
     parser.add_argument("--delta", type=float, default=RunConfig().delta, help="dpdm: each site's delta")
+    parser.add_argument("--privacy-report", action="store_true",
+                        help="each site also measures its privacy report (scripts/benchmark_privacy.py measures it "
+                        "on its own; off, the accuracy rows cost what they did before the report existed)")
     parser.add_argument("--full-epochs", type=int, default=50, help="epochs on the whole training split (0: skip)")
     parser.add_argument("--full-seeds", type=int, default=3, help="train the ceiling for the first N seeds only")
     parser.add_argument("--out-dir", default="results/benchmark")
