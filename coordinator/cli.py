@@ -61,19 +61,22 @@ def simulate(
     dsa: Annotated[bool, typer.Option(help="Differentiable Siamese augmentation while distilling.")] = _DEFAULTS.dsa,
     train_epochs: Annotated[int, typer.Option(help="Epochs to train the global model on the pooled set.")] = _DEFAULTS.train_epochs,
     imbalance: Annotated[ImbalanceCorrection, typer.Option(help="Correct the global model for the class mix the sites release.")] = _DEFAULTS.imbalance,
+    setting: Annotated[list[str] | None, typer.Option("--set", help="Any other run-config key, e.g. --set privacy-shadows=4.")] = None,
     verbose: Annotated[bool, typer.Option(help="Flower's debug logging.")] = False,
 ) -> None:
     """Run a multi-site federation on this machine with Flower's Simulation Engine and write a results folder."""
     from coordinator.simulate import simulate as run_simulation
 
     values = dict(locals())
-    values.pop("verbose")
-    values.pop("run_simulation")
+    for name in ("verbose", "run_simulation", "setting"):
+        values.pop(name)
     values["out_dir"] = str(out_dir)
     try:
         config = RunConfig(**values)
     except ValidationError as exc:
         raise setting_error(exc, "option --{key}: {msg}") from None
+    if setting:
+        config = RunConfig.from_flower({**config.to_flower(), **_parse_settings(setting)})
     if config.min_sites > config.sites:
         raise ConfigError(f"--min-sites {config.min_sites} is more than --sites {config.sites}")
     config.check_private_rounds()
