@@ -263,7 +263,8 @@ def _read_image_folder(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     split_folders = [p for p in folders if p.name in SPLITS]
     if split_folders and len(split_folders) != len(folders):
         others = sorted(p.name for p in folders if p.name not in SPLITS)
-        raise DataError(f"the image folder mixes split folders with other folders {others}; use one layout")
+        raise LocalDataError(f"the image folder mixes split folders with {len(others)} other folder(s); use one layout",
+                             local_detail=f"other folders: {others}")
     if not split_folders:
         split_folders = [root]  # <root>/<class>/*: all training images
     elif "train" not in {p.name for p in split_folders}:
@@ -297,9 +298,9 @@ def _read_image_folder(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 def _class_index(class_dir: Path, split: str) -> int:
     match = _CLASS_FOLDER.match(class_dir.name)
     if not class_dir.is_dir() or match is None:
-        raise DataError(
-            f"split {split!r} holds {class_dir.name!r}, which is not a class folder named by its index "
-            "(e.g. '0' or '1_malignant')"
+        raise LocalDataError(  # a folder name may be a patient's name or record number: kept local
+            f"split {split!r} holds an entry that is not a class folder named by its index (e.g. '0' or '1_malignant')",
+            local_detail=f"not a class folder: {class_dir.name!r}",
         )
     return int(match.group(1))
 

@@ -113,6 +113,19 @@ def test_bad_files_are_refused_and_named_only_locally(tmp_path: Path, damage: Ca
     assert named_file in info.value.local_detail and named_file not in str(info.value)
 
 
+@pytest.mark.parametrize("layout", [
+    {"train": {"0": 6, "Doe_Jane_MRN4711": 6}},  # a class folder named after a patient
+    {"train": {"0": 6}, "Doe_Jane_MRN4711": {"0": 6}},  # a patient's folder beside the split folders
+], ids=["class-folder", "beside-splits"])
+def test_folder_names_stay_in_the_local_detail(tmp_path: Path, layout: dict[str, dict[str, int]]) -> None:
+    """A folder name may be a patient's name or record number: only the site's operator sees it."""
+    root = write_folder(tmp_path / "images", layout)
+    with pytest.raises(LocalDataError) as info:
+        read_local_data(root, "breastmnist")
+    assert "Doe_Jane_MRN4711" in info.value.local_detail
+    assert "Doe_Jane_MRN4711" not in str(info.value) + (info.value.hint or "")
+
+
 @pytest.mark.parametrize(
     ("build", "match"),
     [
