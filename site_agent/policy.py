@@ -41,7 +41,8 @@ class PrivacyLimits(BaseModel):
 
     report: bool = Field(True, description="measure memorisation, membership inference and utility before release")
     max_mia_auc: float | None = Field(
-        0.6, ge=0.5, le=1, description="block a release whose strongest membership attack reaches this AUC"
+        # Measured (docs/privacy.md): noise-initialised sets reached 0.50-0.61, real-image ones 0.58-0.69.
+        0.65, ge=0.5, le=1, description="block a release whose strongest membership attack reaches this AUC"
     )
     max_mia_tpr_at_0_1pct_fpr: float | None = Field(
         0.1, ge=0, le=1, description="block a release whose strongest attack finds this share of members at 0.1 % FPR "
