@@ -7,7 +7,6 @@ from types import SimpleNamespace
 import pytest
 from flwr.app import ConfigRecord, Error, Message, RecordDict
 from flwr.common.constant import ErrorCode
-from flwr.supercore.task_identity import TaskIdentity
 
 from coordinator import messaging, run_state, server_app
 from coordinator.receive import OutcomeStatus, SiteOutcome
@@ -55,10 +54,7 @@ class ReviewingGrid:
         return replies
 
 
-@pytest.fixture(autouse=True)
-def _fast_polling(monkeypatch) -> None:
-    monkeypatch.setattr(messaging, "_POLL_SECONDS", 0.01)
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
+pytestmark = pytest.mark.usefixtures("fast_polling")
 
 
 def test_waiting_sites_are_asked_again_with_the_same_request_until_they_decide() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 from flwr.app import ConfigRecord, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from coordinator import messaging
 from shared.errors import FederationError
@@ -38,11 +37,7 @@ class FakeGrid:
         return replies
 
 
-@pytest.fixture(autouse=True)
-def _fast_polling(monkeypatch) -> None:
-    monkeypatch.setattr(messaging, "_POLL_SECONDS", 0.01)
-    # Flower stamps new messages with the current task's identity, as run_simulation sets it up.
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
+pytestmark = pytest.mark.usefixtures("fast_polling")
 
 
 def test_silent_site_is_missing_from_replies() -> None:
