@@ -12,15 +12,25 @@ import html
 import json
 from pathlib import Path
 
+from shared.schemas import PrivacySummary
 from site_agent.approval import PREVIEW_NAME, HeldRelease
 from site_agent.privacy.page import REPORT_JSON, headline, summary_lines
 
 REVIEW_HTML = "review.html"
 
 
+def site_privacy(held: HeldRelease) -> PrivacySummary | None:
+    """The release's privacy report in numbers: signed into its manifest, or (a DP release, whose manifest
+    leaves it out) from the site's own copy of the report in the release's folder."""
+    if held.manifest and held.manifest.privacy:
+        return held.manifest.privacy
+    report = held.folder / REPORT_JSON
+    return PrivacySummary.model_validate(json.loads(report.read_text())["summary"]) if report.is_file() else None
+
+
 def privacy_headline(held: HeldRelease) -> str:
     """The privacy report in one short phrase, for the list of releases."""
-    privacy = held.manifest.privacy if held.manifest else None
+    privacy = site_privacy(held)
     if privacy is None:
         return "no privacy report"
     numbers = headline(privacy)
@@ -45,7 +55,7 @@ def render_review_page(held: HeldRelease) -> str:
              f'{base64.b64encode(preview.read_bytes()).decode()}">' if preview.is_file() else "<p>no preview image</p>")
     report_path = held.folder / REPORT_JSON
     failed = json.loads(report_path.read_text()).get("failed_limits", []) if report_path.is_file() else []
-    privacy = manifest.privacy if manifest else None
+    privacy = site_privacy(held)
     lines = summary_lines(privacy) if privacy else ["no privacy report was measured for this release"]
     verdict = (f"<p class=bad>Failed limits: {html.escape(', '.join(failed))}</p>" if failed
                else "<p>No limit of the site's policy failed.</p>" if privacy else "")

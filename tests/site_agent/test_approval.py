@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from coordinator.receive import Expectation, receive_bundle
 from shared.datasets import dataset_info
 from shared.errors import ApprovalPending, ConfigError, PolicyError, ReleaseRejected
-from shared.schemas import DistillRequest, DMConfig, NetworkSpec
+from shared.schemas import DistillRequest, DMConfig, DPDMConfig, NetworkSpec
 from site_agent import audit
 from site_agent.approval import APPROVED, BUNDLE_NAME, REJECTED, FolderApproval, ReleaseStatus, approval_for
 from site_agent.cli import app
@@ -156,3 +156,20 @@ def test_a_request_over_the_policys_limits_is_logged_as_blocked_before_any_work(
     entries = audit.verify(settings.cache_dir)
     assert [e.event.value for e in entries] == ["request_received", "decision"]
     assert entries[1].details["decision"] == "blocked" and "ipc" in str(entries[1].details["why"])
+
+
+def test_the_reviewer_of_a_dp_release_sees_the_report_its_manifest_leaves_out(keys, tmp_path: Path) -> None:
+    """A dpdm manifest carries no privacy figures (they are outside epsilon); the site's reviewer still gets them."""
+    privacy = PrivacyLimits(shadow_models=0, train_epochs=2, max_mia_auc=None, max_mia_tpr_at_0_1pct_fpr=None,
+                            min_nearest_real_quantile=None)
+    settings = dataclasses.replace(_site(tmp_path, privacy), policy=SitePolicy(require_approval=True, privacy=privacy,
+                                                                               min_real_per_class=1))
+    request = DistillRequest(run_id="r1", nonce="cd" * 32, dataset="breastmnist",
+                             distill=DPDMConfig(ipc=2, iterations=2, epsilon=10.0, network=NetworkSpec(depth=2, width=16)))
+    with pytest.raises(ApprovalPending) as info:
+        answer_distill(request, settings, progress=False)
+    folder = Path(info.value.folder)
+    assert json.loads((folder / "release.site-local-manifest.json").read_text())["privacy"] is None
+    listed = runner.invoke(app, ["review", "--cache-dir", str(settings.cache_dir)])
+    assert listed.exit_code == 0 and "MIA AUC " in listed.output and "no privacy report" not in listed.output
+    assert "threshold attack" in (folder / "review.html").read_text().lower()
