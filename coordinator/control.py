@@ -81,9 +81,16 @@ def flwr_json(conn: Connection, *args: str) -> dict[str, Any]:
     """
     out = flwr(conn, *args, "--format", "json")
     try:
-        return json.loads(out[out.index("{"):])
+        answer = json.loads(out[out.index("{"):])
     except ValueError as exc:
         raise ControlError(f"`flwr {args[0]}` printed no JSON") from exc
+    if answer.get("success") is False:  # flwr exits 0 with {"success": false} when, e.g., the SuperLink is down
+        detail = str(answer.get("error-message", "")).strip().splitlines()
+        if any("unavailable" in line.lower() for line in detail):
+            raise ControlError(f"the SuperLink at {conn.address} cannot be reached",
+                               hint="start it (`coordinator serve`) or check --superlink and the connection's CA")
+        raise ControlError(f"`flwr {' '.join(args[:2])}` failed: {' '.join(detail[-2:])}")
+    return answer
 
 
 def register_node(conn: Connection, node_public_key: Path, site_id: str) -> int:

@@ -137,6 +137,24 @@ def test_run_config_file_and_command(tmp_path: Path) -> None:
     assert control.run_args(conn, tmp_path, path) == ["run", str(tmp_path), "feddistill", "--run-config", str(path)]
 
 
+def test_an_unreachable_superlink_is_an_error_naming_it(tmp_path: Path) -> None:
+    """`flwr` exits 0 with {"success": false} when the SuperLink is down: status and run must still fail, clearly."""
+    from typer.testing import CliRunner
+
+    from coordinator.cli import app
+
+    ca = crypto.new_certificate_authority("test CA")
+    crypto.save_certificate(ca.certificate, tmp_path / "ca.crt")
+    conn = control.Connection("127.0.0.1:9", tmp_path / "ca.crt", tmp_path / "home")  # nothing listens on port 9
+    with pytest.raises(control.ControlError, match="SuperLink at 127.0.0.1:9 cannot be reached"):
+        control.list_runs(conn)
+    with pytest.raises(control.ControlError, match="`flwr run .*` failed: .*Flower App configuration"):
+        control.submit_run(conn, tmp_path, tmp_path / "run.toml")  # an answer without a run id is an error too
+    result = CliRunner().invoke(app, ["status", "--superlink", "127.0.0.1:9", "--root-certificates",
+                                      str(tmp_path / "ca.crt"), "--flwr-home", str(tmp_path / "home")])
+    assert result.exit_code != 0 and "cannot be reached" in str(result.exception)
+
+
 def test_app_dir_with_federations_is_refused(tmp_path: Path) -> None:
     """`flwr run` would rewrite a pyproject with [tool.flwr.federations]; we refuse it instead."""
     (tmp_path / "pyproject.toml").write_text("[tool.flwr.app]\npublisher = 'x'\n[tool.flwr.federations]\ndefault = 'a'\n")
