@@ -51,17 +51,18 @@ def run_one(dataset: str, root: str, method: DistillMethod, init: InitMode, args
 
 def summarize(paths: list[Path]) -> str:
     rows = [json.loads(line) for path in paths for line in path.read_text().splitlines() if line.strip()]
-    lines = [("| dataset | method | init | threshold AUC [95 % CI] | TPR@0.1% FPR | LiRA AUC | TPR@0.1% FPR | "
-             "real subset: threshold AUC | LiRA AUC | flagged | held-out bal. acc. | distill s | report s |"),
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [("| dataset | method | init | threshold AUC [95 % CI] | TPR@1% FPR | TPR@0.1% FPR | LiRA AUC | "
+              "LiRA TPR@0.1% FPR | real subset: threshold AUC | TPR@1% FPR | TPR@0.1% FPR | LiRA AUC | flagged | "
+              "held-out bal. acc. | distill s | report s |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         s = r["summary"]
+        mine, ref = s["threshold_attack"], s["reference_threshold_attack"]
         lines.append(
-            f"| {r['dataset']} | {r['method']} | {r['init']} | {_auc(s['threshold_attack'])} | "
-            f"{_tpr(s['threshold_attack'])} | {_auc(s['lira'])} | {_tpr(s['lira'])} | "
-            f"{_auc(s['reference_threshold_attack'])} | {_auc(s['reference_lira'])} | "
-            f"{s['nearest_real_flagged']}/{r['synthetic_images']} | {_num(s['site_balanced_accuracy'])} | "
-            f"{r['distill_seconds']:.0f} | {r['report_seconds']:.0f} |")
+            f"| {r['dataset']} | {r['method']} | {r['init']} | {_auc(mine)} | {_tpr(mine, 'tpr_at_1pct_fpr')} | "
+            f"{_tpr(mine)} | {_auc(s['lira'])} | {_tpr(s['lira'])} | {_auc(ref)} | {_tpr(ref, 'tpr_at_1pct_fpr')} | "
+            f"{_tpr(ref)} | {_auc(s['reference_lira'])} | {s['nearest_real_flagged']}/{r['synthetic_images']} | "
+            f"{_num(s['site_balanced_accuracy'])} | {r['distill_seconds']:.0f} | {r['report_seconds']:.0f} |")
     return "\n".join(lines)
 
 
@@ -72,8 +73,8 @@ def _auc(attack: dict[str, Any] | None) -> str:
     return f"{a['value']:.3f} [{a['low']:.2f}, {a['high']:.2f}]"
 
 
-def _tpr(attack: dict[str, Any] | None) -> str:
-    return "-" if not attack else f"{attack['tpr_at_0_1pct_fpr']['value']:.3f}"
+def _tpr(attack: dict[str, Any] | None, key: str = "tpr_at_0_1pct_fpr") -> str:
+    return "-" if not attack else f"{attack[key]['value']:.3f}"
 
 
 def _num(value: float | None) -> str:
