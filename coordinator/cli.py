@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from shared.config import RunConfig
 from shared.crypto import HpkeSuite
 from shared.errors import ConfigError
-from shared.logs import run_cli
+from shared.logs import add_common_options, run_cli
 from shared.schemas import DistillMethod, ImbalanceCorrection, InitMode, PartitionScheme, setting_error
 
 app = typer.Typer(help="Coordinate a federated dataset-distillation study.", pretty_exceptions_enable=False,
@@ -31,9 +31,7 @@ _Epsilon = Annotated[float, typer.Option(help="dpdm: each site's differential-pr
 _Delta = Annotated[float, typer.Option(help="dpdm: each site's differential-privacy delta.")]
 
 
-@app.callback()
-def _group() -> None:
-    """Keep sub-commands even while there is only one."""
+add_common_options(app)
 
 
 @app.command()

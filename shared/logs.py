@@ -5,17 +5,61 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
+from typing import Annotated
+
+import click
+import typer
 
 from shared.errors import FedDistillError
 
 OUR_PACKAGES = ("shared", "site_agent", "coordinator")
 
 
-def configure_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def configure_logging(verbose: bool = False, level: str = "info") -> None:
+    """Our packages at ``level`` (DEBUG when ``verbose``); everything else (Flower, Ray) at WARNING unless debug."""
+    ours = logging.DEBUG if verbose else getattr(logging, level.upper())
+    logging.basicConfig(level=logging.DEBUG if ours == logging.DEBUG else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     for name in OUR_PACKAGES:
-        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
+        logging.getLogger(name).setLevel(ours)
+
+
+def versions() -> str:
+    """This project's version and those of the libraries its results depend on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(package: str) -> str:
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return f"feddistill {of('feddistill')} (flwr {of('flwr')}, torch {of('torch')}, medmnist {of('medmnist')})"
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(versions())
+        raise typer.Exit()
+
+
+def common_options(
+    version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True,
+                                          help="Print the versions and exit.")] = False,
+    log_level: Annotated[str, typer.Option(
+        click_type=click.Choice(LOG_LEVELS), help="Our log lines at this level and above; 'debug' also shows "
+        "Flower's and Ray's own.")] = "info",
+) -> None:
+    """``--version`` and ``--log-level``, taken before any command (an app's callback)."""
+    configure_logging(level=log_level)
+
+
+def add_common_options(app: typer.Typer) -> None:
+    """Give a command-line app ``--version`` and ``--log-level``."""
+    app.callback()(common_options)
 
 
 def run_cli(app: Callable[[], object]) -> None:

@@ -12,13 +12,14 @@ import typer
 from shared import crypto
 from shared.errors import ConfigError, KeyFileError
 from shared.keys import COORDINATOR_PUB, create_site_identity
-from shared.logs import run_cli
+from shared.logs import add_common_options, run_cli
 from site_agent import cli_review, cli_tools
 
 log = logging.getLogger(__name__)
 
 app = typer.Typer(help="Run a hospital's site agent.", pretty_exceptions_enable=False,
                   no_args_is_help=True, add_completion=False)
+add_common_options(app)
 
 
 @app.command()

@@ -1,0 +1,31 @@
+"""Both command lines take --version and --log-level before any command."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from typer.testing import CliRunner
+
+from coordinator.cli import app as coordinator_app
+from site_agent.cli import app as site_app
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("app", [site_app, coordinator_app], ids=["site-agent", "coordinator"])
+def test_version_names_the_project_and_the_libraries_its_results_depend_on(app) -> None:
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.startswith("feddistill ") and "flwr 1.41" in result.output and "torch " in result.output
+
+
+@pytest.mark.parametrize("app", [site_app, coordinator_app], ids=["site-agent", "coordinator"])
+def test_log_level_sets_our_loggers_and_refuses_an_unknown_level(app, tmp_path) -> None:
+    group = "sites" if app is coordinator_app else "policy"
+    result = runner.invoke(app, ["--log-level", "warning", group, "--help"])
+    assert result.exit_code == 0
+    assert logging.getLogger("site_agent").level == logging.WARNING
+    assert logging.getLogger("flwr").getEffectiveLevel() >= logging.WARNING
+    bad = runner.invoke(app, ["--log-level", "loud", group, "--help"])
+    assert bad.exit_code != 0 and "'loud' is not one of" in bad.output
