@@ -150,11 +150,15 @@ def sites_add(
     if node_key is None:
         return
     typer.echo(f"registered {site_id}: SuperNode key {register_node_key(keys_dir, site_id, node_key)}")
-    if superlink is not None or (flwr_home / "config.toml").exists():
-        conn = _connection(keys_dir, superlink, root_certificates, flwr_home)
-        node_id = control.register_node(conn, node_key, site_id)
-        record_flower_node(keys_dir, site_id, node_id)
-        typer.echo(f"registered {site_id}'s SuperNode with the SuperLink at {conn.address} (node id {node_id})")
+    if superlink is None and not (flwr_home / "config.toml").exists():
+        typer.echo(f"warning: {site_id}'s SuperNode was NOT registered with a SuperLink (no --superlink and no saved "
+                   f"connection in {flwr_home}); it cannot connect until you run this again with --superlink HOST:PORT",
+                   err=True)
+        return
+    conn = _connection(keys_dir, superlink, root_certificates, flwr_home)
+    node_id = control.register_node(conn, node_key, site_id)
+    record_flower_node(keys_dir, site_id, node_id)
+    typer.echo(f"registered {site_id}'s SuperNode with the SuperLink at {conn.address} (node id {node_id})")
 
 
 @sites_app.command("list")
@@ -178,16 +182,25 @@ def sites_revoke(
     root_certificates: _ROOT_CERTS = None,
     flwr_home: _FLWR_HOME = Path(".flwr-home"),
 ) -> None:
-    """Remove a site's keys (its bundles are rejected from then on) and unregister its node from the SuperLink."""
+    """Unregister a site's node from the SuperLink, then remove its keys (its bundles are rejected from then on)."""
     from coordinator import control
     from coordinator.trust import flower_node_of, revoke_site
 
     node_id = flower_node_of(keys_dir, site_id)
+    connected = superlink is not None or (flwr_home / "config.toml").exists()
+    if node_id is not None and connected:
+        # First, so a SuperLink that refuses leaves the site as it was, ready for a retry (its node id is kept).
+        try:
+            control.unregister_node(_connection(keys_dir, superlink, root_certificates, flwr_home), node_id)
+        except control.ControlError as exc:
+            raise control.ControlError(f"nothing revoked: the SuperLink did not unregister {site_id}'s SuperNode "
+                                       f"(node id {node_id}): {exc}", hint=exc.hint) from exc
+        typer.echo(f"unregistered {site_id}'s SuperNode (node id {node_id}) from the SuperLink")
     revoke_site(keys_dir, site_id)
-    typer.echo(f"revoked {site_id}")
-    if node_id is not None and (superlink is not None or (flwr_home / "config.toml").exists()):
-        control.unregister_node(_connection(keys_dir, superlink, root_certificates, flwr_home), node_id)
-        typer.echo(f"unregistered its SuperNode (node id {node_id}) from the SuperLink")
+    typer.echo(f"revoked {site_id}: its bundles are rejected from now on")
+    if node_id is not None and not connected:
+        typer.echo(f"warning: {site_id}'s SuperNode (node id {node_id}) is still registered on the SuperLink; "
+                   f"unregister it there: flwr supernode unregister {node_id} <connection>", err=True)
 
 
 @app.command()

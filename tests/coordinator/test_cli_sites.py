@@ -1,0 +1,52 @@
+"""`coordinator sites add/revoke` say what was and was not done on the SuperLink."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from coordinator.cli import app
+from coordinator.trust import flower_node_of, load_coordinator_keys, record_flower_node
+from shared.keys import NODE_PUB, SIGNING_PUB, create_site_identity
+
+runner = CliRunner()
+
+
+def _coordinator_with_site(tmp_path: Path) -> tuple[Path, list[str]]:
+    keys = tmp_path / "coord"
+    assert runner.invoke(app, ["init", "--keys-dir", str(keys)]).exit_code == 0
+    site = tmp_path / "site"
+    create_site_identity(site)
+    add = ["sites", "add", "--keys-dir", str(keys), "--site-id", "site-a", "--signing-key", str(site / SIGNING_PUB),
+           "--node-key", str(site / NODE_PUB), "--flwr-home", str(tmp_path / "home")]
+    return keys, add
+
+
+def test_adding_a_site_without_a_superlink_says_its_node_was_not_registered(tmp_path: Path) -> None:
+    keys, add = _coordinator_with_site(tmp_path)
+    result = runner.invoke(app, add)
+    assert result.exit_code == 0, result.output
+    assert "NOT registered with a SuperLink" in result.output and "--superlink" in result.output
+    assert "site-a" in load_coordinator_keys(keys).sites
+
+
+def test_revoking_keeps_the_site_when_the_superlink_cannot_unregister_it(tmp_path: Path) -> None:
+    """A SuperLink that refuses (here: unreachable) leaves the site registered and says nothing was revoked."""
+    from shared import crypto
+
+    keys, add = _coordinator_with_site(tmp_path)
+    assert runner.invoke(app, add).exit_code == 0
+    record_flower_node(keys, "site-a", 42)
+    ca = crypto.new_certificate_authority("test CA")
+    crypto.save_certificate(ca.certificate, tmp_path / "ca.crt")
+    revoke = ["sites", "revoke", "--keys-dir", str(keys), "--site-id", "site-a", "--flwr-home", str(tmp_path / "home")]
+    result = runner.invoke(app, [*revoke, "--superlink", "127.0.0.1:9", "--root-certificates", str(tmp_path / "ca.crt")])
+    assert result.exit_code != 0 and "nothing revoked" in str(result.exception)
+    assert "site-a" in load_coordinator_keys(keys).sites and flower_node_of(keys, "site-a") == 42
+
+    (tmp_path / "home" / "config.toml").unlink()  # no connection at all: revoke here, and say what is left
+    result = runner.invoke(app, revoke)
+    assert result.exit_code == 0, result.output
+    assert "still registered on the SuperLink" in result.output and "flwr supernode unregister 42" in result.output
+    assert "site-a" not in load_coordinator_keys(keys).sites
