@@ -43,8 +43,15 @@ def trust_coordinator(
     """Pin the coordinator's HPKE public key: bundles are only ever sealed to this key."""
     key = crypto.load_public_key(public_key, crypto.RecipientPublicKey)
     actual = crypto.fingerprint(key)
-    if actual != fingerprint.strip().lower():
-        raise KeyFileError(f"coordinator key fingerprint is {actual}, not the expected {fingerprint}")
+    given = "".join(fingerprint.split()).replace(":", "").lower()  # as read aloud or pasted with separators
+    if actual != given:
+        # Never show the file's own fingerprint: an operator could copy it and defeat the out-of-band check.
+        raise KeyFileError(
+            f"the coordinator key file {public_key.name!r} does not match the fingerprint you were given; "
+            "nothing was pinned",
+            hint="do not use this file: get coordinator.pub again and have the coordinating team read its "
+            "fingerprint to you over another channel (`coordinator init` prints it)",
+        )
     crypto.save_public_key(key, key_dir / COORDINATOR_PUB)
     typer.echo(f"pinned coordinator key {actual}")
 

@@ -50,3 +50,21 @@ def test_revoking_keeps_the_site_when_the_superlink_cannot_unregister_it(tmp_pat
     assert result.exit_code == 0, result.output
     assert "still registered on the SuperLink" in result.output and "flwr supernode unregister 42" in result.output
     assert "site-a" not in load_coordinator_keys(keys).sites
+
+
+def test_trust_coordinator_never_shows_the_fingerprint_of_a_file_that_does_not_match(tmp_path: Path) -> None:
+    """Showing it would let an operator copy it from the screen instead of checking it out of band."""
+    from shared import crypto
+    from shared.keys import COORDINATOR_PUB
+    from site_agent.cli import app as site_app
+
+    keys, _ = _coordinator_with_site(tmp_path)
+    actual = crypto.fingerprint(load_coordinator_keys(keys).private_key.public_key())
+    pin = ["trust-coordinator", "--key-dir", str(tmp_path / "site"), "--public-key", str(keys / COORDINATOR_PUB)]
+    wrong = runner.invoke(site_app, [*pin, "--fingerprint", "ab" * 32])
+    assert wrong.exit_code != 0 and "does not match" in str(wrong.exception)
+    assert actual not in str(wrong.exception) + wrong.exception.hint + wrong.output
+    assert not (tmp_path / "site" / COORDINATOR_PUB).exists()
+    spoken = ":".join(actual[i : i + 4] for i in range(0, len(actual), 4)).upper()
+    assert runner.invoke(site_app, [*pin, "--fingerprint", spoken]).exit_code == 0
+    assert (tmp_path / "site" / COORDINATOR_PUB).is_file()
