@@ -122,10 +122,15 @@ def detect_format(path: Path, dataset: str | None) -> tuple[DataFormat, Path]:
     holds_npz = any(path.glob("*.npz"))  # a MedMNIST root, just not with this dataset's file
     if not holds_npz and any(child.is_dir() and not child.name.startswith(".") for child in path.iterdir()):
         return DataFormat.FOLDER, path
+    found = sorted(p.stem for p in path.glob("*.npz") if p.stem in INFO)
+    if not dataset and found:  # a MedMNIST root: which of its datasets is meant?
+        raise DataError(f"the data folder holds the official files of {', '.join(found)}; say which one with "
+                        "--dataset (or point --data at one .npz file)")
     wanted = f"{dataset.lower()}.npz" if dataset else "a .npz file"
     raise DataError(
         f"dataset file {wanted!r} not found in the data root, nor a folder of class images "
         f"(check the data path or set {MEDMNIST_ROOT_ENV}; downloads are off)"
+        + (f"; it holds {', '.join(found)}" if found else "")
     )
 
 

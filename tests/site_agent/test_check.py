@@ -205,3 +205,12 @@ def test_cli_check_names_the_unreadable_file(tmp_path: Path) -> None:
     _corrupt_png(root)
     result = runner.invoke(app, ["check", "--data", str(root), "--dataset", "breastmnist"])
     assert isinstance(result.exception, LocalDataError) and "img000.png" in result.output
+
+
+def test_a_medmnist_root_without_a_dataset_flag_lists_the_datasets_it_holds(tmp_path: Path) -> None:
+    write_export(tmp_path / "retinamnist.npz")
+    write_export(tmp_path / "breastmnist.npz")
+    with pytest.raises(DataError, match="official files of breastmnist, retinamnist; say which one with --dataset"):
+        read_local_data(tmp_path, "")
+    with pytest.raises(DataError, match="'pathmnist.npz' not found .*; it holds breastmnist, retinamnist"):
+        read_local_data(tmp_path, "pathmnist")
