@@ -247,9 +247,9 @@ def _read_npz_export(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     try:
         with np.load(path, allow_pickle=False) as npz:  # no pickles: a data file must not run code
             arrays = {key: npz[key] for key in npz.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise LocalDataError(
-            f"the .npz export cannot be read ({type(exc).__name__})", local_detail=f"unreadable file: {path}"
+            f"the .npz export cannot be read: {_npz_problem(exc)}", local_detail=f"unreadable file: {path} ({exc})"
         ) from exc
     raw = {}
     for split in SPLITS:
@@ -259,8 +259,20 @@ def _read_npz_export(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         if present:
             raw[split] = (arrays[f"{split}_images"], arrays[f"{split}_labels"])
     if "train" not in raw:
-        raise DataError("the .npz export has no 'train_images'/'train_labels' (MedMNIST's keys are expected)")
+        raise LocalDataError("the .npz export has no 'train_images'/'train_labels' (MedMNIST's keys are expected)",
+                             local_detail=f"arrays in the file: {', '.join(sorted(arrays)) or 'none'}")
     return raw
+
+
+def _npz_problem(exc: Exception) -> str:
+    """What is wrong with an unreadable .npz, in words that carry no path."""
+    if isinstance(exc, zipfile.BadZipFile | EOFError):
+        return "it is not a complete .npz (zip) archive: truncated, or another kind of file"
+    if isinstance(exc, ValueError) and "pickle" in str(exc).lower():
+        return "it holds pickled Python objects, which are refused (a data file must not run code); save plain arrays"
+    if isinstance(exc, ValueError):
+        return "an array in it is damaged or not a plain numpy array"
+    return "the file cannot be opened (permissions or a read error)"
 
 
 def _read_image_folder(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:

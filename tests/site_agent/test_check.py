@@ -174,9 +174,16 @@ def test_exports_need_a_dataset_and_unreadable_npz_is_named(tmp_path: Path) -> N
     with pytest.raises(ConfigError, match="needs the dataset flag"):
         read_local_data(write_export(tmp_path / "site.npz"))
     (tmp_path / "broken.npz").write_bytes(b"PK\x03\x04 truncated")
-    with pytest.raises(LocalDataError, match="cannot be read") as info:
+    with pytest.raises(LocalDataError, match="cannot be read: it is not a complete .npz .zip. archive") as info:
         read_local_data(tmp_path / "broken.npz", "breastmnist")
-    assert "broken.npz" in info.value.local_detail
+    assert "broken.npz" in info.value.local_detail and "broken.npz" not in str(info.value)
+    np.savez(tmp_path / "pickled.npz", train_images=np.array([object()], dtype=object))
+    with pytest.raises(LocalDataError, match="pickled Python objects, which are refused"):
+        read_local_data(tmp_path / "pickled.npz", "breastmnist")
+    np.savez(tmp_path / "renamed.npz", images=pixels(4), labels=np.zeros(4, int))
+    with pytest.raises(LocalDataError, match="no 'train_images'") as info:
+        read_local_data(tmp_path / "renamed.npz", "breastmnist")
+    assert info.value.local_detail == "arrays in the file: images, labels"
 
 
 @pytest.mark.realdata
