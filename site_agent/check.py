@@ -10,10 +10,11 @@ releasing those few patients' images.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from site_agent.data import SPLITS, DataFormat, read_local_data
+from site_agent.data import SPLITS, DataFormat, class_folder_name_notes, read_local_data
 from site_agent.policy import SitePolicy
 
 
@@ -76,6 +77,8 @@ def check_data(
              for c, n in train.items() if n == 0]
     if "test" not in local.splits:
         notes.append("no test split: this site can distill but not evaluate the global model")
+    if local.format == DataFormat.FOLDER:
+        notes += class_folder_name_notes(Path(path), info.label_names)
     return CheckReport(
         format=local.format, dataset=info.name, task=info.task, class_names=info.label_names,
         image_shape=local.image_shape, min_real_per_class=minimum, splits=splits, problems=problems, notes=notes,

@@ -275,6 +275,38 @@ def _npz_problem(exc: Exception) -> str:
     return "the file cannot be opened (permissions or a read error)"
 
 
+def class_folder_name_notes(root: Path, label_names: dict[int, str]) -> list[str]:
+    """Notes on class folders whose name disagrees with the dataset's name for their index (site-local text).
+
+    ``1_malignant`` is read as class 1 whatever its name says; when the name is another class's name, the
+    folders are probably numbered the wrong way round.
+    """
+    def plain(text: str) -> str:
+        return re.sub(r"[^a-z0-9]", "", text.lower())
+
+    def forms(name: str) -> set[str]:  # "normal, benign" is also called "benign" or "normal"
+        return {plain(name)} | {word for word in re.split(r"[^a-z0-9]+", name.lower()) if len(word) >= 3}
+
+    names = {form: index for index, name in label_names.items() for form in forms(name)}
+    notes = []
+    splits = [p for p in root.iterdir() if p.is_dir() and p.name in SPLITS] or [root]
+    for folder in sorted(splits):
+        for class_dir in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            match = _CLASS_FOLDER.match(class_dir.name)
+            suffix = plain(class_dir.name[len(match.group(1)):]) if match else ""
+            if not suffix or int(match.group(1)) not in label_names:
+                continue
+            index = int(match.group(1))
+            if suffix in forms(label_names[index]):
+                continue
+            other = names.get(suffix)
+            said = (f"which is class {other}'s name: are the folders numbered the wrong way round?" if other is not None
+                    else "which is not that class's name")
+            notes.append(f"folder {class_dir.relative_to(root)} is read as class {index} ({label_names[index]}) by its "
+                         f"number, but is named {class_dir.name[len(match.group(1)) + 1:]!r}, {said}")
+    return notes
+
+
 def _read_image_folder(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     split_folders = [p for p in folders if p.name in SPLITS]

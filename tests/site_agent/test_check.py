@@ -221,3 +221,17 @@ def test_a_medmnist_root_without_a_dataset_flag_lists_the_datasets_it_holds(tmp_
         read_local_data(tmp_path, "")
     with pytest.raises(DataError, match="'pathmnist.npz' not found .*; it holds breastmnist, retinamnist"):
         read_local_data(tmp_path, "pathmnist")
+
+
+def test_class_folders_named_against_their_number_are_pointed_out(tmp_path: Path) -> None:
+    """BreastMNIST's class 0 is malignant: '0_benign' is read as malignant, and check says so."""
+    swapped = check_data(write_folder(tmp_path / "swapped", {"train": {"0_benign": 10, "1_malignant": 10}}),
+                         "breastmnist", POLICY)
+    assert swapped.ok
+    assert any("read as class 0 (malignant)" in n and "'benign', which is class 1's name" in n for n in swapped.notes)
+    assert any("read as class 1 (normal, benign)" in n and "class 0's name" in n for n in swapped.notes)
+    named = check_data(write_folder(tmp_path / "named", {"train": {"0_Malignant": 10, "1-benign": 10, "0": 1}}),
+                       "breastmnist", POLICY)
+    assert not any("is read as class" in n for n in named.notes)
+    custom = check_data(write_folder(tmp_path / "custom", {"train": {"0_cancer": 10, "1": 10}}), "breastmnist", POLICY)
+    assert any("'cancer', which is not that class's name" in n for n in custom.notes)
