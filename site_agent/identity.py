@@ -26,7 +26,12 @@ def load_site_identity(site_id: str, key_dir: Path) -> SiteIdentity:
         KeyFileError: the directory or a key is missing or of the wrong kind.
     """
     if not key_dir.is_dir():
-        raise KeyFileError(f"key directory of site {site_id!r} does not exist")
+        raise KeyFileError(f"key directory of site {site_id!r} does not exist",
+                           hint="create the site's keys with `site-agent init --key-dir DIR`")
     signing_key = crypto.load_private_key(key_dir / SIGNING_KEY, crypto.SigningKey)
+    if not (key_dir / COORDINATOR_PUB).is_file():  # the step after init: each fix names its command
+        raise KeyFileError(f"no coordinator key is pinned for site {site_id!r} ({COORDINATOR_PUB} not found)",
+                           hint="pin it with `site-agent trust-coordinator --key-dir DIR --public-key coordinator.pub "
+                           "--fingerprint FINGERPRINT` (the fingerprint read to you out of band)")
     coordinator_key = crypto.load_public_key(key_dir / COORDINATOR_PUB, crypto.RecipientPublicKey)
     return SiteIdentity(site_id, signing_key, coordinator_key)

@@ -62,7 +62,17 @@ def test_missing_key_directory_fails_clearly(tmp_path: Path) -> None:
     """A site without keys fails at once, naming the site, not the path."""
     with pytest.raises(KeyFileError, match="key directory of site 'a'") as info:
         load_site_identity("a", tmp_path / "secret-ward-7")
-    assert "secret-ward-7" not in str(info.value)
+    assert "secret-ward-7" not in str(info.value) and "site-agent init" in info.value.hint
+
+
+def test_a_site_that_has_not_pinned_the_coordinator_is_told_the_next_step(tmp_path: Path) -> None:
+    """After `site-agent init` the missing piece is the coordinator's key: the hint names trust-coordinator."""
+    from shared.keys import create_site_identity
+
+    create_site_identity(tmp_path / "keys")
+    with pytest.raises(KeyFileError, match="no coordinator key is pinned for site 'a'") as info:
+        load_site_identity("a", tmp_path / "keys")
+    assert "site-agent trust-coordinator" in info.value.hint and "site-agent init" not in info.value.hint
 
 
 def test_unexpected_errors_travel_without_their_text() -> None:
