@@ -32,7 +32,8 @@ class FedDistillError(Exception):
 class ConfigError(FedDistillError):
     """A setting is missing, malformed or out of its allowed range."""
 
-    hint = "fix the setting named above: the option of the command you ran (`--help` lists them), or the same key in a --set, a policy file or a site's node config"
+    hint = ("fix the setting named above: the option of the command you ran (`--help` lists them), or the same "
+            "key in a --set, a policy file or a site's node config")
 
 
 class DataError(FedDistillError):
