@@ -55,6 +55,8 @@ def common_options(
 ) -> None:
     """``--version`` and ``--log-level``, taken before any command (an app's callback)."""
     configure_logging(level=log_level)
+    # Flower sets its own logger to DEBUG on import; on our command lines it speaks only at WARNING and up.
+    logging.getLogger("flwr").setLevel(logging.DEBUG if log_level == "debug" else logging.WARNING)
 
 
 def add_common_options(app: typer.Typer) -> None:
