@@ -55,7 +55,7 @@ from site_agent import audit
 from site_agent.audit import AuditEvent
 from site_agent.cache import write_atomically
 from site_agent.policy import SitePolicy
-from site_agent.preview import write_release
+from site_agent.preview import site_local_files, write_release
 from site_agent.privacy.page import REPORT_JSON, privacy_report_folder
 from site_agent.release import SealedRelease
 from site_agent.settings import SiteSettings
@@ -65,8 +65,6 @@ log = logging.getLogger(__name__)
 APPROVED = "APPROVED"
 REJECTED = "REJECTED"
 BUNDLE_NAME = "release.fdsb"
-MANIFEST_NAME = "release.site-local-manifest.json"
-PREVIEW_NAME = "release.site-local-preview.png"
 REQUEST_NAME = "request.json"
 METRICS_NAME = "metrics.json"
 MAX_REASON_CHARS = 200
@@ -245,7 +243,7 @@ def _pending(run_id: str, folder: Path) -> ApprovalPending:
 
 def _read(folder: Path) -> HeldRelease | None:
     """A release folder as the reviewer sees it; None for a folder holding no release."""
-    manifest = _parse(folder / MANIFEST_NAME, BundleManifest)
+    manifest = _parse(site_local_files(folder / BUNDLE_NAME).manifest, BundleManifest)
     request = _parse(folder / REQUEST_NAME, DistillRequest)
     if manifest is None and request is None:
         return None

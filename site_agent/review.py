@@ -13,7 +13,8 @@ import json
 from pathlib import Path
 
 from shared.schemas import PrivacySummary
-from site_agent.approval import PREVIEW_NAME, HeldRelease
+from site_agent.approval import BUNDLE_NAME, HeldRelease
+from site_agent.preview import site_local_files
 from site_agent.privacy.page import REPORT_JSON, headline, summary_lines
 
 REVIEW_HTML = "review.html"
@@ -50,7 +51,7 @@ def write_review_page(held: HeldRelease) -> Path:
 def render_review_page(held: HeldRelease) -> str:
     """The page: status, images, privacy summary, manifest, request."""
     manifest, request = held.manifest, held.request
-    preview = held.folder / PREVIEW_NAME
+    preview = site_local_files(held.folder / BUNDLE_NAME).preview
     image = (f'<img alt="synthetic images, one row per class" src="data:image/png;base64,'
              f'{base64.b64encode(preview.read_bytes()).decode()}">' if preview.is_file() else "<p>no preview image</p>")
     report_path = held.folder / REPORT_JSON
