@@ -28,6 +28,7 @@ from coordinator.receive import OutcomeStatus, SiteOutcome
 from shared.config import RunConfig
 from shared.datasets import DatasetInfo
 from shared.grid import image_grid
+from shared.schemas import PrivacySummary
 
 
 def write_run_config(run_dir: Path, config: RunConfig) -> None:
@@ -221,8 +222,7 @@ def _privacy_section(sites: list[dict[str, Any]]) -> list[str]:
         p = s.get("privacy")
         if not p:
             continue
-        attacks = [a for a in (p["threshold_attack"], p["lira"]) if a]
-        tpr = max((a["tpr_at_0_1pct_fpr"]["value"] for a in attacks), default=None)
+        tpr = PrivacySummary.model_validate(p).strongest("tpr_at_0_1pct_fpr")
         lines.append(f"| {s['site_id']} | {_interval(p['threshold_attack'])} | {_interval(p['lira'])} | "
                      f"{_interval(p['reference_threshold_attack'])} | {_fmt(tpr)} | {p['nearest_real_flagged']} | "
                      f"{_fmt(p['site_balanced_accuracy'])} | {p['seconds']:.0f} |")

@@ -408,6 +408,11 @@ class PrivacySummary(_Strict):
     site_test_images: _Count
     seconds: _Seconds
 
+    def strongest(self, figure: Literal["auc", "tpr_at_1pct_fpr", "tpr_at_0_1pct_fpr"]) -> float | None:
+        """The strongest attack's value of ``figure`` (threshold or LiRA); None when none could be measured."""
+        attacks = [a for a in (self.threshold_attack, self.lira) if a is not None]
+        return max((getattr(a, figure).value for a in attacks), default=None)
+
 
 class PayloadInfo(_Strict):
     """Layout of the payload that follows the manifest (see ``shared.bundle``)."""

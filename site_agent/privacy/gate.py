@@ -7,7 +7,7 @@ the measured values (they are statistics of patient data) and no pixel.
 from __future__ import annotations
 
 from shared.errors import PolicyError
-from shared.schemas import AttackSummary, PrivacySummary
+from shared.schemas import PrivacySummary
 from site_agent.policy import PrivacyLimits
 
 
@@ -33,11 +33,11 @@ def failed_limits(summary: PrivacySummary, limits: PrivacyLimits) -> list[str]:
     the site cannot show the release is safe, so it does not claim so.
     """
     failed = []
-    attacks = [a for a in (summary.threshold_attack, summary.lira) if a is not None]
-    if limits.max_mia_auc is not None and (not attacks or _worst(attacks, "auc") >= limits.max_mia_auc):
+    auc, tpr = summary.strongest("auc"), summary.strongest("tpr_at_0_1pct_fpr")
+    if limits.max_mia_auc is not None and (auc is None or auc >= limits.max_mia_auc):
         failed.append("max_mia_auc")
     tpr_limit = limits.max_mia_tpr_at_0_1pct_fpr
-    if tpr_limit is not None and (not attacks or _worst(attacks, "tpr_at_0_1pct_fpr") > tpr_limit):
+    if tpr_limit is not None and (tpr is None or tpr > tpr_limit):
         failed.append("max_mia_tpr_at_0_1pct_fpr")
     quantile = limits.min_nearest_real_quantile
     if quantile is not None and summary.nearest_real_flagged > 0:
@@ -58,7 +58,3 @@ def enforce(summary: PrivacySummary, limits: PrivacyLimits, report_page: str = "
     failed = failed_limits(summary, limits)
     if failed:
         raise ReleaseBlocked(failed, report_page)
-
-
-def _worst(attacks: list[AttackSummary], figure: str) -> float:
-    return max(getattr(attack, figure).value for attack in attacks)

@@ -120,10 +120,9 @@ def summary_lines(summary: PrivacySummary) -> list[str]:
 
 def headline(summary: PrivacySummary) -> dict[str, float | int | None]:
     """The report's headline numbers (the strongest attack, memorisation, utility), for the audit log and lists."""
-    attacks = [a for a in (summary.threshold_attack, summary.lira) if a is not None]
     return {
-        "mia_auc": max((a.auc.value for a in attacks), default=None),
-        "mia_tpr_at_0_1pct_fpr": max((a.tpr_at_0_1pct_fpr.value for a in attacks), default=None),
+        "mia_auc": summary.strongest("auc"),
+        "mia_tpr_at_0_1pct_fpr": summary.strongest("tpr_at_0_1pct_fpr"),
         "nearest_real_flagged": summary.nearest_real_flagged,
         "nearest_real_min_rank": summary.nearest_real_min_rank,
         "max_ssim": summary.max_ssim,
