@@ -71,9 +71,41 @@ def distill(
         DataError: no class has ``min_real_per_class`` images (for a private method: by its noisy counts).
     """
     method = method_for(config.method)
-    if method.private:
-        return _distill_private(train, num_classes, config, device, progress, min_real_per_class, max_seconds,
-                                observer, start_from)
+    options: dict[str, object] = {}
+    if method.private:  # it picks its classes from its own noisy counts: nothing here looks at the true ones
+        classes = list(range(num_classes))
+        options["min_real_per_class"] = min_real_per_class
+    else:
+        classes = _classes_to_distill(train, num_classes, min_real_per_class)
+    if method.matches_guide and guide is not None:
+        options["guide"] = guide.to(device).eval()
+    if method.caches_experts:
+        options["expert_cache_dir"] = expert_cache_dir
+    images = torch.from_numpy(train.images)
+    real_by_class = {c: images[torch.from_numpy(train.labels == c)].to(device) for c in classes}
+
+    started = time.perf_counter()
+    deadline = deadline_after(max_seconds)
+    syn_images, history, *private = method.distill(real_by_class, config, num_classes, device, progress,
+                                                   deadline=deadline, observer=observer, start_from=start_from,
+                                                   **options)
+    seconds = time.perf_counter() - started
+    record: DPRelease | None = private[0] if private else None
+    if record is not None:
+        classes = record.classes
+
+    labels = torch.tensor(classes, dtype=torch.int64).repeat_interleave(config.ipc)
+    stopped_early = past(deadline) and len(history) < config.iterations
+    return SyntheticSet(syn_images.detach().cpu(), labels, classes, config, history, seconds, stopped_early,
+                        dp=record)
+
+
+def _classes_to_distill(train: LabelledImages, num_classes: int, min_real_per_class: int) -> list[int]:
+    """The classes the site holds at least ``min_real_per_class`` images of.
+
+    Raises:
+        DataError: there is none.
+    """
     counts = train.class_counts(num_classes)
     classes = [c for c, n in enumerate(counts) if n >= min_real_per_class]
     skipped = [c for c, n in enumerate(counts) if 0 < n < min_real_per_class]
@@ -81,46 +113,4 @@ def distill(
         log.warning("not distilling classes %s: fewer than %d local images each", skipped, min_real_per_class)
     if not classes:
         raise DataError(f"no class has the {min_real_per_class} local images needed to distill it")
-    images = torch.from_numpy(train.images)
-    real_by_class = {c: images[torch.from_numpy(train.labels == c)].to(device) for c in classes}
-
-    started = time.perf_counter()
-    deadline = deadline_after(max_seconds)
-    options: dict[str, object] = {}
-    if method.matches_guide and guide is not None:
-        options["guide"] = guide.to(device).eval()
-    if method.caches_experts:
-        options["expert_cache_dir"] = expert_cache_dir
-    syn_images, history = method.distill(real_by_class, config, num_classes, device, progress, deadline=deadline,
-                                         observer=observer, start_from=start_from, **options)
-    seconds = time.perf_counter() - started
-
-    labels = torch.tensor(classes, dtype=torch.int64).repeat_interleave(config.ipc)
-    stopped_early = past(deadline) and len(history) < config.iterations
-    return SyntheticSet(syn_images.detach().cpu(), labels, classes, config, history, seconds, stopped_early)
-
-
-def _distill_private(
-    train: LabelledImages,
-    num_classes: int,
-    config: DistillConfig,
-    device: torch.device,
-    progress: bool,
-    min_real_per_class: int,
-    max_seconds: float | None,
-    observer: Observer | None,
-    start_from: tuple[torch.Tensor, torch.Tensor] | None,
-) -> SyntheticSet:
-    """:func:`distill` for a differentially private method: no decision here looks at the true counts."""
-    images = torch.from_numpy(train.images)
-    real_by_class = {c: images[torch.from_numpy(train.labels == c)].to(device) for c in range(num_classes)}
-    started = time.perf_counter()
-    deadline = deadline_after(max_seconds)
-    syn_images, history, record = method_for(config.method).distill(
-        real_by_class, config, num_classes, device, progress, deadline=deadline, observer=observer,
-        start_from=start_from, min_real_per_class=min_real_per_class)
-    seconds = time.perf_counter() - started
-    labels = torch.tensor(record.classes, dtype=torch.int64).repeat_interleave(config.ipc)
-    stopped_early = past(deadline) and len(history) < config.iterations
-    return SyntheticSet(syn_images.detach().cpu(), labels, record.classes, config, history, seconds, stopped_early,
-                        dp=record)
+    return classes
