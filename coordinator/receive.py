@@ -133,3 +133,11 @@ class SiteOutcome:
     metrics: dict[str, float] | None = None
     privacy: PrivacySummary | None = None  # the privacy report signed into an accepted bundle's manifest
     dp: DPGuarantee | None = None  # the differential-privacy guarantee signed into it (dpdm)
+
+    @classmethod
+    def accepted(cls, node_id: int | None, bundle: OpenedBundle, reason: str = "",
+                 metrics: dict[str, float] | None = None) -> SiteOutcome:
+        """An accepted bundle's outcome: its site, size and the figures signed into its manifest."""
+        manifest = bundle.manifest
+        return cls(node_id, manifest.site_id, OutcomeStatus.ACCEPTED, reason, bundle.sealed_bytes, metrics,
+                   manifest.privacy, manifest.dp)

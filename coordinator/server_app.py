@@ -216,9 +216,7 @@ def ask_sites(
     run_dir, state, bindings = federation.run_dir, federation.state, federation.bindings
     node_of = {_key(b): b.node_id for b in bindings.values()}
     stored = run_state.reverify_stored(run_dir, state, federation.expectation, federation.keys)
-    outcomes = [SiteOutcome(node_of.get(key), bundle.manifest.site_id, OutcomeStatus.ACCEPTED,
-                            "delivered before the run was resumed", bundle.sealed_bytes,
-                            privacy=bundle.manifest.privacy, dp=bundle.manifest.dp)
+    outcomes = [SiteOutcome.accepted(node_of.get(key), bundle, "delivered before the run was resumed")
                 for key, bundle in stored.items()]
     outcomes += [SiteOutcome(b.node_id, b.site_id, OutcomeStatus.REJECTED, b.problem)
                  for b in bindings.values() if not b.usable]
@@ -409,8 +407,7 @@ def _receive_one(
     except FedDistillError as exc:
         return SiteOutcome(node, site, OutcomeStatus.REJECTED, untrusted_text(exc), len(sealed)), None
     metrics["num-examples"] = float(opened.manifest.num_real_examples)  # the signed figure, not the sent one
-    return SiteOutcome(node, opened.manifest.site_id, OutcomeStatus.ACCEPTED, "", opened.sealed_bytes, metrics,
-                       opened.manifest.privacy, opened.manifest.dp), opened
+    return SiteOutcome.accepted(node, opened, metrics=metrics), opened
 
 
 def _awaits_approval(reply: Message) -> bool:
