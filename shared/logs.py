@@ -18,8 +18,13 @@ OUR_PACKAGES = ("shared", "site_agent", "coordinator")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-def configure_logging(verbose: bool = False, level: str = "info") -> None:
-    """Our packages at ``level`` (DEBUG when ``verbose``); everything else (Flower, Ray) at WARNING unless debug."""
+_chosen_level: str | None = None  # the command line's --log-level, which later calls in the process keep
+
+
+def configure_logging(verbose: bool = False, level: str | None = None) -> None:
+    """Our packages at ``level`` (default: the command line's ``--log-level``, else info; DEBUG when ``verbose``);
+    everything else (Flower, Ray) at WARNING unless debug."""
+    level = level or _chosen_level or "info"
     ours = logging.DEBUG if verbose else getattr(logging, level.upper())
     logging.basicConfig(level=logging.DEBUG if ours == logging.DEBUG else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
@@ -54,7 +59,9 @@ def common_options(
         "Flower's and Ray's own.")] = "info",
 ) -> None:
     """``--version`` and ``--log-level``, taken before any command (an app's callback)."""
-    configure_logging(level=log_level)
+    global _chosen_level
+    _chosen_level = log_level
+    configure_logging()
     # Flower sets its own logger to DEBUG on import; on our command lines it speaks only at WARNING and up.
     logging.getLogger("flwr").setLevel(logging.DEBUG if log_level == "debug" else logging.WARNING)
 
@@ -65,8 +72,7 @@ def add_common_options(app: typer.Typer) -> None:
 
 
 def run_cli(app: Callable[[], object]) -> None:
-    """Run a command-line app: logging set up, our errors shown as one clear message with exit code 1."""
-    configure_logging()
+    """Run a command-line app (its callback sets up logging): our errors as one clear message, exit code 1."""
     try:
         app()
     except FedDistillError as exc:

@@ -7,7 +7,9 @@ import logging
 import pytest
 from typer.testing import CliRunner
 
+import shared.logs
 from coordinator.cli import app as coordinator_app
+from shared.logs import configure_logging
 from site_agent.cli import app as site_app
 
 runner = CliRunner()
@@ -21,10 +23,13 @@ def test_version_names_the_project_and_the_libraries_its_results_depend_on(app) 
 
 
 @pytest.mark.parametrize("app", [site_app, coordinator_app], ids=["site-agent", "coordinator"])
-def test_log_level_sets_our_loggers_and_refuses_an_unknown_level(app, tmp_path) -> None:
+def test_log_level_sets_our_loggers_and_refuses_an_unknown_level(app, monkeypatch) -> None:
+    monkeypatch.setattr(shared.logs, "_chosen_level", None)  # restored afterwards: later tests log at info
     group = "sites" if app is coordinator_app else "policy"
     result = runner.invoke(app, ["--log-level", "warning", group, "--help"])
     assert result.exit_code == 0
+    assert logging.getLogger("site_agent").level == logging.WARNING
+    configure_logging()  # as the ServerApp and ClientApp call it inside an in-process simulation
     assert logging.getLogger("site_agent").level == logging.WARNING
     assert logging.getLogger("flwr").getEffectiveLevel() >= logging.WARNING
     bad = runner.invoke(app, ["--log-level", "loud", group, "--help"])
