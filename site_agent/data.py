@@ -289,25 +289,25 @@ def class_folder_name_notes(root: Path, label_names: dict[int, str]) -> list[str
 
     names = {form: index for index, name in label_names.items() for form in forms(name)}
     notes = []
-    splits = [p for p in root.iterdir() if p.is_dir() and p.name in SPLITS] or [root]
-    for folder in sorted(splits):
-        for class_dir in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            match = _CLASS_FOLDER.match(class_dir.name)
-            suffix = plain(class_dir.name[len(match.group(1)):]) if match else ""
-            if not suffix or int(match.group(1)) not in label_names:
-                continue
-            index = int(match.group(1))
-            if suffix in forms(label_names[index]):
-                continue
-            other = names.get(suffix)
-            said = (f"which is class {other}'s name: are the folders numbered the wrong way round?" if other is not None
-                    else "which is not that class's name")
-            notes.append(f"folder {class_dir.relative_to(root)} is read as class {index} ({label_names[index]}) by its "
-                         f"number, but is named {class_dir.name[len(match.group(1)) + 1:]!r}, {said}")
+    for split, class_dir in ((split, entry) for split, entries in _class_folders(root) for entry in entries):
+        index = _class_index(class_dir, split)
+        name = class_dir.name.lstrip("0123456789")[1:]  # after "<index>_" or "<index>-"
+        if not name or index not in label_names or plain(name) in forms(label_names[index]):
+            continue
+        other = names.get(plain(name))
+        said = (f"which is class {other}'s name: are the folders numbered the wrong way round?" if other is not None
+                else "which is not that class's name")
+        notes.append(f"folder {class_dir.relative_to(root)} is read as class {index} ({label_names[index]}) by its "
+                     f"number, but is named {name!r}, {said}")
     return notes
 
 
-def _read_image_folder(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _class_folders(root: Path) -> list[tuple[str, list[Path]]]:
+    """Each split of an image-folder layout with its entries (class folders, if valid), in reading order.
+
+    Raises:
+        DataError: split folders mixed with others, or split folders without ``train``.
+    """
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     split_folders = [p for p in folders if p.name in SPLITS]
     if split_folders and len(split_folders) != len(folders):
@@ -318,13 +318,17 @@ def _read_image_folder(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         split_folders = [root]  # <root>/<class>/*: all training images
     elif "train" not in {p.name for p in split_folders}:
         raise DataError("the image folder has split folders but no 'train' folder")
+    return [("train" if folder == root else folder.name, sorted(p for p in folder.iterdir() if not p.name.startswith(".")))
+            for folder in split_folders]
+
+
+def _read_image_folder(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     files: list[Path] = []
     raw_labels: dict[str, list[int]] = {}
     split_files: dict[str, list[Path]] = {}
-    for folder in split_folders:
-        split = "train" if folder == root else folder.name
+    for split, class_dirs in _class_folders(root):
         split_files[split], raw_labels[split] = [], []
-        for class_dir in sorted(p for p in folder.iterdir() if not p.name.startswith(".")):
+        for class_dir in class_dirs:
             label = _class_index(class_dir, split)
             for file in sorted(p for p in class_dir.iterdir() if not p.name.startswith(".")):
                 if file.suffix.lower() not in IMAGE_SUFFIXES:
