@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
+from coordinator.study.plan import StudyConfig
 from shared.config import RunConfig
 from shared.crypto import HpkeSuite
 from shared.errors import ConfigError
@@ -20,6 +21,7 @@ app = typer.Typer(help="Coordinate a federated dataset-distillation study.", pre
                   no_args_is_help=True, add_completion=False)
 
 _DEFAULTS = RunConfig()
+_STUDY = StudyConfig()
 
 # Study options shared by `simulate` and `run`: one help text each.
 _Dataset = Annotated[str, typer.Option(help="MedMNIST 2D dataset flag, e.g. breastmnist, retinamnist, pathmnist.")]
@@ -85,6 +87,67 @@ def simulate(
         typer.echo(f"a random real subset of the same size (not private): balanced accuracy "
                    f"{_fmt(y['balanced_accuracy'])}, AUC {_fmt(y['auc'])} (uncorrected; report.md has both)")
     typer.echo(f"results: {run_dir}")
+
+
+@app.command()
+def study(
+    dataset: _Dataset = _STUDY.dataset,
+    data_root: Annotated[str, typer.Option(help="MedMNIST folder, or a hospital's own .npz export or image folder (default: $MEDMNIST_ROOT).")] = "",
+    sites: Annotated[int, typer.Option(help="Number of simulated sites.")] = _STUDY.sites,
+    partition: Annotated[PartitionScheme, typer.Option(help="How the dataset is split across sites.")] = _STUDY.partition,
+    alpha: Annotated[float, typer.Option(help="Dirichlet concentration: smaller = more different label mixes.")] = _STUDY.alpha,
+    seeds: Annotated[list[int] | None, typer.Option("--seed", help="A seed of the study; repeat for more (default 0, 1, 2).")] = None,
+    methods: Annotated[list[DistillMethod] | None, typer.Option("--method", help="A pooled arm's method; repeat (default dc, dm, mtt, idm).")] = None,
+    ipcs: Annotated[list[int] | None, typer.Option("--ipc", help="A pooled arm's images per class; repeat (default 1, 10, 50).")] = None,
+    rounds: Annotated[int, typer.Option(help="Refinement rounds of each pooled arm; rounds 1 and R are both reported.")] = _STUDY.rounds,
+    iterations: _Iterations = _STUDY.iterations,
+    epsilon: _Epsilon = _STUDY.epsilon,
+    train_epochs: Annotated[int, typer.Option(help="Epochs of the global model on a pooled set or subset.")] = _STUDY.train_epochs,
+    fedavg_local_epochs: Annotated[int, typer.Option(help="FedAvg: local epochs per round.")] = _STUDY.fedavg_local_epochs,
+    fedavg_max_rounds: Annotated[int, typer.Option(help="FedAvg: most rounds; it stops earlier at a plateau.")] = _STUDY.fedavg_max_rounds,
+    fedavg_patience: Annotated[int, typer.Option(help="FedAvg: rounds without a 0.005 balanced-accuracy gain that make a plateau.")] = _STUDY.fedavg_patience,
+    local_epochs: Annotated[int, typer.Option(help="Local only: epochs of each site's own model.")] = _STUDY.local_epochs,
+    central_epochs: Annotated[int, typer.Option(help="Centralised: epochs on every training image.")] = _STUDY.central_epochs,
+    cross_arch_epochs: Annotated[int, typer.Option(help="Epochs of the ResNet-18 trained on each pooled set and subset (0: skip).")] = _STUDY.cross_arch_epochs,
+    net_width: Annotated[int, typer.Option(help="ConvNet width of every arm.")] = _STUDY.net_width,
+    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda, ...")] = _STUDY.device,
+    out_dir: Annotated[Path, typer.Option(help="Parent folder of the study's folder (study-<dataset>); rerun to resume.")] = Path(_STUDY.out_dir),
+    docs: Annotated[Path, typer.Option(help="Where study-<dataset>.md, its plots and its JSON are written.")] = Path("docs"),
+) -> None:
+    """Compare pooled distilled sets with FedAvg, local-only, a random real subset and centralised training.
+
+    Same partition and seeds for every arm (checked by digest); pooled metrics; bytes per site; a report with plots.
+    Rerunning the same command resumes: finished arms are skipped.
+    """
+    from coordinator.study.report import write_report
+    from coordinator.study.runner import run_study
+
+    values = {k: v for k, v in dict(locals()).items() if k not in ("write_report", "run_study", "docs")}
+    for name in ("seeds", "methods", "ipcs"):
+        if values[name] is None:
+            values.pop(name)
+    values["out_dir"] = str(out_dir)
+    try:
+        config = StudyConfig(**values)
+    except ValidationError as exc:
+        raise setting_error(exc, "option --{key}: {msg}") from None
+    folder, records = run_study(config)
+    report = write_report(config, records, docs)
+    typer.echo(f"{len(records)} arm records in {folder / 'study.json'}; report: {report}")
+
+
+@app.command("study-correlation")
+def study_correlation(
+    studies: Annotated[list[Path], typer.Argument(help="study-<dataset>.json files written by `coordinator study`.")],
+    docs: Annotated[Path, typer.Option(help="Where study-correlation.md and its plot are written.")] = Path("docs"),
+) -> None:
+    """Pearson correlation of random-subset and distilled accuracy across studies (Li et al., 2024)."""
+    from coordinator.study.report import correlate
+
+    missing = [str(p) for p in studies if not p.is_file()]
+    if missing:
+        raise ConfigError(f"no study JSON at {', '.join(missing)}")
+    typer.echo(f"report: {correlate(studies, docs)}")
 
 
 sites_app = typer.Typer(help="The trust store: which signing key and SuperNode key speak for which site.",

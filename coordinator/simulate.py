@@ -19,8 +19,13 @@ from typing import Any
 
 import torch
 
+from coordinator import run_state
+from coordinator.pool import PooledSet, pool
+from coordinator.trust import load_coordinator_keys
+from shared.bundle import open_bundle
 from shared.config import RunConfig
-from shared.errors import FederationError
+from shared.errors import FederationError, InvalidBundle
+from shared.keys import SIMULATION_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -114,3 +119,19 @@ def simulate(
         summary["yardstick"] = random_subset_yardstick(config, counts)
         write_summary(run_dir, summary)
     return run_dir, summary
+
+
+def reopened_pool(run_dir: Path) -> PooledSet:
+    """The pooled set of a simulated run's last round, opened again from its stored bundles.
+
+    The simulation keys in the run folder open them; a bundle the run rejected stays out again.
+    """
+    keys = load_coordinator_keys(run_dir / SIMULATION_KEYS / "coordinator")
+    state = run_state.RunState.model_validate_json((run_dir / run_state.STATE).read_text())
+    bundles = []
+    for sealed in run_state.stored_bundles(run_dir, state).values():
+        try:
+            bundles.append(open_bundle(sealed, keys.private_key, keys.verify_key_for, 1 << 30))
+        except InvalidBundle as exc:
+            log.warning("%s: a stored bundle is left out (%s)", run_dir.name, exc)
+    return pool(bundles)

@@ -20,15 +20,10 @@ from pathlib import Path
 import torch
 from benchmark_federation import METRICS, mean_spread
 
-from coordinator import run_state
 from coordinator.evaluate import Metrics
-from coordinator.pool import pool
-from coordinator.trust import load_coordinator_keys
-from shared.bundle import open_bundle
+from coordinator.simulate import reopened_pool
 from shared.config import RunConfig
 from shared.datasets import reference_subset
-from shared.errors import InvalidBundle
-from shared.keys import SIMULATION_KEYS
 from shared.metrics import EvalCounts, log_odds
 from shared.models import build_model
 from shared.schemas import ModelSpec, NetworkSpec
@@ -66,15 +61,7 @@ def main() -> None:
     results: dict[tuple[str, str, str], list[dict[str, float]]] = {}
     for run_dir in map(Path, args.run_dirs):
         config = RunConfig.from_flower(json.loads((run_dir / "run_config.json").read_text()))
-        keys = load_coordinator_keys(run_dir / SIMULATION_KEYS / "coordinator")
-        state = run_state.RunState.model_validate_json((run_dir / run_state.STATE).read_text())
-        bundles = []
-        for sealed in run_state.stored_bundles(run_dir, state).values():
-            try:
-                bundles.append(open_bundle(sealed, keys.private_key, keys.verify_key_for, 1 << 30))
-            except InvalidBundle as exc:  # a bundle the run itself rejected stays out
-                print(f"  {run_dir.name}: a stored bundle is left out ({exc})")
-        pooled = pool(bundles)
+        pooled = reopened_pool(run_dir)
         local = read_local_data(config.data_root or args.data_root, config.dataset)
         train, test, info = local.splits["train"], local.splits["test"], local.info
         subset = train.subset(reference_subset(train.labels, pooled.class_counts(info.num_classes), config.seed))

@@ -46,3 +46,16 @@ class ConvNet(nn.Module):
 def build_model(spec: ModelSpec) -> ConvNet:
     """A freshly initialised ConvNet for the given model spec."""
     return ConvNet(spec.in_channels, spec.num_classes, spec.image_size, spec.network)
+
+
+def resnet18(in_channels: int, num_classes: int) -> nn.Module:
+    """ResNet-18 for 28x28 images, as MedMNIST's benchmarks use it: a 3x3 stride-1 stem and no max-pool.
+
+    The study's cross-architecture check: is a pooled set worth as much to a network it was not distilled for?
+    """
+    from torchvision.models import resnet18 as torchvision_resnet18
+
+    model = torchvision_resnet18(num_classes=num_classes)
+    model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model

@@ -30,6 +30,7 @@ from site_agent.data import LabelledImages, SiteImages, load_site_images
 from site_agent.distill import SyntheticSet, distill
 from site_agent.evaluate import evaluate_global_model, load_global_model
 from site_agent.identity import load_site_identity
+from site_agent.partition import record_share
 from site_agent.policy import SitePolicy
 from site_agent.privacy.gate import enforce, failed_limits, limit_names
 from site_agent.privacy.near_copy import nearest_real_similarity
@@ -100,6 +101,8 @@ def prepare_release(
     settings.policy.check(request)
     identity = load_site_identity(settings.site_id, settings.key_dir)  # fail before hours of work
     images = load_site_images(request.dataset, settings.data_root, settings.partition, settings.verify_md5)
+    if settings.share_dir is not None and images.share_sha256 is not None:
+        record_share(settings.share_dir, settings.site_id, images.share_sha256)
     device = resolve_device(settings.device)
     log.info(
         "site %s: distilling %s with %s, ipc=%d, %d iterations on %s (%d local training images)",

@@ -7,6 +7,10 @@ site's test images follow its own label mix, and the test split stays at the sit
 
 from __future__ import annotations
 
+import hashlib
+import json
+from pathlib import Path
+
 import numpy as np
 
 from shared.errors import ConfigError
@@ -63,3 +67,24 @@ def _split_by_class(
         for site, chunk in enumerate(np.split(idx, cuts)):
             parts[site].append(chunk)
     return [np.sort(np.concatenate(chunks)) for chunks in parts]
+
+
+def share_digest(train_indices: np.ndarray, test_indices: np.ndarray) -> str:
+    """SHA-256 of a share's train and test index sets: two runs with equal digests used the same images."""
+    digest = hashlib.sha256()
+    for indices in (train_indices, test_indices):
+        digest.update(np.sort(np.asarray(indices, np.int64)).tobytes())
+        digest.update(b"|")
+    return digest.hexdigest()
+
+
+def record_share(folder: Path, site_id: str, digest: str) -> None:
+    """Simulation only: note which share a simulated site loaded, so a study can check its arms used one partition."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{site_id}.json").write_text(json.dumps({"site": site_id, "share_sha256": digest}) + "\n")
+
+
+def recorded_shares(folder: Path) -> dict[str, str]:
+    """Site id -> share digest, as the simulated sites of one run recorded them."""
+    records = [json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))]
+    return {r["site"]: r["share_sha256"] for r in records}

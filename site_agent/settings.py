@@ -45,6 +45,7 @@ class SiteSettings:
     verify_md5: bool
     simulated: bool
     cache_dir: Path  # site-private: MTT expert trajectories, never released
+    share_dir: Path | None = None  # simulation only: where the site notes which share it loaded (a study checks it)
 
 
 def _kebab(name: str) -> str:
@@ -111,6 +112,9 @@ def parse_node_config(model: type[NodeT], node_config: Mapping[str, Any]) -> Nod
         raise setting_error(exc, "node config '{key}': {msg}") from None
 
 
+SHARES = "shares"  # <run-dir>/shares/<site>.json: each simulated site's share digest
+
+
 def simulation_site_key_dir(run_dir: Path, site_id: str) -> Path:
     return run_dir / SIMULATION_KEYS / site_id
 
@@ -141,6 +145,7 @@ def site_settings(node_config: Mapping[str, Any], run: RunConfig, run_dir: Path)
         verify_md5=True,
         simulated=True,
         cache_dir=Path(run.out_dir).expanduser().resolve() / ".site-cache" / site_id,
+        share_dir=run_dir / SHARES,
     )
 
 

@@ -1,0 +1,225 @@
+"""Running one arm of the study and reducing it to an ``ArmRecord``: figures, bytes per site, seconds, shares.
+
+Figures are always the pooled metrics (``shared.metrics``): counts summed over the sites' test shares,
+which together are the whole test split. Bytes are what a site received plus what it sent, mean over
+sites, counted on the wire objects (``traffic``); for the arms that ship real images (the subset and
+centralised training) they are the images' uint8 size. Everything here runs where one machine holds
+every site's data: it is a study harness, not part of a deployment.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from coordinator.evaluate import Metrics
+from coordinator.simulate import backend_config, reopened_pool, simulate
+from coordinator.study.fedavg import FedAvgPlan, run_fedavg
+from coordinator.study.plan import Arm, StudyConfig
+from coordinator.study.traffic import bytes_per_round, traffic_mod
+from shared.config import RunConfig, resolve_device, simulated_site_id
+from shared.datasets import IMAGE_SIZE, reference_subset
+from shared.metrics import EvalCounts, log_odds
+from shared.models import build_model, resnet18
+from shared.schemas import ModelSpec, NetworkSpec
+from shared.training import TrainSettings, predict_logits, train_classifier
+from site_agent.data import LabelledImages, SiteImages, load_site_images, read_local_data
+from site_agent.fedavg import FedAvgSites
+from site_agent.partition import recorded_shares
+from site_agent.settings import SHARES, PartitionSpec
+
+FIGURES = ("accuracy", "balanced_accuracy", "auc")
+TRAFFIC = "traffic"
+
+
+class ArmRecord(BaseModel):
+    """The outcome of one arm for one seed, as the study's JSON keeps it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: str
+    kind: str  # pooled, subset, fedavg, local, central
+    seed: int
+    method: str | None = None
+    ipc: int | None = None
+    private: bool  # False: the arm ships real images (a reference, not something a federation may do)
+    figures: dict[str, float | None]  # the global model's, with the class-imbalance correction where one applies
+    uncorrected: dict[str, float | None] | None = None
+    curve: list[dict[str, Any]] = []  # per round: round, cumulative bytes per site, figures
+    bytes_per_site: float
+    seconds: dict[str, float]
+    resnet18: dict[str, float | None] | None = None  # the same training set in a ResNet-18 (uncorrected)
+    images: int | None = None  # training images of the global model (pooled set or subset)
+    shares: dict[str, str]  # site id -> digest of its share's index sets
+    per_site: list[dict[str, Any]] = []
+    majority_rate: float | None = None  # accuracy of always predicting the most frequent class (central arm)
+
+
+def figures(metrics: Metrics | dict[str, Any]) -> dict[str, float | None]:
+    values = asdict(metrics) if isinstance(metrics, Metrics) else metrics
+    return {k: (None if values[k] is None or np.isnan(values[k]) else float(values[k])) for k in FIGURES}
+
+
+def run_arm(config: StudyConfig, arm: Arm, folder: Path) -> list[ArmRecord]:
+    """Run ``arm`` in ``folder/<arm key>`` (started afresh) and return its records (a pooled arm gives two)."""
+    run_dir = folder / arm.key
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # an arm that stopped half way starts again
+    run_dir.mkdir(parents=True)
+    runners = {"pooled": pooled_arm, "fedavg": fedavg_arm, "local": local_arm, "central": central_arm}
+    return runners[arm.kind](config, arm, run_dir)
+
+
+# --- the arms -------------------------------------------------------------------------------------------
+
+
+def pooled_arm(config: StudyConfig, arm: Arm, run_dir: Path) -> list[ArmRecord]:
+    """``coordinator simulate`` itself, and the random real subset of its pooled set's size it scores beside it."""
+    assert arm.method is not None and arm.ipc is not None
+    run = config.run_config(arm.seed, arm.method, arm.ipc, str(run_dir))
+    started = time.perf_counter()
+    _, summary = simulate(run, client_mods=[traffic_mod(run_dir / TRAFFIC)])
+    wall = time.perf_counter() - started
+    traffic = bytes_per_round(run_dir / TRAFFIC)
+    curve = [{"round": r["round"], "bytes_per_site": t["cumulative"], **figures(r["global"])}
+             for r, t in zip(summary["rounds"], traffic, strict=True)]
+    distill = [s["distill_seconds"] for s in summary["sites"] if s.get("distill_seconds") is not None]
+    seconds = {"wall": wall, "distill, slowest site": max(distill, default=0.0), **summary["stage_seconds"]}
+    shares = recorded_shares(run_dir / SHARES)
+    yardstick = summary["yardstick"]
+    pooled = reopened_pool(run_dir)
+    common = {"seed": arm.seed, "method": arm.method.value, "ipc": arm.ipc, "shares": shares}
+    data = _whole_splits(config)
+    subset = data.train.subset(reference_subset(data.train.labels, pooled.class_counts(data.info.num_classes),
+                                                arm.seed))
+    pooled_record = ArmRecord(
+        key=arm.key, kind="pooled", private=True, figures={k: curve[-1][k] for k in FIGURES},
+        uncorrected=figures(summary["uncorrected"]),
+        curve=curve, bytes_per_site=traffic[-1]["cumulative"], seconds=seconds, images=len(pooled.labels),
+        resnet18=_cross_arch(config, pooled.images, pooled.labels, data, arm.seed), **common,
+    )
+    subset_record = ArmRecord(
+        key=arm.key.replace("pooled", "subset", 1), kind="subset", private=False,
+        figures=figures(yardstick["corrected"]), uncorrected=figures(yardstick["uncorrected"]),
+        bytes_per_site=_image_bytes(subset) / config.sites, seconds={}, images=len(subset),
+        resnet18=_cross_arch(config, torch.from_numpy(subset.images), torch.from_numpy(subset.labels), data, arm.seed),
+        **common,
+    )
+    return [pooled_record, subset_record]
+
+
+def fedavg_arm(config: StudyConfig, arm: Arm, run_dir: Path) -> list[ArmRecord]:
+    """Flower's FedAvg on the same sites, to its plateau."""
+    sites = FedAvgSites(dataset=config.dataset, data_root=config.data_root, partition=config.partition,
+                        alpha=config.alpha, seed=arm.seed, model=_spec(config), device=config.device,
+                        share_dir=run_dir / SHARES)
+    plan = FedAvgPlan(sites=config.sites, local_epochs=config.fedavg_local_epochs, max_rounds=config.fedavg_max_rounds,
+                      patience=config.fedavg_patience)
+    started = time.perf_counter()
+    history = run_fedavg(sites, plan, run_dir, backend_config(RunConfig(sites=config.sites, device=config.device)))
+    wall = time.perf_counter() - started
+    traffic = bytes_per_round(run_dir / TRAFFIC)
+    curve = [{"round": h["round"], "bytes_per_site": t["cumulative"], "received": t["received"], "sent": t["sent"],
+              "model_bytes_sent": h["model_bytes_sent"], "model_bytes_evaluated": h["model_bytes_evaluated"],
+              **figures(h)} for h, t in zip(history, traffic, strict=True)]
+    return [ArmRecord(key=arm.key, kind="fedavg", seed=arm.seed, private=True, figures=figures(history[-1]),
+                      curve=curve, bytes_per_site=traffic[-1]["cumulative"],
+                      seconds={"wall": wall, "rounds": len(history)}, shares=recorded_shares(run_dir / SHARES))]
+
+
+def local_arm(config: StudyConfig, arm: Arm, run_dir: Path) -> list[ArmRecord]:
+    """Each site trains on its own share alone and is scored on its own test share; nothing moves."""
+    spec = _spec(config)
+    total = EvalCounts.empty(spec.num_classes)
+    per_site, shares = [], {}
+    started = time.perf_counter()
+    for index, site in enumerate(_shares(config, arm.seed)):
+        site_id = simulated_site_id(index)
+        shares[site_id] = site.share_sha256 or ""
+        model = _train(build_model(spec), site.train, config.local_epochs, config, arm.seed * 100 + index)
+        counts = _counts(model, site.test, spec.num_classes)
+        total = total + counts
+        per_site.append({"site": site_id, "train_images": len(site.train), "test_images": len(site.test),
+                         **figures(Metrics.of(counts))})
+    return [ArmRecord(key=arm.key, kind="local", seed=arm.seed, private=True, figures=figures(Metrics.of(total)),
+                      bytes_per_site=0.0, seconds={"wall": time.perf_counter() - started}, shares=shares,
+                      per_site=per_site)]
+
+
+def central_arm(config: StudyConfig, arm: Arm, run_dir: Path) -> list[ArmRecord]:
+    """Every site's training share in one place (the ceiling): what shipping all the images would buy."""
+    sites = _shares(config, arm.seed)
+    train = LabelledImages(np.concatenate([s.train.images for s in sites]), np.concatenate([s.train.labels for s in sites]))
+    spec = _spec(config)
+    started = time.perf_counter()
+    model = _train(build_model(spec), train, config.central_epochs, config, arm.seed)
+    total = EvalCounts.empty(spec.num_classes)
+    for site in sites:
+        total = total + _counts(model, site.test, spec.num_classes)
+    return [ArmRecord(key=arm.key, kind="central", seed=arm.seed, private=False, figures=figures(Metrics.of(total)),
+                      bytes_per_site=_image_bytes(train) / len(sites), seconds={"wall": time.perf_counter() - started},
+                      images=len(train), majority_rate=Metrics.of(total).majority_rate,
+                      shares={simulated_site_id(i): s.share_sha256 or "" for i, s in enumerate(sites)})]
+
+
+# --- shared pieces ---------------------------------------------------------------------------------------
+
+
+def _spec(config: StudyConfig) -> ModelSpec:
+    info = _whole_splits(config).info
+    return ModelSpec(in_channels=info.in_channels, num_classes=info.num_classes, image_size=IMAGE_SIZE,
+                     network=NetworkSpec(depth=3, width=config.net_width))
+
+
+def _whole_splits(config: StudyConfig) -> SiteImages:
+    local = read_local_data(config.data_root, config.dataset)
+    return SiteImages(local.info, local.splits["train"], local.splits["test"])
+
+
+def _shares(config: StudyConfig, seed: int) -> list[SiteImages]:
+    """Each simulated site's share, loaded exactly as the simulated sites load theirs."""
+    return [load_site_images(config.dataset, config.data_root,
+                             PartitionSpec(i, config.sites, config.partition, config.alpha, seed))
+            for i in range(config.sites)]
+
+
+def _train(model: torch.nn.Module, data: LabelledImages, epochs: int, config: StudyConfig, seed: int) -> torch.nn.Module:
+    settings = TrainSettings(epochs=epochs, seed=seed)
+    train_classifier(model, torch.from_numpy(data.images), torch.from_numpy(data.labels), settings,
+                     resolve_device(config.device))
+    return model.cpu().eval()
+
+
+def _counts(model: torch.nn.Module, test: LabelledImages, num_classes: int) -> EvalCounts:
+    if len(test) == 0:
+        return EvalCounts.empty(num_classes)
+    logits = predict_logits(model, torch.from_numpy(test.images), torch.device("cpu")).numpy()
+    return EvalCounts.from_scores(test.labels, log_odds(logits))
+
+
+def _cross_arch(config: StudyConfig, images: torch.Tensor, labels: torch.Tensor, data: SiteImages,
+                seed: int) -> dict[str, float | None] | None:
+    """Uncorrected figures of a ResNet-18 trained on the set, on the whole test split (None when turned off)."""
+    if not config.cross_arch_epochs:
+        return None
+    model = resnet18(data.info.in_channels, data.info.num_classes)
+    train_classifier(model, images, labels, TrainSettings(epochs=config.cross_arch_epochs, seed=seed),
+                     resolve_device(config.device))
+    return figures(Metrics.of(_counts(model.cpu().eval(), data.test, data.info.num_classes)))
+
+
+def _image_bytes(data: LabelledImages) -> float:
+    """What shipping these images would move, at 8 bits per pixel."""
+    return float(np.prod(data.images.shape))
+
+
+def dump(records: list[ArmRecord]) -> list[dict[str, Any]]:
+    return [json.loads(r.model_dump_json()) for r in records]
