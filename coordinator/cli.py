@@ -158,6 +158,7 @@ _KEYS_DIR = Annotated[Path, typer.Option(help="The coordinator's key directory."
 _SUPERLINK = Annotated[str | None, typer.Option(help="SuperLink host:port (default: the connection saved by an earlier command).")]
 _ROOT_CERTS = Annotated[Path | None, typer.Option(help="CA certificate of the SuperLink (default: <keys-dir>/tls/ca.crt).")]
 _FLWR_HOME = Annotated[Path, typer.Option(help="Project-local FLWR_HOME holding the connection.")]
+_JSON = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
 
 
 @app.command()
@@ -225,16 +226,25 @@ def sites_add(
 
 
 @sites_app.command("list")
-def sites_list(keys_dir: _KEYS_DIR) -> None:
-    """List registered sites with their signing-key and SuperNode-key fingerprints."""
-    from coordinator.trust import load_coordinator_keys
+def sites_list(keys_dir: _KEYS_DIR, as_json: _JSON = False) -> None:
+    """Registered sites with their signing-key and SuperNode-key fingerprints and SuperLink node id."""
+    from coordinator.tables import show, show_json
+    from coordinator.trust import flower_node_of, load_coordinator_keys
     from shared import crypto
 
     keys = load_coordinator_keys(keys_dir)
-    for site_id in sorted(set(keys.sites) | set(keys.node_keys)):
-        signing = crypto.fingerprint(keys.sites[site_id]) if site_id in keys.sites else "-"
-        node = crypto.node_key_fingerprint(keys.node_keys[site_id]) if site_id in keys.node_keys else "-"
-        typer.echo(f"{site_id}\tsigning {signing}\tnode {node}")
+    rows = [{"site": site_id,
+             "signing_key": crypto.fingerprint(keys.sites[site_id]) if site_id in keys.sites else None,
+             "node_key": crypto.node_key_fingerprint(keys.node_keys[site_id]) if site_id in keys.node_keys else None,
+             "superlink_node": flower_node_of(keys_dir, site_id)}
+            for site_id in sorted(set(keys.sites) | set(keys.node_keys))]
+    if as_json:
+        show_json(rows)
+        return
+    show(rows, {"site": "site", "signing_key": "signing key", "node_key": "SuperNode key",
+                "superlink_node": "SuperLink node"})
+    if not rows:
+        typer.echo(f"no site registered in {keys_dir} yet: coordinator sites add")
 
 
 @sites_app.command("revoke")
@@ -342,25 +352,78 @@ def status(
     superlink: _SUPERLINK = None,
     root_certificates: Annotated[Path | None, typer.Option(help="CA certificate of the SuperLink.")] = None,
     flwr_home: _FLWR_HOME = Path(".flwr-home"),
+    as_json: _JSON = False,
 ) -> None:
-    """Runs on the SuperLink: status, elapsed time, and where each one's results folder is."""
+    """Runs on the SuperLink: status, elapsed time, results folder, and per site what it delivered (and why not)."""
     from coordinator import control
+    from coordinator.tables import show, show_json
 
     conn = _connection(None, superlink, root_certificates, flwr_home)
+    runs = []
     for entry in control.list_runs(conn, run_id):
-        results_dir = control.results_dir_of(conn, entry.get("run-id", "")) or "(not started by coordinator run)"
-        typer.echo("\t".join(str(entry.get(k, "")) for k in ("run-id", "status", "elapsed")) + f"\tresults: {results_dir}")
+        results_dir = control.results_dir_of(conn, entry.get("run-id", ""))
+        summary = _summary(Path(results_dir)) if results_dir else None
+        runs.append({"run_id": entry.get("run-id"), "status": entry.get("status"), "elapsed": entry.get("elapsed"),
+                     "results": results_dir, "sites": _site_rows(summary)})
+    if as_json:
+        show_json(runs)
+        return
+    if not runs:
+        typer.echo("no run on the SuperLink yet: coordinator run")
+        return
+    show(runs, {"run_id": "run", "status": "status", "elapsed": "elapsed", "results": "results folder"})
+    for run in runs:
+        if run["sites"]:
+            show(run["sites"], _SITE_COLUMNS, title=f"run {run['run_id']}: sites")
 
 
 @app.command()
-def results(out_dir: Annotated[Path, typer.Option(help="The runs' out-dir (on this, the SuperLink host).")]) -> None:
+def results(
+    out_dir: Annotated[Path, typer.Option(help="The runs' out-dir (on this, the SuperLink host).")],
+    as_json: _JSON = False,
+) -> None:
     """Results folders under --out-dir with their status and, when complete, the global model's pooled metrics."""
+    from coordinator.tables import show, show_json
+
+    rows = []
+    for path in sorted(out_dir.glob("*/summary.json")):
+        data = _summary(path.parent) or {}
+        glob = data.get("global", {})
+        rows.append({"folder": str(path.parent), "run_id": data.get("run_id"), "status": data.get("status"),
+                     "sites": f"{data.get('sites_accepted', 0)}/{data.get('sites_expected', 0)}",
+                     "test_images": glob.get("num_examples"), "accuracy": glob.get("accuracy"),
+                     "majority_rate": glob.get("majority_rate"), "balanced_accuracy": glob.get("balanced_accuracy"),
+                     "auc": glob.get("auc"), "error": data.get("error")})
+    if as_json:
+        show_json(rows)
+        return
+    if not rows:
+        typer.echo(f"no results folder under {out_dir}")
+        return
+    show(rows, {"folder": "results folder", "status": "status", "sites": "sites accepted", "test_images": "test images",
+                "accuracy": "accuracy", "majority_rate": "majority class", "balanced_accuracy": "balanced accuracy",
+                "auc": "AUC"})
+
+
+_SITE_COLUMNS = {"site": "site", "status": "status", "reason": "reason", "bundle_bytes": "bundle bytes",
+                 "distill_seconds": "distill s"}
+
+
+def _summary(run_dir: Path) -> dict | None:
+    """A results folder's summary.json, or None when it has none (yet) or it cannot be read."""
     import json
 
-    for summary in sorted(out_dir.glob("*/summary.json")):
-        data = json.loads(summary.read_text())
-        typer.echo(f"{summary.parent}\t{data['status']}\t{data['sites_accepted']}/{data['sites_expected']} sites\t"
-                   f"{_pooled(data)}")
+    try:
+        return json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _site_rows(summary: dict | None) -> list[dict]:
+    if not summary:
+        return []
+    return [{"site": s.get("site_id") or f"node {s.get('node_id')}", **{k: s.get(k) for k in list(_SITE_COLUMNS)[1:]}}
+            for s in summary.get("sites", [])]
 
 
 def _pooled(summary: dict) -> str:

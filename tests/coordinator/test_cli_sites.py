@@ -68,3 +68,39 @@ def test_trust_coordinator_never_shows_the_fingerprint_of_a_file_that_does_not_m
     spoken = ":".join(actual[i : i + 4] for i in range(0, len(actual), 4)).upper()
     assert runner.invoke(site_app, [*pin, "--fingerprint", spoken]).exit_code == 0
     assert (tmp_path / "site" / COORDINATOR_PUB).is_file()
+
+
+def test_sites_list_is_a_headed_table_or_json(tmp_path: Path) -> None:
+    import json
+
+    keys, add = _coordinator_with_site(tmp_path)
+    assert runner.invoke(app, add).exit_code == 0
+    record_flower_node(keys, "site-a", 7)
+    table = runner.invoke(app, ["sites", "list", "--keys-dir", str(keys)])
+    assert table.exit_code == 0, table.output
+    header, *lines = [line for line in table.output.splitlines() if line.strip() and set(line.strip()) != {"─"}]
+    assert header.split() == ["site", "signing", "key", "SuperNode", "key", "SuperLink", "node"]
+    assert lines[0].split()[0] == "site-a" and lines[0].split()[-1] == "7"
+    rows = json.loads(runner.invoke(app, ["sites", "list", "--keys-dir", str(keys), "--json"]).output)
+    assert [(r["site"], r["superlink_node"]) for r in rows] == [("site-a", 7)] and rows[0]["signing_key"]
+
+
+def test_results_lists_each_folder_with_its_pooled_figures(tmp_path: Path) -> None:
+    import json
+
+    done = tmp_path / "out" / "run-1"
+    done.mkdir(parents=True)
+    (done / "summary.json").write_text(json.dumps({
+        "run_id": "1", "status": "completed", "sites_accepted": 3, "sites_expected": 3,
+        "global": {"num_examples": 156, "accuracy": 0.76, "majority_rate": 0.73, "balanced_accuracy": 0.72, "auc": 0.8}}))
+    failed = tmp_path / "out" / "run-2"
+    failed.mkdir()
+    (failed / "summary.json").write_text(json.dumps({"run_id": "2", "status": "failed", "sites_accepted": 1,
+                                                     "sites_expected": 3, "error": "1 valid bundles"}))
+    table = runner.invoke(app, ["results", "--out-dir", str(tmp_path / "out")])
+    assert table.exit_code == 0, table.output
+    assert "balanced accuracy" in table.output and "0.720" in table.output and "failed" in table.output
+    rows = json.loads(runner.invoke(app, ["results", "--out-dir", str(tmp_path / "out"), "--json"]).output)
+    assert [(r["run_id"], r["status"], r["auc"]) for r in rows] == [("1", "completed", 0.8), ("2", "failed", None)]
+    empty = runner.invoke(app, ["results", "--out-dir", str(tmp_path / "nothing")])
+    assert empty.exit_code == 0 and "no results folder" in empty.output
