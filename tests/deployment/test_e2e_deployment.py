@@ -4,7 +4,8 @@ The processes are started with exactly the commands ``coordinator serve`` and ``
 build. Three nodes join: site-a and site-b are honest; the third is registered (as site-c) but
 signs its bundle with a stolen copy of site-a's key and claims to be site-a. The run must reject it
 with a clear reason and complete with the other two. A fourth node, never registered, is refused by
-the SuperLink. Every process started here is stopped by PID, the Flower SuperExec children included.
+the SuperLink. Afterwards the SuperLink's state database and the results folder are scanned for raw
+images of the sites (``raw_scan``). Every process started here is stopped by PID, the Flower SuperExec children included.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from coordinator import control
@@ -37,6 +39,7 @@ from shared.keys import (
     create_site_identity,
 )
 from site_agent import join
+from tests.deployment.raw_scan import encodings, find_raw_images, stored_files
 
 PROJECT = Path(__file__).resolve().parents[2]
 TINY = {"dataset": "breastmnist", "sites": 3, "min-sites": 2, "ipc": 1, "iterations": 2, "batch-real": 16,
@@ -209,3 +212,19 @@ def test_deployed_round_with_tls_node_auth_and_an_impostor(data_root: Path, tmp_
     assert "site-c" in (run_dir / "report.md").read_text()
     assert not (run_dir / "keys").exists()  # deployment: no simulation keys
     assert crypto.HPKE_SUITE_NAME in (run_dir / "bundles" / "site-a.sealed").read_bytes()[:400].decode(errors="replace")
+
+    # What the SuperLink stored (its state database, WAL included) and what the coordinator wrote hold no raw
+    # image of any site in any encoding, nor a site's local path (its data folder, its key folder).
+    with np.load(data_root / "breastmnist.npz") as raw:
+        images = np.concatenate([raw[f"{split}_images"] for split in ("train", "val", "test")])
+    stored = stored_files([tmp_path / "link", out_dir])
+    database = next(name for name in stored if name.endswith("state.db"))
+    assert len(stored[database]) > 0
+    assert find_raw_images(images, stored) == []
+    for local in (str(data_root.resolve()), *(str(sites[name].resolve()) for name in ("site-a", "site-b", "site-c"))):
+        assert not [name for name, data in stored.items() if local.encode() in data], local
+    # The scan is not vacuous: an image planted in a copy of the database is found, and in its encoding only.
+    planted = {**stored, database: stored[database][:1001] + encodings(images[500:501])["float16"][0].tobytes()
+               + stored[database][1001:]}
+    assert [(f.image, f.encoding, f.where) for f in find_raw_images(images[500:501], planted)] == [
+        (0, "float16", database)]
