@@ -31,6 +31,9 @@ _Ipc = Annotated[int, typer.Option(help="Synthetic images per class per site.")]
 _Iterations = Annotated[int, typer.Option(help="Distillation iterations (0: the method's CPU preset).")]
 _Epsilon = Annotated[float, typer.Option(help="dpdm: each site's differential-privacy epsilon for its one release.")]
 _Delta = Annotated[float, typer.Option(help="dpdm: each site's differential-privacy delta.")]
+_DataRoot = Annotated[str, typer.Option(help="MedMNIST folder, or a hospital's own .npz export or image folder, to share out across the sites (default: $MEDMNIST_ROOT).")]
+_Partition = Annotated[PartitionScheme, typer.Option(help="How the dataset is split across sites.")]
+_Alpha = Annotated[float, typer.Option(help="Dirichlet concentration: smaller = more different label mixes.")]
 
 
 add_common_options(app)
@@ -40,14 +43,14 @@ add_common_options(app)
 def simulate(
     dataset: _Dataset = _DEFAULTS.dataset,
     sites: Annotated[int, typer.Option(help="Number of simulated sites (Flower SuperNodes).")] = _DEFAULTS.sites,
-    partition: Annotated[PartitionScheme, typer.Option(help="How the dataset is split across sites.")] = _DEFAULTS.partition,
-    alpha: Annotated[float, typer.Option(help="Dirichlet concentration: smaller = more different label mixes.")] = _DEFAULTS.alpha,
+    partition: _Partition = _DEFAULTS.partition,
+    alpha: _Alpha = _DEFAULTS.alpha,
     method: _Method = _DEFAULTS.method,
     ipc: _Ipc = _DEFAULTS.ipc,
     iterations: _Iterations = _DEFAULTS.iterations,
     epsilon: _Epsilon = _DEFAULTS.epsilon,
     delta: _Delta = _DEFAULTS.delta,
-    data_root: Annotated[str, typer.Option(help="MedMNIST folder, or a hospital's own .npz export or image folder, to share out across the sites (default: $MEDMNIST_ROOT).")] = "",
+    data_root: _DataRoot = "",
     min_sites: _MinSites = _DEFAULTS.min_sites,
     seed: Annotated[int, typer.Option(help="Seed for partitioning, distillation and training.")] = _DEFAULTS.seed,
     rounds: Annotated[int, typer.Option(help="Rounds: from round 2 each site refines its set against the global model.")] = _DEFAULTS.rounds,
@@ -92,10 +95,10 @@ def simulate(
 @app.command()
 def study(
     dataset: _Dataset = _STUDY.dataset,
-    data_root: Annotated[str, typer.Option(help="MedMNIST folder, or a hospital's own .npz export or image folder (default: $MEDMNIST_ROOT).")] = "",
+    data_root: _DataRoot = "",
     sites: Annotated[int, typer.Option(help="Number of simulated sites.")] = _STUDY.sites,
-    partition: Annotated[PartitionScheme, typer.Option(help="How the dataset is split across sites.")] = _STUDY.partition,
-    alpha: Annotated[float, typer.Option(help="Dirichlet concentration: smaller = more different label mixes.")] = _STUDY.alpha,
+    partition: _Partition = _STUDY.partition,
+    alpha: _Alpha = _STUDY.alpha,
     seeds: Annotated[list[int] | None, typer.Option("--seed", help="A seed of the study; repeat for more (default 0, 1, 2).")] = None,
     methods: Annotated[list[DistillMethod] | None, typer.Option("--method", help="A pooled arm's method; repeat (default dc, dm, mtt, idm).")] = None,
     ipcs: Annotated[list[int] | None, typer.Option("--ipc", help="A pooled arm's images per class; repeat (default 1, 10, 50).")] = None,
