@@ -208,8 +208,7 @@ def render(config: StudyConfig, records: list[ArmRecord], points: list[dict[str,
     wall = sum(r.seconds.get("wall", 0.0) for r in records)
     now, full = config.model_dump(mode="json"), StudyConfig().model_dump(mode="json")
     narrowed = [f"{k.replace('_', ' ')} {now[k]} (full design: {full[k]})"
-                for k in ("seeds", "methods", "ipcs", "rounds", "train_epochs", "cross_arch_epochs")
-                if now[k] != full[k]]
+                for k in now if k not in ("dataset", "data_root", "out_dir", "device") and now[k] != full[k]]
     lines = [
         f"# Study: {config.dataset}, {config.sites} sites, {config.partition.value} partition (alpha {config.alpha})",
         "",
