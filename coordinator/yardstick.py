@@ -10,6 +10,8 @@ subset ships real images, so it is a reference, **not** something the federation
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any
 
@@ -54,11 +56,12 @@ def random_subset_yardstick(config: RunConfig, pooled_class_counts: list[int]) -
     return {
         "images": len(subset),
         "correction": models.correction.value,
-        "corrected": _figures(score(models.model, test.images, test.labels)),
-        "uncorrected": _figures(score(models.uncorrected, test.images, test.labels)),
+        "corrected": figures(score(models.model, test.images, test.labels)),
+        "uncorrected": figures(score(models.uncorrected, test.images, test.labels)),
     }
 
 
-def _figures(metrics: Metrics) -> dict[str, float]:
-    values = asdict(metrics)
-    return {k: values[k] for k in FIGURES}
+def figures(metrics: Metrics | Mapping[str, Any]) -> dict[str, float | None]:
+    """Accuracy, balanced accuracy and AUC of a ``Metrics`` or a summary's dict of them; None where undefined."""
+    values = asdict(metrics) if isinstance(metrics, Metrics) else metrics
+    return {k: None if values[k] is None or math.isnan(values[k]) else float(values[k]) for k in FIGURES}

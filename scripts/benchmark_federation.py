@@ -31,11 +31,11 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from coordinator.evaluate import Metrics
 from coordinator.simulate import simulate
+from coordinator.study.report import mean_spread
 from coordinator.yardstick import score
 from shared.config import RunConfig
 from shared.datasets import dataset_info
@@ -94,13 +94,6 @@ def run_one(name: str, path: str, method: DistillMethod, seed: int, args: argpar
     print(f"  {name} {label} seed {seed}: global {row['global']} (uncorrected {row['global_uncorrected']}); "
           f"subset {row['subset']} (uncorrected {row['subset_uncorrected']}); {wall:.0f} s", flush=True)
     return row
-
-
-def mean_spread(values: list[float]) -> str:
-    values = [v for v in values if not np.isnan(v)]
-    if not values:
-        return "n/a"
-    return f"{np.mean(values):.3f} ± {np.std(values):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
 
 
 def report(rows: list[dict[str, Any]]) -> None:

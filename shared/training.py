@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from shared.augment import dsa
+from shared.metrics import EvalCounts, log_odds
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,18 @@ def predict_logits(model: nn.Module, images: torch.Tensor, device: torch.device,
     model.to(device).eval()
     chunks = [model(images[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(images), batch_size)]
     return torch.cat(chunks) if chunks else torch.zeros(0, 0)
+
+
+def model_counts(model: nn.Module, images: np.ndarray, labels: np.ndarray, num_classes: int,
+                 device: torch.device) -> EvalCounts:
+    """Summable evaluation counts (``shared.metrics``) of a model on normalised images (N, C, H, W) and labels (N,).
+
+    No image gives all-zero counts, which still add up with other sites' counts.
+    """
+    if len(labels) == 0:
+        return EvalCounts.empty(num_classes)
+    logits = predict_logits(model, torch.from_numpy(images), device).numpy()
+    return EvalCounts.from_scores(labels, log_odds(logits))
 
 
 def predict_scores(model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 512) -> np.ndarray:

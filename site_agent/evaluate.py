@@ -7,10 +7,10 @@ from collections.abc import Mapping
 import torch
 
 from shared.errors import InvalidBundle
-from shared.metrics import EvalCounts, log_odds
+from shared.metrics import EvalCounts
 from shared.models import ConvNet, build_model
 from shared.schemas import ModelSpec
-from shared.training import predict_logits
+from shared.training import model_counts
 from site_agent.data import LabelledImages
 
 
@@ -39,7 +39,4 @@ def evaluate_global_model(
         InvalidBundle: the weights do not fit the announced model spec.
     """
     model = load_global_model(state_dict, spec)
-    if len(test) == 0:
-        return EvalCounts.empty(spec.num_classes)
-    logits = predict_logits(model, torch.from_numpy(test.images), device).numpy()
-    return EvalCounts.from_scores(test.labels, log_odds(logits))
+    return model_counts(model, test.images, test.labels, spec.num_classes, device)

@@ -62,12 +62,13 @@ def build_fedavg_client_app(sites: FedAvgSites, mods: tuple = ()) -> ClientApp:
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        images = _share(sites, context)
+        node = parse_node_config(SimulatedNode, context.node_config)
+        images = _share(sites, node)
         config = _training(msg)
         model = load_global_model(msg.content["arrays"].to_torch_state_dict(), sites.model)
         # Each round and site draws its own batches and views, reproducibly.
         settings = TrainSettings(epochs=config.epochs, lr=config.lr, batch_size=config.batch, augment=config.dsa,
-                                 seed=sites.seed * 10_000 + config.round * 100 + _partition(context))
+                                 seed=sites.seed * 10_000 + config.round * 100 + node.partition_id)
         train_classifier(model, torch.from_numpy(images.train.images), torch.from_numpy(images.train.labels),
                          settings, resolve_device(sites.device))
         content = RecordDict({"arrays": ArrayRecord(model.cpu().state_dict()),
@@ -76,7 +77,7 @@ def build_fedavg_client_app(sites: FedAvgSites, mods: tuple = ()) -> ClientApp:
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        images = _share(sites, context)
+        images = _share(sites, parse_node_config(SimulatedNode, context.node_config))
         counts = evaluate_global_model(msg.content["arrays"].to_torch_state_dict(), sites.model, images.test,
                                        resolve_device(sites.device))
         return Message(RecordDict({"metrics": MetricRecord(EvaluateReply.from_counts(counts).to_metrics())}),
@@ -85,12 +86,8 @@ def build_fedavg_client_app(sites: FedAvgSites, mods: tuple = ()) -> ClientApp:
     return app
 
 
-def _partition(context: Context) -> int:
-    return parse_node_config(SimulatedNode, context.node_config).partition_id
-
-
-def _share(sites: FedAvgSites, context: Context) -> SiteImages:
-    node = parse_node_config(SimulatedNode, context.node_config)
+def _share(sites: FedAvgSites, node: SimulatedNode) -> SiteImages:
+    """The node's share, loaded as every simulated site loads its own; its digest noted for the study."""
     spec = PartitionSpec(node.partition_id, node.num_partitions, sites.partition, sites.alpha, sites.seed)
     images = load_site_images(sites.dataset, sites.data_root, spec)
     record_share(sites.share_dir, simulated_site_id(node.partition_id), images.share_sha256 or "")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -25,18 +24,18 @@ from coordinator.simulate import backend_config, reopened_pool, simulate
 from coordinator.study.fedavg import FedAvgPlan, run_fedavg
 from coordinator.study.plan import Arm, StudyConfig
 from coordinator.study.traffic import bytes_per_round, traffic_mod
+from coordinator.yardstick import FIGURES, figures
 from shared.config import RunConfig, resolve_device, simulated_site_id
-from shared.datasets import IMAGE_SIZE, reference_subset
-from shared.metrics import EvalCounts, log_odds
+from shared.datasets import IMAGE_SIZE, DatasetInfo, reference_subset
+from shared.metrics import EvalCounts
 from shared.models import build_model, resnet18
 from shared.schemas import ModelSpec, NetworkSpec
-from shared.training import TrainSettings, predict_logits, train_classifier
+from shared.training import TrainSettings, model_counts, train_classifier
 from site_agent.data import LabelledImages, SiteImages, load_site_images, read_local_data
 from site_agent.fedavg import FedAvgSites
 from site_agent.partition import recorded_shares
 from site_agent.settings import SHARES, PartitionSpec
 
-FIGURES = ("accuracy", "balanced_accuracy", "auc")
 TRAFFIC = "traffic"
 
 
@@ -61,11 +60,6 @@ class ArmRecord(BaseModel):
     shares: dict[str, str]  # site id -> digest of its share's index sets
     per_site: list[dict[str, Any]] = []
     majority_rate: float | None = None  # accuracy of always predicting the most frequent class (central arm)
-
-
-def figures(metrics: Metrics | dict[str, Any]) -> dict[str, float | None]:
-    values = asdict(metrics) if isinstance(metrics, Metrics) else metrics
-    return {k: (None if values[k] is None or np.isnan(values[k]) else float(values[k])) for k in FIGURES}
 
 
 def run_arm(config: StudyConfig, arm: Arm, folder: Path) -> list[ArmRecord]:
@@ -119,7 +113,7 @@ def pooled_arm(config: StudyConfig, arm: Arm, run_dir: Path) -> list[ArmRecord]:
 def fedavg_arm(config: StudyConfig, arm: Arm, run_dir: Path) -> list[ArmRecord]:
     """Flower's FedAvg on the same sites, to its plateau."""
     sites = FedAvgSites(dataset=config.dataset, data_root=config.data_root, partition=config.partition,
-                        alpha=config.alpha, seed=arm.seed, model=_spec(config), device=config.device,
+                        alpha=config.alpha, seed=arm.seed, model=_spec(_whole_splits(config).info, config), device=config.device,
                         share_dir=run_dir / SHARES)
     plan = FedAvgPlan(sites=config.sites, local_epochs=config.fedavg_local_epochs, max_rounds=config.fedavg_max_rounds,
                       patience=config.fedavg_patience)
@@ -137,44 +131,43 @@ def fedavg_arm(config: StudyConfig, arm: Arm, run_dir: Path) -> list[ArmRecord]:
 
 def local_arm(config: StudyConfig, arm: Arm, run_dir: Path) -> list[ArmRecord]:
     """Each site trains on its own share alone and is scored on its own test share; nothing moves."""
-    spec = _spec(config)
+    sites = _shares(config, arm.seed)
+    spec = _spec(sites[0].info, config)
     total = EvalCounts.empty(spec.num_classes)
-    per_site, shares = [], {}
+    per_site = []
     started = time.perf_counter()
-    for index, site in enumerate(_shares(config, arm.seed)):
+    for index, site in enumerate(sites):
         site_id = simulated_site_id(index)
-        shares[site_id] = site.share_sha256 or ""
         model = _train(build_model(spec), site.train, config.local_epochs, config, arm.seed * 100 + index)
         counts = _counts(model, site.test, spec.num_classes)
         total = total + counts
         per_site.append({"site": site_id, "train_images": len(site.train), "test_images": len(site.test),
                          **figures(Metrics.of(counts))})
     return [ArmRecord(key=arm.key, kind="local", seed=arm.seed, private=True, figures=figures(Metrics.of(total)),
-                      bytes_per_site=0.0, seconds={"wall": time.perf_counter() - started}, shares=shares,
-                      per_site=per_site)]
+                      bytes_per_site=0.0, seconds={"wall": time.perf_counter() - started},
+                      shares=_share_digests(sites), per_site=per_site)]
 
 
 def central_arm(config: StudyConfig, arm: Arm, run_dir: Path) -> list[ArmRecord]:
     """Every site's training share in one place (the ceiling): what shipping all the images would buy."""
     sites = _shares(config, arm.seed)
     train = LabelledImages(np.concatenate([s.train.images for s in sites]), np.concatenate([s.train.labels for s in sites]))
-    spec = _spec(config)
+    spec = _spec(sites[0].info, config)
     started = time.perf_counter()
     model = _train(build_model(spec), train, config.central_epochs, config, arm.seed)
     total = EvalCounts.empty(spec.num_classes)
     for site in sites:
         total = total + _counts(model, site.test, spec.num_classes)
-    return [ArmRecord(key=arm.key, kind="central", seed=arm.seed, private=False, figures=figures(Metrics.of(total)),
+    metrics = Metrics.of(total)
+    return [ArmRecord(key=arm.key, kind="central", seed=arm.seed, private=False, figures=figures(metrics),
                       bytes_per_site=_image_bytes(train) / len(sites), seconds={"wall": time.perf_counter() - started},
-                      images=len(train), majority_rate=Metrics.of(total).majority_rate,
-                      shares={simulated_site_id(i): s.share_sha256 or "" for i, s in enumerate(sites)})]
+                      images=len(train), majority_rate=metrics.majority_rate, shares=_share_digests(sites))]
 
 
 # --- shared pieces ---------------------------------------------------------------------------------------
 
 
-def _spec(config: StudyConfig) -> ModelSpec:
-    info = _whole_splits(config).info
+def _spec(info: DatasetInfo, config: StudyConfig) -> ModelSpec:
     return ModelSpec(in_channels=info.in_channels, num_classes=info.num_classes, image_size=IMAGE_SIZE,
                      network=NetworkSpec(depth=3, width=config.net_width))
 
@@ -191,6 +184,10 @@ def _shares(config: StudyConfig, seed: int) -> list[SiteImages]:
             for i in range(config.sites)]
 
 
+def _share_digests(sites: list[SiteImages]) -> dict[str, str]:
+    return {simulated_site_id(i): site.share_sha256 or "" for i, site in enumerate(sites)}
+
+
 def _train(model: torch.nn.Module, data: LabelledImages, epochs: int, config: StudyConfig, seed: int) -> torch.nn.Module:
     settings = TrainSettings(epochs=epochs, seed=seed)
     train_classifier(model, torch.from_numpy(data.images), torch.from_numpy(data.labels), settings,
@@ -199,10 +196,7 @@ def _train(model: torch.nn.Module, data: LabelledImages, epochs: int, config: St
 
 
 def _counts(model: torch.nn.Module, test: LabelledImages, num_classes: int) -> EvalCounts:
-    if len(test) == 0:
-        return EvalCounts.empty(num_classes)
-    logits = predict_logits(model, torch.from_numpy(test.images), torch.device("cpu")).numpy()
-    return EvalCounts.from_scores(test.labels, log_odds(logits))
+    return model_counts(model, test.images, test.labels, num_classes, torch.device("cpu"))
 
 
 def _cross_arch(config: StudyConfig, images: torch.Tensor, labels: torch.Tensor, data: SiteImages,

@@ -14,17 +14,19 @@ from pydantic import BaseModel, ConfigDict, Field
 from shared.config import RunConfig
 from shared.schemas import DistillMethod, PartitionScheme
 
+_RUN = RunConfig()  # a pooled arm is `coordinator simulate`: the study starts from the same defaults
+
 
 class StudyConfig(BaseModel):
     """Settings of one study on one dataset. Defaults are the full design; a CPU budget narrows them."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    dataset: str = "breastmnist"
+    dataset: str = _RUN.dataset
     data_root: str = ""  # a MedMNIST folder, or a hospital's own .npz export or image folder
-    sites: int = Field(3, ge=1, le=100)
-    partition: PartitionScheme = PartitionScheme.DIRICHLET
-    alpha: float = Field(0.5, gt=0)
+    sites: int = Field(_RUN.sites, ge=1, le=100)
+    partition: PartitionScheme = _RUN.partition
+    alpha: float = Field(_RUN.alpha, gt=0)
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     # pooled distilled sets: every method x ipc; refinement rounds 1..rounds from one run (round 1 is the 1-round arm)
     methods: list[DistillMethod] = Field(default_factory=lambda: [DistillMethod.DC, DistillMethod.DM,
@@ -32,8 +34,8 @@ class StudyConfig(BaseModel):
     ipcs: list[int] = Field(default_factory=lambda: [1, 10, 50], min_length=1)
     rounds: int = Field(3, ge=1, le=20)
     iterations: int = Field(0, ge=0)  # 0: each method's CPU preset
-    epsilon: float = Field(4.0, gt=0)  # dpdm's target, when dpdm is among the methods
-    train_epochs: int = Field(300, ge=1)  # the global model on a pooled set or a subset
+    epsilon: float = Field(_RUN.epsilon, gt=0)  # dpdm's target, when dpdm is among the methods
+    train_epochs: int = Field(_RUN.train_epochs, ge=1)  # the global model on a pooled set or a subset
     # FedAvg on the same sites
     fedavg_local_epochs: int = Field(2, ge=1)
     fedavg_max_rounds: int = Field(50, ge=1)
@@ -43,8 +45,8 @@ class StudyConfig(BaseModel):
     central_epochs: int = Field(50, ge=1)
     # the same pooled set (and subset) trained into a ResNet-18 as well; 0 skips it
     cross_arch_epochs: int = Field(50, ge=0)
-    net_width: int = Field(64, ge=8)
-    device: str = "auto"
+    net_width: int = Field(_RUN.net_width, ge=8)
+    device: str = _RUN.device
     out_dir: str = "results/study"
 
     def run_config(self, seed: int, method: DistillMethod, ipc: int, run_dir: str) -> RunConfig:

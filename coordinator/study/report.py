@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from coordinator.study.arms import FIGURES, ArmRecord, dump
+from coordinator.study.arms import ArmRecord, dump
 from coordinator.study.plan import StudyConfig
+from coordinator.yardstick import FIGURES
 from shared.datasets import dataset_info
 
 MB = 1e6

@@ -26,10 +26,9 @@ import torch
 
 from shared.datasets import reference_subset
 from shared.errors import DataError
-from shared.metrics import EvalCounts, log_odds
 from shared.models import ConvNet, build_model
 from shared.schemas import AttackSummary, Estimate, ModelSpec, NetworkSpec, PrivacySummary
-from shared.training import TrainSettings, predict_logits, train_classifier
+from shared.training import TrainSettings, model_counts, predict_logits, train_classifier
 from site_agent.data import LabelledImages, SiteImages
 from site_agent.distill import SyntheticSet, distill
 from site_agent.policy import PrivacyLimits
@@ -193,8 +192,7 @@ def _utility(model: ConvNet, test: LabelledImages, device: torch.device) -> dict
     """Held-out figures of the model trained on the set; AUC only where every class has held-out images."""
     if len(test) == 0:
         return {"site_accuracy": None, "site_balanced_accuracy": None, "site_auc": None}
-    logits = predict_logits(model, torch.from_numpy(test.images), device).numpy()
-    counts = EvalCounts.from_scores(test.labels, log_odds(logits))
+    counts = model_counts(model, test.images, test.labels, model.classifier.out_features, device)
     every_class = bool((counts.class_counts > 0).all())
     return {"site_accuracy": counts.accuracy(), "site_balanced_accuracy": counts.balanced_accuracy(),
             "site_auc": counts.auc() if every_class and not math.isnan(counts.auc()) else None}
