@@ -68,7 +68,9 @@ def join(
     root_certificates: Annotated[Path | None, typer.Option(help="Study CA certificate (default: <key-dir>/superlink-ca.crt).")] = None,
     data: Annotated[Path | None, typer.Option("--data", help=cli_tools.DATA_HELP)] = None,
     data_root: Annotated[Path | None, typer.Option("--data-root", hidden=True, help="Old name of --data.")] = None,
-    policy_file: Annotated[Path | None, typer.Option(help="The site's policy (JSON SitePolicy).")] = None,
+    dataset: cli_tools.DatasetOption = None,
+    policy: cli_tools.PolicyOption = None,
+    policy_file: Annotated[Path | None, typer.Option("--policy-file", hidden=True, help="Old name of --policy.")] = None,
     flwr_home: Annotated[Path | None, typer.Option(help="FLWR_HOME of this SuperNode (default: beside the key dir).")] = None,
     port: Annotated[int, typer.Option(help="Local Runtime API port; one per SuperNode on a machine.")] = 9094,
     threads: Annotated[int, typer.Option(help="CPU threads for the site agent (OMP_NUM_THREADS etc.).")] = os.cpu_count() or 1,
@@ -84,8 +86,9 @@ def join(
     """Check this site's keys and settings, then run its Flower SuperNode against the coordinator (TLS, node auth)."""
     from site_agent import join as joining
 
-    values = {k: v for k, v in locals().items() if k not in ("dry_run", "restart", "joining", "data_root")}
+    values = {k: v for k, v in locals().items() if k not in ("dry_run", "restart", "joining", "data_root", "policy")}
     values["data"] = _renamed(data, data_root, "--data", "--data-root")
+    values["policy_file"] = _renamed(policy, policy_file, "--policy", "--policy-file")
     settings = joining.settings_from_options(values)
     if dry_run:
         joining.preflight(settings)

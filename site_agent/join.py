@@ -10,19 +10,24 @@ The pieces, in order:
 3. :func:`supernode_command` / :func:`supernode_env` build the exact process: TLS against the study
    CA (``--root-certificates``), node authentication (``--auth-supernode-private-key``), its own
    ``--port`` for the local Runtime API and its own ``FLWR_HOME``, offline-safe and thread-bounded.
-4. :func:`run_supernode` runs it. Flower itself retries a dropped link (unlimited by default,
-   ``--max-retries``/``--max-wait-time`` bound it); when the process still exits with a connection
-   error, it is restarted after a growing pause. Configuration errors are not retried.
+4. :func:`run_supernode` runs it in a process group of its own, which holds everything the
+   SuperNode starts (its ``flower-superexec`` and the ``flwr-clientapp`` that distills): a stop
+   signal or the SuperNode's death ends the whole group, so nothing goes on distilling unowned.
+   Flower itself retries a dropped link (unlimited by default, ``--max-retries``/``--max-wait-time``
+   bound it); when the process still exits (a connection error, or it died), it is restarted after a
+   growing pause. Configuration errors are not retried.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,7 +40,7 @@ from shared.errors import ConfigError, DataError, KeyFileError
 from shared.flower_env import flower_env, write_flat_toml
 from shared.keys import COORDINATOR_PUB, NODE_KEY, SIGNING_KEY, SITE_CA_CERT
 from shared.schemas import SiteId, setting_error
-from site_agent.data import check_data_path
+from site_agent.check import check_data
 from site_agent.policy import SitePolicy
 
 log = logging.getLogger(__name__)
@@ -47,6 +52,8 @@ CONFIG_EXIT_CODES = {302: "invalid SuperNode auth key", 303: "node auth needs TL
 CONNECTION_ERROR = 305  # the link was lost or refused (also: this node's key is not registered)
 _EXIT_CODE_LINE = re.compile(rb"Exit Code: (\d+)")
 _BACKOFF_START, _BACKOFF_MAX, _STABLE_SECONDS = 5.0, 120.0, 300.0
+_POLL_SECONDS = 0.5  # how soon a dead SuperNode is noticed
+_GROUP_GRACE_SECONDS = 10.0  # how long the group gets to stop on SIGTERM before it is killed
 
 
 class JoinSettings(BaseModel):
@@ -59,6 +66,7 @@ class JoinSettings(BaseModel):
     superlink: str = Field(pattern=r"^\S+:\d{1,5}$", description="the SuperLink's host:port")
     root_certificates: Path | None = None  # default: <key-dir>/superlink-ca.crt
     data: Path | None = None  # the site's images (``site-agent check --data`` reads the same)
+    dataset: str | None = None  # the MedMNIST flag they follow (``site-agent check --dataset``)
     policy_file: Path | None = None
     flwr_home: Path | None = None  # default: <key-dir>/../flwr-home-<site-id>
     port: int = Field(9094, ge=1, le=65535)
@@ -101,10 +109,8 @@ def preflight(settings: JoinSettings) -> None:
         raise KeyFileError(f"pinned coordinator key has fingerprint {crypto.fingerprint(coordinator)}, not {expected}",
                            hint="re-pin the coordinator key with `site-agent trust-coordinator`")
     crypto.load_certificate(settings.ca_file())
-    if settings.policy_file is not None:
-        SitePolicy.from_file(settings.policy_file.expanduser())
-    if settings.data is not None:
-        _check_data_path(settings.data.expanduser())
+    policy = SitePolicy.from_file(settings.policy_file.expanduser()) if settings.policy_file else SitePolicy()
+    _check_data(settings, policy)
     if (settings.partition_id is None) != (settings.num_partitions is None):
         raise ConfigError("--partition-id and --num-partitions go together")
     if settings.partition_id is not None and settings.partition_id >= (settings.num_partitions or 0):
@@ -113,15 +119,22 @@ def preflight(settings: JoinSettings) -> None:
         raise ConfigError(f"{SUPERNODE!r} is not on PATH", hint="install this package (it depends on flwr)")
 
 
-def _check_data_path(path: Path) -> None:
-    """The data path holds what the loader reads: MedMNIST files, a .npz export or a folder of class images.
+def _check_data(settings: JoinSettings, policy: SitePolicy) -> None:
+    """The data passes ``site-agent check``: it reads, and the policy lets at least one class be distilled.
 
     Raises:
-        DataError: nothing at the path, or nothing there that ``site-agent check`` could read.
+        ConfigError: no ``--data``, or a data format that needs ``--dataset`` without it.
+        DataError: the data is missing, unreadable, or unfit (the check's problems, listed).
     """
-    if not path.exists():
-        raise DataError(f"data path {str(path)!r} does not exist")
-    check_data_path(path)  # the loader's own format check, before a request names the dataset
+    if settings.data is None:
+        raise ConfigError("no --data: a site needs its images to distill",
+                          hint="give --data, the path `site-agent check --data` reads")
+    path = settings.data.expanduser()
+    again = f"`site-agent check --data {path}" + (f" --dataset {settings.dataset}`" if settings.dataset else "`")
+    report = check_data(path, settings.dataset, policy)
+    if report.problems:
+        raise DataError("the data is not fit to distill: " + "; ".join(report.problems),
+                        hint=f"{again} shows the full report")
 
 
 def node_config(settings: JoinSettings) -> dict[str, str | int]:
@@ -172,8 +185,10 @@ def supernode_env(settings: JoinSettings) -> dict[str, str]:
 def run_supernode(settings: JoinSettings, restart: bool = True, max_restarts: int | None = None) -> int:
     """Check, then run the SuperNode until it stops cleanly or is stopped; returns 0, or its (Flower) exit code.
 
-    With ``restart``, an exit on a connection error (the link dropped beyond Flower's own retries, or
-    the node is not registered yet) starts it again after 5 s, doubling up to 2 min.
+    SIGTERM or SIGINT stops the SuperNode's whole process group (its SuperExec and any ClientApp
+    still distilling) and returns 0. With ``restart``, a SuperNode that exits on a connection error
+    (the link dropped beyond Flower's own retries, or the node is not registered yet) or dies is
+    started again after 5 s, doubling up to 2 min; what it left running is stopped first.
 
     Raises:
         FedDistillError: a preflight check fails, or the SuperNode exits on a configuration error.
@@ -182,14 +197,14 @@ def run_supernode(settings: JoinSettings, restart: bool = True, max_restarts: in
     settings.home().mkdir(parents=True, exist_ok=True, mode=0o700)
     command = supernode_command(settings, write_node_config(settings))
     env = supernode_env(settings)
-    stopping = False
+    stop_signal: int | None = None
     child: subprocess.Popen[bytes] | None = None
 
     def stop(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        if child is not None and child.poll() is None:
-            child.send_signal(signum)
+        nonlocal stop_signal
+        stop_signal = signum
+        if child is not None:
+            _signal_group(child.pid, signum)
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     backoff, restarts = _BACKOFF_START, 0
@@ -198,28 +213,84 @@ def run_supernode(settings: JoinSettings, restart: bool = True, max_restarts: in
             log.info("site %s: starting SuperNode against %s (Runtime API port %d)", settings.site_id,
                      settings.superlink, settings.port)
             started = time.monotonic()
+            # A session of its own: the SuperNode's children (SuperExec, ClientApp) share its group.
             child = subprocess.Popen(command, env=env, cwd=settings.home(), stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT)
-            flower_code = relay_output(child.stdout, sys.stdout.buffer)
-            status = child.wait()
-            if stopping or status == 0:
-                return status
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+            status, flower_code = _supervise(child)
+            if stop_signal is not None:
+                log.warning("site %s: stopped by %s; the SuperNode and every process it started have exited",
+                            settings.site_id, signal.Signals(stop_signal).name)
+                return 0
+            if status == 0:
+                return 0
             if flower_code in CONFIG_EXIT_CODES:
                 raise ConfigError(f"SuperNode exited with Flower code {flower_code} ({CONFIG_EXIT_CODES[flower_code]})")
             code = flower_code if flower_code is not None else status
             if not restart or (max_restarts is not None and restarts >= max_restarts):
+                log.error("site %s: SuperNode %s; not restarting", settings.site_id, _exit_reason(status, code))
                 return code
             if time.monotonic() - started > _STABLE_SECONDS:
                 backoff = _BACKOFF_START  # it ran fine for a while: this is a new outage
-            why = "lost or refused connection (is this node registered?)" if code == CONNECTION_ERROR else f"code {code}"
-            log.warning("site %s: SuperNode stopped (%s); restarting in %.0f s", settings.site_id, why, backoff)
-            _sleep_unless(lambda: stopping, backoff)
-            if stopping:
-                return code
+            log.warning("site %s: SuperNode %s; restarting in %.0f s", settings.site_id, _exit_reason(status, code),
+                        backoff)
+            _sleep_unless(lambda: stop_signal is not None, backoff)
+            if stop_signal is not None:
+                return 0
             backoff, restarts = min(backoff * 2, _BACKOFF_MAX), restarts + 1
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _supervise(child: subprocess.Popen[bytes]) -> tuple[int, int | None]:
+    """Relay the SuperNode's output until it exits, then end what is left of its group.
+
+    Returns its exit status and the last Flower exit code it logged. The output is relayed on a
+    thread: the pipe stays open while any child the SuperNode started lives, so reading it to its end
+    would not notice the SuperNode's own death.
+    """
+    codes: list[int | None] = [None]
+    relay = threading.Thread(target=lambda: codes.__setitem__(0, relay_output(child.stdout, sys.stdout.buffer)),
+                             daemon=True)
+    relay.start()
+    while (status := child.poll()) is None:
+        time.sleep(_POLL_SECONDS)
+    stop_group(child.pid)
+    relay.join(timeout=5)
+    return status, codes[0]
+
+
+def stop_group(pgid: int, grace: float = _GROUP_GRACE_SECONDS) -> None:
+    """SIGTERM every process left in the group, then SIGKILL whatever has not exited after ``grace`` s."""
+    _signal_group(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while _group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _group_alive(pgid):
+        _signal_group(pgid, signal.SIGKILL)
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except ProcessLookupError:
+        pass  # the group has already gone
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _exit_reason(status: int, code: int) -> str:
+    if status < 0:
+        return f"died ({signal.Signals(-status).name})"
+    if code == CONNECTION_ERROR:
+        return "stopped (lost or refused connection: is this node registered?)"
+    return f"stopped (code {code})"
 
 
 def relay_output(stream: IO[bytes] | None, out: IO[bytes]) -> int | None:

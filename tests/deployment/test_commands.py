@@ -6,7 +6,6 @@ import shutil
 import tomllib
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from coordinator import control
@@ -20,26 +19,10 @@ from shared.keys import (
     NODE_KEY,
     SIGNING_PUB,
     SITE_CA_CERT,
-    create_coordinator_key,
-    create_site_identity,
 )
 from site_agent import join
 from site_agent.settings import site_settings
-
-
-@pytest.fixture
-def site(tmp_path: Path) -> join.JoinSettings:
-    """A complete site key directory (keys, pinned coordinator key, study CA) and settings for it."""
-    coord = tmp_path / "coord"
-    public = create_coordinator_key(coord)
-    files = issue_tls(coord, [])
-    key_dir = tmp_path / "hospital's keys"  # a quote and a space: the node config file must carry them exactly
-    create_site_identity(key_dir)
-    crypto.save_public_key(public, key_dir / COORDINATOR_PUB)
-    shutil.copyfile(files.ca_cert, key_dir / SITE_CA_CERT)
-    (tmp_path / "data" / "0_benign").mkdir(parents=True)  # a folder of class images, as the loader reads it
-    return join.JoinSettings(site_id="st-marys", key_dir=key_dir, superlink="link.example.org:443",
-                             data=tmp_path / "data", port=9611, threads=2)
+from tests.deployment.conftest import export
 
 
 def test_supernode_command_has_tls_node_auth_own_port_and_offline_env(site: join.JoinSettings) -> None:
@@ -190,12 +173,10 @@ def test_supernode_is_restarted_after_a_lost_link_but_not_after_a_config_error(
     assert join.run_supernode(site, restart=False) == join.CONNECTION_ERROR
 
 
-def test_preflight_accepts_a_data_file_the_loader_reads(site: join.JoinSettings, tmp_path: Path) -> None:
-    """A site whose data is one .npz export (or an official <flag>.npz) joins; a file of another kind does not;
-    neither does a folder holding neither MedMNIST files nor class folders."""
-    export = tmp_path / "export.npz"
-    np.savez(export, train_images=np.zeros((4, 28, 28), np.uint8), train_labels=np.zeros(4, np.int64))
-    join.preflight(site.model_copy(update={"data": export}))
+def test_preflight_checks_the_data_as_site_agent_check_does(site: join.JoinSettings, tmp_path: Path) -> None:
+    """join starts only on data `site-agent check` passes: readable images, and a class the policy lets it distill."""
+    with pytest.raises(ConfigError, match="no --data"):
+        join.preflight(site.model_copy(update={"data": None}))
     (tmp_path / "notes.txt").write_text("not images")
     with pytest.raises(DataError, match="expected a .npz file"):
         join.preflight(site.model_copy(update={"data": tmp_path / "notes.txt"}))
@@ -204,10 +185,20 @@ def test_preflight_accepts_a_data_file_the_loader_reads(site: join.JoinSettings,
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="nor a folder of class images"):
         join.preflight(site.model_copy(update={"data": tmp_path / "empty"}))
-    (tmp_path / "empty" / "0_benign").mkdir()
-    join.preflight(site.model_copy(update={"data": tmp_path / "empty"}))  # a folder of class images
-    shutil.copyfile(export, tmp_path / "empty" / "breastmnist.npz")
-    join.preflight(site.model_copy(update={"data": tmp_path / "empty"}))  # a MedMNIST root
+    unreadable = tmp_path / "folder" / "train" / "0_benign"
+    unreadable.mkdir(parents=True)
+    (unreadable / "scan.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="cannot be read|not an image|unreadable"):
+        join.preflight(site.model_copy(update={"data": tmp_path / "folder"}))
+    with pytest.raises(ConfigError, match="--dataset"):  # a folder says nothing of its classes and channels
+        join.preflight(site.model_copy(update={"data": tmp_path / "folder", "dataset": None}))
+    few = export(tmp_path / "few.npz", per_class=(3, 4))  # the built-in policy needs 10 per class
+    with pytest.raises(DataError, match="not fit to distill.*at least 10") as caught:
+        join.preflight(site.model_copy(update={"data": few}))
+    assert "site-agent check --data" in caught.value.hint
+    shutil.copyfile(site.data, tmp_path / "empty" / "breastmnist.npz")  # an export posing as the official file
+    with pytest.raises(DataError, match="MD5"):
+        join.preflight(site.model_copy(update={"data": tmp_path / "empty"}))
 
 
 def test_join_names_its_data_option_as_check_and_distill_do(site: join.JoinSettings, monkeypatch) -> None:

@@ -11,13 +11,9 @@ images of the sites (``raw_scan``). Every process started here is stopped by PID
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -39,87 +35,13 @@ from shared.keys import (
     create_site_identity,
 )
 from site_agent import join
+from tests.deployment.live import free_port, wait_for_port
 from tests.deployment.raw_scan import encodings, find_raw_images, stored_files
 
 PROJECT = Path(__file__).resolve().parents[2]
 TINY = {"dataset": "breastmnist", "sites": 3, "min-sites": 2, "ipc": 1, "iterations": 2, "batch-real": 16,
         "outer-loop": 1, "inner-loop": 1, "net-width": 16, "train-epochs": 10, "node-wait-timeout": 60.0,
         "distill-timeout": 240.0, "evaluate-timeout": 120.0}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for_port(port: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.3)
-    raise TimeoutError(f"nothing listens on port {port} after {timeout:.0f} s")
-
-
-def _descendants(pid: int) -> list[int]:
-    """All descendants of ``pid`` (from /proc), children first found first."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-class Processes:
-    """Processes this test started; ``stop`` ends each one and its descendants by PID."""
-
-    def __init__(self, log_dir: Path) -> None:
-        self.log_dir, self.started = log_dir, []
-
-    def start(self, name: str, command: list[str], env: dict[str, str]) -> subprocess.Popen:
-        log = (self.log_dir / f"{name}.log").open("wb")
-        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.started.append(proc)
-        return proc
-
-    def stop(self) -> None:
-        pids = [pid for proc in self.started for pid in [proc.pid, *_descendants(proc.pid)]]
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + 10
-        for proc in self.started:
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        for proc in self.started:
-            proc.wait(timeout=10)
-
-
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Processes]:
-    procs = Processes(tmp_path)
-    yield procs
-    procs.stop()
 
 
 def _site(root: Path, coord: Path, name: str) -> Path:
@@ -162,18 +84,19 @@ def test_deployed_round_with_tls_node_auth_and_an_impostor(data_root: Path, tmp_
         register_node_key(coord, name, sites[name] / NODE_PUB)
     shutil.copyfile(sites["site-a"] / SIGNING_KEY, sites["site-c"] / SIGNING_KEY)  # site-c holds a stolen key
 
-    port = _free_port()
+    port = free_port()
     link = SuperLinkSettings(keys_dir=coord, state_dir=tmp_path / "link", host="127.0.0.1", port=port, threads=1)
     link.flwr_home().mkdir(parents=True)
     processes.start("superlink", superlink_command(link), superlink_env(link))
-    _wait_for_port(port, 60)
+    wait_for_port(port, 60)
     conn = control.Connection(f"127.0.0.1:{port}", coord / "tls" / "ca.crt", tmp_path / "operator-home")
     for name in ("site-a", "site-b", "site-c"):
         control.register_node(conn, sites[name] / NODE_PUB, name)  # before the nodes connect
 
     def join_settings(name: str, claims: str, index: int) -> join.JoinSettings:
         return join.JoinSettings(site_id=claims, key_dir=sites[name], superlink=conn.address, data=data_root,
-                                 flwr_home=tmp_path / f"home-{name}", port=_free_port(), threads=1,
+                                 dataset="breastmnist",
+                                 flwr_home=tmp_path / f"home-{name}", port=free_port(), threads=1,
                                  partition_id=index, num_partitions=3, max_retries=2)
 
     # The unregistered node is refused by the SuperLink itself (Flower's exit code 305).

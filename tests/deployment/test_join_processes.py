@@ -1,0 +1,85 @@
+"""`site-agent join` owns its processes: real `site-agent join` and `flower-supernode` processes on 127.0.0.1.
+
+The SuperNode is pointed at a port where no SuperLink listens, so it keeps retrying; it has already
+started its `flower-superexec` child, which is what a stop must not leave behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from site_agent import join
+from tests.deployment.live import Processes, descendants, free_port, process_group
+
+
+def _command(site: join.JoinSettings) -> list[str]:
+    return ["site-agent", "join", "--site-id", site.site_id, "--key-dir", str(site.key_dir),
+            "--superlink", f"127.0.0.1:{free_port()}", "--data", str(site.data), "--dataset", str(site.dataset),
+            "--flwr-home", str(site.home()), "--port", str(free_port()), "--threads", "1"]
+
+
+def _named(pids: list[int], name: str) -> list[int]:
+    found = []
+    for pid in pids:
+        try:
+            if name in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+                found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
+def _wait(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"not within {timeout:.0f} s: {what}")
+
+
+def _supernode_and_superexec(join_pid: int) -> tuple[int, int] | None:
+    """The SuperNode join started, once it has started its SuperExec."""
+    below = descendants(join_pid)
+    nodes, execs = _named(below, "flower-supernode"), _named(below, "flower-superexec")
+    return (nodes[0], execs[0]) if nodes and execs else None
+
+
+@pytest.mark.flower
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_ends_the_supernode_and_everything_it_started(
+    site: join.JoinSettings, tmp_path: Path, processes: Processes, stop: signal.Signals
+) -> None:
+    agent = processes.start("join", _command(site), dict(os.environ))
+    node, superexec = _wait(lambda: _supernode_and_superexec(agent.pid), 60, "the SuperNode starts its SuperExec")
+    assert os.getpgid(superexec) == os.getpgid(node) == node  # one group, the SuperNode's own
+
+    agent.send_signal(stop)
+    assert agent.wait(timeout=30) == 0
+    log = (tmp_path / "join.log").read_text()
+    assert f"stopped by {stop.name}" in log and "every process it started have exited" in log
+    assert process_group(node) == [], "a process of the SuperNode's group outlived join"
+
+
+@pytest.mark.flower
+def test_a_killed_supernode_is_noticed_cleaned_up_and_restarted(
+    site: join.JoinSettings, tmp_path: Path, processes: Processes
+) -> None:
+    agent = processes.start("join", _command(site), dict(os.environ))
+    node, _ = _wait(lambda: _supernode_and_superexec(agent.pid), 60, "the SuperNode starts its SuperExec")
+
+    os.kill(node, signal.SIGKILL)
+    log = tmp_path / "join.log"
+    _wait(lambda: "SuperNode died (SIGKILL); restarting in 5 s" in log.read_text(), 15, "join reports the death")
+    _wait(lambda: process_group(node) == [], 15, "the dead SuperNode's SuperExec is stopped")
+    restarted = _wait(lambda: _supernode_and_superexec(agent.pid), 60, "a new SuperNode starts")
+    assert restarted[0] != node and agent.poll() is None
+
+    agent.send_signal(signal.SIGTERM)
+    assert agent.wait(timeout=30) == 0
+    assert process_group(restarted[0]) == []
