@@ -39,9 +39,13 @@ class NodeBinding:
 
 
 def bind_nodes(
-    nodes: Iterable[NodeLike], trusted_sites: Iterable[str], trusted_node_keys: dict[str, crypto.NodePublicKey]
+    nodes: Iterable[NodeLike], trusted_sites: Iterable[str], trusted_node_keys: dict[str, crypto.NodePublicKey],
+    revoked: dict[str, str] | None = None,
 ) -> dict[int, NodeBinding]:
-    """A binding per node id; a node whose registration does not match the trust store gets a ``problem``."""
+    """A binding per node id; a node whose registration does not match the trust store gets a ``problem``.
+
+    ``revoked`` (site id -> when) lets the problem of a revoked site's node say so.
+    """
     nodes = sorted(nodes, key=lambda n: n.node_id)
     sites = set(trusted_sites)
     named = any(getattr(n, "name", "") for n in nodes)
@@ -49,7 +53,10 @@ def bind_nodes(
     taken: set[str] = set()
     for node in nodes:
         name = getattr(node, "name", "") or ""
-        binding = NodeBinding(node.node_id, name or None, _problem(node, name, named, sites, trusted_node_keys, taken))
+        problem = _problem(node, name, named, sites, trusted_node_keys, taken)
+        if name in (revoked or {}) and name not in sites:
+            problem = f"Flower node is registered as {name!r}, a site revoked at {revoked[name]}: it is refused"
+        binding = NodeBinding(node.node_id, name or None, problem)
         if binding.usable and name:
             taken.add(name)
         bindings[node.node_id] = binding

@@ -195,7 +195,8 @@ def connect(grid: Grid, config: RunConfig, run_dir: Path) -> Federation:
     node_ids = wait_for_nodes(grid, config.sites, config.min_sites, config.node_wait_timeout)
     keys = _coordinator_keys(config, run_dir, len(node_ids))
     wanted = set(node_ids)
-    bindings = bind_nodes([n for n in grid.get_nodes() if n.node_id in wanted], keys.sites, keys.node_keys)
+    bindings = bind_nodes([n for n in grid.get_nodes() if n.node_id in wanted], keys.sites, keys.node_keys,
+                          keys.revoked)
     if config.keys_dir and any(b.site_id is None for b in bindings.values()):
         log.warning("nodes without registered names: SuperNode authentication is off, so a bundle's site is "
                     "vouched for by its signature alone")

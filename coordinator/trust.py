@@ -10,6 +10,7 @@ Layout: ``shared.keys``. In simulation, :func:`create_simulation_keys` makes a f
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from shared.keys import COORDINATOR_KEY, COORDINATOR_PUB, NODES, SITES, create_c
 from shared.schemas import is_site_id
 
 _FLOWER_ID = ".flower-node-id"  # nodes/<site-id>.flower-node-id: the node id the SuperLink gave it
+REVOKED = "revoked"  # revoked/<site-id>: when the site was revoked, so a refusal can say so
 _SIMULATION_NOTE = (
     "SIMULATION KEYS: generated for this simulated run only, with every private key on one machine.\n"
     "Never use them for a real site or coordinator.\n"
@@ -32,17 +34,25 @@ class CoordinatorKeys:
     private_key: crypto.RecipientKey
     sites: dict[str, crypto.VerifyKey]
     node_keys: dict[str, crypto.NodePublicKey] = field(default_factory=dict)
+    revoked: dict[str, str] = field(default_factory=dict)  # site id -> when it was revoked (UTC)
 
     def verify_key_for(self, site_id: str) -> crypto.VerifyKey:
         """The registered key of a site.
 
         Raises:
-            VerificationError: the site is not registered.
+            VerificationError: the site is not registered, or was revoked.
         """
         try:
             return self.sites[site_id]
         except KeyError:
-            raise VerificationError(f"site {site_id!r} is not registered with this coordinator") from None
+            raise VerificationError(unknown_site(site_id, self.revoked)) from None
+
+
+def unknown_site(site_id: str, revoked: dict[str, str]) -> str:
+    """Why a site is not trusted: revoked (and when), or never registered."""
+    if site_id in revoked:
+        return f"site {site_id!r} was revoked at {revoked[site_id]} (coordinator sites revoke); it is refused"
+    return f"site {site_id!r} is not registered with this coordinator"
 
 
 def load_coordinator_keys(keys_dir: Path) -> CoordinatorKeys:
@@ -64,7 +74,12 @@ def load_coordinator_keys(keys_dir: Path) -> CoordinatorKeys:
         for path in sorted((keys_dir / NODES).glob("*.pub"))
         if is_site_id(path.stem)
     }
-    return CoordinatorKeys(private_key, sites, node_keys)
+    revoked = {  # a site registered again after its revocation is trusted again
+        path.name: path.read_text().strip()[:40]
+        for path in sorted((keys_dir / REVOKED).glob("*"))
+        if is_site_id(path.name) and path.name not in sites
+    }
+    return CoordinatorKeys(private_key, sites, node_keys, revoked)
 
 
 def create_simulation_keys(keys_root: Path, site_ids: list[str]) -> Path:
@@ -98,6 +113,7 @@ def register_site(keys_dir: Path, site_id: str, signing_public_key: Path) -> str
             raise KeyFileError(f"site {site_id!r} already has another key registered; revoke it first")
         return crypto.fingerprint(key)
     crypto.save_public_key(key, target)
+    (keys_dir / REVOKED / site_id).unlink(missing_ok=True)
     return crypto.fingerprint(key)
 
 
@@ -132,6 +148,8 @@ def revoke_site(keys_dir: Path, site_id: str) -> None:
         raise KeyFileError(f"site {site_id!r} is not registered")
     for target in [*targets, keys_dir / NODES / f"{site_id}{_FLOWER_ID}"]:
         target.unlink(missing_ok=True)
+    (keys_dir / REVOKED).mkdir(exist_ok=True)
+    (keys_dir / REVOKED / site_id).write_text(f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M UTC}\n")
 
 
 def record_flower_node(keys_dir: Path, site_id: str, node_id: int) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from coordinator.binding import bind_nodes
 from coordinator.trust import load_coordinator_keys, register_site, revoke_site
 from shared.errors import ConfigError, KeyFileError, VerificationError
 from shared.keys import COORDINATOR_PUB, create_coordinator_key, create_site_keys
@@ -18,11 +20,26 @@ def test_register_then_revoke(tmp_path: Path) -> None:
     register_site(tmp_path / "coord", "st-marys", tmp_path / "site" / "signing.pub")
     keys = load_coordinator_keys(tmp_path / "coord")
     assert keys.verify_key_for("st-marys").public_bytes_raw() == public.public_bytes_raw()
+    with pytest.raises(VerificationError, match="'elsewhere' is not registered"):
+        keys.verify_key_for("elsewhere")
     revoke_site(tmp_path / "coord", "st-marys")
-    with pytest.raises(VerificationError, match="not registered"):
-        load_coordinator_keys(tmp_path / "coord").verify_key_for("st-marys")
+    revoked = load_coordinator_keys(tmp_path / "coord")
+    with pytest.raises(VerificationError, match=r"'st-marys' was revoked at \d{4}-\d\d-\d\d .*UTC"):
+        revoked.verify_key_for("st-marys")
+    problem = bind_nodes([_Node(1, "st-marys")], revoked.sites, revoked.node_keys, revoked.revoked)[1].problem
+    assert "'st-marys', a site revoked at" in problem
     with pytest.raises(KeyFileError, match="not registered"):
         revoke_site(tmp_path / "coord", "st-marys")
+    register_site(tmp_path / "coord", "st-marys", tmp_path / "site" / "signing.pub")  # trusted again
+    again = load_coordinator_keys(tmp_path / "coord")
+    assert again.revoked == {} and again.verify_key_for("st-marys").public_bytes_raw() == public.public_bytes_raw()
+
+
+@dataclass
+class _Node:
+    node_id: int
+    name: str
+    public_key: bytes = b""
 
 
 def test_register_refuses_wrong_kind_other_key_and_bad_ids(tmp_path: Path) -> None:

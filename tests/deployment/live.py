@@ -1,4 +1,9 @@
-"""Real processes for the deployment tests: free ports, waiting for a listener, and stopping what was started."""
+"""Real processes for the deployment tests: a live federation on 127.0.0.1, and stopping all that was started.
+
+:class:`LiveFederation` starts processes with exactly the commands ``coordinator serve`` and
+``site-agent join`` build: a SuperLink with TLS, node authentication and a state database, and one
+SuperNode per site, each with its own keys registered in the coordinator's trust store.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,31 @@ import signal
 import socket
 import subprocess
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from coordinator import control
+from coordinator.superlink import SuperLinkSettings, superlink_command, superlink_env
+from coordinator.tls import issue_tls
+from coordinator.trust import register_node_key, register_site
+from shared.config import RunConfig
+from shared.keys import (
+    COORDINATOR_PUB,
+    NODE_PUB,
+    SIGNING_PUB,
+    SITE_CA_CERT,
+    create_coordinator_key,
+    create_site_identity,
+)
+from site_agent import join
+from site_agent.policy import SitePolicy
+
+PROJECT = Path(__file__).resolve().parents[2]
+# The smallest honest round: ipc 1, two iterations, a tiny network.
+TINY = {"dataset": "breastmnist", "sites": 3, "min-sites": 2, "ipc": 1, "iterations": 2, "batch-real": 16,
+        "outer-loop": 1, "inner-loop": 1, "net-width": 16, "train-epochs": 10, "node-wait-timeout": 60.0,
+        "distill-timeout": 240.0, "evaluate-timeout": 120.0}
 
 
 def free_port() -> int:
@@ -51,7 +80,7 @@ class Processes:
         self.log_dir, self.started = log_dir, []
 
     def start(self, name: str, command: list[str], env: dict[str, str]) -> subprocess.Popen:
-        log = (self.log_dir / f"{name}.log").open("wb")
+        log = (self.log_dir / f"{name}.log").open("ab")  # a restarted process appends
         proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.started.append(proc)
         return proc
@@ -92,3 +121,124 @@ def process_group(pgid: int) -> list[int]:
             if int(fields[2]) == pgid and fields[0] != "Z":
                 members.append(int(entry.name))
     return members
+
+
+def site_key_dir(root: Path, coord: Path, name: str) -> Path:
+    """A site key directory as `site-agent init` + `trust-coordinator` + the CA copy leave it."""
+    key_dir = root / name
+    create_site_identity(key_dir)
+    (key_dir / COORDINATOR_PUB).write_bytes((coord / COORDINATOR_PUB).read_bytes())
+    (key_dir / SITE_CA_CERT).write_bytes((coord / "tls" / "ca.crt").read_bytes())
+    return key_dir
+
+
+@dataclass
+class LiveFederation:
+    """A coordinator's keys, a SuperLink and the sites' key directories under ``root``; processes are started on demand."""
+
+    root: Path
+    processes: Processes
+    data_root: Path
+    sites: dict[str, Path]
+    link: SuperLinkSettings
+    conn: control.Connection
+    policy_file: Path | None = None  # every site's policy (default: the built-in one)
+    superlink: subprocess.Popen | None = None
+    supernodes: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, root: Path, processes: Processes, data_root: Path, names: list[str],
+               registered: list[str] | None = None, policy: SitePolicy | None = None) -> LiveFederation:
+        """Keys for the coordinator and each site; ``registered`` (default: all) enter the trust store."""
+        coord = root / "coord"
+        create_coordinator_key(coord)
+        issue_tls(coord, [])
+        sites = {name: site_key_dir(root, coord, name) for name in names}
+        for name in names if registered is None else registered:
+            register_site(coord, name, sites[name] / SIGNING_PUB)
+            register_node_key(coord, name, sites[name] / NODE_PUB)
+        link = SuperLinkSettings(keys_dir=coord, state_dir=root / "link", host="127.0.0.1", port=free_port(), threads=1)
+        conn = control.Connection(f"127.0.0.1:{link.port}", coord / "tls" / "ca.crt", root / "operator-home")
+        policy_file = None
+        if policy is not None:
+            policy_file = root / "policy.json"
+            policy_file.write_text(policy.model_dump_json())
+        return cls(root, processes, data_root, sites, link, conn, policy_file)
+
+    @property
+    def coord(self) -> Path:
+        return self.link.keys_dir
+
+    def start_superlink(self) -> None:
+        """Start (or restart, on the same state database) the SuperLink and wait until it listens."""
+        self.link.flwr_home().mkdir(parents=True, exist_ok=True)
+        self.superlink = self.processes.start("superlink", superlink_command(self.link), superlink_env(self.link))
+        wait_for_port(self.link.port, 60)
+
+    def stop_superlink(self) -> None:
+        """SIGKILL the SuperLink and every process it started (its SuperExec and a running ServerApp)."""
+        assert self.superlink is not None
+        for pid in [self.superlink.pid, *descendants(self.superlink.pid)]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.superlink.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while process_group(self.superlink.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+    def register_nodes(self, names: list[str]) -> None:
+        """Register the sites' SuperNode keys with the SuperLink (before they connect)."""
+        for name in names:
+            control.register_node(self.conn, self.sites[name] / NODE_PUB, name)
+
+    def join_settings(self, name: str, index: int, num_partitions: int, claims: str | None = None,
+                      **extra: Any) -> join.JoinSettings:
+        return join.JoinSettings(site_id=claims or name, key_dir=self.sites[name], superlink=self.conn.address,
+                                 data=self.data_root, dataset="breastmnist", flwr_home=self.root / f"home-{name}",
+                                 port=free_port(), threads=1, partition_id=index, num_partitions=num_partitions,
+                                 policy_file=self.policy_file, **{"max_retries": 2, **extra})
+
+    def start_supernode(self, name: str, index: int, num_partitions: int, claims: str | None = None,
+                        **extra: Any) -> subprocess.Popen:
+        """The SuperNode `site-agent join` would run for this site (log: ``<root>/<name>.log``)."""
+        settings = self.join_settings(name, index, num_partitions, claims, **extra)
+        join.preflight(settings)
+        proc = self.processes.start(name, join.supernode_command(settings, join.write_node_config(settings)),
+                                    join.supernode_env(settings))
+        self.supernodes[name] = proc
+        return proc
+
+    def start_join(self, name: str, index: int, num_partitions: int) -> subprocess.Popen:
+        """``site-agent join`` itself for this site, restarting its SuperNode as it would at a hospital."""
+        settings = self.join_settings(name, index, num_partitions)
+        command = ["site-agent", "join", "--site-id", name, "--key-dir", str(settings.key_dir),
+                   "--superlink", settings.superlink, "--data", str(settings.data), "--dataset", str(settings.dataset),
+                   "--flwr-home", str(settings.home()), "--port", str(settings.port), "--threads", "1",
+                   "--partition-id", str(index), "--num-partitions", str(num_partitions)]
+        if self.policy_file is not None:
+            command += ["--policy", str(self.policy_file)]
+        proc = self.processes.start(f"join-{name}", command, dict(os.environ))
+        self.supernodes[name] = proc
+        return proc
+
+    def submit(self, **overrides: Any) -> int:
+        """Start a run of the TINY settings (kebab-case ``overrides``); returns its Flower run id."""
+        values = {**TINY, "keys-dir": str(self.coord), "out-dir": str(self.out_dir), **overrides}
+        return control.submit_run(self.conn, PROJECT, control.write_run_config(self.conn, RunConfig.from_flower(values),
+                                                                                f"live-{time.monotonic_ns()}"))
+
+    @property
+    def out_dir(self) -> Path:
+        return self.root / "results"
+
+    def wait(self, run_id: int, timeout: float = 300) -> str:
+        """The run's final status (or its last one after ``timeout`` s)."""
+        deadline = time.monotonic() + timeout
+        while not (status := control.run_status(self.conn, run_id)).startswith("finished") and time.monotonic() < deadline:
+            time.sleep(2)
+        return status
+
+    def logs(self) -> dict[str, str]:
+        return {p.name: p.read_text(errors="replace")[-3000:] for p in self.root.glob("*.log")}

@@ -13,44 +13,16 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from coordinator import control
-from coordinator.superlink import SuperLinkSettings, superlink_command, superlink_env
 from coordinator.tls import issue_tls
-from coordinator.trust import register_node_key, register_site
 from shared import crypto
-from shared.config import RunConfig
-from shared.keys import (
-    COORDINATOR_PUB,
-    NODE_PUB,
-    SIGNING_KEY,
-    SIGNING_PUB,
-    SITE_CA_CERT,
-    create_coordinator_key,
-    create_site_identity,
-)
-from site_agent import join
-from tests.deployment.live import free_port, wait_for_port
+from shared.keys import COORDINATOR_PUB, SIGNING_KEY, SIGNING_PUB, create_coordinator_key
+from tests.deployment.live import LiveFederation, site_key_dir
 from tests.deployment.raw_scan import encodings, find_raw_images, stored_files
-
-PROJECT = Path(__file__).resolve().parents[2]
-TINY = {"dataset": "breastmnist", "sites": 3, "min-sites": 2, "ipc": 1, "iterations": 2, "batch-real": 16,
-        "outer-loop": 1, "inner-loop": 1, "net-width": 16, "train-epochs": 10, "node-wait-timeout": 60.0,
-        "distill-timeout": 240.0, "evaluate-timeout": 120.0}
-
-
-def _site(root: Path, coord: Path, name: str) -> Path:
-    """A site key directory as `site-agent init` + `trust-coordinator` + the CA copy leave it."""
-    key_dir = root / name
-    create_site_identity(key_dir)
-    shutil.copyfile(coord / COORDINATOR_PUB, key_dir / COORDINATOR_PUB)
-    shutil.copyfile(coord / "tls" / "ca.crt", key_dir / SITE_CA_CERT)
-    return key_dir
 
 
 def test_join_refuses_to_start_without_keys_or_with_a_wrong_coordinator_key(tmp_path: Path) -> None:
@@ -64,7 +36,7 @@ def test_join_refuses_to_start_without_keys_or_with_a_wrong_coordinator_key(tmp_
     assert missing.returncode == 1 and "key directory" in missing.stderr and "does not exist" in missing.stderr
     assert "site-agent init" in missing.stderr
 
-    key_dir = _site(tmp_path, coord, "site-a")
+    key_dir = site_key_dir(tmp_path, coord, "site-a")
     shutil.copyfile(key_dir / SIGNING_PUB, key_dir / COORDINATOR_PUB)  # the wrong key pinned
     wrong = subprocess.run([*base, "--key-dir", str(key_dir)], capture_output=True, text=True, check=False)
     assert wrong.returncode == 1 and "pinned coordinator key" in wrong.stderr and "Ed25519PublicKey" in wrong.stderr
@@ -75,52 +47,24 @@ def test_join_refuses_to_start_without_keys_or_with_a_wrong_coordinator_key(tmp_
 @pytest.mark.realdata
 def test_deployed_round_with_tls_node_auth_and_an_impostor(data_root: Path, tmp_path: Path, processes) -> None:
     """One full round across real processes: two honest sites accepted, the impostor rejected, results written."""
-    coord = tmp_path / "coord"
-    create_coordinator_key(coord)
-    issue_tls(coord, [])
-    sites = {name: _site(tmp_path, coord, name) for name in ("site-a", "site-b", "site-c", "site-d")}
-    for name in ("site-a", "site-b", "site-c"):  # site-d is never registered
-        register_site(coord, name, sites[name] / SIGNING_PUB)
-        register_node_key(coord, name, sites[name] / NODE_PUB)
+    names = ["site-a", "site-b", "site-c", "site-d"]  # site-d is never registered
+    fed = LiveFederation.create(tmp_path, processes, data_root, names, registered=names[:3])
+    sites = fed.sites
     shutil.copyfile(sites["site-a"] / SIGNING_KEY, sites["site-c"] / SIGNING_KEY)  # site-c holds a stolen key
-
-    port = free_port()
-    link = SuperLinkSettings(keys_dir=coord, state_dir=tmp_path / "link", host="127.0.0.1", port=port, threads=1)
-    link.flwr_home().mkdir(parents=True)
-    processes.start("superlink", superlink_command(link), superlink_env(link))
-    wait_for_port(port, 60)
-    conn = control.Connection(f"127.0.0.1:{port}", coord / "tls" / "ca.crt", tmp_path / "operator-home")
-    for name in ("site-a", "site-b", "site-c"):
-        control.register_node(conn, sites[name] / NODE_PUB, name)  # before the nodes connect
-
-    def join_settings(name: str, claims: str, index: int) -> join.JoinSettings:
-        return join.JoinSettings(site_id=claims, key_dir=sites[name], superlink=conn.address, data=data_root,
-                                 dataset="breastmnist",
-                                 flwr_home=tmp_path / f"home-{name}", port=free_port(), threads=1,
-                                 partition_id=index, num_partitions=3, max_retries=2)
+    fed.start_superlink()
+    fed.register_nodes(names[:3])  # before the nodes connect
 
     # The unregistered node is refused by the SuperLink itself (Flower's exit code 305).
-    unregistered = join_settings("site-d", "site-d", 0)
-    join.preflight(unregistered)
-    refused = processes.start("site-d", join.supernode_command(unregistered, join.write_node_config(unregistered)),
-                              join.supernode_env(unregistered))
+    refused = fed.start_supernode("site-d", 0, 3)
     for index, (name, claims) in enumerate([("site-a", "site-a"), ("site-b", "site-b"), ("site-c", "site-a")]):
-        settings = join_settings(name, claims, index)
-        join.preflight(settings)
-        processes.start(name, join.supernode_command(settings, join.write_node_config(settings)),
-                        join.supernode_env(settings))
+        fed.start_supernode(name, index, 3, claims=claims)
     assert refused.wait(timeout=120) != 0
     assert "Exit Code: 305" in (tmp_path / "site-d.log").read_text()  # Flower: failed to activate
 
-    out_dir = tmp_path / "results"
-    config = RunConfig.from_flower({**TINY, "keys-dir": str(coord), "out-dir": str(out_dir)})
-    run_id = control.submit_run(conn, PROJECT, control.write_run_config(conn, config, "e2e"))
-    deadline = time.monotonic() + 300
-    while not (status := control.run_status(conn, run_id)).startswith("finished") and time.monotonic() < deadline:
-        time.sleep(3)
-    run_dir = out_dir / f"run-{run_id}"
-    logs = {p.name: p.read_text(errors="replace")[-3000:] for p in tmp_path.glob("*.log")}
-    assert status == "finished:completed", logs
+    run_id = fed.submit()
+    status = fed.wait(run_id)
+    out_dir, run_dir = fed.out_dir, fed.out_dir / f"run-{run_id}"
+    assert status == "finished:completed", fed.logs()
 
     summary = json.loads((run_dir / "summary.json").read_text())
     by_site = {(s["site_id"], s["status"]): s for s in summary["sites"]}

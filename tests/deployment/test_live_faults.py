@@ -1,0 +1,109 @@
+"""Faults a deployment meets in its first week, survived on a real SuperLink (TLS, node auth) on 127.0.0.1.
+
+* a site's SuperNode killed while it handles its distillation request: the round completes without
+  it, and names it;
+* a site revoked between two runs, while its node stays connected: refused in the next run, saying so;
+* the SuperLink stopped and restarted on its database while the sites wait: `site-agent join`
+  reconnects them and the next run completes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from site_agent.policy import PrivacyLimits, SitePolicy
+from tests.deployment.live import LiveFederation, Processes, descendants
+
+pytestmark = [pytest.mark.flower, pytest.mark.realdata]
+# The faults are the subject here, not what a release reveals: the sites skip the privacy report.
+QUICK = SitePolicy(privacy=PrivacyLimits(report=False))
+
+
+def _clientapp_of(proc: subprocess.Popen) -> list[int]:
+    """The ``flwr-clientapp`` processes a SuperNode (or a join) has running: it is handling a request."""
+    found = []
+    for pid in descendants(proc.pid):
+        try:
+            if b"flwr-clientapp" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
+def _summary(fed: LiveFederation, run_id: int) -> dict:
+    return json.loads((fed.out_dir / f"run-{run_id}" / "summary.json").read_text())
+
+
+def _by_site(summary: dict) -> dict[str, dict]:
+    return {site["site_id"]: site for site in summary["sites"]}
+
+
+def test_a_site_killed_mid_distillation_is_named_and_the_round_completes_without_it(
+    data_root: Path, tmp_path: Path, processes: Processes
+) -> None:
+    names = ["site-a", "site-b", "site-c", "site-d"]
+    fed = LiveFederation.create(tmp_path, processes, data_root, names, policy=QUICK)
+    fed.start_superlink()
+    fed.register_nodes(names)
+    for index, name in enumerate(names):
+        fed.start_supernode(name, index, 4)
+
+    run_id = fed.submit(**{"sites": 4, "min-sites": 3, "distill-timeout": 120.0, "evaluate-timeout": 60.0})
+    victim = fed.supernodes["site-d"]
+    deadline = time.monotonic() + 120
+    while not _clientapp_of(victim) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _clientapp_of(victim), "site-d never started handling its request"
+    os.killpg(victim.pid, signal.SIGKILL)  # the SuperNode and its ClientApp, mid-request
+
+    assert fed.wait(run_id) == "finished:completed", fed.logs()
+    summary = _summary(fed, run_id)
+    sites = _by_site(summary)
+    assert summary["sites_accepted"] == 3 and {s for s in sites if sites[s]["status"] == "accepted"} == set(names[:3])
+    assert sites["site-d"]["status"] == "missing"
+    assert "no reply within" in sites["site-d"]["reason"] or "dropped out" in sites["site-d"]["reason"]
+    run_dir = fed.out_dir / f"run-{run_id}"
+    assert sorted(p.name for p in (run_dir / "bundles").iterdir()) == [f"{n}.sealed" for n in names[:3]]
+    report = (run_dir / "report.md").read_text()
+    assert "site-d" in report and "missing" in report
+
+
+def test_a_revoked_site_is_refused_after_a_superlink_restart_that_join_survives(
+    data_root: Path, tmp_path: Path, processes: Processes
+) -> None:
+    names = ["site-a", "site-b", "site-c"]
+    fed = LiveFederation.create(tmp_path, processes, data_root, names, policy=QUICK)
+    fed.start_superlink()
+    fed.register_nodes(names)
+    for index, name in enumerate(names):
+        fed.start_join(name, index, 3)
+
+    first = fed.submit()
+    assert fed.wait(first) == "finished:completed", fed.logs()
+    assert _summary(fed, first)["sites_accepted"] == 3
+
+    # The operator revokes site-c in the trust store; its SuperNode stays registered and connected.
+    revoked = subprocess.run(["coordinator", "sites", "revoke", "--keys-dir", str(fed.coord), "--site-id", "site-c"],
+                             capture_output=True, text=True, check=False, cwd=tmp_path)
+    assert revoked.returncode == 0 and "revoked site-c" in revoked.stdout, revoked.stderr
+
+    # The link drops: the SuperLink (and its ServerApp machinery) is killed and restarted on its database.
+    fed.stop_superlink()
+    time.sleep(3)
+    fed.start_superlink()
+    second = fed.submit()
+    assert fed.wait(second) == "finished:completed", fed.logs()
+    sites = _by_site(_summary(fed, second))
+    assert sites["site-a"]["status"] == sites["site-b"]["status"] == "accepted"
+    assert sites["site-c"]["status"] == "rejected" and "revoked at" in sites["site-c"]["reason"]
+    assert not (fed.out_dir / f"run-{second}" / "bundles" / "site-c.sealed").exists()
+    for name in names:
+        assert fed.supernodes[name].poll() is None, f"join of {name} exited"
