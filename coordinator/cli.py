@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
+from coordinator.run_options import keys_epilog, merged_run_values
 from coordinator.study.plan import StudyConfig
 from shared.config import RunConfig
 from shared.crypto import HpkeSuite
@@ -34,13 +35,16 @@ _Delta = Annotated[float, typer.Option(help="dpdm: each site's differential-priv
 _DataRoot = Annotated[str, typer.Option(help="MedMNIST folder, or a hospital's own .npz export or image folder, to share out across the sites (default: $MEDMNIST_ROOT).")]
 _Partition = Annotated[PartitionScheme, typer.Option(help="How the dataset is split across sites.")]
 _Alpha = Annotated[float, typer.Option(help="Dirichlet concentration: smaller = more different label mixes.")]
+_ConfigFile = Annotated[Path | None, typer.Option("--config", help="A TOML file of run-config keys (key = value, listed below); options on the command line and --set override it.")]
+_Setting = Annotated[list[str] | None, typer.Option("--set", help="Any run-config key (listed below), e.g. --set train-epochs=50; overrides the rest.")]
 
 
 add_common_options(app)
 
 
-@app.command()
+@app.command(epilog=keys_epilog())
 def simulate(
+    ctx: typer.Context,
     dataset: _Dataset = _DEFAULTS.dataset,
     sites: Annotated[int, typer.Option(help="Number of simulated sites (Flower SuperNodes).")] = _DEFAULTS.sites,
     partition: _Partition = _DEFAULTS.partition,
@@ -64,25 +68,15 @@ def simulate(
     dsa: Annotated[bool, typer.Option(help="Differentiable Siamese augmentation while distilling.")] = _DEFAULTS.dsa,
     train_epochs: Annotated[int, typer.Option(help="Epochs to train the global model on the pooled set.")] = _DEFAULTS.train_epochs,
     imbalance: Annotated[ImbalanceCorrection, typer.Option(help="Correct the global model for the class mix the sites release.")] = _DEFAULTS.imbalance,
-    setting: Annotated[list[str] | None, typer.Option("--set", help="Any other run-config key, e.g. --set privacy-shadows=4.")] = None,
+    config_file: _ConfigFile = None,
+    setting: _Setting = None,
     verbose: Annotated[bool, typer.Option(help="Flower's debug logging.")] = False,
 ) -> None:
     """Run a multi-site federation on this machine with Flower's Simulation Engine and write a results folder."""
     from coordinator.simulate import simulate as run_simulation
 
-    values = dict(locals())
-    for name in ("verbose", "run_simulation", "setting"):
-        values.pop(name)
-    values["out_dir"] = str(out_dir)
-    try:
-        config = RunConfig(**values)
-    except ValidationError as exc:
-        raise setting_error(exc, "option --{key}: {msg}") from None
-    if setting:
-        config = RunConfig.from_flower({**config.to_flower(), **_parse_settings(setting)})
-    if config.min_sites > config.sites:
-        raise ConfigError(f"--min-sites {config.min_sites} is more than --sites {config.sites}")
-    config.check_private_rounds()
+    options = {k: v for k, v in locals().items() if k not in ("ctx", "verbose", "run_simulation", "setting", "config_file")}
+    config = RunConfig.from_flower(merged_run_values(ctx, options, config_file, setting))
     run_dir, summary = run_simulation(config, verbose=verbose)
     typer.echo(f"{summary['sites_accepted']}/{summary['sites_expected']} sites accepted; {_pooled(summary)}")
     if "yardstick" in summary:
@@ -299,8 +293,9 @@ def serve(
     run_superlink(settings)
 
 
-@app.command()
+@app.command(epilog=keys_epilog())
 def run(
+    ctx: typer.Context,
     keys_dir: Annotated[str, typer.Option(help="ABSOLUTE path of the coordinator's key directory on the SuperLink host.")],
     out_dir: Annotated[str, typer.Option(help="ABSOLUTE path on the SuperLink host for results folders.")],
     superlink: _SUPERLINK = None,
@@ -317,7 +312,8 @@ def run(
     delta: _Delta = _DEFAULTS.delta,
     node_wait_timeout: Annotated[float, typer.Option(help="Seconds to wait for sites to connect.")] = _DEFAULTS.node_wait_timeout,
     distill_timeout: Annotated[float, typer.Option(help="Seconds to wait for bundles.")] = _DEFAULTS.distill_timeout,
-    setting: Annotated[list[str] | None, typer.Option("--set", help="Any other run-config key, e.g. --set train-epochs=50.")] = None,
+    config_file: _ConfigFile = None,
+    setting: _Setting = None,
     resume: Annotated[str | None, typer.Option(help="Continue this stopped run folder (name under --out-dir, or absolute).")] = None,
     follow: Annotated[bool, typer.Option(help="Stream the run's log until it ends.")] = True,
 ) -> None:
@@ -327,9 +323,10 @@ def run(
     for name, value in (("--keys-dir", keys_dir), ("--out-dir", out_dir)):
         if not value.startswith("/"):
             raise ConfigError(f"{name} {value!r} must be an absolute path on the SuperLink host")
-    values = {"dataset": dataset, "sites": sites, "min-sites": min_sites, "method": method.value, "ipc": ipc,
-              "iterations": iterations, "epsilon": epsilon, "delta": delta, "node-wait-timeout": node_wait_timeout, "distill-timeout": distill_timeout,
-              "keys-dir": keys_dir, "out-dir": out_dir, **_parse_settings(setting or [])}
+    options = {"dataset": dataset, "sites": sites, "min_sites": min_sites, "method": method, "ipc": ipc,
+               "iterations": iterations, "epsilon": epsilon, "delta": delta, "node_wait_timeout": node_wait_timeout,
+               "distill_timeout": distill_timeout, "keys_dir": keys_dir, "out_dir": out_dir}
+    values = merged_run_values(ctx, options, config_file, setting)
     if resume:
         values |= {"resume": True, "run-dir": resume if resume.startswith("/") else f"{out_dir.rstrip('/')}/{resume}"}
     config = RunConfig.from_flower(values)
@@ -337,7 +334,7 @@ def run(
     app_path = control.check_app_dir(app_dir)
     run_config = control.write_run_config(conn, config, f"run-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}")
     run_id = control.submit_run(conn, app_path, run_config)
-    results_dir = config.run_dir or f"{out_dir.rstrip('/')}/run-{run_id}"
+    results_dir = config.run_dir or f"{config.out_dir.rstrip('/')}/run-{run_id}"
     control.record_run(conn, run_id, results_dir)
     typer.echo(f"run {run_id} started; results: {results_dir} on the SuperLink host")
     if not follow:
@@ -455,24 +452,6 @@ def _connection(keys_dir: Path | None, superlink: str | None, root_certificates:
     if ca is None or not ca.is_file():
         raise ConfigError("--root-certificates: the SuperLink's CA certificate file is needed")
     return Connection(superlink, ca.resolve(), home)
-
-
-def _parse_settings(items: list[str]) -> dict[str, str | int | float | bool]:
-    """``key=value`` run-config overrides, values read as TOML (so 50 is an int and true a bool)."""
-    import tomllib
-
-    parsed: dict[str, str | int | float | bool] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set {item!r}: expected key=value")
-        try:
-            parsed[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            parsed[key.strip()] = raw
-    return parsed
-
-
 
 
 def _fmt(value: float | None) -> str:

@@ -6,6 +6,7 @@ snake_case in Python; :meth:`RunConfig.from_flower` is the one place that transl
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -100,7 +101,12 @@ class RunConfig(BaseModel):
         values = {key.replace("-", "_"): value for key, value in run_config.items()}
         unknown = sorted(key for key in values if key not in cls.model_fields)
         if unknown:
-            raise ConfigError(f"unknown run config key {unknown[0].replace('_', '-')!r}")
+            nearest = difflib.get_close_matches(unknown[0], list(cls.model_fields), n=1)
+            raise ConfigError(
+                f"unknown run config key {unknown[0].replace('_', '-')!r}"
+                + (f"; did you mean {nearest[0].replace('_', '-')!r}?" if nearest else ""),
+                hint="`coordinator run --help` lists every key",
+            )
         try:
             config = cls(**values)
         except ValidationError as exc:

@@ -34,3 +34,49 @@ def test_a_bad_set_is_refused_naming_it(monkeypatch, item: str, message: str) ->
     result = runner.invoke(app, ["simulate", "--set", item])
     assert result.exit_code != 0
     assert message in str(result.exception) + result.output
+
+
+def _capture(monkeypatch, tmp_path) -> list[RunConfig]:
+    seen: list[RunConfig] = []
+
+    def fake(config: RunConfig, verbose: bool = False):
+        seen.append(config)
+        return tmp_path, {"sites_accepted": 3, "sites_expected": 3}
+
+    monkeypatch.setattr(coordinator.simulate, "simulate", fake)
+    return seen
+
+
+def test_a_config_file_sets_the_run_and_the_command_line_overrides_it(monkeypatch, tmp_path) -> None:
+    """--config study.toml < options given on the command line < --set; unset options keep the file's values."""
+    seen = _capture(monkeypatch, tmp_path)
+    study = tmp_path / "study.toml"
+    study.write_text('# the consortium\'s settings\nmethod = "dm"\nipc = 5\nsites = 4\ntrain-epochs = 40\n')
+    result = runner.invoke(app, ["simulate", "--config", str(study), "--ipc", "7", "--set", "sites=5",
+                                 "--out-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    config = seen[0]
+    assert (config.method.value, config.ipc, config.sites, config.train_epochs) == ("dm", 7, 5, 40)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("ipcs = 10\n", "unknown run config key 'ipcs'; did you mean 'ipc'?"),
+    ("train-epoch = 10\n", "did you mean 'train-epochs'?"),
+    ("ipc = \n", "is not valid TOML"),
+    ("[run]\nipc = 10\n", "must be a plain value"),
+    ("ipc = -1\n", "run config 'ipc'"),
+])
+def test_a_bad_config_file_is_refused_naming_the_key(monkeypatch, tmp_path, text: str, message: str) -> None:
+    monkeypatch.setattr(coordinator.simulate, "simulate", lambda *a, **k: pytest.fail("must not run"))
+    (tmp_path / "study.toml").write_text(text)
+    result = runner.invoke(app, ["simulate", "--config", str(tmp_path / "study.toml")])
+    assert result.exit_code != 0
+    assert message in str(result.exception) + result.output
+
+
+def test_help_lists_every_run_config_key_and_a_missing_file_is_named(monkeypatch, tmp_path) -> None:
+    shown = " ".join(runner.invoke(app, ["simulate", "--help"], terminal_width=200).output.split())
+    for key in ("privacy-shadows", "train-epochs", "require-approval", "node-wait-timeout"):
+        assert key in shown
+    result = runner.invoke(app, ["simulate", "--config", str(tmp_path / "nowhere.toml")])
+    assert result.exit_code != 0 and "nowhere.toml' not found" in str(result.exception) + result.output

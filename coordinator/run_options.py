@@ -1,0 +1,93 @@
+"""A run's settings from the command line: named options, a ``--config`` TOML file and ``--set key=value``.
+
+Precedence, lowest first: RunConfig's defaults, the config file, the options given on the command
+line, then ``--set``. Every key is a run-config key in kebab case (``train-epochs``), as Flower's
+run config and ``--set`` spell them; a mistyped key is refused with the nearest valid one.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import click
+from click.core import ParameterSource
+
+from shared.config import RunConfig
+from shared.errors import ConfigError
+
+RunValue = str | int | float | bool
+
+
+def config_keys() -> list[str]:
+    """Every run-config key, as ``--config`` files and ``--set`` spell it."""
+    return sorted(name.replace("_", "-") for name in RunConfig.model_fields)
+
+
+def keys_epilog() -> str:
+    """The ``--help`` epilog of a command that takes ``--set`` and ``--config``."""
+    return ("Run-config keys for --set key=value and --config FILE (a TOML file of key = value lines): "
+            + ", ".join(config_keys()) + ".")
+
+
+def read_config_file(path: Path) -> dict[str, RunValue]:
+    """The flat ``key = value`` table of a run-config TOML file.
+
+    Raises:
+        ConfigError: the file is missing, is not TOML, or holds a table or list where a value belongs.
+    """
+    try:
+        values = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"--config file {str(path)!r} not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--config file {str(path)!r} cannot be read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"--config file {str(path)!r} is not valid TOML: {exc}") from None
+    for key, value in values.items():
+        if not isinstance(value, RunValue):
+            raise ConfigError(f"--config file {str(path)!r}: {key!r} must be a plain value, not a "
+                              f"{type(value).__name__}", hint="the file is flat: one `key = value` per line")
+    return values
+
+
+def parse_settings(items: list[str]) -> dict[str, RunValue]:
+    """``key=value`` run-config overrides, values read as TOML (so 50 is an int and true a bool).
+
+    Raises:
+        ConfigError: an item has no ``=``.
+    """
+    parsed: dict[str, RunValue] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        try:
+            parsed[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            parsed[key.strip()] = raw
+    return parsed
+
+
+def merged_run_values(
+    ctx: click.Context, options: dict[str, Any], config_file: Path | None, settings: list[str] | None
+) -> dict[str, RunValue]:
+    """Run-config values (kebab case) from the options (snake case), the config file and ``--set``.
+
+    Raises:
+        ConfigError: the config file or a ``--set`` item is malformed.
+    """
+    given, defaults = {}, {}
+    for name, value in options.items():
+        from_command_line = ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
+        (given if from_command_line else defaults)[name.replace("_", "-")] = _plain(value)
+    from_file = read_config_file(config_file) if config_file is not None else {}
+    return {**defaults, **from_file, **given, **parse_settings(settings or [])}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Enum):
+        return value.value
+    return str(value) if isinstance(value, Path) else value
