@@ -140,6 +140,9 @@ class SitePolicy(BaseModel):
             raise ConfigError(f"site policy file {path.name!r} not found") from exc
         except OSError as exc:
             raise ConfigError(f"site policy file {path.name!r} cannot be read ({type(exc).__name__})") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"site policy file {path.name!r} is not a valid policy: not UTF-8 text "
+                              f"(byte {exc.start})") from exc
         try:
             return cls.model_validate(json.loads(text))
         except json.JSONDecodeError as exc:

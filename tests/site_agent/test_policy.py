@@ -34,6 +34,13 @@ def test_policy_file_errors_name_the_field(tmp_path: Path, text: str, match: str
         SitePolicy.from_file(tmp_path / "policy.json")
 
 
+def test_a_policy_file_that_is_not_text_is_a_config_error(tmp_path: Path) -> None:
+    """Found by tests/test_fuzz_doors.py: a non-UTF-8 byte raised UnicodeDecodeError."""
+    (tmp_path / "policy.json").write_bytes(b'{"max_ipc": 5\x80}')
+    with pytest.raises(ConfigError, match=r"not UTF-8 text \(byte 13\)"):
+        SitePolicy.from_file(tmp_path / "policy.json")
+
+
 def test_missing_policy_file_is_named(tmp_path: Path) -> None:
     """A missing file is named by its file name only."""
     with pytest.raises(ConfigError, match="'nope.json' not found"):
