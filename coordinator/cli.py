@@ -179,7 +179,8 @@ def init(
     else:
         public = create_coordinator_key(keys_dir, suite)
         typer.echo(f"coordinator key created in {keys_dir} ({suite.value})")
-    typer.echo(f"fingerprint (sites pin it): {crypto.fingerprint(public)}")
+    typer.echo(f"fingerprint (sites pin it): {crypto.fingerprint(public)}\n"
+               f"  to read aloud over the phone: {crypto.speakable(crypto.fingerprint(public))}")
     if (tls_cert is None) != (tls_key is None):
         raise ConfigError("--tls-cert and --tls-key go together")
     files = tls.TlsFiles.in_keys_dir(keys_dir)

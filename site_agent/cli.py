@@ -30,6 +30,7 @@ def init(key_dir: Annotated[Path, typer.Option(help="Where the site's keys live 
     typer.echo(
         f"created {', '.join(created)} in {key_dir} (private keys 0600, never sent)\n"
         f"signing key fingerprint (send with signing.pub):    {crypto.fingerprint(signing)}\n"
+        f"  to read aloud:                                    {crypto.speakable(crypto.fingerprint(signing))}\n"
         f"SuperNode key fingerprint (send with node.pub):     {crypto.node_key_fingerprint(node)}"
     )
 
@@ -38,13 +39,12 @@ def init(key_dir: Annotated[Path, typer.Option(help="Where the site's keys live 
 def trust_coordinator(
     key_dir: Annotated[Path, typer.Option(help="The site's key directory.")],
     public_key: Annotated[Path, typer.Option(help="The coordinator's public key file (coordinator.pub).")],
-    fingerprint: Annotated[str, typer.Option(help="Fingerprint read out of band; the key must match it.")],
+    fingerprint: Annotated[str, typer.Option(help="Fingerprint read out of band (hex, or the six groups of five digits); the key must match it.")],
 ) -> None:
     """Pin the coordinator's HPKE public key: bundles are only ever sealed to this key."""
     key = crypto.load_public_key(public_key, crypto.RecipientPublicKey)
     actual = crypto.fingerprint(key)
-    given = "".join(fingerprint.split()).replace(":", "").lower()  # as read aloud or pasted with separators
-    if actual != given:
+    if not crypto.matches_fingerprint(actual, fingerprint):  # as read aloud, or pasted with separators
         # Never show the file's own fingerprint: an operator could copy it and defeat the out-of-band check.
         raise KeyFileError(
             f"the coordinator key file {public_key.name!r} does not match the fingerprint you were given; "
@@ -53,7 +53,7 @@ def trust_coordinator(
             "fingerprint to you over another channel (`coordinator init` prints it)",
         )
     crypto.save_public_key(key, key_dir / COORDINATOR_PUB)
-    typer.echo(f"pinned coordinator key {actual}")
+    typer.echo(f"pinned coordinator key {actual} ({crypto.speakable(actual)})")
 
 
 cli_tools.register(app)  # check, distill, inspect, policy: tools that need no coordinator

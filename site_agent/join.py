@@ -104,9 +104,9 @@ def preflight(settings: JoinSettings) -> None:
     except KeyFileError as exc:
         raise KeyFileError(f"pinned coordinator key: {exc}",
                            hint="pin it with `site-agent trust-coordinator` and the fingerprint read out of band") from exc
-    expected = (settings.coordinator_fingerprint or "").strip().lower()
-    if expected and crypto.fingerprint(coordinator) != expected:
-        raise KeyFileError(f"pinned coordinator key has fingerprint {crypto.fingerprint(coordinator)}, not {expected}",
+    expected = settings.coordinator_fingerprint
+    if expected and not crypto.matches_fingerprint(crypto.fingerprint(coordinator), expected):
+        raise KeyFileError("the pinned coordinator key does not have the fingerprint --coordinator-fingerprint gives",
                            hint="re-pin the coordinator key with `site-agent trust-coordinator`")
     crypto.load_certificate(settings.ca_file())
     policy = SitePolicy.from_file(settings.policy_file.expanduser()) if settings.policy_file else SitePolicy()

@@ -32,9 +32,11 @@ from shared.crypto.sealing import (
     fingerprint,
     generate_recipient_key,
     generate_signing_key,
+    matches_fingerprint,
     open_sealed,
     seal,
     sign,
+    speakable,
     verify,
 )
 from shared.crypto.tls import (
@@ -77,6 +79,7 @@ __all__ = [
     "load_node_public_key",
     "load_private_key",
     "load_public_key",
+    "matches_fingerprint",
     "new_certificate_authority",
     "node_key_fingerprint",
     "node_key_from_spki",
@@ -89,6 +92,7 @@ __all__ = [
     "save_tls_private_key",
     "seal",
     "sign",
+    "speakable",
     "verify",
     "write_private",
     "write_public",

@@ -24,6 +24,7 @@ Round trip::
 from __future__ import annotations
 
 import hashlib
+import hmac
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -144,6 +145,24 @@ def open_sealed(ciphertext: bytes, key: RecipientKey, info: bytes) -> bytes:
             "bundle does not decrypt with this coordinator's key and its header "
             "(tampered ciphertext or header, or sealed to another key)"
         ) from exc
+
+
+def speakable(fingerprint_hex: str) -> str:
+    """A fingerprint as six groups of five digits, to read aloud (Signal's safety-number encoding).
+
+    Each group is five bytes of the fingerprint read as a number, modulo 100000: 30 digits, about 100
+    bits of the SHA-256, which is what a phone call can compare without mistakes.
+    """
+    digest = bytes.fromhex(fingerprint_hex)
+    return " ".join(f"{int.from_bytes(digest[i:i + 5], 'big') % 100_000:05d}" for i in range(0, 30, 5))
+
+
+def matches_fingerprint(fingerprint_hex: str, given: str) -> bool:
+    """Whether ``given`` (hex, with any spaces or colons, or the six digit groups of :func:`speakable`) is it."""
+    compact = "".join(given.split()).replace(":", "").lower()
+    if compact.isdigit() and len(compact) == 30:
+        return hmac.compare_digest(compact, speakable(fingerprint_hex).replace(" ", ""))
+    return hmac.compare_digest(compact, fingerprint_hex)
 
 
 def fingerprint(public_key: VerifyKey | RecipientPublicKey) -> str:

@@ -70,6 +70,26 @@ def test_trust_coordinator_never_shows_the_fingerprint_of_a_file_that_does_not_m
     assert (tmp_path / "site" / COORDINATOR_PUB).is_file()
 
 
+def test_a_fingerprint_can_be_read_aloud_as_six_groups_of_five_digits(tmp_path: Path) -> None:
+    """`coordinator init` prints the digit groups; trust-coordinator takes them; one wrong digit is refused."""
+    from shared import crypto
+    from shared.keys import COORDINATOR_PUB
+    from site_agent.cli import app as site_app
+
+    keys = tmp_path / "coord"
+    shown = runner.invoke(app, ["init", "--keys-dir", str(keys)])
+    assert shown.exit_code == 0, shown.output
+    actual = crypto.fingerprint(crypto.load_public_key(keys / COORDINATOR_PUB, crypto.RecipientPublicKey))
+    spoken = crypto.speakable(actual)
+    assert len(spoken.split()) == 6 and all(len(g) == 5 and g.isdigit() for g in spoken.split())
+    assert f"to read aloud over the phone: {spoken}" in shown.output
+    pin = ["trust-coordinator", "--key-dir", str(tmp_path / "site"), "--public-key", str(keys / COORDINATOR_PUB)]
+    one_off = spoken[:-1] + str((int(spoken[-1]) + 1) % 10)
+    assert runner.invoke(site_app, [*pin, "--fingerprint", one_off]).exit_code != 0
+    assert not (tmp_path / "site" / COORDINATOR_PUB).exists()
+    assert runner.invoke(site_app, [*pin, "--fingerprint", spoken]).exit_code == 0
+
+
 def test_sites_list_is_a_headed_table_or_json(tmp_path: Path) -> None:
     import json
 
