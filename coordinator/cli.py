@@ -329,7 +329,8 @@ def run(
                "distill_timeout": distill_timeout, "keys_dir": keys_dir, "out_dir": out_dir}
     values = merged_run_values(ctx, options, config_file, setting)
     if resume:
-        values |= {"resume": True, "run-dir": resume if resume.startswith("/") else f"{out_dir.rstrip('/')}/{resume}"}
+        name = f"run-{resume}" if resume.isdigit() else resume  # run-7, or the 7 of Flower's first attempt
+        values |= {"resume": True, "run-dir": name if name.startswith("/") else f"{out_dir.rstrip('/')}/{name}"}
     config = RunConfig.from_flower(values)
     conn = _connection(None, superlink, root_certificates, flwr_home)
     app_path = control.check_app_dir(app_dir)
@@ -337,12 +338,13 @@ def run(
     run_id = control.submit_run(conn, app_path, run_config)
     results_dir = config.run_dir or f"{config.out_dir.rstrip('/')}/run-{run_id}"
     control.record_run(conn, run_id, results_dir)
-    typer.echo(f"run {run_id} started; results: {results_dir} on the SuperLink host")
+    name = Path(results_dir).name
+    typer.echo(f"run {name} started (Flower run {run_id}); results: {results_dir} on the SuperLink host")
     if not follow:
         return
     subprocess.call(control.log_command(conn, run_id), env=conn.env())
     final = control.run_status(conn, run_id)
-    typer.echo(f"run {run_id}: {final}; results: {results_dir}")
+    typer.echo(f"run {name}: {final}; results: {results_dir}")
     if final != "finished:completed":
         raise typer.Exit(1)
 
@@ -353,10 +355,15 @@ def status(
     superlink: _SUPERLINK = None,
     root_certificates: Annotated[Path | None, typer.Option(help="CA certificate of the SuperLink.")] = None,
     flwr_home: _FLWR_HOME = Path(".flwr-home"),
+    keys_dir: Annotated[Path | None, typer.Option(help="The coordinator's key directory: adds each registered site and whether its SuperNode is online.")] = None,
     as_json: _JSON = False,
 ) -> None:
-    """Runs on the SuperLink: status, elapsed time, results folder, and per site what it delivered (and why not)."""
-    from coordinator import control
+    """Runs on the SuperLink: status, elapsed time, results folder, and per site what it delivered (and why not).
+
+    A run still going shows per site whether it has delivered or is still distilling; with --keys-dir,
+    every registered site is listed with its SuperNode's state on the SuperLink.
+    """
+    from coordinator import control, run_state
     from coordinator.tables import show, show_json
 
     conn = _connection(None, superlink, root_certificates, flwr_home)
@@ -364,18 +371,41 @@ def status(
     for entry in control.list_runs(conn, run_id):
         results_dir = control.results_dir_of(conn, entry.get("run-id", ""))
         summary = _summary(Path(results_dir)) if results_dir else None
-        runs.append({"run_id": entry.get("run-id"), "status": entry.get("status"), "elapsed": entry.get("elapsed"),
-                     "results": results_dir, "sites": _site_rows(summary)})
+        sites = _site_rows(summary) if summary else _site_rows({"sites": run_state.progress(Path(results_dir))}
+                                                                 if results_dir else None)
+        runs.append({"run": Path(results_dir).name if results_dir else None, "flower_run_id": entry.get("run-id"),
+                     "status": entry.get("status"), "elapsed": entry.get("elapsed"), "results": results_dir,
+                     "sites": sites})
+    registered = _registered_sites(keys_dir, control.node_statuses(conn)) if keys_dir is not None else None
     if as_json:
-        show_json(runs)
+        show_json({"runs": runs, "sites": registered} if registered is not None else runs)
         return
+    if registered is not None:
+        show(registered, {"site": "site", "node_id": "node id", "superlink": "on the SuperLink"}, title="registered sites")
     if not runs:
         typer.echo("no run on the SuperLink yet: coordinator run")
         return
-    show(runs, {"run_id": "run", "status": "status", "elapsed": "elapsed", "results": "results folder"})
+    show(runs, {"run": "run", "flower_run_id": "Flower run", "status": "status", "elapsed": "elapsed",
+                "results": "results folder"})
     for run in runs:
         if run["sites"]:
-            show(run["sites"], _SITE_COLUMNS, title=f"run {run['run_id']}: sites")
+            show(run["sites"], _SITE_COLUMNS, title=f"run {run['run'] or run['flower_run_id']}: sites")
+
+
+def _registered_sites(keys_dir: Path, nodes: dict[int, str]) -> list[dict]:
+    """Each site in the trust store with its SuperNode's state on the SuperLink (online, offline, ...)."""
+    from coordinator.trust import flower_node_of, load_coordinator_keys
+
+    rows = []
+    for site_id in sorted(load_coordinator_keys(keys_dir).sites):
+        node_id = flower_node_of(keys_dir, site_id)
+        if node_id is None:
+            state = "unknown: registered without --superlink (coordinator sites add ... --superlink)"
+        else:
+            state = nodes.get(node_id, "not registered on this SuperLink")
+            state = "registered, never connected" if state == "registered" else state
+        rows.append({"site": site_id, "node_id": node_id, "superlink": state})
+    return rows
 
 
 @app.command()

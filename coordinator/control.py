@@ -104,6 +104,12 @@ def unregister_node(conn: Connection, node_id: int) -> None:
     flwr(conn, "supernode", "unregister", str(node_id), conn.name)
 
 
+def node_statuses(conn: Connection) -> dict[int, str]:
+    """Each registered node's status on the SuperLink (online, offline, registered: never connected)."""
+    nodes = flwr_json(conn, "supernode", "ls", conn.name).get("nodes", [])
+    return {int(node["node-id"]): str(node.get("status", "")) for node in nodes if str(node.get("node-id", "")).isdigit()}
+
+
 def list_runs(conn: Connection, run_id: int | None = None) -> list[dict[str, Any]]:
     """Runs on the SuperLink with status and timings (``flwr ls``)."""
     args = ["ls", conn.name] + (["--run-id", str(run_id)] if run_id is not None else [])

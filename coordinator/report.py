@@ -8,6 +8,7 @@
     <run-dir>/report.md            the same summary for people
     <run-dir>/global_model.pt      the trained global model's state dict
     <run-dir>/bundles/             the sealed bundles as received (still encrypted)
+    <run-dir>/attempts/<n>/        an earlier attempt's summary.json and report.md, kept when the run is resumed
 """
 
 from __future__ import annotations
@@ -96,10 +97,38 @@ def write_results(run_dir: Path, summary: dict[str, Any], pooled: PooledSet | No
         plot_rounds(summary["rounds"], run_dir / "rounds.png")
 
 
+ATTEMPTS = "attempts"
+_ATTEMPT_FILES = ("summary.json", "report.md", "rounds.png", "synthetic_grid.png")
+
+
+def keep_earlier_attempt(run_dir: Path) -> Path | None:
+    """Before a resumed run writes its results, move the stopped attempt's into ``attempts/<n>/``; returns it."""
+    if not (run_dir / "summary.json").is_file():
+        return None
+    folder = run_dir / ATTEMPTS / str(len(list((run_dir / ATTEMPTS).glob("*"))) + 1)
+    folder.mkdir(parents=True)
+    for name in _ATTEMPT_FILES:
+        if (run_dir / name).is_file():
+            (run_dir / name).rename(folder / name)
+    return folder
+
+
+def _earlier_attempts(run_dir: Path) -> list[dict[str, Any]]:
+    attempts = []
+    for folder in sorted((run_dir / ATTEMPTS).glob("*"), key=lambda p: int(p.name) if p.name.isdigit() else 0):
+        try:
+            earlier = json.loads((folder / "summary.json").read_text())
+        except (OSError, ValueError):
+            continue
+        attempts.append({"folder": f"{ATTEMPTS}/{folder.name}", "status": earlier.get("status"),
+                         "sites_accepted": earlier.get("sites_accepted"), "error": earlier.get("error")})
+    return attempts
+
+
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
-    """summary.json and report.md (NaN written as null)."""
+    """summary.json and report.md (NaN written as null), listing the earlier attempts of a resumed run."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    summary = _nan_to_none(summary)
+    summary = _nan_to_none({**summary, "earlier_attempts": _earlier_attempts(run_dir)})
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (run_dir / "report.md").write_text(render_report(summary))
 
@@ -144,6 +173,9 @@ def render_report(summary: dict[str, Any]) -> str:
     ]
     if summary.get("error"):
         lines += ["", f"**Stopped:** {summary['error']}"]
+    for attempt in summary.get("earlier_attempts", []):
+        lines += ["", f"Resumed: an earlier attempt ({attempt['folder']}/report.md) ended {attempt['status']} with "
+                      f"{attempt['sites_accepted']} sites accepted" + (f": {attempt['error']}" if attempt["error"] else "")]
     by_status = summary.get("sites_by_status", {})
     held, declined = by_status.get(OutcomeStatus.AWAITING_APPROVAL, 0), by_status.get(OutcomeStatus.REJECTED_AT_SITE, 0)
     if held or declined:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -93,7 +92,8 @@ def start(run_dir: Path, config: RunConfig) -> tuple[RunState, RunConfig]:
         if path.exists():
             raise ConfigError(f"run folder {run_dir.name!r} already holds a run",
                               hint=f"continue it with `coordinator run --resume {run_dir}` or choose another run-dir")
-        return RunState(run_id=f"{run_dir.name}-{secrets.token_hex(4)}"), config
+        # The run's one name, everywhere (bundles, summary, report, --resume): its results folder's.
+        return RunState(run_id=run_dir.name), config
     if not path.exists():
         raise ConfigError(f"run folder {run_dir.name!r} holds no stopped run to resume (no {STATE})")
     state = RunState.model_validate_json(path.read_text())
@@ -140,6 +140,25 @@ def reverify_stored(run_dir: Path, state: RunState, expectation: Callable[[Disti
         except FedDistillError as exc:
             log.warning("stored bundle of %s no longer verifies (%s); asking again", key, exc)
     return valid
+
+
+def progress(run_dir: Path) -> list[dict[str, Any]]:
+    """Per site of a run still going: delivered, or distilling since it was asked (from state.json and bundles/).
+
+    Empty when the folder holds no readable state (not started, or not a results folder).
+    """
+    try:
+        state = RunState.model_validate_json((run_dir / STATE).read_text())
+    except (OSError, ValueError):
+        return []
+    delivered = stored_bundles(run_dir, state)
+    rows = []
+    for key, request in sorted(state.requests.items()):
+        status = "delivered" if key in delivered else "distilling"
+        reason = f"round {state.round}" + ("" if key in delivered else f", asked for {request.distill.iterations} "
+                                            f"iterations of {request.distill.method.value}")
+        rows.append({"site_id": state.expected_site.get(key) or key, "status": status, "reason": reason})
+    return rows
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

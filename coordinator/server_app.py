@@ -190,6 +190,8 @@ def run_round(
 def connect(grid: Grid, config: RunConfig, run_dir: Path) -> Federation:
     """Start (or resume) the run's state, wait for the sites and bind each node to its registered site."""
     state, config = run_state.start(run_dir, config)
+    if config.resume:
+        report.keep_earlier_attempt(run_dir)
     report.write_run_config(run_dir, config)
     info = dataset_info(config.dataset)
     node_ids = wait_for_nodes(grid, config.sites, config.min_sites, config.node_wait_timeout)

@@ -124,3 +124,42 @@ def test_results_lists_each_folder_with_its_pooled_figures(tmp_path: Path) -> No
     assert [(r["run_id"], r["status"], r["auc"]) for r in rows] == [("1", "completed", 0.8), ("2", "failed", None)]
     empty = runner.invoke(app, ["results", "--out-dir", str(tmp_path / "nothing")])
     assert empty.exit_code == 0 and "no results folder" in empty.output
+
+
+def test_status_of_a_run_still_going_shows_each_site_delivered_or_distilling_and_online(tmp_path: Path,
+                                                                                        monkeypatch) -> None:
+    """Per registered site its SuperNode's state on the SuperLink; per site of the running run, its progress."""
+    import json
+
+    from coordinator import control, run_state
+    from tests.conftest import make_request
+
+    keys, add = _coordinator_with_site(tmp_path)
+    assert runner.invoke(app, add).exit_code == 0
+    other = tmp_path / "site-b"
+    create_site_identity(other)
+    assert runner.invoke(app, ["sites", "add", "--keys-dir", str(keys), "--site-id", "site-b", "--signing-key",
+                               str(other / SIGNING_PUB), "--node-key", str(other / NODE_PUB), "--flwr-home",
+                               str(tmp_path / "home")]).exit_code == 0
+    record_flower_node(keys, "site-a", 7)
+    record_flower_node(keys, "site-b", 8)
+    run_dir = tmp_path / "results" / "run-5"
+    state = run_state.RunState(run_id="run-5", requests={"site-a": make_request(), "site-b": make_request()},
+                               expected_site={"site-a": "site-a", "site-b": "site-b"})
+    run_dir.mkdir(parents=True)
+    run_state.save(run_dir, state)
+    run_state.store_bundle(run_dir, "site-a", b"sealed")
+    monkeypatch.setattr(control, "list_runs", lambda conn, run_id=None: [{"run-id": "5", "status": "running"}])
+    monkeypatch.setattr(control, "results_dir_of", lambda conn, run_id: str(run_dir))
+    monkeypatch.setattr(control, "node_statuses", lambda conn: {7: "online", 8: "offline"})
+    base = ["status", "--keys-dir", str(keys), "--superlink", "127.0.0.1:9", "--root-certificates",
+            str(keys / "tls" / "ca.crt"), "--flwr-home", str(tmp_path / "op")]
+
+    shown = runner.invoke(app, [*base, "--json"])
+    assert shown.exit_code == 0, (shown.output, shown.exception)
+    answer = json.loads(shown.output)
+    assert [(s["site"], s["superlink"]) for s in answer["sites"]] == [("site-a", "online"), ("site-b", "offline")]
+    progress = {s["site"]: s["status"] for s in answer["runs"][0]["sites"]}
+    assert progress == {"site-a": "delivered", "site-b": "distilling"}
+    table = runner.invoke(app, base, terminal_width=200).output
+    assert "registered sites" in table and "on the SuperLink" in table and "distilling" in table

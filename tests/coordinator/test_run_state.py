@@ -70,3 +70,23 @@ def test_a_resumed_run_asks_a_site_awaiting_approval_the_same_request(tmp_path: 
     assert resumed.request_to_send("site-0", fresh) == held and resumed.request_to_send("site-1", fresh) == fresh
     resumed.next_round({})
     assert resumed.awaiting_approval == [] and resumed.request_to_send("site-0", fresh) == fresh
+
+
+def test_a_resume_keeps_the_earlier_attempts_report_and_names_it(tmp_path: Path) -> None:
+    """The stopped attempt's summary and report move to attempts/1/; the resumed run's report says how it ended."""
+    from coordinator import report
+
+    first = {"run_id": "run-7", "status": "failed", "dataset": "breastmnist", "method": "idm", "ipc": 1,
+             "iterations": 2, "sites_accepted": 1, "sites_expected": 3, "sites": [], "stage_seconds": {},
+             "error": "1 valid bundles, fewer than min-sites=2"}
+    report.write_summary(tmp_path, first)
+    assert report.keep_earlier_attempt(tmp_path) == tmp_path / "attempts" / "1"
+    assert not (tmp_path / "report.md").exists() and "min-sites=2" in (tmp_path / "attempts/1/report.md").read_text()
+    report.write_summary(tmp_path, {**first, "status": "completed", "sites_accepted": 3, "error": None})
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    assert summary["earlier_attempts"] == [{"folder": "attempts/1", "status": "failed", "sites_accepted": 1,
+                                            "error": "1 valid bundles, fewer than min-sites=2"}]
+    assert "earlier attempt (attempts/1/report.md) ended failed" in (tmp_path / "report.md").read_text()
+    assert report.keep_earlier_attempt(tmp_path) == tmp_path / "attempts" / "2"  # a second resume keeps both
+    assert (tmp_path / "attempts/1/summary.json").is_file()

@@ -19,7 +19,7 @@ from typing import Any
 from coordinator import control
 from coordinator.superlink import SuperLinkSettings, superlink_command, superlink_env
 from coordinator.tls import issue_tls
-from coordinator.trust import register_node_key, register_site
+from coordinator.trust import record_flower_node, register_node_key, register_site
 from shared.config import RunConfig
 from shared.keys import (
     COORDINATOR_PUB,
@@ -190,8 +190,8 @@ class LiveFederation:
 
     def register_nodes(self, names: list[str]) -> None:
         """Register the sites' SuperNode keys with the SuperLink (before they connect)."""
-        for name in names:
-            control.register_node(self.conn, self.sites[name] / NODE_PUB, name)
+        for name in names:  # as `coordinator sites add --superlink` does
+            record_flower_node(self.coord, name, control.register_node(self.conn, self.sites[name] / NODE_PUB, name))
 
     def join_settings(self, name: str, index: int, num_partitions: int, claims: str | None = None,
                       **extra: Any) -> join.JoinSettings:
@@ -226,8 +226,16 @@ class LiveFederation:
     def submit(self, **overrides: Any) -> int:
         """Start a run of the TINY settings (kebab-case ``overrides``); returns its Flower run id."""
         values = {**TINY, "keys-dir": str(self.coord), "out-dir": str(self.out_dir), **overrides}
-        return control.submit_run(self.conn, PROJECT, control.write_run_config(self.conn, RunConfig.from_flower(values),
-                                                                                f"live-{time.monotonic_ns()}"))
+        run_id = control.submit_run(self.conn, PROJECT, control.write_run_config(
+            self.conn, RunConfig.from_flower(values), f"live-{time.monotonic_ns()}"))
+        control.record_run(self.conn, run_id, str(self.out_dir / f"run-{run_id}"))  # as `coordinator run` does
+        return run_id
+
+    def coordinator(self, *args: str) -> subprocess.CompletedProcess:
+        """The `coordinator` command against this SuperLink, as the operator runs it."""
+        return subprocess.run(["coordinator", *args, "--superlink", self.conn.address, "--root-certificates",
+                               str(self.conn.root_certificates), "--flwr-home", str(self.conn.flwr_home)],
+                              capture_output=True, text=True, check=False)
 
     @property
     def out_dir(self) -> Path:

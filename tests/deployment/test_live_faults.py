@@ -64,6 +64,15 @@ def test_a_site_killed_mid_distillation_is_named_and_the_round_completes_without
     assert _clientapp_of(victim), "site-d never started handling its request"
     os.killpg(victim.pid, signal.SIGKILL)  # the SuperNode and its ClientApp, mid-request
 
+    # While the run waits for it, the operator sees every site's SuperNode and site-d not delivered.
+    shown = fed.coordinator("status", "--run-id", str(run_id), "--keys-dir", str(fed.coord), "--json")
+    assert shown.returncode == 0, shown.stderr
+    status = json.loads(shown.stdout)
+    assert {s["site"] for s in status["sites"]} == set(names)
+    assert all(s["superlink"] in ("online", "offline") for s in status["sites"])
+    progress = {s["site"]: s["status"] for s in status["runs"][0]["sites"]}
+    assert progress.get("site-d") == "distilling", status
+
     assert fed.wait(run_id) == "finished:completed", fed.logs()
     summary = _summary(fed, run_id)
     sites = _by_site(summary)
