@@ -88,7 +88,8 @@ def read_key_file(
         raise KeyFileError(f"{what} file {path.name!r} not found") from exc
     try:
         return parse(data)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+    # NotImplementedError: cryptography's answer to some malformed OpenSSH keys (a compressed EC point)
+    except (ValueError, TypeError, UnsupportedAlgorithm, NotImplementedError) as exc:
         raise KeyFileError(f"{what} file {path.name!r} {unreadable}") from exc
 
 

@@ -139,3 +139,17 @@ def test_only_the_crypto_package_imports_cryptography() -> None:
         if re.search(r"^\s*(from|import) cryptography\b", path.read_text(), re.MULTILINE)
     }
     assert importers and all(name.startswith("shared/crypto/") for name in importers)
+
+
+def test_an_openssh_key_with_a_compressed_point_is_a_key_file_error(tmp_path) -> None:
+    """Found by tests/test_fuzz_doors.py: cryptography raises NotImplementedError for it, which escaped."""
+    import base64
+    import struct
+
+    def ssh_string(value: bytes) -> bytes:
+        return struct.pack(">I", len(value)) + value
+
+    blob = ssh_string(b"ecdsa-sha2-nistp384") + ssh_string(b"nistp384") + ssh_string(b"\x02" + b"\x11" * 48)
+    (tmp_path / "node.pub").write_bytes(b"ecdsa-sha2-nistp384 " + base64.b64encode(blob) + b"\n")
+    with pytest.raises(KeyFileError, match="'node.pub' is not an OpenSSH public key"):
+        crypto.load_node_public_key(tmp_path / "node.pub")
