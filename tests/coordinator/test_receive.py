@@ -113,10 +113,11 @@ def test_replayed_bundles_are_rejected(keys, sent_request, delivered, match) -> 
     [
         (np.full((4, 1, 28, 28), np.nan, np.float32), [0, 0, 1, 1], "NaN"),
         (np.full((4, 1, 28, 28), 5e3, np.float32), [0, 0, 1, 1], "exceed"),
+        (np.full((4, 1, 28, 28), -64.5, np.float32), [0, 0, 1, 1], r"exceed \+-64"),
         (None, [0, 0, 1, 7], "labels must lie"),
         (None, [0, 0, 0, 1], "more than the requested ipc"),
     ],
-    ids=["nan-images", "huge-values", "label-out-of-range", "too-many-per-class"],
+    ids=["nan-images", "huge-values", "beyond-the-pixel-cap", "label-out-of-range", "too-many-per-class"],
 )
 def test_bad_contents_are_rejected(keys, images, labels, match) -> None:
     """A correctly signed bundle with bad contents is still rejected, naming the problem."""
@@ -156,3 +157,17 @@ def test_dpdm_bundle_without_its_guarantee_is_rejected(keys) -> None:
                              distill=DPDMConfig(ipc=2, iterations=1))
     with pytest.raises(InvalidBundle, match="differential-privacy guarantee"):
         receive_bundle(_seal(sites["site-0"], request), _expect(request), keys[0], set())
+
+
+def test_the_pixel_cap_admits_every_honest_set_measured_and_the_site_refuses_beyond_it(keys) -> None:
+    """43.8 (MTT at a large image step, the largest honest value measured) passes; beyond 64 the site releases nothing."""
+    from shared.errors import DataError
+
+    coordinator, sites = keys
+    request = make_request()
+    honest = np.full((4, 1, 28, 28), 43.8, np.float32)
+    honest[0, 0, 0, 0] = -43.8
+    opened = receive_bundle(_seal(sites["site-0"], request, honest, [0, 0, 1, 1]), _expect(request), coordinator, set())
+    assert float(np.abs(opened.images).max()) == pytest.approx(43.8, abs=0.05)  # float16 on the wire
+    with pytest.raises(DataError, match=r"beyond \+-64; nothing was released"):
+        _seal(sites["site-0"], request, np.full((4, 1, 28, 28), 65.0, np.float32), [0, 0, 1, 1])
