@@ -4,7 +4,9 @@
   it, and names it;
 * a site revoked between two runs, while its node stays connected: refused in the next run, saying so;
 * the SuperLink stopped and restarted on its database while the sites wait: `site-agent join`
-  reconnects them and the next run completes.
+  reconnects them and the next run completes;
+* the coordinator (SuperLink and ServerApp) killed after two of three sites delivered: restarted on
+  the same database, `coordinator run --resume` completes asking only the third, with a new nonce.
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ from pathlib import Path
 import pytest
 
 from site_agent.policy import PrivacyLimits, SitePolicy
-from tests.deployment.live import LiveFederation, Processes, descendants
+from tests.deployment.live import PROJECT, TINY, LiveFederation, Processes, descendants
 
 pytestmark = [pytest.mark.flower, pytest.mark.realdata]
 # The faults are the subject here, not what a release reveals: the sites skip the privacy report.
 QUICK = SitePolicy(privacy=PrivacyLimits(report=False))
+TINY_SETTINGS = {key: value for key, value in TINY.items() if key not in ("sites", "min-sites")}
 
 
 def _clientapp_of(proc: subprocess.Popen) -> list[int]:
@@ -116,3 +119,45 @@ def test_a_revoked_site_is_refused_after_a_superlink_restart_that_join_survives(
     assert not (fed.out_dir / f"run-{second}" / "bundles" / "site-c.sealed").exists()
     for name in names:
         assert fed.supernodes[name].poll() is None, f"join of {name} exited"
+
+
+def test_a_coordinator_stopped_mid_round_resumes_asking_only_the_site_that_had_not_delivered(
+    data_root: Path, tmp_path: Path, processes: Processes
+) -> None:
+    names = ["site-a", "site-b", "site-c"]
+    fed = LiveFederation.create(tmp_path, processes, data_root, names, policy=QUICK)
+    fed.start_superlink()
+    fed.register_nodes(names)
+    for index, name in enumerate(names):
+        fed.start_supernode(name, index, 3, max_retries=None)  # Flower reconnects them by itself
+    settings = {"sites": 3, "min-sites": 3, "distill-timeout": 600.0}
+    run_id = fed.submit(**settings)
+    run_dir = fed.out_dir / f"run-{run_id}"
+
+    # site-c freezes while it handles its request; the other two deliver; then the coordinator dies.
+    deadline = time.monotonic() + 120
+    while not _clientapp_of(fed.supernodes["site-c"]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os.killpg(fed.supernodes["site-c"].pid, signal.SIGSTOP)
+    deadline = time.monotonic() + 240
+    while not all((run_dir / "bundles" / f"{n}.sealed").is_file() for n in names[:2]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert all((run_dir / "bundles" / f"{n}.sealed").is_file() for n in names[:2]), fed.logs()
+    first_nonce = json.loads((run_dir / "state.json").read_text())["requests"]["site-c"]["nonce"]
+    fed.stop_superlink()
+    os.killpg(fed.supernodes["site-c"].pid, signal.SIGKILL)  # the frozen site is restarted afresh
+    fed.supernodes["site-c"].wait(timeout=30)
+
+    fed.start_superlink()
+    fed.start_supernode("site-c", 2, 3, max_retries=None)
+    tiny = [f"--set={key}={value}" for key, value in {**TINY_SETTINGS, **settings}.items()]
+    resumed = fed.coordinator("run", "--keys-dir", str(fed.coord), "--out-dir", str(fed.out_dir), "--app-dir",
+                              str(PROJECT), "--resume", f"run-{run_id}", *tiny)
+    assert resumed.returncode == 0, (resumed.stdout[-3000:], resumed.stderr[-2000:], fed.logs())
+    summary = _summary(fed, run_id)
+    assert summary["status"] == "completed" and summary["sites_accepted"] == 3
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["requests"]["site-c"]["nonce"] != first_nonce  # a fresh request; the old one answers nothing now
+    for name in names[:2]:  # asked once, in the first attempt only
+        assert (tmp_path / f"{name}.log").read_text().count(f"site {name}: distilling") == 1, name
+    assert (tmp_path / "site-c.log").read_text().count("site site-c: distilling") >= 1
