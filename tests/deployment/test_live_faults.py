@@ -41,6 +41,14 @@ def _clientapp_of(proc: subprocess.Popen) -> list[int]:
     return found
 
 
+def _linked(root: Path, processes: Processes, data_root: Path, names: list[str]) -> LiveFederation:
+    """A federation whose SuperLink is up with every site's node registered; no SuperNode started yet."""
+    fed = LiveFederation.create(root, processes, data_root, names, policy=QUICK)
+    fed.start_superlink()
+    fed.register_nodes(names)
+    return fed
+
+
 def _summary(fed: LiveFederation, run_id: int) -> dict:
     return json.loads((fed.out_dir / f"run-{run_id}" / "summary.json").read_text())
 
@@ -53,9 +61,7 @@ def test_a_site_killed_mid_distillation_is_named_and_the_round_completes_without
     data_root: Path, tmp_path: Path, processes: Processes
 ) -> None:
     names = ["site-a", "site-b", "site-c", "site-d"]
-    fed = LiveFederation.create(tmp_path, processes, data_root, names, policy=QUICK)
-    fed.start_superlink()
-    fed.register_nodes(names)
+    fed = _linked(tmp_path, processes, data_root, names)
     for index, name in enumerate(names):
         fed.start_supernode(name, index, 4)
 
@@ -92,9 +98,7 @@ def test_a_revoked_site_is_refused_after_a_superlink_restart_that_join_survives(
     data_root: Path, tmp_path: Path, processes: Processes
 ) -> None:
     names = ["site-a", "site-b", "site-c"]
-    fed = LiveFederation.create(tmp_path, processes, data_root, names, policy=QUICK)
-    fed.start_superlink()
-    fed.register_nodes(names)
+    fed = _linked(tmp_path, processes, data_root, names)
     for index, name in enumerate(names):
         fed.start_join(name, index, 3)
 
@@ -125,9 +129,7 @@ def test_a_coordinator_stopped_mid_round_resumes_asking_only_the_site_that_had_n
     data_root: Path, tmp_path: Path, processes: Processes
 ) -> None:
     names = ["site-a", "site-b", "site-c"]
-    fed = LiveFederation.create(tmp_path, processes, data_root, names, policy=QUICK)
-    fed.start_superlink()
-    fed.register_nodes(names)
+    fed = _linked(tmp_path, processes, data_root, names)
     for index, name in enumerate(names):
         fed.start_supernode(name, index, 3, max_retries=None)  # Flower reconnects them by itself
     settings = {"sites": 3, "min-sites": 3, "distill-timeout": 600.0}
