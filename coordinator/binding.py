@@ -53,10 +53,8 @@ def bind_nodes(
     taken: set[str] = set()
     for node in nodes:
         name = getattr(node, "name", "") or ""
-        problem = _problem(node, name, named, sites, trusted_node_keys, taken)
-        if name in (revoked or {}) and name not in sites:
-            problem = f"Flower node is registered as {name!r}, a site revoked at {revoked[name]}: it is refused"
-        binding = NodeBinding(node.node_id, name or None, problem)
+        binding = NodeBinding(node.node_id, name or None,
+                              _problem(node, name, named, sites, trusted_node_keys, taken, revoked or {}))
         if binding.usable and name:
             taken.add(name)
         bindings[node.node_id] = binding
@@ -64,11 +62,14 @@ def bind_nodes(
 
 
 def _problem(
-    node: NodeLike, name: str, named: bool, sites: set[str], node_keys: dict[str, crypto.NodePublicKey], taken: set[str]
+    node: NodeLike, name: str, named: bool, sites: set[str], node_keys: dict[str, crypto.NodePublicKey], taken: set[str],
+    revoked: dict[str, str],
 ) -> str:
     if not name:
         # Unnamed nodes are simulated sites; among registered nodes, one without a name is not bound to any site.
         return "Flower node has no registered name while the others have (SuperNode authentication off?)" if named else ""
+    if name in revoked:
+        return f"Flower node is registered as {name!r}, a site revoked at {revoked[name]}: it is refused"
     if name not in sites:
         return f"Flower node is registered as {name!r}, which is not a site in the trust store"
     trusted = node_keys.get(name)

@@ -329,8 +329,8 @@ def run(
                "distill_timeout": distill_timeout, "keys_dir": keys_dir, "out_dir": out_dir}
     values = merged_run_values(ctx, options, config_file, setting)
     if resume:
-        name = f"run-{resume}" if resume.isdigit() else resume  # run-7, or the 7 of Flower's first attempt
-        values |= {"resume": True, "run-dir": name if name.startswith("/") else f"{out_dir.rstrip('/')}/{name}"}
+        folder = f"run-{resume}" if resume.isdigit() else resume  # run-7, or the 7 of Flower's first attempt
+        values |= {"resume": True, "run-dir": folder if folder.startswith("/") else f"{out_dir.rstrip('/')}/{folder}"}
     config = RunConfig.from_flower(values)
     conn = _connection(None, superlink, root_certificates, flwr_home)
     app_path = control.check_app_dir(app_dir)

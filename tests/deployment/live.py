@@ -109,6 +109,18 @@ class Processes:
 
 
 
+def named_descendants(pid: int, name: str) -> list[int]:
+    """The descendants of ``pid`` whose command line contains ``name`` (e.g. ``flwr-clientapp``)."""
+    found = []
+    for child in descendants(pid):
+        try:
+            if name in Path(f"/proc/{child}/cmdline").read_bytes().decode(errors="replace"):
+                found.append(child)
+        except OSError:
+            continue
+    return found
+
+
 def process_group(pgid: int) -> list[int]:
     """The live (not zombie) processes of a process group, from /proc."""
     members = []

@@ -14,24 +14,13 @@ from pathlib import Path
 import pytest
 
 from site_agent import join
-from tests.deployment.live import Processes, descendants, free_port, process_group
+from tests.deployment.live import Processes, free_port, named_descendants, process_group
 
 
 def _command(site: join.JoinSettings) -> list[str]:
     return ["site-agent", "join", "--site-id", site.site_id, "--key-dir", str(site.key_dir),
             "--superlink", f"127.0.0.1:{free_port()}", "--data", str(site.data), "--dataset", str(site.dataset),
             "--flwr-home", str(site.home()), "--port", str(free_port()), "--threads", "1"]
-
-
-def _named(pids: list[int], name: str) -> list[int]:
-    found = []
-    for pid in pids:
-        try:
-            if name in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
-                found.append(pid)
-        except OSError:
-            continue
-    return found
 
 
 def _wait(condition, timeout: float, what: str):
@@ -45,8 +34,8 @@ def _wait(condition, timeout: float, what: str):
 
 def _supernode_and_superexec(join_pid: int) -> tuple[int, int] | None:
     """The SuperNode join started, once it has started its SuperExec."""
-    below = descendants(join_pid)
-    nodes, execs = _named(below, "flower-supernode"), _named(below, "flower-superexec")
+    nodes = named_descendants(join_pid, "flower-supernode")
+    execs = named_descendants(join_pid, "flower-superexec")
     return (nodes[0], execs[0]) if nodes and execs else None
 
 

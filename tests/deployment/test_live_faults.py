@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from site_agent.policy import PrivacyLimits, SitePolicy
-from tests.deployment.live import PROJECT, TINY, LiveFederation, Processes, descendants
+from tests.deployment.live import PROJECT, TINY, LiveFederation, Processes, named_descendants
 
 pytestmark = [pytest.mark.flower, pytest.mark.realdata]
 # The faults are the subject here, not what a release reveals: the sites skip the privacy report.
@@ -31,14 +31,7 @@ TINY_SETTINGS = {key: value for key, value in TINY.items() if key not in ("sites
 
 def _clientapp_of(proc: subprocess.Popen) -> list[int]:
     """The ``flwr-clientapp`` processes a SuperNode (or a join) has running: it is handling a request."""
-    found = []
-    for pid in descendants(proc.pid):
-        try:
-            if b"flwr-clientapp" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                found.append(pid)
-        except OSError:
-            continue
-    return found
+    return named_descendants(proc.pid, "flwr-clientapp")
 
 
 def _linked(root: Path, processes: Processes, data_root: Path, names: list[str]) -> LiveFederation:
