@@ -133,6 +133,8 @@ class SiteOutcome:
     metrics: dict[str, float] | None = None
     privacy: PrivacySummary | None = None  # the privacy report signed into an accepted bundle's manifest
     dp: DPGuarantee | None = None  # the differential-privacy guarantee signed into it (dpdm)
+    class_counts: dict[int, int] | None = None  # an accepted set's synthetic images per class
+    real_class_counts: dict[int, int] | None = None  # the real training images per class it released, if any
 
     @classmethod
     def accepted(cls, node_id: int | None, bundle: OpenedBundle, reason: str = "",
@@ -140,4 +142,4 @@ class SiteOutcome:
         """An accepted bundle's outcome: its site, size and the figures signed into its manifest."""
         manifest = bundle.manifest
         return cls(node_id, manifest.site_id, OutcomeStatus.ACCEPTED, reason, bundle.sealed_bytes, metrics,
-                   manifest.privacy, manifest.dp)
+                   manifest.privacy, manifest.dp, manifest.class_counts, manifest.real_class_counts)

@@ -4,8 +4,11 @@
 
     <run-dir>/run_config.json      the resolved settings of this run
     <run-dir>/summary.json         sites accepted/rejected with reasons, bytes, timings, metrics
-    <run-dir>/synthetic_grid.png   the pooled synthetic images, one row per class
-    <run-dir>/report.md            the same summary for people
+    <run-dir>/synthetic_grid.png   the pooled synthetic images, grouped by site, one row per class
+    <run-dir>/rounds.png           balanced accuracy and AUC per round, against bytes moved
+    <run-dir>/class_coverage.png   per class, what each accepted site holds
+    <run-dir>/report.md            the same summary for people, in a terminal
+    <run-dir>/report.html          the same again as one self-contained page, with the plots and the grid inline
     <run-dir>/global_model.pt      the trained global model's state dict
     <run-dir>/bundles/             the sealed bundles as received (still encrypted)
     <run-dir>/attempts/<n>/        an earlier attempt's summary.json and report.md, kept when the run is resumed
@@ -13,6 +16,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 from collections.abc import Mapping
@@ -24,12 +28,14 @@ import numpy as np
 from PIL import Image
 
 from coordinator.evaluate import EvalReport
+from coordinator.plots import plot_class_coverage, plot_rounds
 from coordinator.pool import PooledSet
 from coordinator.receive import OutcomeStatus, SiteOutcome
 from shared.config import RunConfig
 from shared.datasets import DatasetInfo
-from shared.grid import image_grid
+from shared.grid import image_grid, titled_stack
 from shared.schemas import PrivacySummary
+from shared.software import software_versions
 
 
 def write_run_config(run_dir: Path, config: RunConfig) -> None:
@@ -49,7 +55,8 @@ def build_summary(
     error: str = "",
     correction: str = "none",
 ) -> dict[str, Any]:
-    """Everything a reader of the run needs, as plain JSON-able values (NaN written as null).
+    """Everything a reader of the run needs, as plain JSON-able values (NaN written as null), with the time it was
+    written and the software that wrote it.
 
     ``evaluations["global"]`` is the global model's evaluation; ``evaluations["uncorrected"]``, when
     present, the same model without the class-imbalance ``correction``.
@@ -68,6 +75,8 @@ def build_summary(
                             if (n := sum(o.status == status for o in outcomes))},
         "sites": [_site_entry(o) for o in sorted(outcomes, key=lambda o: (o.site_id or "~", o.node_id or -1))],
         "stage_seconds": {k: round(v, 3) for k, v in stage_seconds.items()},
+        "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "software": software_versions(),
     }
     if pooled is not None:
         summary["pooled"] = {
@@ -89,16 +98,20 @@ def build_summary(
 
 
 def write_results(run_dir: Path, summary: dict[str, Any], pooled: PooledSet | None, info: DatasetInfo) -> None:
-    """summary.json, report.md, (when there is a pooled set) synthetic_grid.png and (from round 2) rounds.png."""
-    write_summary(run_dir, summary)
+    """The pictures (when there is a pooled set: the grid; once a round is scored: rounds.png), then summary.json
+    and both reports, which show them."""
+    run_dir.mkdir(parents=True, exist_ok=True)
     if pooled is not None:
         synthetic_grid(pooled, info).save(run_dir / "synthetic_grid.png")
-    if len(summary.get("rounds", [])) > 1:
+    if summary.get("rounds"):
         plot_rounds(summary["rounds"], run_dir / "rounds.png")
+    plot_class_coverage(summary["sites"], list(info.label_names.values()), run_dir / "class_coverage.png")
+    write_summary(run_dir, summary)
 
 
 ATTEMPTS = "attempts"
-_ATTEMPT_FILES = ("summary.json", "report.md", "rounds.png", "synthetic_grid.png")
+_ATTEMPT_FILES = ("summary.json", "report.md", "report.html", "rounds.png", "class_coverage.png",
+                  "synthetic_grid.png")
 
 
 def keep_earlier_attempt(run_dir: Path) -> Path | None:
@@ -126,39 +139,24 @@ def _earlier_attempts(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
-    """summary.json and report.md (NaN written as null), listing the earlier attempts of a resumed run."""
+    """summary.json, report.md and report.html (NaN written as null), listing the earlier attempts of a resumed run."""
+    from coordinator.report_html import render_html  # it renders this module's Markdown
+
     run_dir.mkdir(parents=True, exist_ok=True)
     summary = _nan_to_none({**summary, "earlier_attempts": _earlier_attempts(run_dir)})
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (run_dir / "report.md").write_text(render_report(summary))
-
-
-def plot_rounds(rounds: list[dict[str, Any]], path: Path) -> None:
-    """Balanced accuracy and AUC of the global model against round and against cumulative bytes moved."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display at a coordinator
-    from matplotlib import pyplot as plt
-
-    numbers = [r["round"] for r in rounds]
-    megabytes = [r["bytes"]["cumulative"] / 1e6 for r in rounds]
-    figure, axes = plt.subplots(1, 2, figsize=(9, 3.5), constrained_layout=True)
-    for axis, x, label in ((axes[0], numbers, "round"), (axes[1], megabytes, "cumulative MB moved (up + down)")):
-        for metric, name in (("balanced_accuracy", "balanced accuracy"), ("auc", "macro AUC")):
-            values = [r["global"][metric] if r["global"][metric] is not None else float("nan") for r in rounds]
-            axis.plot(x, values, marker="o", label=name)
-        axis.set_xlabel(label)
-        axis.grid(alpha=0.3)
-    axes[0].set_xticks(numbers)
-    axes[0].set_ylabel("pooled over all sites' test images")
-    axes[0].legend()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    (run_dir / "report.html").write_text(render_html(summary, run_dir), encoding="utf-8")
 
 
 def synthetic_grid(pooled: PooledSet, info: DatasetInfo) -> Image.Image:
-    """One row per class with its synthetic images (up to 30), upscaled for viewing."""
-    return image_grid(pooled.images.numpy(), pooled.labels.numpy(), info.label_names)
+    """One block per site (in pool order), each one row per class with its synthetic images (up to 30), upscaled."""
+    blocks, start = [], 0
+    for site, count in pooled.images_per_site.items():
+        images, labels = pooled.images[start:start + count].numpy(), pooled.labels[start:start + count].numpy()
+        blocks.append((f"{site}: {count} images", image_grid(images, labels, info.label_names)))
+        start += count
+    return titled_stack(blocks)
 
 
 def render_report(summary: dict[str, Any]) -> str:
@@ -295,6 +293,8 @@ def _site_entry(outcome: SiteOutcome) -> dict[str, Any]:
         "privacy_seconds": metrics.get("privacy-seconds"),
         "privacy": outcome.privacy.model_dump(mode="json") if outcome.privacy else None,
         "dp": outcome.dp.model_dump(mode="json") if outcome.dp else None,
+        "class_counts": outcome.class_counts,
+        "real_class_counts": outcome.real_class_counts,
     }
 
 

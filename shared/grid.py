@@ -7,7 +7,7 @@ from PIL import Image, ImageDraw
 
 from shared.datasets import denormalize
 
-CELL = 56  # pixels per image in the grid
+CELL = 84  # pixels per image in the grid: 3x a 28-pixel MedMNIST image
 LABEL_WIDTH = 140
 MAX_PER_ROW = 30
 
@@ -26,4 +26,20 @@ def image_grid(images: np.ndarray, labels: np.ndarray, label_names: dict[int, st
         for col, pixels in enumerate(denormalize(class_images) if len(class_images) else []):  # (H, W, C) each
             tile = Image.fromarray(pixels.squeeze(-1) if pixels.shape[-1] == 1 else pixels)
             canvas.paste(tile.resize((CELL, CELL), Image.NEAREST), (LABEL_WIDTH + col * CELL, row * CELL))
+    return canvas
+
+
+TITLE_HEIGHT = 24
+
+
+def titled_stack(blocks: list[tuple[str, Image.Image]]) -> Image.Image:
+    """Grids stacked top to bottom, each under a band naming it (e.g. the site that made it)."""
+    width = max(grid.width for _, grid in blocks)
+    canvas = Image.new("RGB", (width, sum(TITLE_HEIGHT + grid.height for _, grid in blocks)), "white")
+    draw, top = ImageDraw.Draw(canvas), 0
+    for title, grid in blocks:
+        draw.rectangle((0, top, width, top + TITLE_HEIGHT - 1), fill=(230, 230, 230))
+        draw.text((4, top + 6), title[:80], fill="black")
+        canvas.paste(grid, (0, top + TITLE_HEIGHT))
+        top += TITLE_HEIGHT + grid.height
     return canvas

@@ -6,16 +6,16 @@ This is the only way anything derived from local images leaves a site.
 from __future__ import annotations
 
 import datetime as dt
-import importlib.metadata
 from dataclasses import dataclass
 
 import numpy as np
 
-from shared import __version__, crypto
+from shared import crypto
 from shared.bundle import MAX_ABS_PIXEL, encode_payload, payload_info, seal_bundle
 from shared.datasets import DatasetInfo
 from shared.errors import DataError
 from shared.schemas import BundleManifest, DistillRequest, DPGuarantee, PrivacySummary
+from shared.software import software_versions
 from site_agent.distill import SyntheticSet
 from site_agent.identity import SiteIdentity
 
@@ -56,7 +56,7 @@ def build_manifest(
         dp=guarantee,
         distill=synthetic.config,
         iterations_completed=len(synthetic.loss_history),
-        software=_software_versions(),
+        software=software_versions(),
         created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         payload=payload_info(payload, count=len(synthetic.labels)),
     )
@@ -117,13 +117,3 @@ def seal_described(
     manifest = build_manifest(synthetic, request, identity, info, num_real_examples, payload, real_class_counts,
                               real_class_counts_rounding, privacy)
     return SealedRelease(seal_bundle(manifest, payload, identity.signing_key, identity.coordinator_key), manifest, synthetic)
-
-
-def _software_versions() -> dict[str, str]:
-    versions = {"feddistill": __version__}
-    for package in ("torch", "flwr", "cryptography", "medmnist"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = "unknown"
-    return versions

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from coordinator.plots import pyplot
 from coordinator.study.arms import ArmRecord, dump
 from coordinator.study.plan import StudyConfig
 from coordinator.yardstick import FIGURES
@@ -77,18 +78,9 @@ def _row(label: str, group: list[ArmRecord], values: list[dict[str, Any]], bytes
 # --- plots ------------------------------------------------------------------------------------------------
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    return plt
-
-
 def plot_bytes(records: list[ArmRecord], path: Path) -> None:
     """Balanced accuracy and AUC against MB per site: FedAvg per round, pooled sets per round, references."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(1, 2, figsize=(11, 5), layout="constrained")
     for axis, metric in zip(axes, ("balanced_accuracy", "auc"), strict=True):
         fedavg = [r for r in records if r.kind == "fedavg"]
@@ -150,7 +142,7 @@ def pearson(points: list[dict[str, Any]]) -> tuple[float, float, int]:
 
 
 def plot_correlation(points: list[dict[str, Any]], path: Path, metric: str = "accuracy") -> None:
-    plt = _pyplot()
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(5, 4.5), constrained_layout=True)
     for dataset in sorted({p["dataset"] for p in points}):
         mine = [p for p in points if p["dataset"] == dataset]
