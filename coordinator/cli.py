@@ -226,9 +226,9 @@ def sites_add(
 @sites_app.command("list")
 def sites_list(keys_dir: _KEYS_DIR, as_json: _JSON = False) -> None:
     """Registered sites with their signing-key and SuperNode-key fingerprints and SuperLink node id."""
-    from coordinator.tables import show, show_json
     from coordinator.trust import flower_node_of, load_coordinator_keys
     from shared import crypto
+    from shared.tables import show, show_json
 
     keys = load_coordinator_keys(keys_dir)
     rows = [{"site": site_id,
@@ -364,7 +364,7 @@ def status(
     every registered site is listed with its SuperNode's state on the SuperLink.
     """
     from coordinator import control, run_state
-    from coordinator.tables import show, show_json
+    from shared.tables import show, show_json
 
     conn = _connection(None, superlink, root_certificates, flwr_home)
     runs = []
@@ -414,7 +414,7 @@ def results(
     as_json: _JSON = False,
 ) -> None:
     """Results folders under --out-dir with their status and, when complete, the global model's pooled metrics."""
-    from coordinator.tables import show, show_json
+    from shared.tables import show, show_json
 
     rows = []
     for path in sorted(out_dir.glob("*/summary.json")):

@@ -85,8 +85,8 @@ def _confusion_section(g: dict[str, Any]) -> str:
     """True class per row, predicted per column, pooled over every site; each cell shaded by its row's share."""
     names = [html.escape(str(n)) for n in g["class_names"]]
     rows = ["<h2>Pooled confusion matrix</h2>",
-            "<p>Test images of every site that answered, summed: true class per row, predicted class per column; "
-            "recall is the diagonal over the row.</p>",
+            ("<p>Test images of every site that answered, summed: true class per row, predicted class per column; "
+             "recall is the diagonal over the row.</p>"),
             "<table><tr><th>true \\ predicted</th>" + "".join(f"<th>{n}</th>" for n in names) + "<th>recall</th></tr>"]
     for name, counts, recall in zip(names, g["confusion"], g["recall"], strict=True):
         total = sum(counts) or 1

@@ -54,6 +54,7 @@ class AuditEvent(StrEnum):
     PRIVACY_REPORT = "privacy_report"  # its privacy report: headline numbers, limits passed and failed
     DECISION = "decision"  # approved, rejected, or blocked by the policy
     RELEASE = "release"  # a sealed bundle was handed to Flower to send
+    EVALUATED = "evaluated"  # the run's global model was scored on the site's test images (figures stay here)
 
 
 class AuditEntry(BaseModel):

@@ -1,4 +1,4 @@
-"""``site-agent review | approve | reject | audit``: the site operator's control over what leaves the site.
+"""``site-agent review | approve | reject | audit | history``: the site operator's control over what leaves the site.
 
 Thin, like ``site_agent.cli`` (which registers these commands): releases held for approval are
 listed, shown and decided through ``site_agent.approval``; the audit log is read and checked through
@@ -37,6 +37,7 @@ def register(app: typer.Typer) -> None:
     app.command()(approve)
     app.command()(reject)
     app.add_typer(audit_app, name="audit")
+    app.command()(history)
 
 
 def review(
@@ -98,6 +99,31 @@ def audit_verify(cache_dir: CacheOption = DEFAULT_CACHE) -> None:
     """Check the audit log's hash chain; exits 1 naming the first bad entry."""
     entries = audit.verify(cache_dir.expanduser())
     typer.echo(f"audit log intact: {len(entries)} entries, chain and head agree")
+
+
+HISTORY_COLUMNS = {"run_id": "run", "round": "round", "asked_at": "asked (UTC)", "method": "method", "ipc": "ipc",
+                   "images": "images", "outcome": "outcome", "released_at": "released (UTC)",
+                   "bundle_bytes": "bundle bytes", "test_images": "test images", "accuracy": "accuracy",
+                   "balanced_accuracy": "balanced acc.", "auc": "AUC"}
+
+
+def history(
+    cache_dir: CacheOption = DEFAULT_CACHE,
+    as_json: Annotated[bool, typer.Option("--json", help="Every field of every record, as JSON, for scripts.")] = False,
+) -> None:
+    """What this site released, when, to which run, and how that run's global model scored on its test images.
+
+    Read from the audit log (`site-agent audit verify` checks it has not been altered)."""
+    from shared.tables import show, show_json
+    from site_agent.history import site_history
+
+    records = [r.as_row() for r in site_history(audit.read_entries(cache_dir.expanduser()))]
+    if as_json:
+        show_json(records)
+    elif not records:
+        typer.echo(f"nothing asked of this site yet: no audit log in {audit.audit_dir(cache_dir.expanduser())}")
+    else:
+        show(records, HISTORY_COLUMNS, title=f"site record ({len(records)} requests), from the audit log")
 
 
 def _approvals(cache_dir: Path, policy: Path | None, approvals_dir: Path | None) -> FolderApproval:

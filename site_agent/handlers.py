@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 
@@ -209,4 +211,21 @@ def answer_evaluate(
     counts = evaluate_global_model(state_dict, request.model, images.test, resolve_device(settings.device))
     if counts.num_examples == 0:
         log.warning("site %s holds no test images: reporting empty counts", settings.site_id)
+    # The site's own record of how this run's model did here (`site-agent history`); exact, since it stays here.
+    audit.record(settings.cache_dir, AuditEvent.EVALUATED, _Scored(request.run_id), "site-agent",
+                 test_images=counts.num_examples, **{name: _finite(value) for name, value in (
+                     ("accuracy", counts.accuracy()), ("balanced_accuracy", counts.balanced_accuracy()),
+                     ("auc", counts.auc()))})
     return EvaluateReply.from_counts(counts).to_metrics()
+
+
+@dataclass(frozen=True)
+class _Scored:
+    """What an evaluation's audit entry is about: the run (an evaluate request carries no nonce)."""
+
+    run_id: str
+    nonce: str = ""
+
+
+def _finite(value: float) -> float | None:
+    return round(value, 4) if math.isfinite(value) else None

@@ -1,4 +1,4 @@
-"""What the coordinator's listing commands print: a headed table for people, or ``--json`` for scripts."""
+"""What the listing commands of both CLIs print: a headed table for people, or ``--json`` for scripts."""
 
 from __future__ import annotations
 

@@ -1,0 +1,74 @@
+"""`site-agent history`: the site's own record of what it released, when, to which run, and how that run's
+global model scored on its test images, read from its audit log."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from shared.errors import PolicyError
+from shared.models import build_model
+from shared.schemas import DistillRequest, DMConfig, EvaluateRequest, ModelSpec, NetworkSpec
+from site_agent.cli import app
+from site_agent.handlers import answer_distill, answer_evaluate
+from site_agent.policy import PrivacyLimits, SitePolicy
+from site_agent.settings import SiteSettings
+
+runner = CliRunner()
+NETWORK = NetworkSpec(depth=2, width=16)
+
+
+def _site(tmp_path: Path) -> SiteSettings:
+    """A site on a small generated export (24 training, 10 test images), no privacy shadow models, max ipc 2."""
+    rng = np.random.default_rng(0)
+    labels, test_labels = np.repeat([0, 1], 12), np.array([0] * 4 + [1] * 6)
+    base = rng.integers(40, 215, (2, 28, 28))
+    images = np.clip(base[labels] + rng.normal(0, 20, (24, 28, 28)), 0, 255)
+    test = np.clip(base[test_labels] + rng.normal(0, 20, (10, 28, 28)), 0, 255)
+    np.savez(tmp_path / "export.npz", train_images=images.astype(np.uint8), train_labels=labels,
+             test_images=test.astype(np.uint8), test_labels=test_labels)
+    privacy = PrivacyLimits(shadow_models=0, train_epochs=2, max_mia_auc=None, max_mia_tpr_at_0_1pct_fpr=None,
+                            min_nearest_real_quantile=None)
+    return SiteSettings(site_id="site-0", key_dir=tmp_path / "keys" / "site-0", data_root=str(tmp_path / "export.npz"),
+                        partition=None, policy=SitePolicy(max_ipc=2, privacy=privacy), device="cpu", verify_md5=True,
+                        simulated=False, cache_dir=tmp_path / "cache")
+
+
+def _request(run_id: str, nonce: str, ipc: int) -> DistillRequest:
+    return DistillRequest(run_id=run_id, nonce=nonce, dataset="breastmnist",
+                          distill=DMConfig(ipc=ipc, iterations=2, batch_real=8, network=NETWORK))
+
+
+def test_history_shows_each_release_its_run_and_the_score_there_and_a_refused_request(keys, tmp_path: Path) -> None:
+    settings = _site(tmp_path)
+    sealed, _ = answer_distill(_request("run-3", "aa" * 32, ipc=2), settings, progress=False)
+    spec = ModelSpec(in_channels=1, num_classes=2, image_size=28, network=NETWORK)
+    answer_evaluate(EvaluateRequest(run_id="run-3", dataset="breastmnist", model=spec),
+                    build_model(spec).state_dict(), settings)
+    with pytest.raises(PolicyError, match="exceeds this site's limit"):
+        answer_distill(_request("run-4", "bb" * 32, ipc=5), settings, progress=False)
+
+    result = runner.invoke(app, ["history", "--cache-dir", str(settings.cache_dir), "--json"])
+    assert result.exit_code == 0, result.output
+    released, refused = json.loads(result.output)
+    assert released["run_id"] == "run-3" and released["outcome"] == "released" and released["round"] == 1
+    assert released["bundle_sha256"] == hashlib.sha256(sealed).hexdigest() and released["bundle_bytes"] == len(sealed)
+    assert released["method"] == "dm" and released["ipc"] == 2 and released["images"] == 4
+    assert released["test_images"] == 10 and 0 <= released["balanced_accuracy"] <= 1
+    assert released["evaluated_at"] >= released["released_at"] >= released["asked_at"]
+    assert refused["run_id"] == "run-4" and refused["outcome"] == "blocked" and "ipc 5 exceeds" in refused["why"]
+    assert refused["released_at"] is None and refused["accuracy"] is None
+
+    table = runner.invoke(app, ["history", "--cache-dir", str(settings.cache_dir)])
+    assert table.exit_code == 0 and "site record (2 requests)" in table.output
+    assert "released (UTC)" in table.output and "blocked" in table.output
+
+
+def test_history_of_a_site_never_asked_says_so(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["history", "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 0 and "nothing asked of this site yet" in result.output
