@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-import subprocess
+import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -342,7 +342,7 @@ def run(
     typer.echo(f"run {name} started (Flower run {run_id}); results: {results_dir} on the SuperLink host")
     if not follow:
         return
-    subprocess.call(control.log_command(conn, run_id), env=conn.env())
+    control.follow_log(conn, run_id, debug=logging.getLogger("coordinator").isEnabledFor(logging.DEBUG))
     final = control.run_status(conn, run_id)
     typer.echo(f"run {name}: {final}; results: {results_dir}")
     if final != "finished:completed":

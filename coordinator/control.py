@@ -9,6 +9,7 @@ Run settings go to ``flwr run`` as a TOML file (``--run-config <file>``), so pat
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import tomllib
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from typing import Any
 from shared.config import RunConfig
 from shared.errors import ConfigError, FedDistillError
 from shared.flower_env import dump_toml, flower_env, write_flat_toml
+from shared.logs import readable_flower_line
 
 CONNECTION = "feddistill"
 RUNS = "feddistill-runs.json"  # Flower run id -> results folder on the SuperLink host
@@ -153,6 +155,18 @@ def submit_run(conn: Connection, app_dir: Path, run_config_file: Path) -> int:
 def log_command(conn: Connection, run_id: int) -> list[str]:
     """``flwr log <run-id> <connection> --stream``: follows the ServerApp's log until the run ends."""
     return [FLWR, "log", str(run_id), conn.name, "--stream"]
+
+
+def follow_log(conn: Connection, run_id: int, debug: bool = False) -> int:
+    """Print the run's log as it comes (``flwr log --stream``), without Flower's empty lines and (unless
+    ``debug``) its DEBUG ones; returns its exit code."""
+    with subprocess.Popen(log_command(conn, run_id), env=conn.env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, errors="replace") as stream:
+        assert stream.stdout is not None
+        for line in stream.stdout:
+            if (shown := readable_flower_line(line, logging.DEBUG if debug else logging.INFO)) is not None:
+                print(shown, flush=True)
+    return stream.returncode
 
 
 def record_run(conn: Connection, run_id: int, results_dir: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Callable
 from typing import Annotated
@@ -30,6 +31,30 @@ def configure_logging(verbose: bool = False, level: str | None = None) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     for name in OUR_PACKAGES:
         logging.getLogger(name).setLevel(ours)
+    # Flower sets its own logger to DEBUG on import; in our processes it speaks only at WARNING and up.
+    logging.getLogger("flwr").setLevel(logging.DEBUG if ours == logging.DEBUG else logging.WARNING)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_FLOWER_LEVEL = re.compile(r"^\s*(DEBUG|INFO|WARNING|ERROR|CRITICAL)\s*:\s*(.*)$")
+
+
+def readable_flower_line(line: str, lowest: int = logging.INFO) -> str | None:
+    """A line of a Flower process's output (a SuperNode's, ``flwr log``'s) as a person wants it: colour codes
+    gone; None for Flower's empty ``INFO :`` separators and for its lines below ``lowest``. Lines without
+    Flower's ``LEVEL :`` prefix (ours carry a timestamp first, tracebacks none) always pass."""
+    plain = _ANSI.sub("", line.rstrip("\n"))
+    level = _FLOWER_LEVEL.match(plain)
+    if level is None:
+        return plain
+    if not level[2].strip() or getattr(logging, level[1]) < lowest:
+        return None
+    return plain
+
+
+def chosen_level() -> int:
+    """The level the command line's ``--log-level`` chose (INFO when none was given)."""
+    return getattr(logging, (_chosen_level or "info").upper())
 
 
 def versions() -> str:
@@ -62,8 +87,6 @@ def common_options(
     global _chosen_level
     _chosen_level = log_level
     configure_logging()
-    # Flower sets its own logger to DEBUG on import; on our command lines it speaks only at WARNING and up.
-    logging.getLogger("flwr").setLevel(logging.DEBUG if log_level == "debug" else logging.WARNING)
 
 
 def add_common_options(app: typer.Typer) -> None:

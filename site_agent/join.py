@@ -39,6 +39,7 @@ from shared import crypto
 from shared.errors import ConfigError, DataError, KeyFileError
 from shared.flower_env import flower_env, write_flat_toml
 from shared.keys import COORDINATOR_PUB, NODE_KEY, SIGNING_KEY, SITE_CA_CERT
+from shared.logs import chosen_level, readable_flower_line
 from shared.schemas import SiteId, setting_error
 from site_agent.check import check_data
 from site_agent.policy import SitePolicy
@@ -293,14 +294,18 @@ def _exit_reason(status: int, code: int) -> str:
     return f"stopped (code {code})"
 
 
-def relay_output(stream: IO[bytes] | None, out: IO[bytes]) -> int | None:
-    """Copy the SuperNode's output to ours line by line; returns the last Flower exit code it logged."""
+def relay_output(stream: IO[bytes] | None, out: IO[bytes], lowest: int | None = None) -> int | None:
+    """Copy the SuperNode's output to ours line by line, our site agent's lines and Flower's from ``lowest`` up
+    (default: WARNING, or DEBUG under ``--log-level debug``); returns the last Flower exit code it logged."""
+    lowest = lowest if lowest is not None else (logging.DEBUG if chosen_level() == logging.DEBUG else logging.WARNING)
     code = None
     for line in iter(stream.readline, b"") if stream is not None else ():
-        out.write(line)
-        out.flush()
         if match := _EXIT_CODE_LINE.search(line):
             code = int(match.group(1))
+        shown = readable_flower_line(line.decode(errors="replace"), lowest)
+        if shown is not None:
+            out.write(shown.encode() + b"\n")
+            out.flush()
     return code
 
 

@@ -108,5 +108,31 @@ def test_iterations_keep_one_before_a_passed_deadline_and_show_each_kept_one(cap
         assert "T: wall-time limit reached after 1 of 5 iterations" in caplog.text
         assert run(None, {1, 2, 4}).history == [1.0, 2.0, 4.0]  # iterations 0 and 3 kept nothing
     assert seen == [1, 1, 2, 3]
-    progress = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    progress = [r.getMessage().split(" (")[0] for r in caplog.records if r.levelno == logging.INFO]
     assert progress == ["T iteration 1/5: loss 0.0", "T iteration 3/5: loss 2.0", "T iteration 5/5: loss 4.0"]
+    assert all(" s so far, about " in r.getMessage() for r in caplog.records if r.levelno == logging.INFO)
+
+
+def test_without_a_terminal_no_bar_is_drawn_and_a_slow_run_still_logs_at_a_steady_cadence(
+    caplog, capfd, monkeypatch
+) -> None:
+    """In a log file (a SuperNode's) tqdm's carriage returns would be glued onto log lines; a slow iteration
+    must not leave the log silent until the next ``log_every`` (a DM preview once logged 1, then 60)."""
+    import logging
+
+    from site_agent.distill import loop
+
+    clock = iter(range(0, 1000, 4))  # every reading of the clock is 4 s after the one before
+    monkeypatch.setattr(loop.time, "monotonic", lambda: float(next(clock)))
+    log = logging.getLogger("tests.cadence")
+    iterations = loop.Iterations("T", 12, log=log, log_every=100, describe=lambda loss: "ok",
+                                 images=lambda: torch.zeros(1), progress=True, deadline=None, observer=None)
+    with caplog.at_level(logging.INFO, logger="tests.cadence"):
+        for iteration in iterations:
+            iterations.record(iteration, 0.0)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0].startswith("T iteration 1/12") and lines[-1].startswith("T iteration 12/12")
+    assert 3 <= len(lines) <= 6  # every ~10 s of 4-s iterations, not every iteration and not only first and last
+    assert "about 0 s left" in lines[-1]
+    err = capfd.readouterr().err
+    assert "\r" not in err and "it/s" not in err  # stderr is not a terminal under pytest: no bar
