@@ -58,7 +58,28 @@ class LocalDataError(DataError):
 class KeyFileError(FedDistillError):
     """A key file is missing, unreadable or of the wrong kind."""
 
-    hint = "create site keys with `site-agent init`, or check the key directory and its files"
+    hint = "check the key directory option of the command you ran and the files in it"
+
+
+# The step that makes each key file, for the hint of a KeyFileError that finds it missing.
+_MAKES_KEY_FILE = {
+    "signing.key": "create this site's keys with `site-agent init --key-dir DIR`",
+    "signing.pub": "create this site's keys with `site-agent init --key-dir DIR`",
+    "node.key": "create this site's keys with `site-agent init --key-dir DIR`",
+    "node.pub": "create this site's keys with `site-agent init --key-dir DIR`",
+    "coordinator.pub": ("pin the coordinator's public key at this site: `site-agent trust-coordinator --key-dir DIR "
+                        "--public-key coordinator.pub --fingerprint <read out of band>`"),
+    "coordinator.key": "create the coordinator's key with `coordinator init`",
+    "superlink-ca.crt": "copy the SuperLink's CA certificate (the coordinator's tls/ca.crt) into the key directory",
+}
+KEYS_EXIST_HINT = ("keys are never overwritten: use the ones there, or move that folder away to make new ones (a "
+                   "site's new keys must then be registered again with `coordinator sites add`; a new coordinator "
+                   "key must be pinned again by every site)")
+
+
+def missing_key_hint(file_name: str) -> str:
+    """The command that creates a missing key file, or where to look when it is not one of ours."""
+    return _MAKES_KEY_FILE.get(file_name, KeyFileError.hint)
 
 
 class PolicyError(FedDistillError):

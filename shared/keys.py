@@ -24,7 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from shared import crypto
-from shared.errors import KeyFileError
+from shared.errors import KEYS_EXIST_HINT, KeyFileError
 
 SIGNING_KEY = "signing.key"
 SIGNING_PUB = "signing.pub"
@@ -50,7 +50,8 @@ def create_site_keys(key_dir: Path) -> crypto.VerifyKey:
         KeyFileError: a signing key already exists there (never overwritten).
     """
     if (key_dir / SIGNING_KEY).exists():
-        raise KeyFileError(f"a signing key already exists in the key directory {key_dir.name!r}; not overwriting it")
+        raise KeyFileError(f"a signing key already exists in the key directory {key_dir.name!r}; not overwriting it",
+                           hint=KEYS_EXIST_HINT)
     key = crypto.generate_signing_key()
     crypto.save_private_key(key, key_dir / SIGNING_KEY)
     crypto.save_public_key(key.public_key(), key_dir / SIGNING_PUB)
@@ -64,7 +65,8 @@ def create_node_key(key_dir: Path) -> crypto.NodePublicKey:
         KeyFileError: a node key already exists there (never overwritten).
     """
     if (key_dir / NODE_KEY).exists():
-        raise KeyFileError(f"a SuperNode key already exists in the key directory {key_dir.name!r}; not overwriting it")
+        raise KeyFileError(f"a SuperNode key already exists in the key directory {key_dir.name!r}; not overwriting it",
+                           hint=KEYS_EXIST_HINT)
     key = crypto.generate_node_key()
     crypto.save_node_key(key, key_dir / NODE_KEY, key_dir / NODE_PUB)
     return key.public_key()
@@ -79,7 +81,8 @@ def create_coordinator_key(
         KeyFileError: a coordinator key already exists there (never overwritten).
     """
     if (keys_dir / COORDINATOR_KEY).exists():
-        raise KeyFileError(f"a coordinator key already exists in {keys_dir.name!r}; not overwriting it")
+        raise KeyFileError(f"a coordinator key already exists in {keys_dir.name!r}; not overwriting it",
+                           hint=KEYS_EXIST_HINT)
     key = crypto.generate_recipient_key(suite)
     crypto.save_private_key(key, keys_dir / COORDINATOR_KEY)
     crypto.save_public_key(key.public_key(), keys_dir / COORDINATOR_PUB)
@@ -107,5 +110,5 @@ def create_site_identity(key_dir: Path) -> tuple[crypto.VerifyKey, crypto.NodePu
         created.append(NODE_KEY)
     if not created:
         raise KeyFileError(f"the key directory {key_dir.name!r} already holds a signing key and a SuperNode key; "
-                           "not overwriting them")
+                           "not overwriting them", hint=KEYS_EXIST_HINT)
     return signing, node, created

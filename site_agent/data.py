@@ -251,7 +251,7 @@ def _read_npz_export(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
             arrays = {key: npz[key] for key in npz.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise LocalDataError(
-            f"the .npz export cannot be read: {_npz_problem(exc)}", local_detail=f"unreadable file: {path} ({exc})"
+            f"the .npz export cannot be read: {_npz_problem(exc, path)}", local_detail=f"unreadable file: {path} ({exc})"
         ) from exc
     raw = {}
     for split in SPLITS:
@@ -266,10 +266,18 @@ def _read_npz_export(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return raw
 
 
-def _npz_problem(exc: Exception) -> str:
+def _npz_problem(exc: Exception, path: Path) -> str:
     """What is wrong with an unreadable .npz, in words that carry no path."""
     if isinstance(exc, zipfile.BadZipFile | EOFError):
         return "it is not a complete .npz (zip) archive: truncated, or another kind of file"
+    try:
+        with path.open("rb") as file:
+            start = file.read(6)
+    except OSError:
+        start = b""
+    # numpy tries any file that is neither a zip nor a .npy as a pickle: say what the file is instead.
+    if isinstance(exc, ValueError) and not start.startswith((b"PK", b"\x93NUMPY", b"\x80")):
+        return "it is not an .npz (zip) archive of arrays: its first bytes are neither a zip's nor numpy's"
     if isinstance(exc, ValueError) and "pickle" in str(exc).lower():
         return "it holds pickled Python objects, which are refused (a data file must not run code); save plain arrays"
     if isinstance(exc, ValueError):

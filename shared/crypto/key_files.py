@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import mlkem
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from shared.crypto.sealing import RecipientKey, RecipientPublicKey, SigningKey, VerifyKey
-from shared.errors import KeyFileError
+from shared.errors import KeyFileError, missing_key_hint
 
 PKCS8 = (serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 SPKI = (serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -85,7 +85,7 @@ def read_key_file(
     try:
         data = read_private(path, what) if private else path.read_bytes()
     except FileNotFoundError as exc:
-        raise KeyFileError(f"{what} file {path.name!r} not found") from exc
+        raise KeyFileError(f"{what} file {path.name!r} not found", hint=missing_key_hint(path.name)) from exc
     try:
         return parse(data)
     # NotImplementedError: cryptography's answer to some malformed OpenSSH keys (a compressed EC point)
@@ -155,7 +155,7 @@ def _pem_blocks(path: Path, what: str) -> list[bytes]:
     try:
         data = read_private(path, f"{what} key") if what == "private" else path.read_bytes()
     except FileNotFoundError as exc:
-        raise KeyFileError(f"{what} key file {path.name!r} not found") from exc
+        raise KeyFileError(f"{what} key file {path.name!r} not found", hint=missing_key_hint(path.name)) from exc
     blocks = _PEM_BLOCK.findall(data)
     if not blocks:
         raise KeyFileError(f"{what} key file {path.name!r} is not a readable PEM key")

@@ -177,6 +177,9 @@ def test_exports_need_a_dataset_and_unreadable_npz_is_named(tmp_path: Path) -> N
     with pytest.raises(LocalDataError, match="cannot be read: it is not a complete .npz .zip. archive") as info:
         read_local_data(tmp_path / "broken.npz", "breastmnist")
     assert "broken.npz" in info.value.local_detail and "broken.npz" not in str(info.value)
+    (tmp_path / "photo.npz").write_bytes(b"\xff\xd8\xff\xe0 a JPEG renamed")  # not a pickle: don't call it one
+    with pytest.raises(LocalDataError, match="not an .npz .zip. archive of arrays: its first bytes are neither"):
+        read_local_data(tmp_path / "photo.npz", "breastmnist")
     np.savez(tmp_path / "pickled.npz", train_images=np.array([object()], dtype=object))
     with pytest.raises(LocalDataError, match="pickled Python objects, which are refused"):
         read_local_data(tmp_path / "pickled.npz", "breastmnist")

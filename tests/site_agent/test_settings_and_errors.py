@@ -75,6 +75,28 @@ def test_a_site_that_has_not_pinned_the_coordinator_is_told_the_next_step(tmp_pa
     assert "site-agent trust-coordinator" in info.value.hint and "site-agent init" not in info.value.hint
 
 
+def test_key_hints_name_the_step_that_makes_the_missing_file_and_never_send_init_to_redo_itself(tmp_path: Path) -> None:
+    """`init` run twice is told the keys are kept, not to run `init`; a missing coordinator key names `coordinator
+    init`; a missing signing key names `site-agent init`."""
+    from shared import crypto
+    from shared.keys import create_coordinator_key, create_site_identity
+
+    create_site_identity(tmp_path / "site")
+    with pytest.raises(KeyFileError, match="already holds a signing key") as again:
+        create_site_identity(tmp_path / "site")
+    assert "never overwritten" in again.value.hint and "site-agent init" not in again.value.hint
+    with pytest.raises(KeyFileError, match="not found") as coordinator:
+        crypto.load_private_key(tmp_path / "coordinator.key", crypto.RecipientKey)
+    assert "`coordinator init`" in coordinator.value.hint
+    with pytest.raises(KeyFileError, match="not found") as signing:
+        crypto.load_private_key(tmp_path / "signing.key", crypto.SigningKey)
+    assert "`site-agent init --key-dir DIR`" in signing.value.hint
+    create_coordinator_key(tmp_path / "coord")
+    with pytest.raises(KeyFileError, match="coordinator key already exists") as twice:
+        create_coordinator_key(tmp_path / "coord")
+    assert "never overwritten" in twice.value.hint
+
+
 def test_unexpected_errors_travel_without_their_text() -> None:
     """An exception that is not ours could quote a path or value: only its type leaves the site."""
 
