@@ -151,16 +151,16 @@ sites_app = typer.Typer(help="The trust store: which signing key and SuperNode k
                         no_args_is_help=True)
 app.add_typer(sites_app, name="sites")
 
-_KEYS_DIR = Annotated[Path, typer.Option(help="The coordinator's key directory.")]
+_KEYS_DIR = Annotated[Path, typer.Option("--key-dir", help="The coordinator's key directory.")]
 _SUPERLINK = Annotated[str | None, typer.Option(help="SuperLink host:port (default: the connection saved by an earlier command).")]
-_ROOT_CERTS = Annotated[Path | None, typer.Option(help="CA certificate of the SuperLink (default: <keys-dir>/tls/ca.crt).")]
+_ROOT_CERTS = Annotated[Path | None, typer.Option(help="CA certificate of the SuperLink (default: <key-dir>/tls/ca.crt).")]
 _FLWR_HOME = Annotated[Path, typer.Option(help="Project-local FLWR_HOME holding the connection.")]
 _JSON = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
 
 
 @app.command()
 def init(
-    keys_dir: Annotated[Path, typer.Option(help="Where the coordinator's keys live (created, 0700).")],
+    keys_dir: Annotated[Path, typer.Option("--key-dir", help="Where the coordinator's keys live (created, 0700).")],
     suite: Annotated[HpkeSuite, typer.Option(help="HPKE suite of the key sites seal to.")] = HpkeSuite.X25519,
     san: Annotated[list[str] | None, typer.Option(help="DNS name or IP the sites dial (repeat); 127.0.0.1 and localhost are always in.")] = None,
     tls_cert: Annotated[Path | None, typer.Option(help="Use this SuperLink certificate instead of issuing one.")] = None,
@@ -297,7 +297,7 @@ def serve(
 @app.command(epilog=keys_epilog())
 def run(
     ctx: typer.Context,
-    keys_dir: Annotated[str, typer.Option(help="ABSOLUTE path of the coordinator's key directory on the SuperLink host.")],
+    keys_dir: Annotated[str, typer.Option("--key-dir", help="ABSOLUTE path of the coordinator's key directory on the SuperLink host.")],
     out_dir: Annotated[str, typer.Option(help="ABSOLUTE path on the SuperLink host for results folders.")],
     superlink: _SUPERLINK = None,
     root_certificates: Annotated[Path | None, typer.Option(help="CA certificate of the SuperLink.")] = None,
@@ -321,7 +321,7 @@ def run(
     """Launch a round on the remote SuperLink and stream its log; results land in --out-dir on the SuperLink host."""
     from coordinator import control
 
-    for name, value in (("--keys-dir", keys_dir), ("--out-dir", out_dir)):
+    for name, value in (("--key-dir", keys_dir), ("--out-dir", out_dir)):
         if not value.startswith("/"):
             raise ConfigError(f"{name} {value!r} must be an absolute path on the SuperLink host")
     options = {"dataset": dataset, "sites": sites, "min_sites": min_sites, "method": method, "ipc": ipc,
@@ -355,12 +355,12 @@ def status(
     superlink: _SUPERLINK = None,
     root_certificates: Annotated[Path | None, typer.Option(help="CA certificate of the SuperLink.")] = None,
     flwr_home: _FLWR_HOME = Path(".flwr-home"),
-    keys_dir: Annotated[Path | None, typer.Option(help="The coordinator's key directory: adds each registered site and whether its SuperNode is online.")] = None,
+    keys_dir: Annotated[Path | None, typer.Option("--key-dir", help="The coordinator's key directory: adds each registered site and whether its SuperNode is online.")] = None,
     as_json: _JSON = False,
 ) -> None:
     """Runs on the SuperLink: status, elapsed time, results folder, and per site what it delivered (and why not).
 
-    A run still going shows per site whether it has delivered or is still distilling; with --keys-dir,
+    A run still going shows per site whether it has delivered or is still distilling; with --key-dir,
     every registered site is listed with its SuperNode's state on the SuperLink.
     """
     from coordinator import control, run_state
@@ -491,4 +491,4 @@ def _fmt(value: float | None) -> str:
 
 def main() -> None:
     """Entry point of the command."""
-    run_cli(app)
+    run_cli(app, renamed={"--keys-dir": "--key-dir"})

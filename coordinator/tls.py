@@ -5,7 +5,7 @@ Flower's SuperExec and ServerApp processes reach the Runtime API on the same por
 127.0.0.1, and fail the TLS check without them. Both are always added to an issued certificate, and
 an operator's certificate without them is refused with that reason.
 
-Files (``shared.keys``): ``<keys-dir>/tls/{ca.crt, ca.key, server.crt, server.key}``. ``ca.crt`` goes
+Files (``shared.keys``): ``<key-dir>/tls/{ca.crt, ca.key, server.crt, server.key}``. ``ca.crt`` goes
 to every site (``site-agent join --root-certificates``); ``ca.key`` never leaves the coordinator.
 """
 
@@ -92,6 +92,6 @@ def check_tls(keys_dir: Path) -> TlsFiles:
     files = TlsFiles.in_keys_dir(keys_dir)
     if not files.server_cert.exists():
         raise KeyFileError("the SuperLink has no TLS certificate yet",
-                           hint=f"run `coordinator init --keys-dir {keys_dir} --san <the address sites dial>`")
+                           hint=f"run `coordinator init --key-dir {keys_dir} --san <the address sites dial>`")
     crypto.check_key_matches_certificate(files.server_cert, files.server_key)
     return files

@@ -94,10 +94,23 @@ def add_common_options(app: typer.Typer) -> None:
     app.callback()(common_options)
 
 
-def run_cli(app: Callable[[], object]) -> None:
-    """Run a command-line app (its callback sets up logging): our errors as one clear message, exit code 1."""
+def run_cli(app: Callable[[], object], renamed: dict[str, str] | None = None) -> None:
+    """Run a command-line app (its callback sets up logging): our errors as one clear message, exit code 1.
+
+    ``renamed`` maps an option's old name to its new one: the old spelling still works, with a note, so
+    scripts written before the rename keep running while ``--help`` shows one name per thing.
+    """
+    sys.argv[1:] = [_new_name(arg, renamed or {}) for arg in sys.argv[1:]]
     try:
         app()
     except FedDistillError as exc:
         print(f"error: {exc.diagnostics()}", file=sys.stderr)
         sys.exit(1)
+
+
+def _new_name(arg: str, renamed: dict[str, str]) -> str:
+    old, sep, value = arg.partition("=")
+    if old not in renamed:
+        return arg
+    print(f"note: {old} is now called {renamed[old]}", file=sys.stderr)
+    return renamed[old] + sep + value

@@ -34,3 +34,22 @@ def test_log_level_sets_our_loggers_and_refuses_an_unknown_level(app, monkeypatc
     assert logging.getLogger("flwr").getEffectiveLevel() >= logging.WARNING
     bad = runner.invoke(app, ["--log-level", "loud", group, "--help"])
     assert bad.exit_code != 0 and "'loud' is not one of" in bad.output
+
+
+def test_the_key_directory_has_one_name_on_both_command_lines_and_the_old_spelling_still_works(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    """--key-dir everywhere (site and coordinator); a script written with --keys-dir runs, with a note."""
+    import sys
+
+    from coordinator import cli as coordinator_cli
+
+    for app, command in ((site_app, ["init"]), (coordinator_app, ["init"]), (coordinator_app, ["sites", "list"])):
+        shown = runner.invoke(app, [*command, "--help"]).output
+        assert "--key-dir" in shown and "--keys-dir" not in shown
+    monkeypatch.setattr(sys, "argv", ["coordinator", "init", f"--keys-dir={tmp_path / 'keys'}"])
+    with pytest.raises(SystemExit) as done:
+        coordinator_cli.main()
+    assert done.value.code in (0, None)
+    assert "note: --keys-dir is now called --key-dir" in capsys.readouterr().err
+    assert (tmp_path / "keys" / "coordinator.key").is_file()

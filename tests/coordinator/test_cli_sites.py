@@ -15,10 +15,10 @@ runner = CliRunner()
 
 def _coordinator_with_site(tmp_path: Path) -> tuple[Path, list[str]]:
     keys = tmp_path / "coord"
-    assert runner.invoke(app, ["init", "--keys-dir", str(keys)]).exit_code == 0
+    assert runner.invoke(app, ["init", "--key-dir", str(keys)]).exit_code == 0
     site = tmp_path / "site"
     create_site_identity(site)
-    add = ["sites", "add", "--keys-dir", str(keys), "--site-id", "site-a", "--signing-key", str(site / SIGNING_PUB),
+    add = ["sites", "add", "--key-dir", str(keys), "--site-id", "site-a", "--signing-key", str(site / SIGNING_PUB),
            "--node-key", str(site / NODE_PUB), "--flwr-home", str(tmp_path / "home")]
     return keys, add
 
@@ -40,7 +40,7 @@ def test_revoking_keeps_the_site_when_the_superlink_cannot_unregister_it(tmp_pat
     record_flower_node(keys, "site-a", 42)
     ca = crypto.new_certificate_authority("test CA")
     crypto.save_certificate(ca.certificate, tmp_path / "ca.crt")
-    revoke = ["sites", "revoke", "--keys-dir", str(keys), "--site-id", "site-a", "--flwr-home", str(tmp_path / "home")]
+    revoke = ["sites", "revoke", "--key-dir", str(keys), "--site-id", "site-a", "--flwr-home", str(tmp_path / "home")]
     result = runner.invoke(app, [*revoke, "--superlink", "127.0.0.1:9", "--root-certificates", str(tmp_path / "ca.crt")])
     assert result.exit_code != 0 and "nothing revoked" in str(result.exception)
     assert "site-a" in load_coordinator_keys(keys).sites and flower_node_of(keys, "site-a") == 42
@@ -77,7 +77,7 @@ def test_a_fingerprint_can_be_read_aloud_as_six_groups_of_five_digits(tmp_path: 
     from site_agent.cli import app as site_app
 
     keys = tmp_path / "coord"
-    shown = runner.invoke(app, ["init", "--keys-dir", str(keys)])
+    shown = runner.invoke(app, ["init", "--key-dir", str(keys)])
     assert shown.exit_code == 0, shown.output
     actual = crypto.fingerprint(crypto.load_public_key(keys / COORDINATOR_PUB, crypto.RecipientPublicKey))
     spoken = crypto.speakable(actual)
@@ -96,12 +96,12 @@ def test_sites_list_is_a_headed_table_or_json(tmp_path: Path) -> None:
     keys, add = _coordinator_with_site(tmp_path)
     assert runner.invoke(app, add).exit_code == 0
     record_flower_node(keys, "site-a", 7)
-    table = runner.invoke(app, ["sites", "list", "--keys-dir", str(keys)])
+    table = runner.invoke(app, ["sites", "list", "--key-dir", str(keys)])
     assert table.exit_code == 0, table.output
     header, *lines = [line for line in table.output.splitlines() if line.strip() and set(line.strip()) != {"─"}]
     assert header.split() == ["site", "signing", "key", "SuperNode", "key", "SuperLink", "node"]
     assert lines[0].split()[0] == "site-a" and lines[0].split()[-1] == "7"
-    rows = json.loads(runner.invoke(app, ["sites", "list", "--keys-dir", str(keys), "--json"]).output)
+    rows = json.loads(runner.invoke(app, ["sites", "list", "--key-dir", str(keys), "--json"]).output)
     assert [(r["site"], r["superlink_node"]) for r in rows] == [("site-a", 7)] and rows[0]["signing_key"]
 
 
@@ -138,7 +138,7 @@ def test_status_of_a_run_still_going_shows_each_site_delivered_or_distilling_and
     assert runner.invoke(app, add).exit_code == 0
     other = tmp_path / "site-b"
     create_site_identity(other)
-    assert runner.invoke(app, ["sites", "add", "--keys-dir", str(keys), "--site-id", "site-b", "--signing-key",
+    assert runner.invoke(app, ["sites", "add", "--key-dir", str(keys), "--site-id", "site-b", "--signing-key",
                                str(other / SIGNING_PUB), "--node-key", str(other / NODE_PUB), "--flwr-home",
                                str(tmp_path / "home")]).exit_code == 0
     record_flower_node(keys, "site-a", 7)
@@ -152,7 +152,7 @@ def test_status_of_a_run_still_going_shows_each_site_delivered_or_distilling_and
     monkeypatch.setattr(control, "list_runs", lambda conn, run_id=None: [{"run-id": "5", "status": "running"}])
     monkeypatch.setattr(control, "results_dir_of", lambda conn, run_id: str(run_dir))
     monkeypatch.setattr(control, "node_statuses", lambda conn: {7: "online", 8: "offline"})
-    base = ["status", "--keys-dir", str(keys), "--superlink", "127.0.0.1:9", "--root-certificates",
+    base = ["status", "--key-dir", str(keys), "--superlink", "127.0.0.1:9", "--root-certificates",
             str(keys / "tls" / "ca.crt"), "--flwr-home", str(tmp_path / "op")]
 
     shown = runner.invoke(app, [*base, "--json"])

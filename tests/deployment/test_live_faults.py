@@ -67,7 +67,7 @@ def test_a_site_killed_mid_distillation_is_named_and_the_round_completes_without
     os.killpg(victim.pid, signal.SIGKILL)  # the SuperNode and its ClientApp, mid-request
 
     # While the run waits for it, the operator sees every site's SuperNode and site-d not delivered.
-    shown = fed.coordinator("status", "--run-id", str(run_id), "--keys-dir", str(fed.coord), "--json")
+    shown = fed.coordinator("status", "--run-id", str(run_id), "--key-dir", str(fed.coord), "--json")
     assert shown.returncode == 0, shown.stderr
     status = json.loads(shown.stdout)
     assert {s["site"] for s in status["sites"]} == set(names)
@@ -100,7 +100,7 @@ def test_a_revoked_site_is_refused_after_a_superlink_restart_that_join_survives(
     assert _summary(fed, first)["sites_accepted"] == 3
 
     # The operator revokes site-c in the trust store; its SuperNode stays registered and connected.
-    revoked = subprocess.run(["coordinator", "sites", "revoke", "--keys-dir", str(fed.coord), "--site-id", "site-c"],
+    revoked = subprocess.run(["coordinator", "sites", "revoke", "--key-dir", str(fed.coord), "--site-id", "site-c"],
                              capture_output=True, text=True, check=False, cwd=tmp_path)
     assert revoked.returncode == 0 and "revoked site-c" in revoked.stdout, revoked.stderr
 
@@ -153,7 +153,7 @@ def test_a_coordinator_stopped_mid_round_resumes_asking_only_the_site_that_had_n
         time.sleep(0.5)
     assert b"SuperNode ID:" in joined.read_bytes(), joined.read_text(errors="replace")[-2000:]
     tiny = [f"--set={key}={value}" for key, value in {**TINY_SETTINGS, **settings}.items()]
-    resumed = fed.coordinator("run", "--keys-dir", str(fed.coord), "--out-dir", str(fed.out_dir), "--app-dir",
+    resumed = fed.coordinator("run", "--key-dir", str(fed.coord), "--out-dir", str(fed.out_dir), "--app-dir",
                               str(PROJECT), "--resume", f"run-{run_id}", *tiny)
     assert resumed.returncode == 0, (resumed.stdout[-3000:], resumed.stderr[-2000:], fed.logs())
     summary = _summary(fed, run_id)
