@@ -23,6 +23,7 @@ from shared.keys import (
 from site_agent import join
 from site_agent.settings import site_settings
 from tests.deployment.conftest import export
+from tests.deployment.live import PROJECT
 
 
 def test_supernode_command_has_tls_node_auth_own_port_and_offline_env(site: join.JoinSettings) -> None:
@@ -217,3 +218,17 @@ def test_join_names_its_data_option_as_check_and_distill_do(site: join.JoinSetti
     assert isinstance(both.exception, ConfigError) and "old name of --data" in str(both.exception)
     shown = CliRunner().invoke(app, ["join", "--help"], terminal_width=200).output
     assert "--data " in shown and "--data-root" not in shown
+
+
+def test_the_app_package_the_superlink_stores_holds_only_the_three_packages() -> None:
+    """The FAB `coordinator run` submits is what every SuperNode receives: no docs, tests, scripts or README."""
+    import io
+    import zipfile
+
+    from flwr.cli.build import build_fab_from_disk
+
+    names = zipfile.ZipFile(io.BytesIO(build_fab_from_disk(PROJECT))).namelist()
+    tops = {name.split("/")[0] for name in names}
+    assert tops == {".info", "pyproject.toml", "shared", "site_agent", "coordinator"}, tops
+    assert "site_agent/client_app.py" in names and "coordinator/server_app.py" in names
+    assert all(name.endswith(".py") for name in names if "/" in name and not name.startswith(".info"))
