@@ -26,6 +26,7 @@ from shared.bundle import open_bundle
 from shared.config import RunConfig
 from shared.errors import FederationError, InvalidBundle
 from shared.keys import SIMULATION_KEYS
+from shared.logs import configure_logging
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,8 @@ def simulate(
     """
     os.environ.update(OFFLINE_FLOWER_ENV)
     from flwr.simulation import run_simulation  # after the environment is set: Flower reads it at import
+
+    configure_logging()  # again: importing Flower set its logger back to DEBUG
 
     from coordinator.server_app import build_server_app
     from site_agent.client_app import build_client_app

@@ -31,8 +31,11 @@ def configure_logging(verbose: bool = False, level: str | None = None) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     for name in OUR_PACKAGES:
         logging.getLogger(name).setLevel(ours)
-    # Flower sets its own logger to DEBUG on import; in our processes it speaks only at WARNING and up.
-    logging.getLogger("flwr").setLevel(logging.DEBUG if ours == logging.DEBUG else logging.WARNING)
+    # Flower sets its own logger to DEBUG on import (so call this again once flwr is imported); in our processes
+    # it speaks only at WARNING and up, through its own console handler alone, not twice (also through ours).
+    flower = logging.getLogger("flwr")
+    flower.setLevel(logging.DEBUG if ours == logging.DEBUG else logging.WARNING)
+    flower.propagate = ours == logging.DEBUG or not flower.handlers
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
