@@ -52,6 +52,7 @@ SUPERNODE = "flower-supernode"
 CONFIG_EXIT_CODES = {302: "invalid SuperNode auth key", 303: "node auth needs TLS", 304: "invalid trusted entities"}
 CONNECTION_ERROR = 305  # the link was lost or refused (also: this node's key is not registered)
 _EXIT_CODE_LINE = re.compile(rb"Exit Code: (\d+)")
+_NODE_ID_LINE = re.compile(rb"SuperNode ID: (\d+)")  # Flower's INFO line once the SuperLink has let the node in
 _BACKOFF_START, _BACKOFF_MAX, _STABLE_SECONDS = 5.0, 120.0, 300.0
 _POLL_SECONDS = 0.5  # how soon a dead SuperNode is noticed
 _GROUP_GRACE_SECONDS = 10.0  # how long the group gets to stop on SIGTERM before it is killed
@@ -302,6 +303,8 @@ def relay_output(stream: IO[bytes] | None, out: IO[bytes], lowest: int | None = 
     for line in iter(stream.readline, b"") if stream is not None else ():
         if match := _EXIT_CODE_LINE.search(line):
             code = int(match.group(1))
+        if match := _NODE_ID_LINE.search(line):  # said in our words, as Flower's INFO lines are not relayed
+            log.info("SuperNode is in: the SuperLink accepted it as node %s; waiting for requests", match.group(1).decode())
         shown = readable_flower_line(line.decode(errors="replace"), lowest)
         if shown is not None:
             out.write(shown.encode() + b"\n")

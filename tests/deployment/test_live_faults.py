@@ -149,9 +149,10 @@ def test_a_coordinator_stopped_mid_round_resumes_asking_only_the_site_that_had_n
     fed.start_join("site-c", 2, 3)
     joined = tmp_path / "join-site-c.log"
     deadline = time.monotonic() + 180
-    while b"SuperNode ID:" not in (joined.read_bytes() if joined.exists() else b"") and time.monotonic() < deadline:
+    accepted = b"SuperNode is in: the SuperLink accepted it as node"
+    while accepted not in (joined.read_bytes() if joined.exists() else b"") and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert b"SuperNode ID:" in joined.read_bytes(), joined.read_text(errors="replace")[-2000:]
+    assert accepted in joined.read_bytes(), joined.read_text(errors="replace")[-2000:]
     tiny = [f"--set={key}={value}" for key, value in {**TINY_SETTINGS, **settings}.items()]
     resumed = fed.coordinator("run", "--key-dir", str(fed.coord), "--out-dir", str(fed.out_dir), "--app-dir",
                               str(PROJECT), "--resume", f"run-{run_id}", *tiny)

@@ -31,13 +31,17 @@ def test_flower_lines_below_the_level_and_empty_separators_are_dropped_ours_and_
     assert readable_flower_line(FLOWER_EMPTY, logging.DEBUG) is None
 
 
-def test_a_site_log_keeps_its_own_lines_and_flower_warnings_and_still_reads_flowers_exit_code() -> None:
-    """`site-agent join` relays the SuperNode's output: Flower's INFO chatter (68 of 89 lines, measured) is gone."""
-    lines = [FLOWER_EMPTY, FLOWER_INFO, OURS, FLOWER_DEBUG, FLOWER_WARNING, "\x1b[92mINFO \x1b[0m: Exit Code: 305\n"]
+def test_a_site_log_keeps_its_own_lines_and_flower_warnings_and_still_reads_flowers_exit_code(caplog) -> None:
+    """`site-agent join` relays the SuperNode's output: Flower's INFO chatter (68 of 89 lines, measured) is gone,
+    and the one INFO line that matters, the node being let in, is said in our own words."""
+    lines = [FLOWER_EMPTY, FLOWER_INFO, "\x1b[92mINFO \x1b[0m:      SuperNode ID: 8125\n", OURS, FLOWER_DEBUG,
+             FLOWER_WARNING, "\x1b[92mINFO \x1b[0m: Exit Code: 305\n"]
     out = io.BytesIO()
-    code = relay_output(io.BytesIO("".join(lines).encode()), out, lowest=logging.WARNING)
+    with caplog.at_level(logging.INFO, logger="site_agent.join"):
+        code = relay_output(io.BytesIO("".join(lines).encode()), out, lowest=logging.WARNING)
     assert out.getvalue().decode().splitlines() == [OURS.rstrip("\n"), "WARNING :   Connection refused, retrying in 5 s"]
     assert code == 305
+    assert caplog.messages == ["SuperNode is in: the SuperLink accepted it as node 8125; waiting for requests"]
 
 
 def test_coordinator_run_follows_the_log_without_debug_lines_or_empty_info_lines(monkeypatch, capsys) -> None:
