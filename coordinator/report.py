@@ -11,7 +11,7 @@
     <run-dir>/report.html          the same again as one self-contained page, with the plots and the grid inline
     <run-dir>/global_model.pt      the trained global model's state dict
     <run-dir>/bundles/             the sealed bundles as received (still encrypted)
-    <run-dir>/attempts/<n>/        an earlier attempt's summary.json and report.md, kept when the run is resumed
+    <run-dir>/attempts/<n>/        an earlier attempt's summary, reports and plots, kept when the run is resumed
 """
 
 from __future__ import annotations
