@@ -61,16 +61,11 @@ def chosen_level() -> int:
 
 
 def versions() -> str:
-    """This project's version and those of the libraries its results depend on."""
-    from importlib.metadata import PackageNotFoundError, version
+    """This project's version and those of the libraries its results depend on (as manifests record them)."""
+    from shared.software import software_versions
 
-    def of(package: str) -> str:
-        try:
-            return version(package)
-        except PackageNotFoundError:
-            return "not installed"
-
-    return f"feddistill {of('feddistill')} (flwr {of('flwr')}, torch {of('torch')}, medmnist {of('medmnist')})"
+    v = software_versions()
+    return f"feddistill {v['feddistill']} (flwr {v['flwr']}, torch {v['torch']}, medmnist {v['medmnist']})"
 
 
 def _show_version(value: bool) -> None:
