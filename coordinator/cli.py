@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -342,7 +341,7 @@ def run(
     typer.echo(f"run {name} started (Flower run {run_id}); results: {results_dir} on the SuperLink host")
     if not follow:
         return
-    control.follow_log(conn, run_id, debug=logging.getLogger("coordinator").isEnabledFor(logging.DEBUG))
+    control.follow_log(conn, run_id)
     final = control.run_status(conn, run_id)
     typer.echo(f"run {name}: {final}; results: {results_dir}")
     if final != "finished:completed":

@@ -19,7 +19,7 @@ from typing import Any
 from shared.config import RunConfig
 from shared.errors import ConfigError, FedDistillError
 from shared.flower_env import dump_toml, flower_env, write_flat_toml
-from shared.logs import readable_flower_line
+from shared.logs import chosen_level, readable_flower_line
 
 CONNECTION = "feddistill"
 RUNS = "feddistill-runs.json"  # Flower run id -> results folder on the SuperLink host
@@ -157,14 +157,15 @@ def log_command(conn: Connection, run_id: int) -> list[str]:
     return [FLWR, "log", str(run_id), conn.name, "--stream"]
 
 
-def follow_log(conn: Connection, run_id: int, debug: bool = False) -> int:
-    """Print the run's log as it comes (``flwr log --stream``), without Flower's empty lines and (unless
-    ``debug``) its DEBUG ones; returns its exit code."""
+def follow_log(conn: Connection, run_id: int) -> int:
+    """Print the run's log as it comes (``flwr log --stream``), without Flower's empty lines and (unless the
+    command line chose ``--log-level debug``) its DEBUG ones; returns its exit code."""
+    lowest = logging.DEBUG if chosen_level() == logging.DEBUG else logging.INFO
     with subprocess.Popen(log_command(conn, run_id), env=conn.env(), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, errors="replace") as stream:
         assert stream.stdout is not None
         for line in stream.stdout:
-            if (shown := readable_flower_line(line, logging.DEBUG if debug else logging.INFO)) is not None:
+            if (shown := readable_flower_line(line, lowest)) is not None:
                 print(shown, flush=True)
     return stream.returncode
 
