@@ -62,11 +62,9 @@ class KeyFileError(FedDistillError):
 
 
 # The step that makes each key file, for the hint of a KeyFileError that finds it missing.
+_SITE_INIT = "create this site's keys with `site-agent init --key-dir DIR`"
 _MAKES_KEY_FILE = {
-    "signing.key": "create this site's keys with `site-agent init --key-dir DIR`",
-    "signing.pub": "create this site's keys with `site-agent init --key-dir DIR`",
-    "node.key": "create this site's keys with `site-agent init --key-dir DIR`",
-    "node.pub": "create this site's keys with `site-agent init --key-dir DIR`",
+    **dict.fromkeys(("signing.key", "signing.pub", "node.key", "node.pub"), _SITE_INIT),
     "coordinator.pub": ("pin the coordinator's public key at this site: `site-agent trust-coordinator --key-dir DIR "
                         "--public-key coordinator.pub --fingerprint <read out of band>`"),
     "coordinator.key": "create the coordinator's key with `coordinator init`",
