@@ -15,6 +15,8 @@ from shared.schemas import DCConfig, DistillRequest
 from site_agent.data import LabelledImages
 from site_agent.distill import SyntheticSet
 from site_agent.identity import load_site_identity
+from site_agent.policy import SitePolicy
+from site_agent.settings import SiteSettings
 
 REAL_DATA = Path(os.environ.get("MEDMNIST_ROOT", Path(__file__).resolve().parents[2] / "shared" / "data" / "medmnist"))
 
@@ -74,3 +76,20 @@ def edit_header(sealed: bytes, **changes) -> bytes:
     bundle = SealedBundle.from_bytes(sealed)
     header = BundleHeader(**{**bundle.header.model_dump(), **changes}).model_dump_json().encode()
     return MAGIC + len(header).to_bytes(4, "big") + header + bundle.ciphertext
+
+
+def deployed_site(tmp_path: Path, policy: SitePolicy, test_labels: list[int] | None = None) -> SiteSettings:
+    """A deployed-style site 'site-0' (keys from the ``keys`` fixture) on a small generated BreastMNIST-shaped
+    export: 12 training images per class, each class a smooth random pattern plus noise, and ``test_labels``
+    (default 4 of each class) test images drawn the same way."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 12)
+    images = np.clip(rng.integers(40, 215, (2, 28, 28))[labels] + rng.normal(0, 20, (24, 28, 28)), 0, 255)
+    test_labels = np.asarray(test_labels if test_labels is not None else [0] * 4 + [1] * 4)
+    test = np.clip(rng.integers(40, 215, (2, 28, 28))[test_labels] + rng.normal(0, 20, (len(test_labels), 28, 28)),
+                   0, 255)
+    np.savez(tmp_path / "export.npz", train_images=images.astype(np.uint8), train_labels=labels,
+             test_images=test.astype(np.uint8), test_labels=test_labels)
+    return SiteSettings(site_id="site-0", key_dir=tmp_path / "keys" / "site-0", data_root=str(tmp_path / "export.npz"),
+                        partition=None, policy=policy, device="cpu", verify_md5=True, simulated=False,
+                        cache_dir=tmp_path / "cache")

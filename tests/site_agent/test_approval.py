@@ -6,7 +6,6 @@ import dataclasses
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -21,23 +20,14 @@ from site_agent.handlers import answer_distill
 from site_agent.policy import PrivacyLimits, SitePolicy
 from site_agent.release import seal_described
 from site_agent.settings import SiteSettings
-from tests.conftest import make_request, make_synthetic
+from tests.conftest import deployed_site, make_request, make_synthetic
 
 runner = CliRunner()
 
 
 def _site(tmp_path: Path, privacy: PrivacyLimits) -> SiteSettings:
     """A deployed-style site that requires approval, on a small generated export."""
-    rng = np.random.default_rng(0)
-    labels = np.repeat([0, 1], 12)
-    images = np.clip(rng.integers(40, 215, (2, 28, 28))[labels] + rng.normal(0, 20, (24, 28, 28)), 0, 255)
-    test_labels = np.repeat([0, 1], 4)
-    test = np.clip(rng.integers(40, 215, (2, 28, 28))[test_labels] + rng.normal(0, 20, (8, 28, 28)), 0, 255)
-    np.savez(tmp_path / "export.npz", train_images=images.astype(np.uint8), train_labels=labels,
-             test_images=test.astype(np.uint8), test_labels=test_labels)
-    return SiteSettings(site_id="site-0", key_dir=tmp_path / "keys" / "site-0", data_root=str(tmp_path / "export.npz"),
-                        partition=None, policy=SitePolicy(require_approval=True, privacy=privacy), device="cpu",
-                        verify_md5=True, simulated=False, cache_dir=tmp_path / "cache")
+    return deployed_site(tmp_path, SitePolicy(require_approval=True, privacy=privacy))
 
 
 def _events(cache: Path, event: str) -> list[audit.AuditEntry]:

@@ -7,7 +7,6 @@ import hashlib
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -18,6 +17,7 @@ from site_agent.cli import app
 from site_agent.handlers import answer_distill, answer_evaluate
 from site_agent.policy import PrivacyLimits, SitePolicy
 from site_agent.settings import SiteSettings
+from tests.conftest import deployed_site
 
 runner = CliRunner()
 NETWORK = NetworkSpec(depth=2, width=16)
@@ -25,18 +25,9 @@ NETWORK = NetworkSpec(depth=2, width=16)
 
 def _site(tmp_path: Path) -> SiteSettings:
     """A site on a small generated export (24 training, 10 test images), no privacy shadow models, max ipc 2."""
-    rng = np.random.default_rng(0)
-    labels, test_labels = np.repeat([0, 1], 12), np.array([0] * 4 + [1] * 6)
-    base = rng.integers(40, 215, (2, 28, 28))
-    images = np.clip(base[labels] + rng.normal(0, 20, (24, 28, 28)), 0, 255)
-    test = np.clip(base[test_labels] + rng.normal(0, 20, (10, 28, 28)), 0, 255)
-    np.savez(tmp_path / "export.npz", train_images=images.astype(np.uint8), train_labels=labels,
-             test_images=test.astype(np.uint8), test_labels=test_labels)
     privacy = PrivacyLimits(shadow_models=0, train_epochs=2, max_mia_auc=None, max_mia_tpr_at_0_1pct_fpr=None,
                             min_nearest_real_quantile=None)
-    return SiteSettings(site_id="site-0", key_dir=tmp_path / "keys" / "site-0", data_root=str(tmp_path / "export.npz"),
-                        partition=None, policy=SitePolicy(max_ipc=2, privacy=privacy), device="cpu", verify_md5=True,
-                        simulated=False, cache_dir=tmp_path / "cache")
+    return deployed_site(tmp_path, SitePolicy(max_ipc=2, privacy=privacy), test_labels=[0] * 4 + [1] * 6)
 
 
 def _request(run_id: str, nonce: str, ipc: int) -> DistillRequest:
