@@ -37,12 +37,12 @@ def plot_rounds(rounds: list[dict[str, Any]], path: Path) -> None:
     plt.close(figure)
 
 
-def plot_class_coverage(sites: list[dict[str, Any]], class_names: list[str], path: Path) -> bool:
+def plot_class_coverage(sites: list[dict[str, Any]], class_names: list[str], path: Path) -> None:
     """Per class, each accepted site's real training images (as its manifest released them) or, where it withheld
-    them, its synthetic images: which site covers which class. Returns False (no file) when no site was accepted."""
+    them, its synthetic images: which site covers which class. No file when no site was accepted."""
     shown = [s for s in sites if s.get("class_counts") is not None]
     if not shown:
-        return False
+        return
     plt = pyplot()
     real = all(s.get("real_class_counts") is not None for s in shown)
     key = "real_class_counts" if real else "class_counts"
@@ -59,4 +59,3 @@ def plot_class_coverage(sites: list[dict[str, Any]], class_names: list[str], pat
     axis.grid(axis="y", alpha=0.3)
     figure.savefig(path, dpi=120)
     plt.close(figure)
-    return True
