@@ -31,6 +31,7 @@ from coordinator.evaluate import EvalReport
 from coordinator.plots import plot_class_coverage, plot_rounds
 from coordinator.pool import PooledSet
 from coordinator.receive import OutcomeStatus, SiteOutcome
+from coordinator.report_html import render_html
 from shared.config import RunConfig
 from shared.datasets import DatasetInfo
 from shared.grid import image_grid, titled_stack
@@ -140,13 +141,12 @@ def _earlier_attempts(run_dir: Path) -> list[dict[str, Any]]:
 
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     """summary.json, report.md and report.html (NaN written as null), listing the earlier attempts of a resumed run."""
-    from coordinator.report_html import render_html  # it renders this module's Markdown
-
     run_dir.mkdir(parents=True, exist_ok=True)
     summary = _nan_to_none({**summary, "earlier_attempts": _earlier_attempts(run_dir)})
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (run_dir / "report.md").write_text(render_report(summary))
-    (run_dir / "report.html").write_text(render_html(summary, run_dir), encoding="utf-8")
+    report_md = render_report(summary)
+    (run_dir / "report.md").write_text(report_md)
+    (run_dir / "report.html").write_text(render_html(report_md, summary, run_dir), encoding="utf-8")
 
 
 def synthetic_grid(pooled: PooledSet, info: DatasetInfo) -> Image.Image:

@@ -17,8 +17,6 @@ from typing import Any
 
 from markdown_it import MarkdownIt
 
-from coordinator.report import render_report
-
 # Shown after the report's own text, each when the run wrote it.
 PICTURES = (
     ("rounds.png", "Balanced accuracy and AUC of the global model per round, against the bytes moved"),
@@ -39,10 +37,11 @@ td.cell { text-align: right; min-width: 3em; }
 _IMG = re.compile(r'<img src="([^"]*)" alt="([^"]*)" />')
 
 
-def render_html(summary: dict[str, Any], run_dir: Path) -> str:
-    """The whole page for ``summary``, reading the pictures and run_config.json from ``run_dir``."""
+def render_html(report_md: str, summary: dict[str, Any], run_dir: Path) -> str:
+    """The whole page: ``report_md`` (report.md's text) rendered, then the parts drawn from ``summary``, reading
+    the pictures and run_config.json from ``run_dir``."""
     shown: set[str] = set()
-    body = _inline_images(_markdown().render(render_report(summary)), run_dir, shown)
+    body = _inline_images(_markdown().render(report_md), run_dir, shown)
     sections = [body]
     if "global" in summary:
         sections.append(_confusion_section(summary["global"]))
