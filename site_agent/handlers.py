@@ -120,7 +120,8 @@ def prepare_release(
     synthetic = distill(
         images.train, images.info.num_classes, request.distill, device,
         progress=progress, min_real_per_class=settings.policy.min_real_per_class,
-        expert_cache_dir=settings.cache_dir / "experts", max_seconds=settings.policy.max_seconds, **refine,
+        expert_cache_dir=settings.cache_dir / "experts", max_seconds=settings.policy.max_seconds,
+        site_id=settings.site_id, **refine,
     )
     audit.record(settings.cache_dir, AuditEvent.SET_BUILT, request, "site-agent", method=request.distill.method.value,
                  images=len(synthetic.labels), seconds=round(synthetic.seconds, 3),

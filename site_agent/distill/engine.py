@@ -7,6 +7,7 @@ learned from one or two patients would be close to a copy of them.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -51,8 +52,12 @@ def distill(
     observer: Observer | None = None,
     start_from: tuple[torch.Tensor, torch.Tensor] | None = None,
     guide: ConvNet | None = None,
+    site_id: str | None = None,
 ) -> SyntheticSet:
     """Distill ``config.ipc`` synthetic images for every class the site holds enough images of.
+
+    ``site_id`` mixes the site into the requested seed (:func:`site_seed`), so that sites given the
+    same request draw their own initial noise and networks; the set's ``config`` stays the request's.
 
     ``expert_cache_dir`` (MTT only) keeps the site's expert trajectories between runs; they are
     derived from patient data and stay at the site. ``max_seconds`` (a site policy's wall-time limit)
@@ -86,7 +91,8 @@ def distill(
 
     started = time.perf_counter()
     deadline = deadline_after(max_seconds)
-    syn_images, history, *private = method.distill(real_by_class, config, num_classes, device, progress,
+    streams = config if site_id is None else config.model_copy(update={"seed": site_seed(config.seed, site_id)})
+    syn_images, history, *private = method.distill(real_by_class, streams, num_classes, device, progress,
                                                    deadline=deadline, observer=observer, start_from=start_from,
                                                    **options)
     seconds = time.perf_counter() - started
@@ -98,6 +104,16 @@ def distill(
     stopped_early = past(deadline) and len(history) < config.iterations
     return SyntheticSet(syn_images.detach().cpu(), labels, classes, config, history, seconds, stopped_early,
                         dp=record)
+
+
+def site_seed(seed: int, site_id: str) -> int:
+    """The seed a site's distillation draws from: the requested seed mixed with the site's id.
+
+    Every site gets the same request. On the seed alone they would all start from the same noise and
+    meet the same random networks, and sites with similar data would release near duplicates of each
+    other's images, which the pooled set gains nothing from.
+    """
+    return int.from_bytes(hashlib.sha256(f"{seed}/{site_id}".encode()).digest()[:4], "big") >> 1
 
 
 def _classes_to_distill(train: LabelledImages, num_classes: int, min_real_per_class: int) -> list[int]:
