@@ -17,7 +17,9 @@ pooled metrics on the same (whole) test split:
         pneumoniamnist=../shared/data/medmnist/unverified/pneumoniamnist_train_unordered_unverified.npz
     python scripts/benchmark_federation.py --datasets breastmnist --methods dpdm dm idm --epsilon 1 4 10 \\
         --seeds 0 1 2 --json dp.json    # one dpdm row per epsilon, beside the non-private methods
+    python scripts/benchmark_federation.py --datasets retinamnist --methods idm --set match=mmd --json r.json
     python scripts/benchmark_federation.py --summarize b.json r.json p.json    # merged table of earlier pieces
+    python scripts/benchmark_federation.py --summarize b.json r.json p.json --one-table    # a line per method
 """
 
 from __future__ import annotations
@@ -61,9 +63,11 @@ def run_one(name: str, path: str, method: DistillMethod, seed: int, args: argpar
     ``epsilon`` (dpdm only) is each site's privacy target; the row's method names it.
     """
     private = {"epsilon": epsilon, "delta": args.delta} if epsilon is not None else {}
-    config = RunConfig(dataset=name, data_root=path, method=method, seed=seed, sites=args.sites, alpha=args.alpha,
-                       ipc=args.ipc, rounds=args.rounds, out_dir=args.out_dir, privacy_report=args.privacy_report,
-                       **private)
+    overrides = dict(setting.split("=", 1) for setting in args.set)
+    config = RunConfig.from_flower({"dataset": name, "data-root": path, "method": method.value, "seed": seed,
+                                    "sites": args.sites, "alpha": args.alpha, "ipc": args.ipc, "rounds": args.rounds,
+                                    "out-dir": args.out_dir, "privacy-report": args.privacy_report, **private,
+                                    **overrides})
     started = time.perf_counter()
     run_dir, summary = simulate(config)
     wall = time.perf_counter() - started
@@ -75,6 +79,8 @@ def run_one(name: str, path: str, method: DistillMethod, seed: int, args: argpar
     label = method.value if args.rounds == 1 else f"{method.value}, {args.rounds} rounds"
     if epsilon is not None:
         label = f"{label} (ε={epsilon:g}, δ={args.delta:g})"
+    if overrides:
+        label = f"{label} ({', '.join(args.set)})"
     row = {
         "dataset": name, "method": label, "epsilon": epsilon,
         "seed": seed, "wall_seconds": wall, "pooled_images": yardstick["images"],
@@ -123,6 +129,34 @@ def report(rows: list[dict[str, Any]]) -> None:
             print(f"| {dataset} | {method} | always the majority class | {seeds} | {majority} | {chance:.3f} | 0.500 | |")
 
 
+def one_table(rows: list[dict[str, Any]]) -> None:
+    """Markdown, one line per dataset and method: the pooled model against its same-size subset and the ceiling.
+
+    Balanced accuracy and AUC of the corrected global model and of the corrected subset (the figures
+    the quality issue judges), the corrected accuracy against the majority rate, and the ceiling.
+    """
+    print("| dataset | method | seeds | balanced accuracy: pooled | subset | AUC: pooled | subset | "
+          "accuracy: pooled | majority | ceiling bal. acc. / AUC | per-site distill s (max) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for dataset in sorted({r["dataset"] for r in rows}):
+        group_of = {}
+        for r in rows:
+            if r["dataset"] == dataset:
+                group_of.setdefault(r["method"], []).append(r)
+        ceiling = [r["whole_train"] for r in rows if r["dataset"] == dataset and "whole_train" in r]
+        for method, group in sorted(group_of.items()):
+            def cell(key: str, metric: str, group: list[dict[str, Any]] = group) -> str:
+                return mean_spread([r[key][metric] for r in group])
+
+            top = (f"{mean_spread([c['balanced_accuracy'] for c in ceiling])} / {mean_spread([c['auc'] for c in ceiling])}"
+                   if ceiling else "")
+            print(f"| {dataset} | {method} | {','.join(str(r['seed']) for r in group)} | "
+                  f"{cell('global', 'balanced_accuracy')} | {cell('subset', 'balanced_accuracy')} | "
+                  f"{cell('global', 'auc')} | {cell('subset', 'auc')} | {cell('global', 'accuracy')} | "
+                  f"{mean_spread([r['majority_rate'] for r in group])} | {top} | "
+                  f"{mean_spread([max(r['site_distill_seconds']) for r in group])} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", default="", help="MedMNIST folder for datasets given without a path")
@@ -139,15 +173,20 @@ def main() -> None:
     parser.add_argument("--privacy-report", action="store_true",
                         help="each site also measures its privacy report (scripts/benchmark_privacy.py measures it "
                         "on its own; off, the accuracy rows cost what they did before the report existed)")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="run-config keys for every run, as `coordinator simulate --set` takes them")
     parser.add_argument("--full-epochs", type=int, default=50, help="epochs on the whole training split (0: skip)")
     parser.add_argument("--full-seeds", type=int, default=3, help="train the ceiling for the first N seeds only")
     parser.add_argument("--out-dir", default="results/benchmark")
     parser.add_argument("--json", help="append every row to this file (one JSON object per line)")
     parser.add_argument("--summarize", nargs="+", metavar="JSON", help="only merge earlier --json files and print")
+    parser.add_argument("--one-table", action="store_true",
+                        help="with --summarize: one line per dataset and method instead of one per set")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.summarize:
-        report([json.loads(line) for path in args.summarize for line in Path(path).read_text().splitlines() if line])
+        rows = [json.loads(line) for path in args.summarize for line in Path(path).read_text().splitlines() if line]
+        (one_table if args.one_table else report)(rows)
         return
     rows = []
     for spec in args.datasets:

@@ -22,6 +22,7 @@ from shared.schemas import (
     DistillMethod,
     DMConfig,
     DPDMConfig,
+    EmbeddingMatch,
     IDMConfig,
     ImbalanceCorrection,
     InitMode,
@@ -59,6 +60,8 @@ class RunConfig(BaseModel):
     inner_loop: int = Field(10, ge=0)
     dsa: bool = True
     init: InitMode = InitMode.NOISE
+    # dm and idm: match each class's mean embedding, or its whole distribution (MMD, M3D-style)
+    match: EmbeddingMatch = EmbeddingMatch.MEAN
     net_width: int = Field(64, ge=8, le=1024)
     net_depth: int = Field(3, ge=1, le=6)
     # dpdm's differential-privacy target for each site's one release (site_agent/distill/dpdm.py)
@@ -114,6 +117,8 @@ class RunConfig(BaseModel):
         if config.min_sites > config.sites:
             raise ConfigError(f"run config 'min-sites' is {config.min_sites}, more than 'sites' ({config.sites})")
         config.check_private_rounds()
+        if config.match != EmbeddingMatch.MEAN and config.method not in (DistillMethod.DM, DistillMethod.IDM):
+            raise ConfigError(f"run config 'match' is {config.match.value}: only dm and idm match embeddings")
         return config
 
     def check_private_rounds(self) -> None:
@@ -137,9 +142,10 @@ class RunConfig(BaseModel):
         if self.lr_img:
             common["lr_img"] = self.lr_img
         if self.method == DistillMethod.DM:
-            return DMConfig(batch_real=self.batch_real or PRESET_BATCH_REAL[self.method], **common)
+            return DMConfig(batch_real=self.batch_real or PRESET_BATCH_REAL[self.method], match=self.match, **common)
         if self.method == DistillMethod.IDM:
-            return IDMConfig(batch_real=self.batch_real or PRESET_BATCH_REAL[self.method], lr_net=self.lr_net, **common)
+            return IDMConfig(batch_real=self.batch_real or PRESET_BATCH_REAL[self.method], lr_net=self.lr_net,
+                             match=self.match, **common)
         if self.method == DistillMethod.MTT:
             return MTTConfig(**common)
         if self.method == DistillMethod.DPDM:

@@ -45,6 +45,13 @@ class InitMode(StrEnum):
     REAL = "real"
 
 
+class EmbeddingMatch(StrEnum):
+    """What DM and IDM match between real and synthetic embeddings of a class."""
+
+    MEAN = "mean"  # the mean embedding (DM's and IDM's loss)
+    MMD = "mmd"  # the whole distribution: squared MMD under a Gaussian kernel (M3D, Zhang et al., AAAI 2024)
+
+
 class ImbalanceCorrection(StrEnum):
     """How the global model, trained on balanced synthetic sets, is corrected for the real class mix."""
 
@@ -156,6 +163,7 @@ class DMConfig(_Strict):
     # The paper starts from real images; noise keeps patients' images out of the release but needs
     # more iterations to reach the same quality.
     init: InitMode = InitMode.NOISE
+    match: EmbeddingMatch = EmbeddingMatch.MEAN
     seed: int = Field(0, ge=0)
     network: NetworkSpec = NetworkSpec()
 
@@ -223,6 +231,7 @@ class IDMConfig(_Strict):
     ce_weight: float = Field(0.5, ge=0, le=100)  # paper: 0.5 at ipc 1 and 10 on CIFAR-10
     dsa: bool = True
     init: InitMode = InitMode.NOISE  # paper: real images; noise keeps patients' images out of the release
+    match: EmbeddingMatch = EmbeddingMatch.MEAN
     seed: int = Field(0, ge=0)
     network: NetworkSpec = NetworkSpec()
 

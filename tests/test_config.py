@@ -24,7 +24,8 @@ def test_pyproject_run_config_matches_defaults() -> None:
 @pytest.mark.parametrize(
     ("values", "match"),
     [({"no-such-key": 1}, "unknown run config key 'no-such-key'"), ({"ipc": 0}, "'ipc'"),
-     ({"method": "gan"}, "'method'"), ({"sites": 2, "min-sites": 3}, "min-sites")],
+     ({"method": "gan"}, "'method'"), ({"sites": 2, "min-sites": 3}, "min-sites"),
+     ({"method": "dc", "match": "mmd"}, "only dm and idm match embeddings"), ({"match": "median"}, "'match'")],
 )
 def test_bad_run_config_is_named(values, match) -> None:
     """A wrong key or value names the key."""
@@ -48,3 +49,10 @@ def test_each_method_gets_its_cpu_preset_unless_told_otherwise() -> None:
             assert config.batch_real == PRESET_BATCH_REAL[method]
     assert RunConfig(method=DistillMethod.DM, iterations=7, batch_real=9).distill_config().iterations == 7
     assert RunConfig(method=DistillMethod.DM, iterations=7, batch_real=9).distill_config().batch_real == 9
+
+
+def test_match_reaches_the_sites_for_dm_and_idm() -> None:
+    """The embedding match a run asks for is in the distill config every site receives."""
+    for method in (DistillMethod.DM, DistillMethod.IDM):
+        assert RunConfig.from_flower({"method": method.value, "match": "mmd"}).distill_config().match == "mmd"
+        assert RunConfig(method=method).distill_config().match == "mean"

@@ -20,7 +20,7 @@ import torch
 
 from shared.augment import dsa
 from shared.models import ConvNet
-from shared.schemas import DistillMethod, DMConfig, IDMConfig
+from shared.schemas import DistillMethod, DMConfig, EmbeddingMatch, IDMConfig
 from shared.training import chunk_size
 from site_agent.distill.loop import Iterations, seeded
 from site_agent.distill.matching import Observer, embed_in_chunks, sample_batch, starting_images
@@ -29,6 +29,8 @@ from site_agent.distill.registry import register
 log = logging.getLogger(__name__)
 
 __all__ = ["DMConfig", "distill_dm", "matching_loss"]
+
+_MMD_SCALES = (1.0, 4.0, 16.0)  # kernel bandwidths, in median squared distances
 
 
 @register(DistillMethod.DM)
@@ -94,13 +96,14 @@ def matching_loss(
     gen: torch.Generator,
     aug_rng: np.random.Generator,
 ) -> torch.Tensor:
-    """Sum over classes of ||mean embed(real_c) - mean embed(syn_c)||^2, as a scalar with a graph to ``syn``.
+    """Sum over classes of ||mean embed(real_c) - mean embed(syn_c)||^2 (``match`` mean), or of their
+    squared Gaussian MMD (``match`` mmd), as a scalar with a graph to ``syn``.
 
     Args:
         net: the random network whose ``embed`` is the feature map.
         real_by_class: class id -> real images (n_c, C, H, W).
         syn: all synthetic images (K * ipc, C, H, W), class-major, requiring grad.
-        config: ipc, batch_real and dsa are read.
+        config: ipc, batch_real, dsa and match are read.
         gen: draws the real batches.
         aug_rng: draws one DSA seed per class, shared by its real and synthetic batch.
     """
@@ -117,6 +120,38 @@ def matching_loss(
         # Every class's real batch in cache-sized chunks; split back by class sizes.
         all_real = torch.cat(reals)
         real_embed = embed_in_chunks(net.embed, all_real, chunk_size(all_real, net.width)).split([len(r) for r in reals])
-        real_means = torch.stack([e.mean(dim=0) for e in real_embed])  # (K, D)
-    syn_means = net.embed(torch.cat(fakes)).unflatten(0, (len(fakes), config.ipc)).mean(dim=1)  # (K, D)
-    return ((real_means - syn_means) ** 2).sum()
+    syn_embed = net.embed(torch.cat(fakes)).unflatten(0, (len(fakes), config.ipc))  # (K, ipc, D)
+    if config.match == EmbeddingMatch.MMD:
+        return torch.stack([gaussian_mmd2(real, fake) for real, fake in zip(real_embed, syn_embed, strict=True)]).sum()
+    real_means = torch.stack([e.mean(dim=0) for e in real_embed])  # (K, D)
+    return ((real_means - syn_embed.mean(dim=1)) ** 2).sum()
+
+
+def gaussian_mmd2(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """Squared MMD between embeddings real (n, D) and fake (m, D) under Gaussian kernels, on DM's scale.
+
+    Kernels at 1, 4 and 16 times the median squared distance between all n + m points (detached);
+    each MMD is multiplied by half its bandwidth, which for a wide kernel tends to DM's loss (the
+    squared distance of the means), so DM's image learning rate still fits and images far from the
+    real ones still get a gradient. Unlike the mean, the narrower kernels' fake-fake term pushes a
+    class's synthetic images apart, which noise-initialised images need to stay diverse.
+    """
+    joint = torch.cat([real, fake])
+    squared = joint.pow(2).sum(1)
+    distances = (squared[:, None] + squared[None, :] - 2 * joint @ joint.T).clamp_min(0)
+    off_diagonal = ~torch.eye(len(joint), dtype=torch.bool, device=joint.device)
+    median = distances.detach()[off_diagonal].median().clamp_min(1e-12)
+    n = len(real)
+    total = joint.new_zeros(())
+    for scale in _MMD_SCALES:
+        kernel = torch.exp(-distances / (scale * median))
+        mmd2 = (_mean_off_diagonal(kernel[:n, :n]) + _mean_off_diagonal(kernel[n:, n:])
+                - 2 * kernel[:n, n:].mean())
+        total = total + scale * median / 2 * mmd2
+    return total / len(_MMD_SCALES)
+
+
+def _mean_off_diagonal(kernel: torch.Tensor) -> torch.Tensor:
+    """Mean over pairs of distinct points (the unbiased estimate): a point's kernel with itself is always 1."""
+    m = len(kernel)
+    return (kernel.sum() - kernel.diagonal().sum()) / max(m * (m - 1), 1)

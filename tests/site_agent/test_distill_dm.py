@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from shared.models import ConvNet
-from site_agent.distill.dm import DMConfig, distill_dm
+from shared.schemas import EmbeddingMatch
+from site_agent.distill.dm import DMConfig, distill_dm, gaussian_mmd2
 from tests.site_agent.generated import CPU, NET, SIZE, accuracy, data
 
 torch.set_num_threads(1)
@@ -81,3 +82,29 @@ def test_config_is_strict():
     with pytest.raises(pydantic.ValidationError):
         config.ipc = 5  # type: ignore[misc]
     assert DMConfig.model_validate_json(config.model_dump_json()) == config
+
+
+def test_mmd_penalises_a_collapsed_class_that_mean_matching_accepts():
+    """Fakes piled on the real mean satisfy DM's loss but not the MMD's, which wants the real spread."""
+    torch.manual_seed(0)
+    real = torch.randn(128, 64)
+    collapsed = real.mean(0) + 0.01 * torch.randn(10, 64)
+    spread = torch.randn(10, 64)
+    spread = spread - spread.mean(0) + real.mean(0)  # spread like the real ones, with the same mean
+    assert ((real.mean(0) - collapsed.mean(0)) ** 2).sum() < 0.01
+    assert ((real.mean(0) - spread.mean(0)) ** 2).sum() < 0.01
+    assert gaussian_mmd2(real, collapsed) > gaussian_mmd2(real, spread) + 1.0
+
+
+def test_mmd_matching_keeps_a_class_diverse_and_trains_a_classifier():
+    """match mmd: the synthetic images of a class stay further apart than with the mean, and still teach."""
+    real = data(40, 0)
+    mean_set, _ = distill_dm(real, _config(ipc=4), 3, CPU, progress=False)
+    mmd_set, history = distill_dm(real, _config(ipc=4, match=EmbeddingMatch.MMD), 3, CPU, progress=False)
+    assert sum(history[-5:]) < sum(history[:5])
+
+    def spread(images: torch.Tensor) -> float:
+        return sum(torch.pdist(images[k * 4 : (k + 1) * 4].flatten(1)).mean().item() for k in range(3))
+
+    assert spread(mmd_set) > spread(mean_set)
+    assert accuracy(mmd_set, torch.arange(3).repeat_interleave(4)) > 0.7
