@@ -163,7 +163,7 @@ class DMConfig(_Strict):
     # The paper starts from real images; noise keeps patients' images out of the release but needs
     # more iterations to reach the same quality.
     init: InitMode = InitMode.NOISE
-    match: EmbeddingMatch = EmbeddingMatch.MEAN
+    match: EmbeddingMatch = EmbeddingMatch.MEAN  # mmd measured below mean on RetinaMNIST (docs/benchmarks.md)
     seed: int = Field(0, ge=0)
     network: NetworkSpec = NetworkSpec()
 
@@ -231,7 +231,7 @@ class IDMConfig(_Strict):
     ce_weight: float = Field(0.5, ge=0, le=100)  # paper: 0.5 at ipc 1 and 10 on CIFAR-10
     dsa: bool = True
     init: InitMode = InitMode.NOISE  # paper: real images; noise keeps patients' images out of the release
-    match: EmbeddingMatch = EmbeddingMatch.MEAN
+    match: EmbeddingMatch = EmbeddingMatch.MEAN  # mmd measured below mean on RetinaMNIST (docs/benchmarks.md)
     seed: int = Field(0, ge=0)
     network: NetworkSpec = NetworkSpec()
 

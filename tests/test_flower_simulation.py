@@ -7,6 +7,7 @@ near copy of one of that site's real training or test images.
 
 from __future__ import annotations
 
+import itertools
 import json
 import pickle
 from pathlib import Path
@@ -99,6 +100,7 @@ def test_simulation_releases_only_sealed_sets_and_survives_a_tampered_site(data_
     ]
     keys = load_coordinator_keys(run_dir / "keys" / "coordinator")
     allowed_metrics = {m.value for m in MetricKey}
+    released = []
     for reply in replies:
         assert reply["error"] is None and reply["arrays"] == []
         assert set(reply["metrics"]) == {RecordKey.METRICS}
@@ -119,6 +121,7 @@ def test_simulation_releases_only_sealed_sets_and_survives_a_tampered_site(data_
         assert set(reply["config"][RecordKey.BUNDLE]) == {FieldKey.SEALED}
         sealed = reply["config"][RecordKey.BUNDLE][FieldKey.SEALED]
         opened = open_bundle(sealed, keys.private_key, keys.verify_key_for, 1 << 26)
+        released.append(torch.from_numpy(opened.images))
         site = load_site_images(
             "breastmnist", str(data_root), PartitionSpec(reply["partition"], 3, PartitionScheme.DIRICHLET, 0.5, 0)
         )
@@ -130,6 +133,10 @@ def test_simulation_releases_only_sealed_sets_and_survives_a_tampered_site(data_
             raw = np.round((split.images + 1) * 127.5).astype(np.uint8)
             for image_f16, image_u8 in zip(split.images.astype("<f2"), raw, strict=True):
                 assert image_f16.tobytes() not in sealed and image_u8.tobytes() not in sealed
+    # One request, one seed, yet each site starts from its own noise: no site's set repeats another's.
+    assert len(released) == 3
+    for first, second in itertools.combinations(released, 2):
+        assert nearest_real_similarity(first, second) < NEAR_COPY
 
 
 def test_run_stops_cleanly_when_too_few_sites_remain(data_root: Path, tmp_path: Path) -> None:
