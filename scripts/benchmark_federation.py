@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from coordinator.evaluate import Metrics
+from coordinator.run_options import parse_settings
 from coordinator.simulate import simulate
 from coordinator.study.report import mean_spread
 from coordinator.yardstick import score
@@ -63,7 +64,7 @@ def run_one(name: str, path: str, method: DistillMethod, seed: int, args: argpar
     ``epsilon`` (dpdm only) is each site's privacy target; the row's method names it.
     """
     private = {"epsilon": epsilon, "delta": args.delta} if epsilon is not None else {}
-    overrides = dict(setting.split("=", 1) for setting in args.set)
+    overrides = parse_settings(args.set)  # read as `coordinator simulate --set` reads them
     config = RunConfig.from_flower({"dataset": name, "data-root": path, "method": method.value, "seed": seed,
                                     "sites": args.sites, "alpha": args.alpha, "ipc": args.ipc, "rounds": args.rounds,
                                     "out-dir": args.out_dir, "privacy-report": args.privacy_report, **private,
@@ -108,25 +109,23 @@ def report(rows: list[dict[str, Any]]) -> None:
           "mean ± std over seeds\n")
     print("| dataset | method | set | seeds | accuracy | balanced accuracy | AUC | per-site distill s (max) |")
     print("|---|---|---|---|---|---|---|---|")
-    for dataset in sorted({r["dataset"] for r in rows}):
-        for method in sorted({r["method"] for r in rows if r["dataset"] == dataset}):
-            group = [r for r in rows if r["dataset"] == dataset and r["method"] == method]
-            seeds = ",".join(str(r["seed"]) for r in group)
-            slowest = mean_spread([max(r["site_distill_seconds"]) for r in group])
-            sets = [("pooled synthetic, uncorrected", "global_uncorrected"),
-                    (f"pooled synthetic, {group[0]['correction']}", "global"),
-                    ("random real subset, uncorrected (NOT private)", "subset_uncorrected"),
-                    ("random real subset, logit-adjust (NOT private)", "subset")]
-            if any("whole_train" in r for r in group):
-                sets.append(("whole training split (ceiling)", "whole_train"))
-            for label, key in sets:
-                have = [r for r in group if key in r]
-                cells = " | ".join(mean_spread([r[key][m] for r in have]) for m in METRICS)
-                shown = seeds if len(have) == len(group) else ",".join(str(r["seed"]) for r in have)
-                print(f"| {dataset} | {method} | {label} | {shown} | {cells} | {slowest if key == 'global' else ''} |")
-            majority = mean_spread([r["majority_rate"] for r in group])
-            chance = 1 / dataset_info(dataset).num_classes  # balanced accuracy of a constant prediction
-            print(f"| {dataset} | {method} | always the majority class | {seeds} | {majority} | {chance:.3f} | 0.500 | |")
+    for dataset, method, group in _groups(rows):
+        seeds = ",".join(str(r["seed"]) for r in group)
+        slowest = mean_spread([max(r["site_distill_seconds"]) for r in group])
+        sets = [("pooled synthetic, uncorrected", "global_uncorrected"),
+                (f"pooled synthetic, {group[0]['correction']}", "global"),
+                ("random real subset, uncorrected (NOT private)", "subset_uncorrected"),
+                ("random real subset, logit-adjust (NOT private)", "subset")]
+        if any("whole_train" in r for r in group):
+            sets.append(("whole training split (ceiling)", "whole_train"))
+        for label, key in sets:
+            have = [r for r in group if key in r]
+            cells = " | ".join(mean_spread([r[key][m] for r in have]) for m in METRICS)
+            shown = seeds if len(have) == len(group) else ",".join(str(r["seed"]) for r in have)
+            print(f"| {dataset} | {method} | {label} | {shown} | {cells} | {slowest if key == 'global' else ''} |")
+        majority = mean_spread([r["majority_rate"] for r in group])
+        chance = 1 / dataset_info(dataset).num_classes  # balanced accuracy of a constant prediction
+        print(f"| {dataset} | {method} | always the majority class | {seeds} | {majority} | {chance:.3f} | 0.500 | |")
 
 
 def one_table(rows: list[dict[str, Any]]) -> None:
@@ -138,23 +137,24 @@ def one_table(rows: list[dict[str, Any]]) -> None:
     print("| dataset | method | seeds | balanced accuracy: pooled | subset | AUC: pooled | subset | "
           "accuracy: pooled | majority | ceiling bal. acc. / AUC | per-site distill s (max) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for dataset in sorted({r["dataset"] for r in rows}):
-        group_of = {}
-        for r in rows:
-            if r["dataset"] == dataset:
-                group_of.setdefault(r["method"], []).append(r)
+    for dataset, method, group in _groups(rows):
         ceiling = [r["whole_train"] for r in rows if r["dataset"] == dataset and "whole_train" in r]
-        for method, group in sorted(group_of.items()):
-            def cell(key: str, metric: str, group: list[dict[str, Any]] = group) -> str:
-                return mean_spread([r[key][metric] for r in group])
+        top = (f"{mean_spread([c['balanced_accuracy'] for c in ceiling])} / {mean_spread([c['auc'] for c in ceiling])}"
+               if ceiling else "")
+        cells = [mean_spread([r[key][metric] for r in group]) for key, metric in
+                 (("global", "balanced_accuracy"), ("subset", "balanced_accuracy"), ("global", "auc"),
+                  ("subset", "auc"), ("global", "accuracy"))]
+        print(f"| {dataset} | {method} | {','.join(str(r['seed']) for r in group)} | {' | '.join(cells)} | "
+              f"{mean_spread([r['majority_rate'] for r in group])} | {top} | "
+              f"{mean_spread([max(r['site_distill_seconds']) for r in group])} |")
 
-            top = (f"{mean_spread([c['balanced_accuracy'] for c in ceiling])} / {mean_spread([c['auc'] for c in ceiling])}"
-                   if ceiling else "")
-            print(f"| {dataset} | {method} | {','.join(str(r['seed']) for r in group)} | "
-                  f"{cell('global', 'balanced_accuracy')} | {cell('subset', 'balanced_accuracy')} | "
-                  f"{cell('global', 'auc')} | {cell('subset', 'auc')} | {cell('global', 'accuracy')} | "
-                  f"{mean_spread([r['majority_rate'] for r in group])} | {top} | "
-                  f"{mean_spread([max(r['site_distill_seconds']) for r in group])} |")
+
+def _groups(rows: list[dict[str, Any]]) -> list[tuple[str, str, list[dict[str, Any]]]]:
+    """(dataset, method, its rows in seed order of arrival), sorted by dataset and method."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["dataset"], r["method"]), []).append(r)
+    return [(dataset, method, group) for (dataset, method), group in sorted(groups.items())]
 
 
 def main() -> None:
