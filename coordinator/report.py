@@ -55,12 +55,14 @@ def build_summary(
     status: str,
     error: str = "",
     correction: str = "none",
+    tuning: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Everything a reader of the run needs, as plain JSON-able values (NaN written as null), with the time it was
     written and the software that wrote it.
 
     ``evaluations["global"]`` is the global model's evaluation; ``evaluations["uncorrected"]``, when
-    present, the same model without the class-imbalance ``correction``.
+    present, the same model without the class-imbalance ``correction``; ``tuning``, how that correction
+    was tuned on the sites' training images (``coordinator.server_app.tune_at_sites``).
     """
     summary: dict[str, Any] = {
         "run_id": run_id,
@@ -89,6 +91,8 @@ def build_summary(
         evaluation = evaluations["global"]
         summary["global"] = {**asdict(evaluation.pooled), "confusion": evaluation.confusion,
                              "class_names": list(info.label_names.values()), "correction": correction}
+        if tuning is not None:
+            summary["global"]["tuning"] = dict(tuning)
         if "uncorrected" in evaluations:
             summary["uncorrected"] = asdict(evaluations["uncorrected"].pooled)
         summary["per_site"] = [
@@ -218,6 +222,11 @@ def _global_section(g: dict[str, Any], uncorrected: dict[str, Any] | None, per_s
     if uncorrected is not None:
         lines.append(f"| the same without correction | {_fmt(uncorrected['accuracy'])} | "
                      f"{_fmt(uncorrected['balanced_accuracy'])} | {_fmt(uncorrected['auc'])} |")
+    if (tuning := g.get("tuning")) is not None:
+        lines += ["", (f"The logit adjustment is scaled by {tuning['scale']:g}, the most accurate scale on "
+                       f"{tuning['training_images']} training images at {tuning['sites']} sites (their summed "
+                       "confusion counts; no test image took part)." if tuning["sites"] else
+                       "No site sent tuning counts, so the logit adjustment keeps scale 1.")]
     lines += ["", "| class | test images | recall |", "|---|---|---|"]
     for name, count, recall in zip(g["class_names"], g["class_counts"], g["recall"], strict=True):
         lines.append(f"| {name} | {count} | {_fmt(recall)} |")

@@ -2,8 +2,9 @@
 
 connect (wait for sites, bind each node to its registered site) -> collect (stored bundles re-verified
 when resuming; ``query.distill`` with a fresh nonce to every other site; each reply decrypted, verified
-and validated, and stored as it arrives) -> pool -> train (corrected for the sites' class mix) ->
-evaluate (``evaluate`` at every site that answered; their counts summed) -> report.
+and validated, and stored as it arrives) -> pool -> train (corrected for the sites' class mix) -> tune
+that correction (``query.tune``: counts on the sites' training images) -> evaluate (``evaluate`` at every
+site that answered; their counts summed) -> report.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.common.constant import ErrorCode
@@ -26,7 +28,7 @@ from pydantic import ValidationError
 from coordinator import report, run_state
 from coordinator.binding import NodeBinding, bind_nodes
 from coordinator.evaluate import EvalReport, SiteEvaluation, aggregate, parse_site_counts
-from coordinator.imbalance import real_class_prior
+from coordinator.imbalance import TUNING_SCALES, real_class_prior
 from coordinator.messaging import exchange, wait_for_nodes
 from coordinator.pool import PooledSet, pool
 from coordinator.receive import Expectation, OutcomeStatus, SiteOutcome, receive_bundle
@@ -53,6 +55,8 @@ from shared.schemas import (
     FieldKey,
     ModelSpec,
     RecordKey,
+    TuneReply,
+    TuneRequest,
     first_problem,
 )
 from shared.untrusted import untrusted_text
@@ -166,17 +170,23 @@ def run_round(
         summary = report.build_summary(config, state.run_id, outcomes, None, info, None, stages, "failed", message)
         report.write_results(federation.run_dir, summary, None, info)
         raise FederationError(message)
+    # Every site that answered is asked to tune and score, also one whose bundle was rejected: its data still counts.
+    delivered = {o.node_id: o.site_id for o in outcomes if o.status == OutcomeStatus.ACCEPTED and o.site_id}
+    site_of = {b.node_id: b.site_id for b in federation.bindings.values() if b.site_id} | delivered
+    evaluators = [n for n in federation.node_ids if n in replies or n in delivered]
     with timed("train", stages):
         pooled, models = pool_and_train(federation, pooled_sets)
+    tuning = None
+    if models.needs_tuning:
+        with timed("tune", stages):
+            models, tuning = tune_at_sites(grid, federation, models, evaluators)
+        bytes_moved["down"] += _model_bytes(models.uncorrected) * len(evaluators)
+    torch.save(models.model.state_dict(), federation.run_dir / "global_model.pt")
     with timed("evaluate", stages):
-        # Every site that answered is scored, also one whose bundle was rejected: its test data still counts.
-        delivered = {o.node_id: o.site_id for o in outcomes if o.status == OutcomeStatus.ACCEPTED and o.site_id}
-        site_of = {b.node_id: b.site_id for b in federation.bindings.values() if b.site_id} | delivered
-        evaluators = [n for n in federation.node_ids if n in replies or n in delivered]
         evaluations = evaluate_at_sites(grid, federation, models, evaluators, site_of)
     bytes_moved["down"] += _model_bytes(models.model) * len(evaluators) * len(evaluations)
     summary = report.build_summary(config, state.run_id, outcomes, pooled, info, evaluations, stages, "completed",
-                                   correction=models.correction.value)
+                                   correction=models.correction.value, tuning=tuning)
     earlier = state.history[-1]["bytes"]["cumulative"] if state.history else 0
     summary["round"] = state.round
     summary["bytes"] = {**bytes_moved, "cumulative": earlier + bytes_moved["up"] + bytes_moved["down"]}
@@ -298,8 +308,45 @@ def pool_and_train(federation: Federation, accepted: list[OpenedBundle]) -> tupl
     prior = real_class_prior(accepted, federation.info.num_classes)
     models = train_corrected(pooled, federation.spec, config.train_settings(), resolve_device(config.device),
                              config.imbalance, prior)
-    torch.save(models.model.state_dict(), federation.run_dir / "global_model.pt")
     return pooled, models
+
+
+def tune_at_sites(
+    grid: Grid, federation: Federation, models: GlobalModels, node_ids: list[int]
+) -> tuple[GlobalModels, dict[str, Any]]:
+    """Scale the logit adjustment by what the sites' summed counts on their training images say is most accurate.
+
+    A site that refuses (its policy), fails or sends counts that do not add up is left out; with no
+    counts at all the plain adjustment (scale 1) stays.
+    """
+    assert models.shift is not None, "only a logit adjustment is tuned"
+    request = TuneRequest(run_id=federation.state.run_id, dataset=federation.info.name, model=federation.spec,
+                          shift=models.shift.tolist(), scales=list(TUNING_SCALES))
+    content = _request_record(request, models.uncorrected)
+    timeout = federation.config.evaluate_timeout
+    replies = exchange(grid, {node: content for node in node_ids}, "query.tune", timeout)
+    counted: list[np.ndarray] = []
+    for node in node_ids:
+        reply = replies.get(node)
+        if reply is None or reply.has_error():
+            reason = "no reply" if reply is None else untrusted_text(reply.error.reason)
+            log.warning("node %d gave no tuning counts: %s", node, reason)
+            continue
+        try:
+            parsed = TuneReply.model_validate(dict(reply.content.metric_records.get(RecordKey.METRICS, {})))
+            counted.append(parsed.matrices(len(TUNING_SCALES), federation.info.num_classes))
+        except (ValidationError, ValueError) as exc:
+            log.warning("node %d: tuning counts rejected: %s", node, untrusted_text(exc))
+    if not counted:
+        log.warning("no site sent tuning counts: the logit adjustment keeps scale 1")
+        return models, {"scale": models.scale, "sites": 0, "training_images": 0}
+    summed = np.sum(counted, axis=0)
+    tuned = models.tuned(summed)
+    accuracy = np.trace(summed, axis1=1, axis2=2) / summed[0].sum()
+    log.info("logit adjustment scaled by %.2f: %.3f accuracy on %d training images at %d sites (%.3f at scale 1)",
+             tuned.scale, accuracy.max(), summed[0].sum(), len(counted), accuracy[TUNING_SCALES.index(1.0)])
+    return tuned, {"scale": tuned.scale, "sites": len(counted), "training_images": int(summed[0].sum()),
+                   "accuracy_by_scale": {f"{scale:g}": round(float(a), 4) for scale, a in zip(TUNING_SCALES, accuracy)}}
 
 
 def evaluate_at_sites(

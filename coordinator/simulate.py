@@ -22,7 +22,7 @@ import torch
 from coordinator import run_state
 from coordinator.pool import PooledSet, pool
 from coordinator.trust import load_coordinator_keys
-from shared.bundle import open_bundle
+from shared.bundle import OpenedBundle, open_bundle
 from shared.config import RunConfig
 from shared.errors import FederationError, InvalidBundle
 from shared.keys import SIMULATION_KEYS
@@ -124,8 +124,8 @@ def simulate(
     return run_dir, summary
 
 
-def reopened_pool(run_dir: Path) -> PooledSet:
-    """The pooled set of a simulated run's last round, opened again from its stored bundles.
+def reopened_bundles(run_dir: Path) -> list[OpenedBundle]:
+    """The bundles of a simulated run's last round, opened again from where the run stored them.
 
     The simulation keys in the run folder open them; a bundle the run rejected stays out again.
     """
@@ -137,4 +137,9 @@ def reopened_pool(run_dir: Path) -> PooledSet:
             bundles.append(open_bundle(sealed, keys.private_key, keys.verify_key_for, 1 << 30))
         except InvalidBundle as exc:
             log.warning("%s: a stored bundle is left out (%s)", run_dir.name, exc)
-    return pool(bundles)
+    return bundles
+
+
+def reopened_pool(run_dir: Path) -> PooledSet:
+    """The pooled set of a simulated run's last round (:func:`reopened_bundles`)."""
+    return pool(reopened_bundles(run_dir))

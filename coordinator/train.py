@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
-from coordinator.imbalance import adjust_logits, class_weights, logit_shift, pooled_prior
+from coordinator.imbalance import TUNING_SCALES, adjust_logits, choose_scale, class_weights, logit_shift, pooled_prior
 from coordinator.pool import PooledSet
+from shared.metrics import confusions_by_scale
 from shared.models import ConvNet, build_model
 from shared.schemas import ImbalanceCorrection, ModelSpec
-from shared.training import TrainSettings, train_classifier
+from shared.training import TrainSettings, predict_logits, train_classifier
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,25 @@ class GlobalModels:
     model: ConvNet
     uncorrected: ConvNet
     correction: ImbalanceCorrection  # what was applied: NONE when asked for none or no site released counts
+    shift: np.ndarray | None = None  # the logit shift (K,) of a logit adjustment, before its scale
+    scale: float = 1.0  # the shift's scale; tuned-logit-adjust chooses it with the sites' counts
+
+    @property
+    def needs_tuning(self) -> bool:
+        return self.correction == ImbalanceCorrection.TUNED_LOGIT_ADJUST and self.shift is not None
+
+    def tuned(self, confusions: np.ndarray, scales: tuple[float, ...] = TUNING_SCALES) -> GlobalModels:
+        """The models with the shift scaled by the most accurate scale of the summed ``confusions`` (S, K, K)."""
+        scale = choose_scale(confusions, scales)
+        assert self.shift is not None, "only a logit adjustment is tuned"
+        return replace(self, model=adjust_logits(copy.deepcopy(self.uncorrected), scale * self.shift), scale=scale)
+
+    def tuned_on(self, images: np.ndarray, labels: np.ndarray, device: torch.device) -> GlobalModels:
+        """Tuned with the counts computed in one place: simulation only, where one process holds every
+        site's training images (the random-subset yardstick, benchmarks). The sites' summed counts are
+        the same numbers."""
+        logits = predict_logits(self.uncorrected, torch.from_numpy(images), device).numpy()
+        return self.tuned(confusions_by_scale(logits, labels, self.shift, np.array(TUNING_SCALES)))
 
 
 def train_corrected(
@@ -55,8 +75,9 @@ def train_corrected(
             log.warning("no site released class counts: the global model is not corrected for class imbalance")
         return GlobalModels(uncorrected, uncorrected, ImbalanceCorrection.NONE)
     pool_prior = pooled_prior(pooled.labels, spec.num_classes)
-    if correction == ImbalanceCorrection.LOGIT_ADJUST:
-        model = adjust_logits(copy.deepcopy(uncorrected), logit_shift(real_prior, pool_prior))
-    else:
-        model = train_global(pooled, spec, settings, device, class_weights(real_prior, pool_prior))
+    if correction in (ImbalanceCorrection.LOGIT_ADJUST, ImbalanceCorrection.TUNED_LOGIT_ADJUST):
+        # tuned-logit-adjust starts at scale 1; GlobalModels.tuned rescales it once the counts are in
+        shift = logit_shift(real_prior, pool_prior)
+        return GlobalModels(adjust_logits(copy.deepcopy(uncorrected), shift), uncorrected, correction, shift)
+    model = train_global(pooled, spec, settings, device, class_weights(real_prior, pool_prior))
     return GlobalModels(model, uncorrected, correction)

@@ -40,7 +40,7 @@ def score(model: ConvNet, images: np.ndarray, labels: np.ndarray) -> Metrics:
 def random_subset_yardstick(config: RunConfig, pooled_class_counts: list[int]) -> dict[str, Any]:
     """Accuracy, balanced accuracy and AUC of a random real subset the size of the pooled set, on the test split.
 
-    Returns ``{"images", "correction", "corrected", "uncorrected"}``, the last two dicts of the figures.
+    Returns ``{"images", "correction", "scale", "corrected", "uncorrected"}``, the last two dicts of the figures.
     """
     from site_agent.data import read_local_data  # the harness reads the data the simulated sites share
 
@@ -52,10 +52,14 @@ def random_subset_yardstick(config: RunConfig, pooled_class_counts: list[int]) -
     counts = np.bincount(train.labels, minlength=info.num_classes).astype(np.float64)
     prior = (counts + 1) / (counts + 1).sum()  # as the coordinator smooths the sites' released counts
     pool = PooledSet(torch.from_numpy(subset.images), torch.from_numpy(subset.labels), {"random real subset": len(subset)})
-    models = train_corrected(pool, spec, config.train_settings(), resolve_device(config.device), config.imbalance, prior)
+    device = resolve_device(config.device)
+    models = train_corrected(pool, spec, config.train_settings(), device, config.imbalance, prior)
+    if models.needs_tuning:  # on the union of the sites' training shares, as the sites' summed counts would be
+        models = models.tuned_on(train.images, train.labels, device)
     return {
         "images": len(subset),
         "correction": models.correction.value,
+        "scale": models.scale,
         "corrected": figures(score(models.model, test.images, test.labels)),
         "uncorrected": figures(score(models.uncorrected, test.images, test.labels)),
     }

@@ -20,6 +20,13 @@ pooled metrics on the same (whole) test split:
     python scripts/benchmark_federation.py --datasets retinamnist --methods idm --set match=mmd --json r.json
     python scripts/benchmark_federation.py --summarize b.json r.json p.json    # merged table of earlier pieces
     python scripts/benchmark_federation.py --summarize b.json r.json p.json --one-table    # a line per method
+    python scripts/benchmark_federation.py --rescore b.json --json b2.json    # same pools, today's global training
+
+``--rescore`` reopens the pools that earlier rows' runs stored (their results folders must still be
+there) and trains and corrects the global model and the subset again with the current defaults (and
+``--set``); the tuning counts are computed on the whole training split, which is what the sites' summed
+counts are. For a run of several rounds the last round's pool is retrained; the sets of its later
+rounds were refined against the global models of that run.
 """
 
 from __future__ import annotations
@@ -36,10 +43,13 @@ from typing import Any
 import torch
 
 from coordinator.evaluate import Metrics
+from coordinator.imbalance import real_class_prior
+from coordinator.pool import pool
 from coordinator.run_options import parse_settings
-from coordinator.simulate import simulate
+from coordinator.simulate import reopened_bundles, simulate
 from coordinator.study.report import mean_spread
-from coordinator.yardstick import score
+from coordinator.train import train_corrected
+from coordinator.yardstick import random_subset_yardstick, score
 from shared.config import RunConfig
 from shared.datasets import dataset_info
 from shared.models import build_model
@@ -101,6 +111,32 @@ def run_one(name: str, path: str, method: DistillMethod, seed: int, args: argpar
     print(f"  {name} {label} seed {seed}: global {row['global']} (uncorrected {row['global_uncorrected']}); "
           f"subset {row['subset']} (uncorrected {row['subset_uncorrected']}); {wall:.0f} s", flush=True)
     return row
+
+
+def rescore_one(row: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """An earlier row with its global model and subset trained and corrected again on the run's stored pool."""
+    run_dir = Path(row["run_dir"])
+    stored = RunConfig.from_flower(json.loads((run_dir / "run_config.json").read_text())).to_flower()
+    config = RunConfig.from_flower({**stored, "imbalance": RunConfig().imbalance.value, **parse_settings(args.set)})
+    bundles = reopened_bundles(run_dir)
+    pooled = pool(bundles)
+    local = read_local_data(config.data_root, config.dataset)
+    train, test, info = local.splits["train"], local.splits["test"], local.info
+    spec = ModelSpec(in_channels=info.in_channels, num_classes=info.num_classes, image_size=28,
+                     network=config.network())
+    models = train_corrected(pooled, spec, config.train_settings(), CPU, config.imbalance,
+                             real_class_prior(bundles, info.num_classes))
+    if models.needs_tuning:
+        models = models.tuned_on(train.images, train.labels, CPU)
+    yardstick = random_subset_yardstick(config, pooled.class_counts(info.num_classes))
+    rescored = {**row, "correction": models.correction.value, "scale": models.scale,
+                "global": _figures(score(models.model, test.images, test.labels)),
+                "global_uncorrected": _figures(score(models.uncorrected, test.images, test.labels)),
+                "subset": _figures(yardstick["corrected"]), "subset_uncorrected": _figures(yardstick["uncorrected"]),
+                "subset_scale": yardstick["scale"], "rescored": True}
+    print(f"  {row['dataset']} {row['method']} seed {row['seed']}: scale {models.scale:g}, global {rescored['global']}; "
+          f"subset {rescored['subset']} (scale {yardstick['scale']:g})", flush=True)
+    return rescored
 
 
 def report(rows: list[dict[str, Any]]) -> None:
@@ -180,6 +216,8 @@ def main() -> None:
     parser.add_argument("--out-dir", default="results/benchmark")
     parser.add_argument("--json", help="append every row to this file (one JSON object per line)")
     parser.add_argument("--summarize", nargs="+", metavar="JSON", help="only merge earlier --json files and print")
+    parser.add_argument("--rescore", nargs="+", metavar="JSON",
+                        help="train the global model and subset of earlier rows again on their stored pools")
     parser.add_argument("--one-table", action="store_true",
                         help="with --summarize: one line per dataset and method instead of one per set")
     args = parser.parse_args()
@@ -187,6 +225,14 @@ def main() -> None:
     if args.summarize:
         rows = [json.loads(line) for path in args.summarize for line in Path(path).read_text().splitlines() if line]
         (one_table if args.one_table else report)(rows)
+        return
+    if args.rescore:
+        rows = [json.loads(line) for path in args.rescore for line in Path(path).read_text().splitlines() if line]
+        for row in rows:
+            rescored = rescore_one(row, args)
+            if args.json:
+                with open(args.json, "a") as handle:
+                    handle.write(json.dumps(rescored) + "\n")
         return
     rows = []
     for spec in args.datasets:

@@ -4,9 +4,12 @@ Reads the results folders of simulated runs (``scripts/benchmark_federation.py``
 simulation keys inside open the stored bundles), pools the accepted sets again, and trains the global
 model with each variant. Every variant is also trained on a random real subset with the same images
 per class (NOT private), so each row compares like with like. Figures are pooled metrics on the whole
-test split, uncorrected (no class-prior adjustment), mean ± std over the runs given.
+test split, uncorrected and with the plain logit adjustment to the class counts the sites released
+(scale 1; ``benchmark_federation.py --rescore`` measures the tuned one), mean ± std over the runs and
+training seeds given.
 
-    python scripts/sweep_global_training.py --data-root ../shared/data/medmnist results/benchmark/*/
+    python scripts/sweep_global_training.py --data-root ../shared/data/medmnist results/benchmark/*/ \
+        --train-seeds 3 --variants "default (width 64, 300 epochs)" "ensemble of 3"
 """
 
 from __future__ import annotations
@@ -17,11 +20,14 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from benchmark_federation import METRICS, mean_spread
 
 from coordinator.evaluate import Metrics
-from coordinator.simulate import reopened_pool
+from coordinator.imbalance import logit_shift, pooled_prior, real_class_prior
+from coordinator.pool import pool
+from coordinator.simulate import reopened_bundles
 from shared.config import RunConfig
 from shared.datasets import reference_subset
 from shared.metrics import EvalCounts, log_odds
@@ -42,13 +48,13 @@ VARIANTS = {
 }
 
 
-def ensemble_metrics(images, labels, test, spec: ModelSpec, settings: TrainSettings, members: int) -> Metrics:
-    """Pooled metrics of the mean logits of ``members`` ConvNets trained with different seeds."""
-    logits = 0
-    for member in range(members):
-        model = train_classifier(build_model(spec), images, labels, replace(settings, seed=settings.seed + member), CPU)
-        logits = logits + predict_logits(model, torch.from_numpy(test.images), CPU).numpy()
-    return Metrics.of(EvalCounts.from_scores(test.labels, log_odds(logits / members)))
+def ensemble_logits(images: torch.Tensor, labels: torch.Tensor, test_images: np.ndarray, spec: ModelSpec,
+                    settings: TrainSettings, members: int) -> np.ndarray:
+    """The mean test logits of ``members`` ConvNets trained with different seeds."""
+    logits = [predict_logits(train_classifier(build_model(spec), images, labels,
+                                              replace(settings, seed=settings.seed + member), CPU),
+                             torch.from_numpy(test_images), CPU).numpy() for member in range(members)]
+    return np.mean(logits, axis=0)
 
 
 def main() -> None:
@@ -56,27 +62,35 @@ def main() -> None:
     parser.add_argument("run_dirs", nargs="+")
     parser.add_argument("--data-root", default="", help="used where a run's own data root is empty")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--train-seeds", type=int, default=1,
+                        help="train each variant this many times per run (the spread of training alone)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     results: dict[tuple[str, str, str], list[dict[str, float]]] = {}
     for run_dir in map(Path, args.run_dirs):
         config = RunConfig.from_flower(json.loads((run_dir / "run_config.json").read_text()))
-        pooled = reopened_pool(run_dir)
+        bundles = reopened_bundles(run_dir)
+        pooled = pool(bundles)
         local = read_local_data(config.data_root or args.data_root, config.dataset)
         train, test, info = local.splits["train"], local.splits["test"], local.info
         subset = train.subset(reference_subset(train.labels, pooled.class_counts(info.num_classes), config.seed))
+        real_prior = real_class_prior(bundles, info.num_classes)
+        shift = 0.0 if real_prior is None else logit_shift(real_prior, pooled_prior(pooled.labels, info.num_classes))
+        sets = {"pooled synthetic": (pooled.images, pooled.labels),
+                "random real subset": (torch.from_numpy(subset.images), torch.from_numpy(subset.labels))}
         for name in args.variants:
             network, change, members = VARIANTS[name]
             spec = ModelSpec(in_channels=info.in_channels, num_classes=info.num_classes, image_size=28,
                              network=network or config.network())
-            settings = replace(config.train_settings(), **change)
-            for kind, (x, y) in {"pooled synthetic": (pooled.images, pooled.labels),
-                                 "random real subset": (torch.from_numpy(subset.images),
-                                                        torch.from_numpy(subset.labels))}.items():
-                metrics = ensemble_metrics(x, y, test, spec, settings, members)
-                figures = {m: getattr(metrics, m) for m in METRICS}
-                results.setdefault((config.dataset, name, kind), []).append(figures)
-                print(f"  {run_dir.name} {name} {kind}: {figures}", flush=True)
+            for repeat in range(args.train_seeds):
+                settings = replace(config.train_settings(), seed=config.seed + 10 * repeat, **change)
+                for kind, (x, y) in sets.items():
+                    logits = ensemble_logits(x, y, test.images, spec, settings, members)
+                    for corrected, z in (("uncorrected", logits), ("logit-adjust", logits + shift)):
+                        metrics = Metrics.of(EvalCounts.from_scores(test.labels, log_odds(z)))
+                        figures = {m: getattr(metrics, m) for m in METRICS}
+                        results.setdefault((config.dataset, name, f"{kind}, {corrected}"), []).append(figures)
+                        print(f"  {run_dir.name} {name} seed {settings.seed} {kind} {corrected}: {figures}", flush=True)
     print("\n| dataset | training | set | runs | accuracy | balanced accuracy | AUC |\n|---|---|---|---|---|---|---|")
     for (dataset, name, kind), rows in sorted(results.items()):
         cells = " | ".join(mean_spread([r[m] for r in rows]) for m in METRICS)

@@ -73,7 +73,7 @@ class RunConfig(BaseModel):
     train_batch: int = Field(256, ge=1)
     train_dsa: bool = True
     # How the global model is corrected for the real class mix the sites release (coordinator/imbalance.py).
-    imbalance: ImbalanceCorrection = ImbalanceCorrection.LOGIT_ADJUST
+    imbalance: ImbalanceCorrection = ImbalanceCorrection.TUNED_LOGIT_ADJUST
     # Simulated sites' privacy report before each release (site_agent/privacy): shown, never blocking.
     privacy_report: bool = True
     privacy_shadows: int = Field(0, ge=0, le=64)  # LiRA shadow models per site (each is a distillation)

@@ -120,6 +120,20 @@ class EvalCounts:
         return float(np.mean(bounds)) if bounds else math.nan
 
 
+def confusions_by_scale(logits: np.ndarray, labels: np.ndarray, shift: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """Confusion matrices (S, K, K) of ``argmax(logits + scale * shift)`` for each of the S scales.
+
+    What a site returns to tune the class-imbalance correction (``coordinator.imbalance``): counts that
+    add up across sites, one matrix per candidate, never a per-image value.
+    """
+    logits, labels = np.asarray(logits, np.float64), np.asarray(labels, np.int64).reshape(-1)
+    k = logits.shape[1]
+    confusions = np.zeros((len(scales), k, k), np.int64)
+    for i, scale in enumerate(scales):
+        np.add.at(confusions[i], (labels, (logits + scale * np.asarray(shift)).argmax(axis=1)), 1)
+    return confusions
+
+
 def _binned_auc(pos: np.ndarray, neg: np.ndarray) -> float:
     """P(score of a positive > score of a negative) + 1/2 P(same bin), from the two histograms."""
     p, n = pos.sum(), neg.sum()

@@ -57,6 +57,8 @@ class ImbalanceCorrection(StrEnum):
 
     NONE = "none"
     LOGIT_ADJUST = "logit-adjust"  # add log(real prior / pooled prior) to the logits (Menon et al., ICLR 2021)
+    # the same shift times a scale tau chosen on the sites' own training images (summed confusion counts)
+    TUNED_LOGIT_ADJUST = "tuned-logit-adjust"
     REWEIGHT = "reweight"  # weight each class's loss by real prior / pooled prior while training
 
 
@@ -96,6 +98,8 @@ class MetricKey(StrEnum):
     CLASS_COUNTS = "class-counts"  # (K,) test images per class
     CONFUSION = "confusion"  # (K*K,) row-major, rows = true class
     SCORE_HISTOGRAMS = "score-histograms"  # (K*2*SCORE_BINS,) row-major
+    # Tuning the imbalance correction at a site: (S*K*K,) confusion matrices on its training images, one per scale.
+    CONFUSIONS = "confusions"
 
 
 def first_problem(exc: ValidationError) -> str:
@@ -315,6 +319,33 @@ class EvaluateRequest(_Strict):
     model: ModelSpec
 
 
+_Finite = Annotated[float, Field(ge=-1e3, le=1e3, allow_inf_nan=False)]
+MAX_SCALES = 64
+MAX_CONFUSION_COUNTS = 100_000  # scales x classes^2 in one calibration reply
+
+
+class TuneRequest(_Strict):
+    """Sent with the uncorrected global model's weights: count, on the site's training images, what the
+    model predicts with ``scale * shift`` added to its logits, for each scale (``shared.metrics.confusions_by_scale``).
+    """
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    run_id: str = Field(min_length=1, max_length=128)
+    dataset: str = Field(min_length=1, max_length=64)
+    model: ModelSpec
+    shift: list[_Finite] = Field(min_length=2, max_length=1000)
+    scales: list[_Finite] = Field(min_length=1, max_length=MAX_SCALES)
+
+    @model_validator(mode="after")
+    def _one_shift_per_class(self) -> TuneRequest:
+        if len(self.shift) != self.model.num_classes:
+            raise ValueError(f"shift has {len(self.shift)} values for {self.model.num_classes} classes")
+        if len(self.scales) * self.model.num_classes**2 > MAX_CONFUSION_COUNTS:
+            raise ValueError(f"{len(self.scales)} scales of {self.model.num_classes}x{self.model.num_classes} "
+                             f"counts exceed {MAX_CONFUSION_COUNTS}")
+        return self
+
+
 _Count = Annotated[int, Field(ge=0, le=10**9)]
 _Seconds = Annotated[float, Field(ge=0, le=10**7, allow_inf_nan=False)]
 _Fraction = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
@@ -375,6 +406,36 @@ class EvaluateReply(_Strict):
         if not np.array_equal(histograms.sum(axis=2), expected):
             raise ValueError("score-histograms do not add up to class-counts")
         return EvalCounts(per_class, confusion, histograms)
+
+
+class TuneReply(_Strict):
+    """A site's counts for tuning the imbalance correction: one confusion matrix per requested scale."""
+
+    num_examples: _Count = Field(alias=MetricKey.NUM_EXAMPLES.value)
+    confusions: list[_Count] = Field(alias=MetricKey.CONFUSIONS.value, max_length=MAX_CONFUSION_COUNTS)
+
+    @classmethod
+    def from_confusions(cls, confusions: np.ndarray) -> TuneReply:
+        return cls.model_validate({MetricKey.NUM_EXAMPLES.value: int(confusions[0].sum()),
+                                   MetricKey.CONFUSIONS.value: confusions.reshape(-1).tolist()})
+
+    def to_metrics(self) -> dict[str, int | list[int]]:
+        return self.model_dump(by_alias=True)
+
+    def matrices(self, num_scales: int, num_classes: int) -> np.ndarray:
+        """The (S, K, K) matrices, once each counts the same images of the same classes.
+
+        Raises:
+            ValueError: naming the first count that does not fit.
+        """
+        if len(self.confusions) != num_scales * num_classes**2:
+            raise ValueError(f"confusions must hold {num_scales} matrices of {num_classes}x{num_classes}")
+        matrices = np.asarray(self.confusions, np.int64).reshape(num_scales, num_classes, num_classes)
+        if (matrices.sum(axis=(1, 2)) != self.num_examples).any():
+            raise ValueError("a confusion matrix does not add up to num-examples")
+        if (matrices.sum(axis=2) != matrices[0].sum(axis=1)).any():
+            raise ValueError("the confusion matrices count different images per class")  # rows: the true classes
+        return matrices
 
 
 class Estimate(_Strict):

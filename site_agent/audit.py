@@ -55,6 +55,7 @@ class AuditEvent(StrEnum):
     DECISION = "decision"  # approved, rejected, or blocked by the policy
     RELEASE = "release"  # a sealed bundle was handed to Flower to send
     EVALUATED = "evaluated"  # the run's global model was scored on the site's test images (figures stay here)
+    TUNING_COUNTS = "tuning_counts"  # confusion counts on the site's training images left for correction tuning
 
 
 class AuditEntry(BaseModel):

@@ -2,6 +2,7 @@
 
 ``query.distill`` -> a sealed bundle (bytes in a ConfigRecord) and numbers (MetricRecord), nothing else.
 ``evaluate``      -> summable counts of the global model on the site's test share (MetricRecord; shared.metrics).
+``query.tune``    -> confusion counts on the site's training share, one per candidate imbalance correction.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from pydantic import BaseModel, ValidationError
 from shared.config import RunConfig
 from shared.errors import ConfigError, FedDistillError
 from shared.logs import configure_logging
-from shared.schemas import DistillRequest, EvaluateRequest, FieldKey, RecordKey, first_problem
-from site_agent.handlers import answer_distill, answer_evaluate
+from shared.schemas import DistillRequest, EvaluateRequest, FieldKey, RecordKey, TuneRequest, first_problem
+from site_agent.handlers import answer_distill, answer_evaluate, answer_tune
 from site_agent.settings import SiteSettings, site_settings
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,14 @@ def build_client_app(run_config_overrides: Mapping[str, Any] | None = None, mods
         request = _read_request(msg, EvaluateRequest)
         state_dict = _arrays(msg)
         metrics = _safely(lambda: answer_evaluate(request, state_dict, settings))
+        return Message(RecordDict({RecordKey.METRICS: MetricRecord(metrics)}), reply_to=msg)
+
+    @app.query("tune")
+    def tune(msg: Message, context: Context) -> Message:
+        settings = _settings(context, overrides)
+        request = _read_request(msg, TuneRequest)
+        state_dict = _arrays(msg)
+        metrics = _safely(lambda: answer_tune(request, state_dict, settings))
         return Message(RecordDict({RecordKey.METRICS: MetricRecord(metrics)}), reply_to=msg)
 
     return app

@@ -5,6 +5,8 @@ folder, before any work) -> load local data -> distill -> privacy report and gat
 approval) -> (sealed bundle, metrics).
 ``prepare_release``: the same up to the seal; ``site-agent distill`` previews a release with it.
 ``answer_evaluate``: load local test data -> score the global model -> summable counts (no per-image value).
+``answer_tune``: load local training data -> what the uncorrected global model predicts under each candidate
+class-imbalance correction -> one confusion matrix per candidate (no per-image value).
 
 Each step is recorded in the site's audit log (``site_agent.audit``): the request, the set built, its
 privacy report, the decision and the release.
@@ -19,11 +21,23 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from shared.config import resolve_device
 from shared.errors import ConfigError, PolicyError
-from shared.schemas import DistillRequest, EvaluateReply, EvaluateRequest, InitMode, MetricKey, PrivacySummary
+from shared.metrics import confusions_by_scale
+from shared.schemas import (
+    DistillRequest,
+    EvaluateReply,
+    EvaluateRequest,
+    InitMode,
+    MetricKey,
+    PrivacySummary,
+    TuneReply,
+    TuneRequest,
+)
+from shared.training import predict_logits
 from site_agent import audit
 from site_agent.approval import ReleaseApproval, approval_for
 from site_agent.audit import AuditEvent
@@ -218,6 +232,27 @@ def answer_evaluate(
                      ("accuracy", counts.accuracy()), ("balanced_accuracy", counts.balanced_accuracy()),
                      ("auc", counts.auc()))})
     return EvaluateReply.from_counts(counts).to_metrics()
+
+
+def answer_tune(
+    request: TuneRequest, state_dict: Mapping[str, torch.Tensor], settings: SiteSettings
+) -> dict[str, int | list[int]]:
+    """Counts (``TuneReply``): one confusion matrix, over the site's training images, of the uncorrected global
+    model with ``scale * shift`` added to its logits for each requested scale. The test images stay out of it.
+
+    Raises:
+        PolicyError: the policy withholds tuning counts, or the run has had the evaluations it allows.
+    """
+    if not settings.policy.release_tuning_counts:
+        raise PolicyError("this site's policy withholds tuning counts (release_tuning_counts)")
+    spend_evaluation(settings.cache_dir, request.run_id, settings.policy.max_evaluations_per_run)
+    train = load_site_images(request.dataset, settings.data_root, settings.partition, settings.verify_md5).train
+    model = load_global_model(state_dict, request.model)
+    logits = predict_logits(model, torch.from_numpy(train.images), resolve_device(settings.device)).numpy()
+    confusions = confusions_by_scale(logits, train.labels, np.array(request.shift), np.array(request.scales))
+    audit.record(settings.cache_dir, AuditEvent.TUNING_COUNTS, _Scored(request.run_id), "site-agent",
+                 training_images=len(train.labels), scales=len(request.scales))
+    return TuneReply.from_confusions(confusions).to_metrics()
 
 
 @dataclass(frozen=True)

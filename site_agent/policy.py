@@ -95,9 +95,13 @@ class SitePolicy(BaseModel):
     class_count_rounding: int = Field(
         1, ge=1, description="round the released class counts to a multiple of this (1: exact)"
     )
+    release_tuning_counts: bool = Field(
+        True, description="count, on the site's training images, what the global model predicts under each "
+        "candidate class-imbalance correction (confusion counts, no image), so the coordinator can tune it"
+    )
     max_evaluations_per_run: int = Field(
-        20, ge=1, description="most times one run may have the site score a model on its test images (each "
-        "evaluation is an oracle on the test data; a run asks two per round)"
+        20, ge=1, description="most times one run may have the site score a model on its test or training images "
+        "(each is an oracle on that data; a run asks up to three per round: tuning counts and two evaluations)"
     )
     require_approval: bool = Field(
         False, description="hold every release for manual approval before it is sent (see site_agent/approval.py)"

@@ -16,13 +16,14 @@ import numpy as np
 import pytest
 import torch
 
+from coordinator.imbalance import TUNING_SCALES
 from coordinator.simulate import simulate
 from coordinator.trust import load_coordinator_keys
 from shared.bundle import open_bundle
 from shared.config import RunConfig
 from shared.errors import FederationError
 from shared.metrics import SCORE_BINS
-from shared.schemas import EvaluateReply, FieldKey, MetricKey, PartitionScheme, RecordKey
+from shared.schemas import EvaluateReply, FieldKey, MetricKey, PartitionScheme, RecordKey, TuneReply
 from site_agent.data import load_site_images
 from site_agent.privacy.near_copy import nearest_real_similarity
 from site_agent.settings import PartitionSpec
@@ -93,10 +94,14 @@ def test_simulation_releases_only_sealed_sets_and_survives_a_tampered_site(data_
         assert privacy["members"] == site["real_train_images"]
     assert "Privacy reports" in (run_dir / "report.md").read_text()
 
-    # Every reply every site sent: 3 distill + 3 evaluate.
+    # The correction was tuned on every answering site's training share (the whole training split), not on test images.
+    assert pooled["tuning"]["sites"] == 3 and pooled["tuning"]["training_images"] == 546
+    assert pooled["tuning"]["scale"] in TUNING_SCALES and "training images at 3 sites" in (run_dir / "report.md").read_text()
+
+    # Every reply every site sent: 3 distill + 3 tune + 3 evaluate.
     replies = [pickle.loads(p.read_bytes()) for p in sorted(record_dir.glob("*.pkl"))]
     assert sorted((r["partition"], r["type"]) for r in replies) == [
-        (i, t) for i in range(3) for t in ("evaluate", "query.distill")
+        (i, t) for i in range(3) for t in ("evaluate", "query.distill", "query.tune")
     ]
     keys = load_coordinator_keys(run_dir / "keys" / "coordinator")
     allowed_metrics = {m.value for m in MetricKey}
@@ -114,6 +119,15 @@ def test_simulation_releases_only_sealed_sets_and_survives_a_tampered_site(data_
                 MetricKey.NUM_EXAMPLES: 1, MetricKey.CLASS_COUNTS: 2, MetricKey.CONFUSION: 4,
                 MetricKey.SCORE_HISTOGRAMS: 2 * 2 * SCORE_BINS,
             }
+            assert all(isinstance(x, int) for v in metrics.values() for x in (v if isinstance(v, list) else [v]))
+            continue
+        if reply["type"] == "query.tune":
+            # One 2x2 confusion matrix per candidate scale: its size depends on classes and scales, never on images.
+            assert reply["config"] == {}
+            matrices = TuneReply.model_validate(metrics).matrices(len(TUNING_SCALES), 2)
+            assert {k: 1 if isinstance(v, int) else len(v) for k, v in metrics.items()} == {
+                MetricKey.NUM_EXAMPLES: 1, MetricKey.CONFUSIONS: len(TUNING_SCALES) * 4}
+            assert matrices.sum(axis=(1, 2)).tolist() == [metrics[MetricKey.NUM_EXAMPLES]] * len(TUNING_SCALES)
             assert all(isinstance(x, int) for v in metrics.values() for x in (v if isinstance(v, list) else [v]))
             continue
         assert all(isinstance(v, float) for v in metrics.values())

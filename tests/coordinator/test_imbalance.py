@@ -6,10 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from coordinator.imbalance import class_weights, logit_shift, pooled_prior, real_class_prior
+from coordinator.imbalance import (
+    TUNING_SCALES,
+    choose_scale,
+    class_weights,
+    logit_shift,
+    pooled_prior,
+    real_class_prior,
+)
 from coordinator.pool import PooledSet
 from coordinator.train import train_corrected
-from shared.metrics import EvalCounts, log_odds
+from shared.metrics import EvalCounts, confusions_by_scale, log_odds
 from shared.schemas import ImbalanceCorrection, ModelSpec, NetworkSpec
 from shared.training import TrainSettings, predict_logits
 from site_agent.policy import SitePolicy
@@ -111,3 +118,50 @@ def test_released_counts_travel_signed_and_must_cover_every_class(keys) -> None:
     partial = seal_release(make_synthetic(request), request, sites["site-0"], info, 130, {0: 130})
     with pytest.raises(InvalidBundle, match="real_class_counts"):
         receive_bundle(partial, expected, coordinator, set())
+
+
+def test_tuned_adjustment_restores_accuracy_where_the_plain_shift_is_too_small() -> None:
+    """A net fitted to a small, well-separated balanced pool grows logits far beyond log(prior ratio): the plain
+    shift barely moves its predictions on a 9:1 mix, while the scale tuned on training-like images of that mix
+    reaches the majority rate on fresh test images."""
+    images, labels = _overlapping([40, 40], seed=0)
+    prior = np.array([0.9, 0.1])
+    models = train_corrected(PooledSet(images, labels, {"s": 80}), SPEC,
+                             TrainSettings(epochs=100, batch_size=32, augment=False), CPU,
+                             ImbalanceCorrection.TUNED_LOGIT_ADJUST, prior)
+    assert models.needs_tuning and models.scale == 1.0
+    site_x, site_y = _overlapping([450, 50], seed=2)  # the sites' training images, not the test images
+    tuned = models.tuned_on(site_x.numpy(), site_y.numpy(), CPU)
+    assert tuned.scale > 1.0 and tuned.uncorrected is models.uncorrected
+    test_x, test_y = _overlapping([900, 100], seed=1)
+
+    def accuracy(model) -> float:
+        return EvalCounts.from_scores(test_y.numpy(), log_odds(predict_logits(model, test_x, CPU).numpy())).accuracy()
+
+    assert accuracy(tuned.model) >= 0.9 - 0.02
+    assert accuracy(tuned.model) > accuracy(models.model)
+
+
+def test_choose_scale_takes_the_most_accurate_and_breaks_ties_towards_one() -> None:
+    """The summed matrices decide; among equally accurate scales the one nearest the plain adjustment wins."""
+    scales = (0.0, 0.5, 1.0, 2.0, 4.0)
+    diag = [5, 7, 6, 7, 3]
+    confusions = np.array([[[d, 10 - d], [0, 0]] for d in diag])
+    assert choose_scale(confusions, scales) == 0.5
+    confusions[3, 0] = [9, 1]
+    assert choose_scale(confusions, scales) == 2.0
+    assert choose_scale(np.zeros((5, 2, 2), np.int64), scales) == 1.0
+
+
+def test_sites_counts_add_up_to_the_counts_of_their_union() -> None:
+    """What each site sends for tuning sums to the counts one process holding every image would compute."""
+    rng = np.random.default_rng(0)
+    logits, labels = rng.normal(size=(90, 3)), rng.integers(0, 3, 90)
+    shift, scales = np.array([0.5, -0.2, -0.3]), np.array(TUNING_SCALES)
+    parts = [confusions_by_scale(logits[i::3], labels[i::3], shift, scales) for i in range(3)]
+    whole = confusions_by_scale(logits, labels, shift, scales)
+    np.testing.assert_array_equal(sum(parts), whole)
+    for scale, matrix in zip(scales, whole, strict=True):
+        predicted = (logits + scale * shift).argmax(axis=1)
+        np.testing.assert_array_equal(matrix, np.array([[np.sum((labels == t) & (predicted == p)) for p in range(3)]
+                                                        for t in range(3)]))
