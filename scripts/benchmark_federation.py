@@ -151,7 +151,7 @@ def report(rows: list[dict[str, Any]]) -> None:
         sets = [("pooled synthetic, uncorrected", "global_uncorrected"),
                 (f"pooled synthetic, {group[0]['correction']}", "global"),
                 ("random real subset, uncorrected (NOT private)", "subset_uncorrected"),
-                ("random real subset, logit-adjust (NOT private)", "subset")]
+                (f"random real subset, {group[0]['correction']} (NOT private)", "subset")]
         if any("whole_train" in r for r in group):
             sets.append(("whole training split (ceiling)", "whole_train"))
         for label, key in sets:
