@@ -49,21 +49,26 @@ def build_client_app(run_config_overrides: Mapping[str, Any] | None = None, mods
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        settings = _settings(context, overrides)
-        request = _read_request(msg, EvaluateRequest)
-        state_dict = _arrays(msg)
-        metrics = _safely(lambda: answer_evaluate(request, state_dict, settings))
-        return Message(RecordDict({RecordKey.METRICS: MetricRecord(metrics)}), reply_to=msg)
+        return _counts_reply(msg, EvaluateRequest, answer_evaluate, _settings(context, overrides))
 
     @app.query("tune")
     def tune(msg: Message, context: Context) -> Message:
-        settings = _settings(context, overrides)
-        request = _read_request(msg, TuneRequest)
-        state_dict = _arrays(msg)
-        metrics = _safely(lambda: answer_tune(request, state_dict, settings))
-        return Message(RecordDict({RecordKey.METRICS: MetricRecord(metrics)}), reply_to=msg)
+        return _counts_reply(msg, TuneRequest, answer_tune, _settings(context, overrides))
 
     return app
+
+
+def _counts_reply(
+    msg: Message,
+    request_type: type[RequestT],
+    answer: Callable[[RequestT, Mapping[str, Any], SiteSettings], dict[str, Any]],
+    settings: SiteSettings,
+) -> Message:
+    """A request that carries a model and is answered with counts only (evaluate, tune)."""
+    request = _read_request(msg, request_type)
+    state_dict = _arrays(msg)
+    metrics = _safely(lambda: answer(request, state_dict, settings))
+    return Message(RecordDict({RecordKey.METRICS: MetricRecord(metrics)}), reply_to=msg)
 
 
 def _settings(context: Context, overrides: Mapping[str, Any]) -> SiteSettings:
