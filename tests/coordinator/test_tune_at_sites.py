@@ -1,0 +1,97 @@
+"""Tuning the imbalance correction with the sites' counts: bad or missing counts are left out, never trusted."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Error, Message, MetricRecord, RecordDict
+from flwr.common.constant import ErrorCode
+
+from coordinator import server_app
+from coordinator.imbalance import TUNING_SCALES
+from coordinator.pool import PooledSet
+from coordinator.train import train_corrected
+from shared.metrics import confusions_by_scale
+from shared.models import build_model
+from shared.schemas import FieldKey, ImbalanceCorrection, ModelSpec, NetworkSpec, RecordKey, TuneReply, TuneRequest
+from shared.training import TrainSettings, predict_logits
+
+SPEC = ModelSpec(in_channels=1, num_classes=2, image_size=8, network=NetworkSpec(depth=1, width=8))
+CPU = torch.device("cpu")
+
+
+class TuningGrid:
+    """Each node answers a tune request from a script: counts of its images, a site error, or nothing."""
+
+    def __init__(self, answers: dict[int, object]) -> None:
+        self.answers, self.sent = answers, {}
+
+    def push_messages(self, messages: list[Message]) -> list[str]:
+        for msg in messages:
+            msg.metadata.__dict__["_message_id"] = f"m{msg.metadata.dst_node_id}"
+            self.sent[msg.metadata.message_id] = msg
+        return [msg.metadata.message_id for msg in messages]
+
+    def pull_messages(self, ids: list[str]) -> list[Message]:
+        replies = []
+        for mid in ids:
+            msg = self.sent[mid]
+            answer = self.answers[msg.metadata.dst_node_id]
+            if answer is None:
+                continue  # a silent node is polled until the timeout
+            if isinstance(answer, str):
+                replies.append(Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=answer), reply_to=msg))
+            else:
+                replies.append(Message(RecordDict({RecordKey.METRICS: MetricRecord(answer(msg))}), reply_to=msg))
+        return replies
+
+
+def _site_counts(images: torch.Tensor, labels: torch.Tensor):
+    """What a site holding these images answers: counts under the model and shift the request carries."""
+
+    def answer(msg: Message) -> dict:
+        request = TuneRequest.model_validate_json(msg.content.config_records[RecordKey.REQUEST][FieldKey.REQUEST_JSON])
+        model = build_model(request.model)
+        model.load_state_dict(msg.content.array_records[RecordKey.ARRAYS].to_torch_state_dict())
+        logits = predict_logits(model, images, CPU).numpy()
+        confusions = confusions_by_scale(logits, labels.numpy(), np.array(request.shift), np.array(request.scales))
+        return TuneReply.from_confusions(confusions).to_metrics()
+
+    return answer
+
+
+def _models():
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.tensor([0] * 20 + [1] * 20)
+    images = (2 * labels.float() - 1).reshape(-1, 1, 1, 1) * 0.3 + torch.randn(40, 1, 8, 8, generator=gen)
+    return train_corrected(PooledSet(images, labels, {"s": 40}), SPEC, TrainSettings(epochs=30, augment=False), CPU,
+                           ImbalanceCorrection.TUNED_LOGIT_ADJUST, np.array([0.9, 0.1]))
+
+
+@pytest.mark.usefixtures("fast_polling")
+def test_only_the_counts_that_add_up_are_summed() -> None:
+    """Node 1's counts choose the scale; node 2's inflated counts, node 3's refusal and silent node 4 are left out."""
+    models = _models()
+    gen = torch.Generator().manual_seed(1)
+    site_labels = torch.tensor([0] * 45 + [1] * 5)
+    site_images = (2 * site_labels.float() - 1).reshape(-1, 1, 1, 1) * 0.3 + torch.randn(50, 1, 8, 8, generator=gen)
+    honest = _site_counts(site_images, site_labels)
+
+    def inflated(msg: Message) -> dict:
+        counts = honest(msg)
+        return {**counts, "num-examples": counts["num-examples"] + 100}
+
+    grid = TuningGrid({1: honest, 2: inflated, 3: "this site's policy withholds tuning counts", 4: None})
+    federation = SimpleNamespace(state=SimpleNamespace(run_id="r"), info=SimpleNamespace(name="breastmnist",
+                                 num_classes=2), spec=SPEC, config=SimpleNamespace(evaluate_timeout=0.5))
+    tuned, tuning = server_app.tune_at_sites(grid, federation, models, [1, 2, 3, 4])
+    expected = models.tuned_on(site_images.numpy(), site_labels.numpy(), CPU)
+    assert tuning["sites"] == 1 and tuning["training_images"] == 50 and tuned.scale == expected.scale
+    assert set(tuning["accuracy_by_scale"]) == {f"{s:g}" for s in TUNING_SCALES}
+
+    nobody = TuningGrid({1: "refused", 2: None})
+    kept, tuning = server_app.tune_at_sites(nobody, federation, models, [1, 2])
+    assert kept is models and tuning == {"scale": 1.0, "sites": 0, "training_images": 0}
