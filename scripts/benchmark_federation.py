@@ -168,11 +168,13 @@ def one_table(rows: list[dict[str, Any]]) -> None:
     """Markdown, one line per dataset and method: the pooled model against its same-size subset and the ceiling.
 
     Balanced accuracy and AUC of the corrected global model and of the corrected subset (the figures
-    the quality issue judges), the corrected accuracy against the majority rate, and the ceiling.
+    the quality issue judges), the corrected accuracy against the majority rate, the balanced accuracy
+    both give up to the correction (their uncorrected figures), and the ceiling.
     """
     print("| dataset | method | seeds | balanced accuracy: pooled | subset | AUC: pooled | subset | "
-          "accuracy: pooled | majority | ceiling bal. acc. / AUC | per-site distill s (max) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "accuracy: pooled | majority | uncorrected bal. acc.: pooled | subset | ceiling bal. acc. / AUC | "
+          "per-site distill s (max) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for dataset, method, group in _groups(rows):
         ceiling = [r["whole_train"] for r in rows if r["dataset"] == dataset and "whole_train" in r]
         top = (f"{mean_spread([c['balanced_accuracy'] for c in ceiling])} / {mean_spread([c['auc'] for c in ceiling])}"
@@ -180,8 +182,10 @@ def one_table(rows: list[dict[str, Any]]) -> None:
         cells = [mean_spread([r[key][metric] for r in group]) for key, metric in
                  (("global", "balanced_accuracy"), ("subset", "balanced_accuracy"), ("global", "auc"),
                   ("subset", "auc"), ("global", "accuracy"))]
+        uncorrected = [mean_spread([r[key]["balanced_accuracy"] for r in group])
+                       for key in ("global_uncorrected", "subset_uncorrected")]
         print(f"| {dataset} | {method} | {','.join(str(r['seed']) for r in group)} | {' | '.join(cells)} | "
-              f"{mean_spread([r['majority_rate'] for r in group])} | {top} | "
+              f"{mean_spread([r['majority_rate'] for r in group])} | {' | '.join(uncorrected)} | {top} | "
               f"{mean_spread([max(r['site_distill_seconds']) for r in group])} |")
 
 
