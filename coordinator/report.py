@@ -223,7 +223,7 @@ def _global_section(g: dict[str, Any], uncorrected: dict[str, Any] | None, per_s
         lines.append(f"| the same without correction | {_fmt(uncorrected['accuracy'])} | "
                      f"{_fmt(uncorrected['balanced_accuracy'])} | {_fmt(uncorrected['auc'])} |")
     if (tuning := g.get("tuning")) is not None:
-        lines += ["", (f"The logit adjustment is scaled by {tuning['scale']:g}, the scale with the best balanced accuracy on "
+        lines += ["", (f"The logit adjustment is scaled by {tuning['scale']:g}, the most accurate scale on "
                        f"{tuning['training_images']} training images at {tuning['sites']} sites (their summed "
                        "confusion counts; no test image took part)." if tuning["sites"] else
                        "No site sent tuning counts, so the logit adjustment keeps scale 1.")]

@@ -28,7 +28,7 @@ from pydantic import ValidationError
 from coordinator import report, run_state
 from coordinator.binding import NodeBinding, bind_nodes
 from coordinator.evaluate import EvalReport, SiteEvaluation, aggregate, parse_site_counts
-from coordinator.imbalance import TUNING_SCALES, balanced_accuracies, real_class_prior
+from coordinator.imbalance import TUNING_SCALES, real_class_prior
 from coordinator.messaging import exchange, wait_for_nodes
 from coordinator.pool import PooledSet, pool
 from coordinator.receive import Expectation, OutcomeStatus, SiteOutcome, receive_bundle
@@ -314,8 +314,7 @@ def pool_and_train(federation: Federation, accepted: list[OpenedBundle]) -> tupl
 def tune_at_sites(
     grid: Grid, federation: Federation, models: GlobalModels, node_ids: list[int]
 ) -> tuple[GlobalModels, dict[str, Any]]:
-    """Scale the logit adjustment by what the sites' summed counts on their training images say is best
-    (balanced accuracy, ``coordinator.imbalance.choose_scale``).
+    """Scale the logit adjustment by what the sites' summed counts on their training images say is most accurate.
 
     A site that refuses (its policy), fails or sends counts that do not add up is left out; with no
     counts at all the plain adjustment (scale 1) stays.
@@ -343,13 +342,11 @@ def tune_at_sites(
         return models, {"scale": models.scale, "sites": 0, "training_images": 0}
     summed = np.sum(counted, axis=0)
     tuned = models.tuned(summed)
-    chosen, plain = TUNING_SCALES.index(tuned.scale), TUNING_SCALES.index(1.0)
-    balanced, accuracy = balanced_accuracies(summed), np.trace(summed, axis1=1, axis2=2) / summed[0].sum()
-    log.info("logit adjustment scaled by %.2f: balanced accuracy %.3f on %d training images at %d sites (%.3f at "
-             "scale 1)", tuned.scale, balanced[chosen], summed[0].sum(), len(counted), balanced[plain])
-    by_scale = {name: {f"{scale:g}": round(float(v), 4) for scale, v in zip(TUNING_SCALES, values, strict=True)}
-                for name, values in (("balanced_accuracy_by_scale", balanced), ("accuracy_by_scale", accuracy))}
-    return tuned, {"scale": tuned.scale, "sites": len(counted), "training_images": int(summed[0].sum()), **by_scale}
+    accuracy = np.trace(summed, axis1=1, axis2=2) / summed[0].sum()
+    log.info("logit adjustment scaled by %.2f: %.3f accuracy on %d training images at %d sites (%.3f at scale 1)",
+             tuned.scale, accuracy.max(), summed[0].sum(), len(counted), accuracy[TUNING_SCALES.index(1.0)])
+    return tuned, {"scale": tuned.scale, "sites": len(counted), "training_images": int(summed[0].sum()),
+                   "accuracy_by_scale": {f"{scale:g}": round(float(a), 4) for scale, a in zip(TUNING_SCALES, accuracy)}}
 
 
 def evaluate_at_sites(

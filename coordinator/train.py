@@ -47,7 +47,7 @@ class GlobalModels:
         return self.correction == ImbalanceCorrection.TUNED_LOGIT_ADJUST and self.shift is not None
 
     def tuned(self, confusions: np.ndarray, scales: tuple[float, ...] = TUNING_SCALES) -> GlobalModels:
-        """The models with the shift scaled by the best scale (``choose_scale``) of the summed ``confusions`` (S, K, K)."""
+        """The models with the shift scaled by the most accurate scale of the summed ``confusions`` (S, K, K)."""
         scale = choose_scale(confusions, scales)
         assert self.shift is not None, "only a logit adjustment is tuned"
         return replace(self, model=adjust_logits(copy.deepcopy(self.uncorrected), scale * self.shift), scale=scale)
