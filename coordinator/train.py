@@ -48,14 +48,16 @@ class GlobalModels:
 
     def tuned(self, confusions: np.ndarray, scales: tuple[float, ...] = TUNING_SCALES) -> GlobalModels:
         """The models with the shift scaled by the most accurate scale of the summed ``confusions`` (S, K, K)."""
-        scale = choose_scale(confusions, scales)
         assert self.shift is not None, "only a logit adjustment is tuned"
+        scale = choose_scale(confusions, scales)
         return replace(self, model=adjust_logits(copy.deepcopy(self.uncorrected), scale * self.shift), scale=scale)
 
     def tuned_on(self, images: np.ndarray, labels: np.ndarray, device: torch.device) -> GlobalModels:
-        """Tuned with the counts computed in one place: simulation only, where one process holds every
-        site's training images (the random-subset yardstick, benchmarks). The sites' summed counts are
-        the same numbers."""
+        """Tuned (where the correction is tuned at all) with the counts computed in one place: simulation only,
+        where one process holds every site's training images (the random-subset yardstick, benchmarks). The
+        sites' summed counts are the same numbers."""
+        if not self.needs_tuning:
+            return self
         logits = predict_logits(self.uncorrected, torch.from_numpy(images), device).numpy()
         return self.tuned(confusions_by_scale(logits, labels, self.shift, np.array(TUNING_SCALES)))
 

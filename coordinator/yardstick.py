@@ -54,8 +54,7 @@ def random_subset_yardstick(config: RunConfig, pooled_class_counts: list[int]) -
     pool = PooledSet(torch.from_numpy(subset.images), torch.from_numpy(subset.labels), {"random real subset": len(subset)})
     device = resolve_device(config.device)
     models = train_corrected(pool, spec, config.train_settings(), device, config.imbalance, prior)
-    if models.needs_tuning:  # on the union of the sites' training shares, as the sites' summed counts would be
-        models = models.tuned_on(train.images, train.labels, device)
+    models = models.tuned_on(train.images, train.labels, device)  # the union of the sites' training shares
     return {
         "images": len(subset),
         "correction": models.correction.value,

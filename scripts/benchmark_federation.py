@@ -126,8 +126,7 @@ def rescore_one(row: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]
                      network=config.network())
     models = train_corrected(pooled, spec, config.train_settings(), CPU, config.imbalance,
                              real_class_prior(bundles, info.num_classes))
-    if models.needs_tuning:
-        models = models.tuned_on(train.images, train.labels, CPU)
+    models = models.tuned_on(train.images, train.labels, CPU)
     yardstick = random_subset_yardstick(config, pooled.class_counts(info.num_classes))
     rescored = {**row, "correction": models.correction.value, "scale": models.scale,
                 "global": _figures(score(models.model, test.images, test.labels)),

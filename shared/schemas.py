@@ -321,7 +321,7 @@ class EvaluateRequest(_Strict):
 
 _Finite = Annotated[float, Field(ge=-1e3, le=1e3, allow_inf_nan=False)]
 MAX_SCALES = 64
-MAX_CONFUSION_COUNTS = 100_000  # scales x classes^2 in one calibration reply
+MAX_CONFUSION_COUNTS = 100_000  # scales x classes^2 in one tuning reply
 
 
 class TuneRequest(_Strict):
