@@ -102,6 +102,9 @@ def run_one(name: str, path: str, method: DistillMethod, seed: int, args: argpar
         "subset": yardstick["corrected"], "subset_uncorrected": yardstick["uncorrected"],
         "run_dir": str(run_dir),
     }
+    if args.rounds > 1:  # every round's corrected global model, so one run gives rounds 1 and R
+        row["rounds"] = [{"round": r["round"], "megabytes": r["bytes"]["cumulative"] / 1e6, **_figures(r["global"])}
+                         for r in summary["rounds"]]
     if args.full_epochs and seed in args.seeds[: args.full_seeds]:
         if (name, seed) not in _WHOLE_TRAIN:
             full = train_classifier(build_model(spec), torch.from_numpy(train.images), torch.from_numpy(train.labels),
@@ -170,12 +173,14 @@ def one_table(rows: list[dict[str, Any]]) -> None:
     the quality issue judges), the corrected accuracy against the majority rate, the balanced accuracy
     both give up to the correction (their uncorrected figures), and the ceiling.
     """
-    print("| dataset | method | seeds | balanced accuracy: pooled | subset | AUC: pooled | subset | "
+    print("| dataset | method | seeds | sites accepted | balanced accuracy: pooled | subset | AUC: pooled | subset | "
           "accuracy: pooled | majority | uncorrected bal. acc.: pooled | subset | ceiling bal. acc. / AUC | "
           "per-site distill s (max) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for dataset, method, group in _groups(rows):
-        ceiling = [r["whole_train"] for r in rows if r["dataset"] == dataset and "whole_train" in r]
+        # one ceiling per seed, however many methods' rows carry it
+        ceiling = list({r["seed"]: r["whole_train"] for r in rows if r["dataset"] == dataset and "whole_train" in r}
+                       .values())
         top = (f"{mean_spread([c['balanced_accuracy'] for c in ceiling])} / {mean_spread([c['auc'] for c in ceiling])}"
                if ceiling else "")
         cells = [mean_spread([r[key][metric] for r in group]) for key, metric in
@@ -183,9 +188,21 @@ def one_table(rows: list[dict[str, Any]]) -> None:
                   ("subset", "auc"), ("global", "accuracy"))]
         uncorrected = [mean_spread([r[key]["balanced_accuracy"] for r in group])
                        for key in ("global_uncorrected", "subset_uncorrected")]
-        print(f"| {dataset} | {method} | {','.join(str(r['seed']) for r in group)} | {' | '.join(cells)} | "
+        accepted = ",".join(str(r["sites_accepted"]) for r in group)
+        print(f"| {dataset} | {method} | {','.join(str(r['seed']) for r in group)} | {accepted} | {' | '.join(cells)} | "
               f"{mean_spread([r['majority_rate'] for r in group])} | {' | '.join(uncorrected)} | {top} | "
               f"{mean_spread([max(r['site_distill_seconds']) for r in group])} |")
+
+
+def rounds_table(rows: list[dict[str, Any]]) -> None:
+    """Markdown, one line per round of every multi-round run: the corrected global model and the bytes so far."""
+    print("| dataset | method | seed | round | balanced accuracy | AUC | accuracy | MB moved so far |")
+    print("|---|---|---|---|---|---|---|---|")
+    for dataset, method, group in _groups([r for r in rows if "rounds" in r]):
+        for row in group:
+            for r in row["rounds"]:
+                print(f"| {dataset} | {method} | {row['seed']} | {r['round']} | {r['balanced_accuracy']:.3f} | "
+                      f"{r['auc']:.3f} | {r['accuracy']:.3f} | {r['megabytes']:.2f} |")
 
 
 def _groups(rows: list[dict[str, Any]]) -> list[tuple[str, str, list[dict[str, Any]]]]:
@@ -228,6 +245,9 @@ def main() -> None:
     if args.summarize:
         rows = [json.loads(line) for path in args.summarize for line in Path(path).read_text().splitlines() if line]
         (one_table if args.one_table else report)(rows)
+        if any("rounds" in r for r in rows):
+            print()
+            rounds_table(rows)
         return
     if args.rescore:
         rows = [json.loads(line) for path in args.rescore for line in Path(path).read_text().splitlines() if line]
