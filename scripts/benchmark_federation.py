@@ -213,6 +213,18 @@ def _groups(rows: list[dict[str, Any]]) -> list[tuple[str, str, list[dict[str, A
     return [(dataset, method, group) for (dataset, method), group in sorted(groups.items())]
 
 
+def _read_rows(paths: list[str]) -> list[dict[str, Any]]:
+    """The rows of earlier ``--json`` files, one JSON object per line."""
+    return [json.loads(line) for path in paths for line in Path(path).read_text().splitlines() if line]
+
+
+def _append_row(path: str | None, row: dict[str, Any]) -> None:
+    """Append ``row`` to the ``--json`` file as it is made, so an interrupted benchmark keeps its finished rows."""
+    if path:
+        with open(path, "a") as handle:
+            handle.write(json.dumps(row) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", default="", help="MedMNIST folder for datasets given without a path")
@@ -243,19 +255,16 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.summarize:
-        rows = [json.loads(line) for path in args.summarize for line in Path(path).read_text().splitlines() if line]
+        rows = _read_rows(args.summarize)
         (one_table if args.one_table else report)(rows)
         if any("rounds" in r for r in rows):
             print()
             rounds_table(rows)
         return
     if args.rescore:
-        rows = [json.loads(line) for path in args.rescore for line in Path(path).read_text().splitlines() if line]
+        rows = _read_rows(args.rescore)
         for row in rows:
-            rescored = rescore_one(row, args)
-            if args.json:
-                with open(args.json, "a") as handle:
-                    handle.write(json.dumps(rescored) + "\n")
+            _append_row(args.json, rescore_one(row, args))
         return
     rows = []
     for spec in args.datasets:
@@ -266,9 +275,7 @@ def main() -> None:
                 for seed in args.seeds:
                     row = run_one(name, path or args.data_root, DistillMethod(method), seed, args, epsilon)
                     rows.append(row)
-                    if args.json:
-                        with open(args.json, "a") as handle:
-                            handle.write(json.dumps(row) + "\n")
+                    _append_row(args.json, row)
     report(rows)
 
 
