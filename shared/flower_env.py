@@ -11,8 +11,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+import sys
 from collections.abc import Mapping
 from pathlib import Path
+
+from shared.errors import ConfigError
 
 OFFLINE_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
@@ -32,6 +36,25 @@ def flower_env(flwr_home: Path, threads: int | None = None, base: Mapping[str, s
     if threads is not None:
         env.update({name: str(threads) for name in THREAD_VARS})
     return env
+
+
+def flower_executable(name: str) -> str:
+    """The absolute path of one of Flower's programs (``flower-supernode``, ``flower-superlink``, ``flwr``).
+
+    Looked up beside the running interpreter first, then on PATH: a venv's ``site-agent`` started by absolute
+    path with the venv not activated (as systemd does) has the venv's ``bin/`` only beside its interpreter.
+
+    Raises:
+        ConfigError: the program is in neither place.
+    """
+    beside = Path(sys.executable).parent / name
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        raise ConfigError(f"{name!r} is neither beside this Python ({Path(sys.executable).parent}) nor on PATH",
+                          hint="install this package in the environment that runs it (it depends on flwr)")
+    return found
 
 
 def toml_value(value: TomlScalar) -> str:
