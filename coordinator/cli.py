@@ -293,6 +293,16 @@ def serve(
     run_superlink(settings)
 
 
+@app.command("app-hash")
+def app_hash(
+    app_dir: Annotated[Path, typer.Option(help="The feddistill project folder (flwr packages it).")] = Path("."),
+) -> None:
+    """Print the SHA-256 of the app package `coordinator run` submits: each site pins it (`site-agent apps pin`)."""
+    from coordinator import control
+
+    typer.echo(control.app_hash(app_dir))
+
+
 @app.command(epilog=keys_epilog())
 def run(
     ctx: typer.Context,
@@ -334,6 +344,8 @@ def run(
     conn = _connection(None, superlink, root_certificates, flwr_home)
     app_path = control.check_app_dir(app_dir)
     run_config = control.write_run_config(conn, config, f"run-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}")
+    typer.echo(f"app package sha256 {control.app_hash(app_path)} (each site serves it only once pinned: "
+               "site-agent apps pin)")
     run_id = control.submit_run(conn, app_path, run_config)
     results_dir = config.run_dir or f"{config.out_dir.rstrip('/')}/run-{run_id}"
     control.record_run(conn, run_id, results_dir)

@@ -8,6 +8,7 @@ Run settings go to ``flwr run`` as a TOML file (``--run-config <file>``), so pat
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import subprocess
@@ -135,6 +136,19 @@ def check_app_dir(app_dir: Path) -> Path:
         raise ConfigError(f"{pyproject} has a [tool.flwr.federations] section, which `flwr run` would move out of "
                           "the file; remove it (connections live in FLWR_HOME/config.toml)")
     return app_dir.resolve()
+
+
+def app_hash(app_dir: Path) -> str:
+    """The SHA-256 of the app package (FAB) ``flwr run`` submits from ``app_dir``: the hash sites pin.
+
+    Flower builds the package deterministically (sorted files, fixed dates), so the same files give the same hash.
+
+    Raises:
+        ConfigError: ``app_dir`` is not a Flower app folder we run from (see :func:`check_app_dir`).
+    """
+    from flwr.cli.build import build_fab_from_disk
+
+    return hashlib.sha256(build_fab_from_disk(check_app_dir(app_dir))).hexdigest()
 
 
 def write_run_config(conn: Connection, config: RunConfig, name: str) -> Path:

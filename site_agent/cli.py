@@ -14,6 +14,7 @@ from shared.errors import ConfigError, KeyFileError
 from shared.keys import COORDINATOR_PUB, create_site_identity
 from shared.logs import add_common_options, run_cli
 from site_agent import cli_review, cli_tools
+from site_agent.cli_apps import apps_app
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +59,19 @@ def trust_coordinator(
 
 cli_tools.register(app)  # check, distill, inspect, policy: tools that need no coordinator
 cli_review.register(app)  # review, approve, reject, audit: what leaves the site, and its record
+app.add_typer(apps_app, name="apps")  # which of the coordinator's app packages this site serves
 
 
-@app.command()
+JOIN_HELP = (
+    "Check this site's keys and settings, then run its Flower SuperNode against the coordinator (TLS, node auth)."
+    "\n\nEvery message is answered by the site agent installed here, never by code the coordinator sends: the "
+    "SuperNode runs with process isolation, and this site's own runner handles each message. A run is served only "
+    "if its app package's SHA-256 is pinned (`site-agent apps pin`) and the package declares this site agent's "
+    "version. The pin is the hospital's consent to that study, not permission to run its code."
+)
+
+
+@app.command(help=JOIN_HELP)
 def join(
     site_id: Annotated[str, typer.Option(help="This site's id, as registered with the coordinator.")],
     key_dir: Annotated[Path, typer.Option(help="The site's key directory (site-agent init, trust-coordinator).")],
@@ -83,7 +94,6 @@ def join(
     num_partitions: Annotated[int | None, typer.Option(help="Demo: number of shares.")] = None,
     dry_run: Annotated[bool, typer.Option(help="Check and print the command, start nothing.")] = False,
 ) -> None:
-    """Check this site's keys and settings, then run its Flower SuperNode against the coordinator (TLS, node auth)."""
     from site_agent import join as joining
 
     values = {k: v for k, v in locals().items() if k not in ("dry_run", "restart", "joining", "data_root", "policy")}

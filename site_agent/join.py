@@ -10,9 +10,12 @@ The pieces, in order:
 3. :func:`supernode_command` / :func:`supernode_env` build the exact process: TLS against the study
    CA (``--root-certificates``), node authentication (``--auth-supernode-private-key``), its own
    ``--port`` for the local Runtime API and its own ``FLWR_HOME``, offline-safe and thread-bounded.
-4. :func:`run_supernode` runs it in a process group of its own, which holds everything the
-   SuperNode starts (its ``flower-superexec`` and the ``flwr-clientapp`` that distills): a stop
-   signal or the SuperNode's death ends the whole group, so nothing goes on distilling unowned.
+   The SuperNode runs with ``--isolation process``: it runs no app code of its own.
+4. :func:`run_supernode` runs it in a process group of its own, with the site's own executor beside it
+   (``site_agent.task_runner``, which answers each message with the site agent installed here, and only
+   for app packages this site pinned: ``site_agent.app_pins``). The group holds everything that serves
+   the site (the SuperNode, the runner, the task process that distills): a stop signal or the death of
+   the SuperNode or the runner ends the whole group, so nothing goes on distilling unowned.
    Flower itself retries a dropped link (unlimited by default, ``--max-retries``/``--max-wait-time``
    bound it); when the process still exits (a connection error, or it died), it is restarted after a
    growing pause. Configuration errors are not retried.
@@ -23,7 +26,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -37,10 +39,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared import crypto
 from shared.errors import ConfigError, DataError, KeyFileError
-from shared.flower_env import flower_env, write_flat_toml
+from shared.flower_env import flower_env, flower_executable, write_flat_toml
 from shared.keys import COORDINATOR_PUB, NODE_KEY, SIGNING_KEY, SITE_CA_CERT
 from shared.logs import chosen_level, readable_flower_line
 from shared.schemas import SiteId, setting_error
+from site_agent.app_pins import load_pins
 from site_agent.check import check_data
 from site_agent.policy import SitePolicy
 
@@ -92,7 +95,7 @@ def preflight(settings: JoinSettings) -> None:
 
     Raises:
         KeyFileError: key directory, signing key, SuperNode key, coordinator key or CA certificate missing or wrong.
-        ConfigError: bad policy file, partition options, or ``flower-supernode`` not installed.
+        ConfigError: bad policy file or pins file, partition options, or ``flower-supernode`` not installed.
         DataError: the data path does not exist or holds nothing the loader reads.
     """
     key_dir = settings.key_dir.expanduser()
@@ -117,8 +120,13 @@ def preflight(settings: JoinSettings) -> None:
         raise ConfigError("--partition-id and --num-partitions go together")
     if settings.partition_id is not None and settings.partition_id >= (settings.num_partitions or 0):
         raise ConfigError(f"--partition-id {settings.partition_id} must be below --num-partitions")
-    if shutil.which(SUPERNODE) is None:
-        raise ConfigError(f"{SUPERNODE!r} is not on PATH", hint="install this package (it depends on flwr)")
+    flower_executable(SUPERNODE)
+    pins = load_pins(key_dir)
+    if not pins.apps:
+        log.warning("no app package is pinned: every run will be refused until the site pins its study's package "
+                    "(`site-agent apps pin --key-dir %s --fab-hash <sha256 from the coordinating team>`)", key_dir)
+    for app in pins.apps:
+        log.info("serving runs of the pinned app package %s%s", app.fab_hash, f" ({app.note})" if app.note else "")
 
 
 def _check_data(settings: JoinSettings, policy: SitePolicy) -> None:
@@ -161,22 +169,46 @@ def write_node_config(settings: JoinSettings) -> Path:
     return write_flat_toml(settings.home() / "node-config.toml", node_config(settings))
 
 
+def secret_file(settings: JoinSettings) -> Path:
+    """The secret the SuperNode and the site's runner share, so only the runner may take the site's tasks."""
+    return settings.home() / "superexec.secret"
+
+
+def write_secret(settings: JoinSettings) -> Path:
+    """A fresh secret for this start (0600); returns its path."""
+    path = secret_file(settings)
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as file:
+        file.write(os.urandom(32))
+    return path
+
+
 def supernode_command(settings: JoinSettings, node_config_file: Path) -> list[str]:
-    """The ``flower-supernode`` command line (TLS + node auth, never ``--insecure``)."""
+    """The ``flower-supernode`` command line (TLS + node auth, never ``--insecure``; process isolation)."""
     command = [
-        SUPERNODE,
+        flower_executable(SUPERNODE),
         "--superlink", settings.superlink,
         "--root-certificates", str(settings.ca_file()),
         "--auth-supernode-private-key", str((settings.key_dir / NODE_KEY).expanduser().resolve()),
         "--node-config", str(node_config_file),
         "--host", "127.0.0.1",  # the local Runtime API serves only this machine's ClientApp processes
         "--port", str(settings.port),
+        # The SuperNode runs no app code: the site's runner (runner_command) answers every message.
+        "--isolation", "process",
+        "--superexec-auth-secret-file", str(secret_file(settings)),
     ]
     if settings.max_retries is not None:
         command += ["--max-retries", str(settings.max_retries)]
     if settings.max_wait_time is not None:
         command += ["--max-wait-time", str(settings.max_wait_time)]
     return command
+
+
+def runner_command(settings: JoinSettings) -> list[str]:
+    """The site's own executor beside the SuperNode (``site_agent.task_runner``), this interpreter's site agent."""
+    return [sys.executable, "-m", "site_agent.task_runner", "--runtime-api-address", f"127.0.0.1:{settings.port}",
+            "--secret-file", str(secret_file(settings)), "--parent-pid", str(os.getpid())]
 
 
 def supernode_env(settings: JoinSettings) -> dict[str, str]:
@@ -187,7 +219,7 @@ def supernode_env(settings: JoinSettings) -> dict[str, str]:
 def run_supernode(settings: JoinSettings, restart: bool = True, max_restarts: int | None = None) -> int:
     """Check, then run the SuperNode until it stops cleanly or is stopped; returns 0, or its (Flower) exit code.
 
-    SIGTERM or SIGINT stops the SuperNode's whole process group (its SuperExec and any ClientApp
+    SIGTERM or SIGINT stops the SuperNode's and the runner's process groups (with any task process
     still distilling) and returns 0. With ``restart``, a SuperNode that exits on a connection error
     (the link dropped beyond Flower's own retries, or the node is not registered yet) or dies is
     started again after 5 s, doubling up to 2 min; what it left running is stopped first.
@@ -200,13 +232,13 @@ def run_supernode(settings: JoinSettings, restart: bool = True, max_restarts: in
     command = supernode_command(settings, write_node_config(settings))
     env = supernode_env(settings)
     stop_signal: int | None = None
-    child: subprocess.Popen[bytes] | None = None
+    group: tuple[subprocess.Popen[bytes], ...] = ()
 
     def stop(signum: int, _frame: object) -> None:
         nonlocal stop_signal
         stop_signal = signum
-        if child is not None:
-            _signal_group(child.pid, signum)
+        for process in group:
+            _signal_group(process.pid, signum)
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     backoff, restarts = _BACKOFF_START, 0
@@ -215,10 +247,13 @@ def run_supernode(settings: JoinSettings, restart: bool = True, max_restarts: in
             log.info("site %s: starting SuperNode against %s (Runtime API port %d)", settings.site_id,
                      settings.superlink, settings.port)
             started = time.monotonic()
-            # A session of its own: the SuperNode's children (SuperExec, ClientApp) share its group.
-            child = subprocess.Popen(command, env=env, cwd=settings.home(), stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-            status, flower_code = _supervise(child)
+            write_secret(settings)  # a new one each start: a runner left from before cannot take tasks
+            read_end, write_end = os.pipe()
+            try:
+                group = start_group(command, runner_command(settings), env, settings.home(), write_end)
+            finally:
+                os.close(write_end)  # the groups hold it; the pipe ends when the last of them exits
+            status, flower_code = _supervise(*group, os.fdopen(read_end, "rb"))
             if stop_signal is not None:
                 log.warning("site %s: stopped by %s; the SuperNode and every process it started have exited",
                             settings.site_id, signal.Signals(stop_signal).name)
@@ -244,32 +279,60 @@ def run_supernode(settings: JoinSettings, restart: bool = True, max_restarts: in
             signal.signal(sig, handler)
 
 
-def _supervise(child: subprocess.Popen[bytes]) -> tuple[int, int | None]:
-    """Relay the SuperNode's output until it exits, then end what is left of its group.
+def start_group(
+    command: list[str], runner: list[str], env: dict[str, str], cwd: Path, output: int
+) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes]]:
+    """Start the SuperNode and the site's runner, each in a process group of its own, both writing to ``output``.
 
-    Returns its exit status and the last Flower exit code it logged. The output is relayed on a
-    thread: the pipe stays open while any child the SuperNode started lives, so reading it to its end
-    would not notice the SuperNode's own death.
+    Whatever either starts (the runner's task processes) stays in its group, so :func:`stop_groups` on the
+    two pids ends it all. (One group cannot hold both: a process joins only a group of its own session.)
+    """
+    node = subprocess.Popen(command, env=env, cwd=cwd, stdout=output, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        executor = subprocess.Popen(runner, env=env, cwd=cwd, stdout=output, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+    except OSError:
+        stop_groups(node.pid)
+        raise
+    return node, executor
+
+
+def _supervise(
+    child: subprocess.Popen[bytes], runner: subprocess.Popen[bytes], output: IO[bytes]
+) -> tuple[int, int | None]:
+    """Relay the groups' output until the SuperNode or the runner exits, then end what is left of both groups.
+
+    Returns the SuperNode's exit status (a signal's, negative, when it was stopped because the runner died)
+    and the last Flower exit code it logged. The output is relayed on a thread: the pipe stays open while
+    any process of the groups lives, so reading it to its end would not notice a death.
     """
     codes: list[int | None] = [None]
-    relay = threading.Thread(target=lambda: codes.__setitem__(0, relay_output(child.stdout, sys.stdout.buffer)),
+    relay = threading.Thread(target=lambda: codes.__setitem__(0, relay_output(output, sys.stdout.buffer)),
                              daemon=True)
     relay.start()
-    while (status := child.poll()) is None:
+    while (status := child.poll()) is None and runner.poll() is None:
         time.sleep(_POLL_SECONDS)
-    stop_group(child.pid)
+    if status is None:
+        log.error("the site's task runner exited (status %s): stopping the SuperNode", runner.returncode)
+    stop_groups(child.pid, runner.pid)
+    status = child.wait() if status is None else status
+    runner.wait()
     relay.join(timeout=5)
+    output.close()
     return status, codes[0]
 
 
-def stop_group(pgid: int, grace: float = _GROUP_GRACE_SECONDS) -> None:
-    """SIGTERM every process left in the group, then SIGKILL whatever has not exited after ``grace`` s."""
-    _signal_group(pgid, signal.SIGTERM)
+def stop_groups(*pgids: int, grace: float = _GROUP_GRACE_SECONDS) -> None:
+    """SIGTERM every process left in the groups, then SIGKILL whatever has not exited after ``grace`` s."""
+    for pgid in pgids:
+        _signal_group(pgid, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while _group_alive(pgid) and time.monotonic() < deadline:
+    while any(_group_alive(pgid) for pgid in pgids) and time.monotonic() < deadline:
         time.sleep(0.1)
-    if _group_alive(pgid):
-        _signal_group(pgid, signal.SIGKILL)
+    for pgid in pgids:
+        if _group_alive(pgid):
+            _signal_group(pgid, signal.SIGKILL)
 
 
 def _signal_group(pgid: int, signum: int) -> None:

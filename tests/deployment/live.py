@@ -8,6 +8,7 @@ SuperNode per site, each with its own keys registered in the coordinator's trust
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -29,7 +30,7 @@ from shared.keys import (
     create_coordinator_key,
     create_site_identity,
 )
-from site_agent import join
+from site_agent import app_pins, join
 from site_agent.policy import SitePolicy
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -37,6 +38,16 @@ PROJECT = Path(__file__).resolve().parents[2]
 TINY = {"dataset": "breastmnist", "sites": 3, "min-sites": 2, "ipc": 1, "iterations": 2, "batch-real": 16,
         "outer-loop": 1, "inner-loop": 1, "net-width": 16, "train-epochs": 10, "node-wait-timeout": 60.0,
         "distill-timeout": 240.0, "evaluate-timeout": 120.0}
+
+
+def app_snapshot(root: Path) -> Path:
+    """A copy of this project's app folder: the package the sites pin is exactly the one the test submits."""
+    folder = root / "app"
+    for package in ("shared", "site_agent", "coordinator"):
+        shutil.copytree(PROJECT / package, folder / package, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copyfile(PROJECT / name, folder / name)
+    return folder
 
 
 def free_port() -> int:
@@ -84,6 +95,16 @@ class Processes:
         proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.started.append(proc)
         return proc
+
+    def start_site(self, name: str, settings: join.JoinSettings) -> subprocess.Popen:
+        """A site's SuperNode and its task runner in one group, as `site-agent join` starts them; returns the node."""
+        command = join.supernode_command(settings, join.write_node_config(settings))
+        join.write_secret(settings)
+        with (self.log_dir / f"{name}.log").open("ab") as log:
+            node, runner = join.start_group(command, join.runner_command(settings), join.supernode_env(settings),
+                                            settings.home(), log.fileno())
+        self.started += [node, runner]
+        return node
 
     def stop(self) -> None:
         pids = [pid for proc in self.started for pid in [proc.pid, *descendants(proc.pid)]]
@@ -154,6 +175,7 @@ class LiveFederation:
     sites: dict[str, Path]
     link: SuperLinkSettings
     conn: control.Connection
+    app: Path  # the app folder runs are submitted from (a snapshot: what the sites pinned)
     policy_file: Path | None = None  # every site's policy (default: the built-in one)
     superlink: subprocess.Popen | None = None
     supernodes: dict[str, subprocess.Popen] = field(default_factory=dict)
@@ -166,6 +188,9 @@ class LiveFederation:
         create_coordinator_key(coord)
         issue_tls(coord, [])
         sites = {name: site_key_dir(root, coord, name) for name in names}
+        app = app_snapshot(root)
+        for key_dir in sites.values():  # each site consents to this project's app package, as a study's sites would
+            app_pins.pin(key_dir, control.app_hash(app), note="live test")
         for name in names if registered is None else registered:
             register_site(coord, name, sites[name] / SIGNING_PUB)
             register_node_key(coord, name, sites[name] / NODE_PUB)
@@ -175,7 +200,7 @@ class LiveFederation:
         if policy is not None:
             policy_file = root / "policy.json"
             policy_file.write_text(policy.model_dump_json())
-        return cls(root, processes, data_root, sites, link, conn, policy_file)
+        return cls(root, processes, data_root, sites, link, conn, app, policy_file)
 
     @property
     def coord(self) -> Path:
@@ -217,8 +242,8 @@ class LiveFederation:
         """The SuperNode `site-agent join` would run for this site (log: ``<root>/<name>.log``)."""
         settings = self.join_settings(name, index, num_partitions, claims, **extra)
         join.preflight(settings)
-        proc = self.processes.start(name, join.supernode_command(settings, join.write_node_config(settings)),
-                                    join.supernode_env(settings))
+        settings.home().mkdir(parents=True, exist_ok=True)
+        proc = self.processes.start_site(name, settings)
         self.supernodes[name] = proc
         return proc
 
@@ -238,7 +263,7 @@ class LiveFederation:
     def submit(self, **overrides: Any) -> int:
         """Start a run of the TINY settings (kebab-case ``overrides``); returns its Flower run id."""
         values = {**TINY, "keys-dir": str(self.coord), "out-dir": str(self.out_dir), **overrides}
-        run_id = control.submit_run(self.conn, PROJECT, control.write_run_config(
+        run_id = control.submit_run(self.conn, self.app, control.write_run_config(
             self.conn, RunConfig.from_flower(values), f"live-{time.monotonic_ns()}"))
         control.record_run(self.conn, run_id, str(self.out_dir / f"run-{run_id}"))  # as `coordinator run` does
         return run_id
