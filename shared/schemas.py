@@ -22,10 +22,22 @@ SCHEMA_VERSION = 1
 SITE_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 SiteId = Annotated[str, Field(pattern=SITE_ID_PATTERN)]
 Hex64 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]  # nonces, SHA-256 digests, key fingerprints
+# What the coordinator names reaches a site's terminal, log and audit log, so it is one plain word: a letter
+# or digit, then letters, digits, '.', '_' and '-'. A run id is the coordinator's run folder's name
+# (``run-7``, ``breastmnist-dm-ipc10-20260101-120000``); a dataset is a MedMNIST flag (``breastmnist``).
+RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+RunId = Annotated[str, Field(pattern=RUN_ID_PATTERN)]
+DATASET_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+DatasetName = Annotated[str, Field(pattern=DATASET_PATTERN)]
 
 
 def is_site_id(text: str) -> bool:
     return re.fullmatch(SITE_ID_PATTERN, text) is not None
+
+
+def is_run_id(text: str) -> bool:
+    """Whether ``text`` may name a run: a coordinator checks its run folder's name with it before asking any site."""
+    return re.fullmatch(RUN_ID_PATTERN, text) is not None
 
 
 class DistillMethod(StrEnum):
@@ -293,9 +305,9 @@ class DistillRequest(_Strict):
     """
 
     schema_version: Literal[1] = SCHEMA_VERSION
-    run_id: str = Field(min_length=1, max_length=128)
+    run_id: RunId
     nonce: Hex64
-    dataset: str = Field(min_length=1, max_length=64)
+    dataset: DatasetName
     distill: DistillConfig
     round: int = Field(1, ge=1, le=100)
     global_model: ModelSpec | None = None
@@ -314,8 +326,8 @@ class EvaluateRequest(_Strict):
     """Sent with the global model's weights: evaluate it on the site's local test split."""
 
     schema_version: Literal[1] = SCHEMA_VERSION
-    run_id: str = Field(min_length=1, max_length=128)
-    dataset: str = Field(min_length=1, max_length=64)
+    run_id: RunId
+    dataset: DatasetName
     model: ModelSpec
 
 
@@ -330,8 +342,8 @@ class TuneRequest(_Strict):
     """
 
     schema_version: Literal[1] = SCHEMA_VERSION
-    run_id: str = Field(min_length=1, max_length=128)
-    dataset: str = Field(min_length=1, max_length=64)
+    run_id: RunId
+    dataset: DatasetName
     model: ModelSpec
     shift: list[_Finite] = Field(min_length=2, max_length=1000)
     scales: list[_Finite] = Field(min_length=1, max_length=MAX_SCALES)
@@ -513,10 +525,10 @@ class BundleManifest(_Strict):
 
     schema_version: Literal[1] = SCHEMA_VERSION
     site_id: SiteId
-    run_id: str = Field(min_length=1, max_length=128)
+    run_id: RunId
     nonce: Hex64
     recipient_fingerprint: Hex64
-    dataset: str
+    dataset: DatasetName
     task: str
     image_shape: tuple[int, int, int]  # (C, H, W)
     num_classes: int = Field(ge=2)
