@@ -51,6 +51,7 @@ from shared.errors import (
     ReleaseRejected,
 )
 from shared.schemas import BundleManifest, DistillRequest, MetricKey
+from shared.untrusted import untrusted_text
 from site_agent import audit
 from site_agent.audit import AuditEvent
 from site_agent.cache import write_atomically
@@ -163,7 +164,7 @@ class FolderApproval:
             shutil.copyfile(report, folder / REPORT_JSON)
         audit.record(self.cache_dir, AuditEvent.DECISION, request, "policy", decision="held", why="require_approval")
         log.warning("release for run %s awaits approval as %s (`site-agent review`, then `site-agent approve %s`)",
-                    request.run_id, folder.name, folder.name)
+                    untrusted_text(request.run_id), folder.name, folder.name)
         raise _pending(request.run_id, folder)
 
     def releases(self) -> list[HeldRelease]:
@@ -223,7 +224,7 @@ class FolderApproval:
         if about is not None:
             audit.record(self.cache_dir, AuditEvent.DECISION, about, decision.by, decision=verb, at=decision.at,
                          why=decision.reason or None, release_id=held.id)
-        log.info("release %s %s by %s", held.id, verb, decision.by)
+        log.info("release %s %s by %s", untrusted_text(held.id), verb, untrusted_text(decision.by))
         return _read(held.folder) or held
 
 
@@ -267,7 +268,7 @@ def _parse(path: Path, model: type[M]) -> M | None:
     try:
         return model.model_validate_json(path.read_text()) if path.is_file() else None
     except ValidationError:
-        log.warning("%s in the approvals folder is not a valid %s; ignored", path, model.__name__)
+        log.warning("%s in the approvals folder is not a valid %s; ignored", untrusted_text(path, 1000), model.__name__)
         return None
 
 

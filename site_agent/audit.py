@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.errors import AuditLogError
 from shared.schemas import Hex64, first_problem
+from shared.untrusted import untrusted_text
 from site_agent.cache import write_atomically
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,7 @@ def record(cache_dir: Path, event: AuditEvent | str, about: Asked, actor: str, *
             file.flush()
         new_head = AuditHead(seq=entry.seq, hash=entry.hash).model_dump_json()
         write_atomically(folder / HEAD_NAME, lambda p: p.write_text(new_head + "\n"))
-    log.debug("audit %d: %s by %s", entry.seq, entry.event.value, actor)
+    log.debug("audit %d: %s by %s", entry.seq, entry.event.value, untrusted_text(actor))
     return entry
 
 
@@ -169,10 +170,16 @@ def verify(cache_dir: Path) -> list[AuditEntry]:
 
 
 def describe(entry: AuditEntry) -> str:
-    """One readable line: seq, time, event, actor, run, nonce prefix and the details."""
-    details = " ".join(f"{key}={_show(value)}" for key, value in entry.details.items())
-    return (f"{entry.seq:>5} {entry.time} {entry.event.value:<16} by {entry.actor:<12} run {entry.run_id} "
-            f"nonce {entry.nonce[:12]} {details}").rstrip()
+    """One readable line: seq, time, event, actor, run, nonce prefix and the details.
+
+    Every text in it is shown through :func:`untrusted_text`: the run id, nonce and some details come from
+    the coordinator, and an entry written before run ids had a pattern (or by hand) may hold anything, so
+    no entry can print a second line or send the terminal an escape code.
+    """
+    details = " ".join(f"{untrusted_text(key, 64)}={_show(value)}" for key, value in entry.details.items())
+    return (f"{entry.seq:>5} {untrusted_text(entry.time, 40)} {entry.event.value:<16} "
+            f"by {untrusted_text(entry.actor, 200):<12} run {untrusted_text(entry.run_id, 128)} "
+            f"nonce {untrusted_text(entry.nonce[:12])} {details}").rstrip()
 
 
 def _append_after(folder: Path) -> AuditHead:
@@ -221,5 +228,5 @@ def _show(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, list):
-        return ",".join(map(str, value)) or "-"
-    return str(value)
+        return ",".join(untrusted_text(item, 100) for item in value) or "-"
+    return untrusted_text(value)

@@ -3,6 +3,10 @@
 Thin, like ``site_agent.cli`` (which registers these commands): releases held for approval are
 listed, shown and decided through ``site_agent.approval``; the audit log is read and checked through
 ``site_agent.audit``.
+
+What the coordinator named (run ids, datasets) and what the files hold (release IDs, reviewers' names and
+reasons) is printed through ``untrusted_text``: a run id written before run ids had a pattern, or a file
+edited by hand, cannot print a second line or send the terminal an escape code.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import Annotated
 
 import typer
 
+from shared.untrusted import untrusted_text
 from site_agent import audit
 from site_agent.approval import FolderApproval, HeldRelease, ReleaseStatus, approvals_dir_for
 from site_agent.cli_tools import PolicyOption
@@ -52,15 +57,17 @@ def review(
         return
     for held in releases:  # ID first, whole, on its own: it is what approve and reject take
         run, dataset, method, ipc = _facts(held)
-        typer.echo(f"{held.id}  {held.status.value}\n  run {run}: {dataset}, {method}, ipc {ipc}; {privacy_headline(held)}")
+        typer.echo(f"{untrusted_text(held.id)}  {held.status.value}\n"
+                   f"  run {run}: {dataset}, {method}, ipc {ipc}; {privacy_headline(held)}")
         if held.status == ReleaseStatus.HELD:
             page = write_review_page(held)
-            typer.echo(f"  review page: {page}")
+            typer.echo(f"  review page: {untrusted_text(page, 1000)}")
             if open_page:
                 webbrowser.open(page.resolve().as_uri())
         elif held.decision is not None:
-            why = f": {held.decision.reason}" if held.decision.reason else ""
-            typer.echo(f"  {held.status.value} by {held.decision.by} at {held.decision.at}{why}")
+            decision = held.decision
+            why = f": {untrusted_text(decision.reason, 2000)}" if decision.reason else ""
+            typer.echo(f"  {held.status.value} by {untrusted_text(decision.by)} at {untrusted_text(decision.at)}{why}")
 
 
 def approve(
@@ -70,7 +77,8 @@ def approve(
 ) -> None:
     """Approve a held release: the next time the coordinator asks, exactly its stored bundle is sent."""
     held = _approvals(cache_dir, policy, approvals_dir).approve(release_id, by)
-    typer.echo(f"approved {held.id} (by {by}); it is sent when the coordinator asks again for run {_run(held)}")
+    typer.echo(f"approved {untrusted_text(held.id)} (by {untrusted_text(by)}); it is sent when the coordinator asks "
+               f"again for run {_run(held)}")
 
 
 def reject(
@@ -81,7 +89,7 @@ def reject(
 ) -> None:
     """Reject a held release: its sealed bundle is deleted and the coordinator is told it was rejected."""
     held = _approvals(cache_dir, policy, approvals_dir).reject(release_id, reason, by)
-    typer.echo(f"rejected {held.id} (by {by}); its sealed bundle was deleted")
+    typer.echo(f"rejected {untrusted_text(held.id)} (by {untrusted_text(by)}); its sealed bundle was deleted")
 
 
 @audit_app.command("show")
@@ -119,11 +127,13 @@ def history(
 
     records = [r.as_row() for r in site_history(audit.read_entries(cache_dir.expanduser()))]
     if as_json:
-        show_json(records)
+        show_json(records)  # JSON escapes every control character
     elif not records:
         typer.echo(f"nothing asked of this site yet: no audit log in {audit.audit_dir(cache_dir.expanduser())}")
     else:
-        show(records, HISTORY_COLUMNS, title=f"site record ({len(records)} requests), from the audit log")
+        rows = [{key: untrusted_text(value) if isinstance(value, str) else value for key, value in row.items()}
+                for row in records]
+        show(rows, HISTORY_COLUMNS, title=f"site record ({len(records)} requests), from the audit log")
 
 
 def _approvals(cache_dir: Path, policy: Path | None, approvals_dir: Path | None) -> FolderApproval:
@@ -133,13 +143,12 @@ def _approvals(cache_dir: Path, policy: Path | None, approvals_dir: Path | None)
 
 
 def _facts(held: HeldRelease) -> tuple[str, str, str, str]:
-    if held.manifest is not None:
-        m = held.manifest
-        return m.run_id, m.dataset, m.distill.method.value, str(m.distill.ipc)
-    if held.request is not None:
-        r = held.request
-        return r.run_id, r.dataset, r.distill.method.value, str(r.distill.ipc)
-    return "?", "?", "?", "?"
+    """Run id, dataset, method and ipc of a release, each shown as untrusted text."""
+    about = held.manifest or held.request
+    if about is None:
+        return "?", "?", "?", "?"
+    return (untrusted_text(about.run_id, 128), untrusted_text(about.dataset, 64), about.distill.method.value,
+            str(about.distill.ipc))
 
 
 def _run(held: HeldRelease) -> str:

@@ -18,6 +18,7 @@ from shared import crypto
 from shared.config import RunConfig
 from shared.errors import ConfigError, LocalDataError
 from shared.schemas import DistillMethod, setting_error
+from shared.untrusted import untrusted_text
 from site_agent.check import CheckReport, check_data
 from site_agent.data import dataset_of_file
 from site_agent.handlers import prepare_release
@@ -139,8 +140,8 @@ def inspect(
     table = Table(title=f"{bundle.name}: clear header (visible to anyone)")
     table.add_column("header field", no_wrap=True)
     table.add_column("value", overflow="fold")
-    for name, value in summary.header.model_dump().items():
-        table.add_row(name, str(value))
+    for name, value in summary.header.model_dump().items():  # whoever made the bundle chose these
+        table.add_row(name, untrusted_text(value, 1000))
     for name in ("total_bytes", "header_bytes", "ciphertext_bytes"):
         table.add_row(name, str(getattr(summary, name)))
     console.print(table)

@@ -16,6 +16,10 @@ from shared.untrusted import MAX_REASON_CHARS, untrusted_text
         ("see ![x](http://evil.example/pixel.png)", "]("),
         ("<img src=http://evil.example/x>", "<"),
         ("tab\tand\r\u2028separators", "\u2028"),
+        ("run-1\x1b[2K\x1b[1Aapproved", "\x1b"),  # a terminal's escape codes: erase a line, move up
+        ("run-1\x9b2K", "\x9b"),  # the same as one C1 control
+        ("\u202eevorppa \u2066x\u2069", "\u202e"),  # bidi override: the text reads reversed
+        ("zero\u200bwidth\ufeff", "\u200b"),
     ],
 )
 def test_markup_and_control_characters_are_neutralised(sent: str, forbidden: str) -> None:
