@@ -9,8 +9,13 @@
 Each entry's ``hash`` is the SHA-256 of the canonical JSON (sorted keys, no spaces) of the entry
 without ``hash``; ``prev`` is the previous entry's hash (64 zeros for the first). :func:`verify`
 recomputes the chain, so an edited entry, a reordered pair or a removed one breaks it; the head file
-also catches entries cut off the end. Anyone who can rewrite the whole folder can forge it: the chain
-makes tampering visible to a reader of the file, it does not stop an administrator.
+also catches entries cut off the end.
+
+What that promises, exactly: the chain is unkeyed, so it shows edits made by someone who did not
+recompute it (a hand edit, a tool that rewrote one line, a cut). Anyone who can write this folder can
+edit an entry and recompute every hash after it and the head, and :func:`verify` then passes. Only a
+hash kept outside the folder closes that: ``audit verify`` prints the head's, and ``audit verify
+--anchor HASH`` later checks the log still holds that entry, i.e. nothing up to it was rewritten since.
 
 Entries hold plain values only (counts, names, digests, times), never pixels or per-image values.
 """
@@ -141,12 +146,15 @@ def read_entries(cache_dir: Path) -> list[AuditEntry]:
     return entries
 
 
-def verify(cache_dir: Path) -> list[AuditEntry]:
+def verify(cache_dir: Path, anchor: str | None = None) -> list[AuditEntry]:
     """The entries of an intact log, oldest first.
 
+    ``anchor`` is an entry's hash noted outside this folder earlier (``site-agent audit verify`` prints the
+    head's): the log must still hold that entry, so the log up to it was not rewritten since.
+
     Raises:
-        AuditLogError: naming the first entry (line) whose seq, prev or hash breaks the chain, or a
-            log shorter than its head file records.
+        AuditLogError: naming the first entry (line) whose seq, prev or hash breaks the chain, a log
+            shorter than its head file records, or no entry with the anchor's hash.
     """
     entries = read_entries(cache_dir)
     prev = GENESIS
@@ -166,6 +174,9 @@ def verify(cache_dir: Path) -> list[AuditEntry]:
     if head is not None and head != last:
         raise AuditLogError(f"audit log ends at entry seq {last.seq}, but its head records seq {head.seq}: "
                             "entries were removed from the end, or the log was replaced")
+    if anchor is not None and all(entry.hash != anchor.strip().lower() for entry in entries):
+        raise AuditLogError(f"no entry of the audit log has the hash {untrusted_text(anchor, 64)!r} noted for it: "
+                            "the log was rewritten up to that entry (chain recomputed), replaced, or is another's")
     return entries
 
 

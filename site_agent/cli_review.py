@@ -103,10 +103,21 @@ def audit_show(cache_dir: CacheOption = DEFAULT_CACHE) -> None:
 
 
 @audit_app.command("verify")
-def audit_verify(cache_dir: CacheOption = DEFAULT_CACHE) -> None:
-    """Check the audit log's hash chain; exits 1 naming the first bad entry."""
-    entries = audit.verify(cache_dir.expanduser())
-    typer.echo(f"audit log intact: {len(entries)} entries, chain and head agree")
+def audit_verify(
+    cache_dir: CacheOption = DEFAULT_CACHE,
+    anchor: Annotated[str | None, typer.Option(
+        help="An entry's hash noted earlier outside this machine (this command prints the head's): the log must "
+        "still hold that entry.")] = None,
+) -> None:
+    """Check the audit log's hash chain; exits 1 naming the first bad entry.
+
+    The chain is unkeyed: it shows edits by someone who did not recompute it. Note the head hash it prints
+    somewhere this machine's users cannot write, and check with --anchor later that the log up to it is unchanged.
+    """
+    entries = audit.verify(cache_dir.expanduser(), anchor)
+    head = f"; head: seq {entries[-1].seq}, hash {entries[-1].hash}" if entries else ""
+    typer.echo(f"audit log intact: {len(entries)} entries, chain and head agree{head}"
+               f"{'; it holds the anchored entry' if anchor else ''}")
 
 
 HISTORY_COLUMNS = {"run_id": "run", "round": "round", "asked_at": "asked (UTC)", "method": "method", "ipc": "ipc",

@@ -114,3 +114,34 @@ def test_audit_show_and_verify_commands(tmp_path: Path) -> None:
     broken = runner.invoke(app, ["audit", "verify", "--cache-dir", str(tmp_path)])
     assert broken.exit_code == 1 and isinstance(broken.exception, AuditLogError)
     assert "line 2" in str(broken.exception)
+
+
+def _rewrite_recomputing_the_chain(cache: Path) -> None:
+    """The best move of someone who can write the folder: edit an entry, then recompute every hash and the head."""
+    path = cache / "audit" / "audit.jsonl"
+    prev, lines = audit.GENESIS, []
+    for line in _edit(path.read_text().splitlines()):
+        entry = audit.AuditEntry.model_validate_json(line).model_copy(update={"prev": prev})
+        entry = entry.model_copy(update={"hash": entry.computed_hash()})
+        lines.append(entry.model_dump_json())
+        prev = entry.hash
+    path.write_text("\n".join(lines) + "\n")
+    (cache / "audit" / "head.json").write_text(json.dumps({"seq": len(lines), "hash": prev}))
+
+
+def test_a_recomputed_chain_passes_verify_but_not_an_anchor_kept_elsewhere(tmp_path: Path) -> None:
+    """What `audit verify` promises, and no more: an unkeyed chain recomputed after an edit verifies; the head hash
+    it printed earlier, kept outside the folder, shows the rewrite."""
+    runner = CliRunner()
+    _log(tmp_path, 3)
+    before = runner.invoke(app, ["audit", "verify", "--cache-dir", str(tmp_path)])
+    head = audit.verify(tmp_path)[-1].hash
+    assert before.exit_code == 0 and f"head: seq 3, hash {head}" in before.output
+    anchored = runner.invoke(app, ["audit", "verify", "--cache-dir", str(tmp_path), "--anchor", head])
+    assert anchored.exit_code == 0 and "holds the anchored entry" in anchored.output
+    _rewrite_recomputing_the_chain(tmp_path)
+    assert len(audit.verify(tmp_path)) == 3  # the chain alone cannot tell
+    with pytest.raises(AuditLogError, match="no entry of the audit log has the hash"):
+        audit.verify(tmp_path, anchor=head)
+    audit.record(tmp_path, AuditEvent.RELEASE, make_request(), "site-agent", bytes=10)
+    assert len(audit.verify(tmp_path, anchor=audit.verify(tmp_path)[1].hash)) == 4  # an earlier anchor still holds
