@@ -62,6 +62,7 @@ class AuditEvent(StrEnum):
     RELEASE = "release"  # a sealed bundle was handed to Flower to send
     EVALUATED = "evaluated"  # the run's global model was scored on the site's test images (figures stay here)
     TUNING_COUNTS = "tuning_counts"  # confusion counts on the site's training images left for correction tuning
+    APP_REFUSED = "app_refused"  # a run's app package was not pinned by this site: nothing of it ran
 
 
 class AuditEntry(BaseModel):
