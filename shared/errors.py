@@ -56,9 +56,23 @@ class LocalDataError(DataError):
 
 
 class KeyFileError(FedDistillError):
-    """A key file is missing, unreadable or of the wrong kind."""
+    """A key file is missing, unreadable, open to other users or of the wrong kind.
+
+    A site loads its keys for every request, so the message stays safe to send (the kind of key, no paths,
+    no file names); ``local_detail`` names the file for the site's own operator and is never sent.
+    :meth:`diagnostics`, which only the local command lines print, includes it.
+    """
 
     hint = "check the key directory option of the command you ran and the files in it"
+
+    def __init__(self, message: str, *, local_detail: str = "", hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.local_detail = local_detail
+
+    def diagnostics(self) -> str:
+        """The message, the local detail (which file) and, when there is one, the hint."""
+        text = f"{self}\n{self.local_detail}" if self.local_detail else str(self)
+        return f"{text}\nhint: {self.hint}" if self.hint else text
 
 
 # The step that makes each key file, for the hint of a KeyFileError that finds it missing.

@@ -50,8 +50,8 @@ def create_site_keys(key_dir: Path) -> crypto.VerifyKey:
         KeyFileError: a signing key already exists there (never overwritten).
     """
     if (key_dir / SIGNING_KEY).exists():
-        raise KeyFileError(f"a signing key already exists in the key directory {key_dir.name!r}; not overwriting it",
-                           hint=KEYS_EXIST_HINT)
+        raise KeyFileError("a signing key already exists in the key directory; not overwriting it",
+                           hint=KEYS_EXIST_HINT, local_detail=f"key directory: {key_dir}")
     key = crypto.generate_signing_key()
     crypto.save_private_key(key, key_dir / SIGNING_KEY)
     crypto.save_public_key(key.public_key(), key_dir / SIGNING_PUB)
@@ -65,8 +65,8 @@ def create_node_key(key_dir: Path) -> crypto.NodePublicKey:
         KeyFileError: a node key already exists there (never overwritten).
     """
     if (key_dir / NODE_KEY).exists():
-        raise KeyFileError(f"a SuperNode key already exists in the key directory {key_dir.name!r}; not overwriting it",
-                           hint=KEYS_EXIST_HINT)
+        raise KeyFileError("a SuperNode key already exists in the key directory; not overwriting it",
+                           hint=KEYS_EXIST_HINT, local_detail=f"key directory: {key_dir}")
     key = crypto.generate_node_key()
     crypto.save_node_key(key, key_dir / NODE_KEY, key_dir / NODE_PUB)
     return key.public_key()
@@ -81,8 +81,8 @@ def create_coordinator_key(
         KeyFileError: a coordinator key already exists there (never overwritten).
     """
     if (keys_dir / COORDINATOR_KEY).exists():
-        raise KeyFileError(f"a coordinator key already exists in {keys_dir.name!r}; not overwriting it",
-                           hint=KEYS_EXIST_HINT)
+        raise KeyFileError("a coordinator key already exists in the key directory; not overwriting it",
+                           hint=KEYS_EXIST_HINT, local_detail=f"key directory: {keys_dir}")
     key = crypto.generate_recipient_key(suite)
     crypto.save_private_key(key, keys_dir / COORDINATOR_KEY)
     crypto.save_public_key(key.public_key(), keys_dir / COORDINATOR_PUB)
@@ -109,6 +109,6 @@ def create_site_identity(key_dir: Path) -> tuple[crypto.VerifyKey, crypto.NodePu
         node = create_node_key(key_dir)
         created.append(NODE_KEY)
     if not created:
-        raise KeyFileError(f"the key directory {key_dir.name!r} already holds a signing key and a SuperNode key; "
-                           "not overwriting them", hint=KEYS_EXIST_HINT)
+        raise KeyFileError("the key directory already holds a signing key and a SuperNode key; not overwriting them",
+                           hint=KEYS_EXIST_HINT, local_detail=f"key directory: {key_dir}")
     return signing, node, created

@@ -8,6 +8,10 @@ Every key file (private or public, keys and certificates) is written to a new fi
 ``O_EXCL | O_NOFOLLOW`` beside it and renamed into place, so a link planted at the key's path is
 replaced, never followed; a key folder that other users may write to is refused. As ssh does, a
 private key is read only if it is not a symbolic link and no other user may read or write it.
+
+A site loads its keys for every request, so a :class:`KeyFileError` may travel to the coordinator: its
+message names the kind of key ("signing key file is open to other users"), never a path or a file name;
+``local_detail`` names the file, for the site's own operator and log.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import errno
 import os
 import re
 import secrets
+import shlex
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -58,9 +63,9 @@ def load_private_key(path: Path, kind: type[SigningKey | RecipientKey]) -> Signi
     """Read a PEM private key and check that it is of the expected kind.
 
     Raises:
-        KeyFileError: the file is missing, unreadable, or holds another kind of key.
+        KeyFileError: the file is missing, unreadable, open to other users, or holds another kind of key.
     """
-    return _load(path, kind, "private")
+    return _load(path, kind, private=True)
 
 
 def load_public_key(
@@ -71,26 +76,24 @@ def load_public_key(
     Raises:
         KeyFileError: the file is missing, unreadable, or holds another kind of key.
     """
-    return _load(path, kind, "public")
+    return _load(path, kind, private=False)
 
 
 def read_key_file(
     path: Path, what: str, parse: Callable[[bytes], KeyT], unreadable: str, private: bool = False
 ) -> KeyT:
-    """``parse`` of a file's bytes; a missing or unparsable file is a KeyFileError naming ``what`` and the file.
+    """``parse`` of a file's bytes; a missing or unparsable file is a KeyFileError naming ``what`` (the file in
+    its ``local_detail``).
 
     E.g. ``what="TLS key"``, ``unreadable="is not an unencrypted PEM private key"``. A ``private`` file
     is read as :func:`read_private` reads it.
     """
-    try:
-        data = read_private(path, what) if private else path.read_bytes()
-    except FileNotFoundError as exc:
-        raise KeyFileError(f"{what} file {path.name!r} not found", hint=missing_key_hint(path.name)) from exc
+    data = _read(path, what, private)
     try:
         return parse(data)
     # NotImplementedError: cryptography's answer to some malformed OpenSSH keys (a compressed EC point)
     except (ValueError, TypeError, UnsupportedAlgorithm, NotImplementedError) as exc:
-        raise KeyFileError(f"{what} file {path.name!r} {unreadable}") from exc
+        raise KeyFileError(f"{what} file {unreadable}", local_detail=_file(path)) from exc
 
 
 def read_private(path: Path, what: str) -> bytes:
@@ -98,20 +101,21 @@ def read_private(path: Path, what: str) -> bytes:
 
     Raises:
         FileNotFoundError: no such file.
-        KeyFileError: a link, or a mode open to group or others (``chmod 600`` fixes it).
+        KeyFileError: a link, or a mode open to group or others (``chmod 600`` fixes it); the message names
+            ``what``, its ``local_detail`` the file.
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise KeyFileError(f"{what} file {path.name!r} is a symbolic link; private keys are read only from "
-                               "the file itself (point the key folder option at where it lives)") from None
+            raise KeyFileError(f"{what} file is a symbolic link; private keys are read only from the file itself "
+                               "(point the key folder option at where it lives)", local_detail=_file(path)) from None
         raise
     with os.fdopen(fd, "rb") as handle:
         mode = stat.S_IMODE(os.fstat(handle.fileno()).st_mode)
         if mode & 0o077:
-            raise KeyFileError(f"{what} file {path.name!r} is open to other users (mode {mode:04o}); "
-                               f"make it owner-only: chmod 600 {path}")
+            raise KeyFileError(f"{what} file is open to other users (mode {mode:04o}); make it owner-only with "
+                               "chmod 600", local_detail=f"{_file(path)}; fix: chmod 600 {shlex.quote(str(path))}")
         return handle.read()
 
 
@@ -135,8 +139,9 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     folder_mode = stat.S_IMODE(folder.stat().st_mode)
     if folder_mode & 0o022:
-        raise KeyFileError(f"key folder {str(folder)!r} is writable by other users (mode {folder_mode:04o}); "
-                           f"make it owner-only first: chmod 700 {folder}")
+        raise KeyFileError(f"key folder is writable by other users (mode {folder_mode:04o}); make it owner-only "
+                           f"first with chmod 700", local_detail=f"folder: {folder}; fix: chmod 700 "
+                           f"{shlex.quote(str(folder))}")
     temporary = folder / f".{path.name}.{secrets.token_hex(8)}.new"
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
@@ -151,24 +156,38 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
         raise
 
 
-def _pem_blocks(path: Path, what: str) -> list[bytes]:
+def _read(path: Path, what: str, private: bool) -> bytes:
+    """A key file's bytes (a private one as :func:`read_private` reads it); a missing one is a KeyFileError."""
     try:
-        data = read_private(path, f"{what} key") if what == "private" else path.read_bytes()
+        return read_private(path, what) if private else path.read_bytes()
     except FileNotFoundError as exc:
-        raise KeyFileError(f"{what} key file {path.name!r} not found", hint=missing_key_hint(path.name)) from exc
-    blocks = _PEM_BLOCK.findall(data)
+        raise KeyFileError(f"{what} file not found", hint=missing_key_hint(path.name),
+                           local_detail=f"missing file: {path}") from exc
+
+
+def _file(path: Path) -> str:
+    return f"file: {path}"
+
+
+# What a key of each kind is called in an error: the file's own name stays in its ``local_detail``.
+_KIND_NAMES = {SigningKey: "signing key", VerifyKey: "public signing key", RecipientKey: "coordinator key",
+               RecipientPublicKey: "coordinator public key"}
+
+
+def _pem_blocks(path: Path, what: str, private: bool) -> list[bytes]:
+    blocks = _PEM_BLOCK.findall(_read(path, what, private))
     if not blocks:
-        raise KeyFileError(f"{what} key file {path.name!r} is not a readable PEM key")
+        raise KeyFileError(f"{what} file is not a readable PEM key", local_detail=_file(path))
     return blocks
 
 
-def _parse(block: bytes, path: Path, what: str) -> object:
+def _parse(block: bytes, path: Path, what: str, private: bool) -> object:
     try:
-        if what == "private":
+        if private:
             return serialization.load_pem_private_key(block, password=None)
         return serialization.load_pem_public_key(block)
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise KeyFileError(f"{what} key file {path.name!r} is not a readable PEM key") from exc
+        raise KeyFileError(f"{what} file is not a readable PEM key", local_detail=_file(path)) from exc
 
 
 # An HPKE key file holds an X25519 key, then an ML-KEM-768 key for the hybrid suite.
@@ -178,21 +197,24 @@ _RECIPIENT_PARTS = {
 }
 
 
-def _load(path: Path, kind: type, what: str) -> object:
-    keys = [_parse(block, path, what) for block in _pem_blocks(path, what)]
+def _load(path: Path, kind: type, private: bool) -> object:
+    what = _KIND_NAMES.get(kind, "private key" if private else "public key")
+    keys = [_parse(block, path, what, private) for block in _pem_blocks(path, what, private)]
     if kind in _RECIPIENT_PARTS:
         return kind(*_recipient_parts(keys, *_RECIPIENT_PARTS[kind], path, what))
     if len(keys) != 1 or not isinstance(keys[0], kind):
-        raise KeyFileError(f"{what} key file {path.name!r} holds a {type(keys[0]).__name__}, not {kind.__name__}")
+        raise KeyFileError(f"{what} file holds a {type(keys[0]).__name__}, not {kind.__name__}",
+                           local_detail=_file(path))
     return keys[0]
 
 
 def _recipient_parts(keys: list[object], classic: type, hybrid: type, path: Path, what: str) -> tuple:
     """(X25519 key, ML-KEM key or None) from the PEM blocks of an HPKE key file."""
     if not isinstance(keys[0], classic):
-        raise KeyFileError(f"{what} key file {path.name!r} holds a {type(keys[0]).__name__}, not {classic.__name__}")
+        raise KeyFileError(f"{what} file holds a {type(keys[0]).__name__}, not {classic.__name__}",
+                           local_detail=_file(path))
     if len(keys) == 1:
         return keys[0], None
     if len(keys) == 2 and isinstance(keys[1], hybrid):
         return keys[0], keys[1]
-    raise KeyFileError(f"{what} key file {path.name!r} is neither an X25519 nor an MLKEM768-X25519 HPKE key")
+    raise KeyFileError(f"{what} file is neither an X25519 nor an MLKEM768-X25519 HPKE key", local_detail=_file(path))

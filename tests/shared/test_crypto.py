@@ -151,5 +151,58 @@ def test_an_openssh_key_with_a_compressed_point_is_a_key_file_error(tmp_path) ->
 
     blob = ssh_string(b"ecdsa-sha2-nistp384") + ssh_string(b"nistp384") + ssh_string(b"\x02" + b"\x11" * 48)
     (tmp_path / "node.pub").write_bytes(b"ecdsa-sha2-nistp384 " + base64.b64encode(blob) + b"\n")
-    with pytest.raises(KeyFileError, match="'node.pub' is not an OpenSSH public key"):
+    with pytest.raises(KeyFileError, match="SuperNode public key file is not an OpenSSH public key") as info:
         crypto.load_node_public_key(tmp_path / "node.pub")
+    assert "node.pub" in info.value.local_detail
+
+
+def _loosened(keys: Path) -> Path:
+    crypto.save_private_key(crypto.generate_signing_key(), keys / "signing.key")
+    (keys / "signing.key").chmod(0o644)  # after `join` started: the site now refuses every request with this
+    return keys / "signing.key"
+
+
+def _linked(keys: Path) -> Path:
+    crypto.save_private_key(crypto.generate_signing_key(), keys / "real.key")
+    (keys / "signing.key").symlink_to(keys / "real.key")
+    return keys / "signing.key"
+
+
+def _junk(keys: Path) -> Path:
+    (keys / "signing.key").write_text("not a key")
+    (keys / "signing.key").chmod(0o600)
+    return keys / "signing.key"
+
+
+def _another_kind(keys: Path) -> Path:
+    crypto.save_public_key(crypto.generate_signing_key().public_key(), keys / "coordinator.pub")
+    return keys / "coordinator.pub"
+
+
+@pytest.mark.parametrize(("make", "kind", "named"), [
+    (_loosened, crypto.SigningKey, "signing key file is open to other users"),
+    (lambda keys: keys / "signing.key", crypto.SigningKey, "signing key file not found"),
+    (_linked, crypto.SigningKey, "signing key file is a symbolic link"),
+    (_junk, crypto.SigningKey, "signing key file is not a readable PEM key"),
+    (_another_kind, crypto.RecipientPublicKey, "coordinator public key file holds a Ed25519PublicKey"),
+], ids=["mode-loosened", "missing", "link", "junk", "another-kind"])
+def test_key_file_errors_name_the_kind_of_key_never_the_file(tmp_path: Path, make, kind, named: str) -> None:
+    """A site loads its keys for every request and its error travels to the coordinator: the message names the
+    kind of key, only ``local_detail`` (the site's own) names the file and its folder."""
+    keys = tmp_path / "ward-7-keys"
+    keys.mkdir(mode=0o700)
+    path = make(keys)
+    load = crypto.load_private_key if kind in (crypto.SigningKey, crypto.RecipientKey) else crypto.load_public_key
+    with pytest.raises(KeyFileError, match=named) as info:
+        load(path, kind)
+    sent = str(info.value)
+    assert "ward-7-keys" not in sent and path.name not in sent and "/" not in sent
+    assert str(path) in info.value.local_detail and str(path) in info.value.diagnostics()
+
+
+def test_a_loosened_key_says_how_to_fix_it_locally(tmp_path: Path) -> None:
+    """The fix, with the file's path, is in the local detail the site's command line prints."""
+    path = _loosened(tmp_path)
+    with pytest.raises(KeyFileError, match=r"mode 0644.*chmod 600") as info:
+        crypto.load_private_key(path, crypto.SigningKey)
+    assert f"chmod 600 {path}" in info.value.local_detail

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,7 @@ def test_missing_key_directory_fails_clearly(tmp_path: Path) -> None:
     with pytest.raises(KeyFileError, match="key directory of site 'a'") as info:
         load_site_identity("a", tmp_path / "secret-ward-7")
     assert "secret-ward-7" not in str(info.value) and "site-agent init" in info.value.hint
+    assert "secret-ward-7" in info.value.local_detail
 
 
 def test_a_site_that_has_not_pinned_the_coordinator_is_told_the_next_step(tmp_path: Path) -> None:
@@ -95,6 +97,42 @@ def test_key_hints_name_the_step_that_makes_the_missing_file_and_never_send_init
     with pytest.raises(KeyFileError, match="coordinator key already exists") as twice:
         create_coordinator_key(tmp_path / "coord")
     assert "never overwritten" in twice.value.hint
+
+
+def test_a_key_whose_mode_loosened_after_join_is_refused_without_its_path(tmp_path: Path, caplog) -> None:
+    """The handler loads the site's keys for every request: the refusal that travels names the kind of key, the
+    site's own log names the file."""
+    from shared.keys import create_site_identity
+
+    keys = tmp_path / "dr-jones-keys"
+    create_site_identity(keys)
+    (keys / "signing.key").chmod(0o640)
+    with pytest.raises(KeyFileError, match="signing key file is open to other users") as info:
+        load_site_identity("a", keys)
+    assert "dr-jones-keys" not in str(info.value) and "signing.key" not in str(info.value)
+    assert str(keys / "signing.key") in info.value.local_detail and str(keys / "signing.key") in caplog.text
+    (keys / "signing.key").chmod(0o600)
+    with pytest.raises(KeyFileError, match="no coordinator key is pinned") as unpinned:
+        load_site_identity("a", keys)
+    assert "coordinator.pub" not in str(unpinned.value) and str(keys / "coordinator.pub") in unpinned.value.local_detail
+
+
+def test_the_site_refuses_a_forged_run_id_naming_the_field_not_echoing_it() -> None:
+    """A run id with a newline and escape codes is refused at the door; the refusal the coordinator gets back
+    names the field and the rule, never the text it sent."""
+    from types import SimpleNamespace
+
+    from shared.schemas import DistillRequest, FieldKey, RecordKey
+    from site_agent.client_app import _read_request
+    from tests.conftest import make_request
+
+    forged = "run-1\n approved by Dr A. Jones \x1b[2K"
+    text = make_request().model_dump_json().replace('"run-1"', json.dumps(forged))
+    message = SimpleNamespace(content=SimpleNamespace(
+        config_records={RecordKey.REQUEST: {FieldKey.REQUEST_JSON: text}}))
+    with pytest.raises(ConfigError, match=r"DistillRequest field 'run_id': String should match pattern") as info:
+        _read_request(message, DistillRequest)
+    assert "approved" not in str(info.value) and "\x1b" not in str(info.value)
 
 
 def test_unexpected_errors_travel_without_their_text() -> None:
