@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 import tomllib
 from pathlib import Path
 
@@ -31,7 +32,14 @@ def test_supernode_command_has_tls_node_auth_own_port_and_offline_env(site: join
     join.preflight(site)
     command = join.supernode_command(site, Path("/x/node-config.toml"))
     flags = {flag: command[i + 1] for i, flag in enumerate(command[:-1]) if flag.startswith("--")}
-    assert command[0] == "flower-supernode" and "--insecure" not in command
+    assert Path(command[0]).name == "flower-supernode" and Path(command[0]).is_absolute()
+    assert "--insecure" not in command
+    # The SuperNode runs no app code; only the site's runner, holding the shared secret, takes its tasks.
+    assert flags["--isolation"] == "process"
+    assert flags["--superexec-auth-secret-file"] == str(join.secret_file(site))
+    runner = join.runner_command(site)
+    assert runner[:3] == [sys.executable, "-m", "site_agent.task_runner"]
+    assert "127.0.0.1:9611" in runner and str(join.secret_file(site)) in runner
     assert flags["--superlink"] == "link.example.org:443"
     assert flags["--root-certificates"] == str((site.key_dir / SITE_CA_CERT).resolve())
     assert flags["--auth-supernode-private-key"] == str((site.key_dir / NODE_KEY).resolve())
