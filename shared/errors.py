@@ -36,6 +36,24 @@ class ConfigError(FedDistillError):
             "key in a --set, a policy file or a site's node config")
 
 
+class LocalConfigError(ConfigError):
+    """A local setting file is bad in a way only its name or path makes actionable (a site's policy file).
+
+    The message stays safe to send (no paths, no file names); ``local_detail`` names the file for the
+    site's own operator and is never sent. :meth:`diagnostics`, which only the local command lines print,
+    includes it.
+    """
+
+    def __init__(self, message: str, *, local_detail: str = "", hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.local_detail = local_detail
+
+    def diagnostics(self) -> str:
+        """The message, the local detail (e.g. which file) and, when there is one, the hint."""
+        text = f"{self}\n{self.local_detail}" if self.local_detail else str(self)
+        return f"{text}\nhint: {self.hint}" if self.hint else text
+
+
 class DataError(FedDistillError):
     """Local data cannot be read, fails its checksum or does not fit the task."""
 
@@ -98,6 +116,21 @@ class PolicyError(FedDistillError):
     """A request asks a site for more than the site's own policy allows."""
 
     hint = "lower the request (e.g. --ipc, --iterations) or raise the limit in the site's policy"
+
+
+class TimeLimitReached(PolicyError):
+    """The request ran into the site's time limit (policy ``max_seconds``): its work was stopped, nothing released.
+
+    ``seconds`` is the limit. The message is safe to send: it names the limit, nothing else.
+    """
+
+    hint = ("ask for less work (fewer iterations, smaller batches or network) or ask the site to raise max_seconds "
+            "in its policy")
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"the request was stopped at the site's time limit of {seconds:g} s (max_seconds); "
+                         "nothing was released")
+        self.seconds = seconds
 
 
 class ApprovalPending(PolicyError):

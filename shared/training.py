@@ -6,12 +6,14 @@ per-image DSA augmentation.
 
 Every minibatch step here and in distillation goes through :func:`sgd_epoch` /
 :func:`mean_loss_gradients`, which run the batch in cache-sized chunks on a CPU (the same gradients
-as one big batch, faster) and in one pass on a GPU.
+as one big batch, faster) and in one pass on a GPU. ``check``, where given, is called after every
+minibatch step: a site passes its time limit's check there, which raises once time is up.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,10 +54,12 @@ def train_classifier(
     settings: TrainSettings,
     device: torch.device,
     class_weights: torch.Tensor | None = None,
+    check: Callable[[], None] | None = None,
 ) -> nn.Module:
     """Train ``model`` in place on images (N, C, H, W) float and labels (N,) int64; returns it.
 
     ``class_weights`` (num_classes,) weight each image's loss by its class (imbalance correction).
+    ``check`` is called after every minibatch step (and may raise to stop the training).
     """
     torch.manual_seed(settings.seed)
     model.to(device).train()
@@ -68,7 +72,7 @@ def train_classifier(
     aug_seeds = np.random.default_rng(settings.seed)
     weights = None if class_weights is None else class_weights.to(device)
     for _ in range(settings.epochs):
-        sgd_epoch(model, optimizer, x, y, settings.batch_size, settings.augment, order_gen, aug_seeds, weights)
+        sgd_epoch(model, optimizer, x, y, settings.batch_size, settings.augment, order_gen, aug_seeds, weights, check)
         scheduler.step()
     return model.eval()
 
@@ -120,8 +124,12 @@ def sgd_epoch(
     order_gen: torch.Generator,
     aug_rng: np.random.Generator,
     class_weights: torch.Tensor | None = None,
+    check: Callable[[], None] | None = None,
 ) -> float:
-    """One pass over (images, labels) in shuffled minibatches, each with its own per-image DSA; the mean loss."""
+    """One pass over (images, labels) in shuffled minibatches, each with its own per-image DSA; the mean loss.
+
+    ``check`` is called after every minibatch step (and may raise to stop the pass).
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     chunk = chunk_size(images, getattr(model, "width", _DEFAULT_WIDTH))
     order = torch.randperm(len(images), generator=order_gen).to(images.device)
@@ -136,6 +144,8 @@ def sgd_epoch(
             param.grad = grad
         optimizer.step()
         losses.append(loss)
+        if check is not None:
+            check()
     return float(np.mean(losses))
 
 

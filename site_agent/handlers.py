@@ -44,6 +44,7 @@ from site_agent.audit import AuditEvent
 from site_agent.budget import spend_evaluation
 from site_agent.data import LabelledImages, SiteImages, load_site_images
 from site_agent.distill import SyntheticSet, distill
+from site_agent.distill.deadline import NO_LIMIT, Deadline
 from site_agent.evaluate import evaluate_global_model, load_global_model
 from site_agent.identity import load_site_identity
 from site_agent.partition import record_share
@@ -109,11 +110,14 @@ def prepare_release(
     """Policy check, local data, distillation, near-copy check, seal: a release ready to send, and its metrics.
 
     From round 2 the site refines the set it released last round (``site_agent.rounds``) against the
-    global model as well as fresh random networks.
+    global model as well as fresh random networks. The policy's ``max_seconds`` counts from here, over the
+    distillation and the privacy report together; nothing is sealed once it has passed.
 
     Raises:
         PolicyError, KeyFileError, DataError, ConfigError: with messages safe to send to the coordinator.
+        TimeLimitReached: the request ran into the policy's ``max_seconds``; nothing was sealed.
     """
+    time_limit = Deadline.after(settings.policy.max_seconds)
     settings.policy.check(request)
     identity = load_site_identity(settings.site_id, settings.key_dir)  # fail before hours of work
     images = load_site_images(request.dataset, settings.data_root, settings.partition, settings.verify_md5)
@@ -134,14 +138,14 @@ def prepare_release(
     synthetic = distill(
         images.train, images.info.num_classes, request.distill, device,
         progress=progress, min_real_per_class=settings.policy.min_real_per_class,
-        expert_cache_dir=settings.cache_dir / "experts", max_seconds=settings.policy.max_seconds,
-        site_id=settings.site_id, **refine,
+        expert_cache_dir=settings.cache_dir / "experts", site_id=settings.site_id, time_limit=time_limit, **refine,
     )
     audit.record(settings.cache_dir, AuditEvent.SET_BUILT, request, "site-agent", method=request.distill.method.value,
                  images=len(synthetic.labels), seconds=round(synthetic.seconds, 3),
                  sha256=hashlib.sha256(synthetic.images.numpy().tobytes()).hexdigest())
     check_not_a_copy(synthetic, images.train, settings.policy, request.distill.init)
-    privacy = report_privacy(synthetic, images, request, settings, device)
+    privacy = report_privacy(synthetic, images, request, settings, device, time_limit)
+    time_limit.check()  # the last point before anything is sealed
     started = time.perf_counter()
     policy = settings.policy
     # A differentially private set may carry only the mechanism's noisy counts, never the true ones.
@@ -186,7 +190,8 @@ def check_not_a_copy(synthetic: SyntheticSet, train: LabelledImages, policy: Sit
 
 
 def report_privacy(
-    synthetic: SyntheticSet, images: SiteImages, request: DistillRequest, settings: SiteSettings, device: torch.device
+    synthetic: SyntheticSet, images: SiteImages, request: DistillRequest, settings: SiteSettings, device: torch.device,
+    time_limit: Deadline = NO_LIMIT,
 ) -> PrivacySummary | None:
     """Measure the set's privacy report, write it at the site, and hold the release to the policy's limits.
 
@@ -194,13 +199,14 @@ def report_privacy(
 
     Raises:
         ReleaseBlocked: the report breaks a limit; the full report is still written for the reviewer.
+        TimeLimitReached: the request's ``time_limit`` passed while the report was measured.
     """
     limits = settings.policy.privacy
     if not limits.report:
         return None
-    shadows = ShadowSettings(min_real_per_class=settings.policy.min_real_per_class,
-                             max_seconds=settings.policy.max_seconds)
-    report = measure_privacy(synthetic, images, limits, device, shadows, seed=request.distill.seed)
+    shadows = ShadowSettings(min_real_per_class=settings.policy.min_real_per_class)
+    report = measure_privacy(synthetic, images, limits, device, shadows, seed=request.distill.seed,
+                             time_limit=time_limit)
     failed = failed_limits(report.summary, limits)
     folder = privacy_report_folder(settings.cache_dir, request.run_id, request.nonce)
     report_json, page = write_report(report, synthetic, images.info.label_names, limits, failed, folder)

@@ -25,6 +25,7 @@ from shared.augment import dsa
 from shared.models import ConvNet
 from shared.schemas import DCConfig, DistillMethod
 from shared.training import chunk_size, mean_loss_gradients, sgd_epoch
+from site_agent.distill.deadline import NO_LIMIT, Deadline
 from site_agent.distill.loop import Iterations, seeded
 from site_agent.distill.matching import Observer, gradient_distance, sample_batch, starting_images
 from site_agent.distill.registry import register
@@ -55,11 +56,13 @@ def distill_dc(
     observer: Observer | None = None,
     start_from: tuple[torch.Tensor, torch.Tensor] | None = None,
     guide: ConvNet | None = None,
+    time_limit: Deadline = NO_LIMIT,
 ) -> tuple[torch.Tensor, list[float]]:
     """Synthetic images (K * ipc, C, H, W), class-major in ``real_by_class`` order, and the loss per iteration.
 
-    Stops early, after a whole iteration, once ``deadline`` (``time.monotonic()``) has passed. In a
-    refinement round it starts from ``start_from`` (the previous set) and, on every other iteration,
+    Stops early, after a whole iteration, once ``deadline`` (``time.monotonic()``) has passed; raises
+    :class:`shared.errors.TimeLimitReached` once ``time_limit`` has, checked after every class's gradient
+    match and every inner-loop step, so that a costly iteration cannot overrun it. In a refinement round it starts from ``start_from`` (the previous set) and, on every other iteration,
     matches gradients along a trajectory that starts at the global model ``guide`` instead of a
     random network.
     """
@@ -75,7 +78,7 @@ def distill_dc(
     opt_img = torch.optim.SGD([syn], lr=config.lr_img, momentum=0.5)
     iterations = Iterations("DC", config.iterations, log=log, log_every=10,
                             describe=lambda loss: f"matching loss {loss:.4f}", images=syn.detach, progress=progress,
-                            deadline=deadline, observer=observer)
+                            deadline=deadline, observer=observer, time_limit=time_limit)
 
     width = config.network.width
     for iteration in iterations:
@@ -97,13 +100,15 @@ def distill_dc(
                 g_real, _ = mean_loss_gradients(net, params, real, target, chunk_size(real, width))
                 g_fake = torch.autograd.grad(F.cross_entropy(net(fake), target[: len(fake)]), params, create_graph=True)
                 loss = loss + gradient_distance(g_fake, g_real)
+                time_limit.check()
             opt_img.zero_grad(set_to_none=True)
             (syn.grad,) = torch.autograd.grad(loss, [syn])
             opt_img.step()
             iteration_loss += loss.item()
             if step == outer_loop - 1:
                 break
-            _train_on_synthetic(net, opt_net, syn.detach(), syn_labels, inner_loop, config.dsa, gen, aug_rng)
+            _train_on_synthetic(net, opt_net, syn.detach(), syn_labels, inner_loop, config.dsa, gen, aug_rng,
+                                time_limit)
         iterations.record(iteration, iteration_loss / outer_loop)
     return syn.detach(), iterations.history
 
@@ -117,7 +122,8 @@ def _train_on_synthetic(
     augment: bool,
     gen: torch.Generator,
     aug_rng: np.random.Generator,
+    time_limit: Deadline = NO_LIMIT,
 ) -> None:
-    """The inner loop: ``epochs`` passes of SGD on the (detached) synthetic set."""
+    """The inner loop: ``epochs`` passes of SGD on the (detached) synthetic set, checking ``time_limit`` each step."""
     for _ in range(epochs):
-        sgd_epoch(net, optimizer, images, labels, _SYN_BATCH, augment, gen, aug_rng)
+        sgd_epoch(net, optimizer, images, labels, _SYN_BATCH, augment, gen, aug_rng, check=time_limit.check)

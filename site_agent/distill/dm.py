@@ -22,6 +22,7 @@ from shared.augment import dsa
 from shared.models import ConvNet
 from shared.schemas import DistillMethod, DMConfig, EmbeddingMatch, IDMConfig
 from shared.training import chunk_size
+from site_agent.distill.deadline import NO_LIMIT, Deadline
 from site_agent.distill.loop import Iterations, seeded
 from site_agent.distill.matching import Observer, embed_in_chunks, sample_batch, starting_images
 from site_agent.distill.registry import register
@@ -44,6 +45,7 @@ def distill_dm(
     observer: Observer | None = None,
     start_from: tuple[torch.Tensor, torch.Tensor] | None = None,
     guide: ConvNet | None = None,
+    time_limit: Deadline = NO_LIMIT,
 ) -> tuple[torch.Tensor, list[float]]:
     """Distill by matching mean random embeddings of real and synthetic images, class by class.
 
@@ -58,6 +60,7 @@ def distill_dm(
         start_from: a refinement round's previous set (images, labels), the starting point.
         guide: a refinement round's global model, whose embedding replaces the random one on every
             other iteration (FedDM's matching against the global model).
+        time_limit: the site's hard limit on the request, checked before every iteration.
 
     Returns:
         Synthetic images (K * ipc, C, H, W) float32 on ``device``, class-major in ``real_by_class``
@@ -72,7 +75,7 @@ def distill_dm(
     opt_img = torch.optim.SGD([syn], lr=config.lr_img, momentum=0.5)
     iterations = Iterations("DM", config.iterations, log=log, log_every=100,
                             describe=lambda loss: f"matching loss {loss:.4f}", images=syn.detach, progress=progress,
-                            deadline=deadline, observer=observer)
+                            deadline=deadline, observer=observer, time_limit=time_limit)
 
     for iteration in iterations:
         if guide is not None and iteration % 2:

@@ -37,6 +37,7 @@ from shared.models import ConvNet
 from shared.schemas import DistillMethod, DPDMConfig
 from shared.training import chunk_size
 from site_agent.distill.accounting import ACCOUNTANT, MECHANISM, DPRelease, noise_multiplier_for
+from site_agent.distill.deadline import NO_LIMIT, Deadline
 from site_agent.distill.loop import Iterations, seeded
 from site_agent.distill.matching import Observer, embed_in_chunks, initial_images
 from site_agent.distill.registry import register
@@ -77,12 +78,12 @@ class FeatureMap:
             parts.append(embedded @ projection)  # (N, PROJECTED_DIM)
         return F.normalize(torch.cat(parts, dim=1), dim=1)  # (N, NUM_NETS * PROJECTED_DIM), norm 1
 
-    def without_grad(self, images: torch.Tensor) -> torch.Tensor:
-        """The features of many images, in cache-sized chunks, without autograd."""
+    def without_grad(self, images: torch.Tensor, time_limit: Deadline = NO_LIMIT) -> torch.Tensor:
+        """The features of many images, in cache-sized chunks (``time_limit`` checked after each), without autograd."""
         if len(images) == 0:
             return images.new_zeros((0, NUM_NETS * PROJECTED_DIM))
         with torch.no_grad():
-            return embed_in_chunks(self, images, chunk_size(images, self.width))
+            return embed_in_chunks(self, images, chunk_size(images, self.width), check=time_limit.check)
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,7 @@ def distill_dpdm(
     observer: Observer | None = None,
     start_from: tuple[torch.Tensor, torch.Tensor] | None = None,
     min_real_per_class: int = 1,
+    time_limit: Deadline = NO_LIMIT,
 ) -> tuple[torch.Tensor, list[float], DPRelease]:
     """Release noisy class means of clipped random features once, then fit synthetic images to them.
 
@@ -148,6 +150,8 @@ def distill_dpdm(
         observer: called with (iterations done, images) after every iteration.
         start_from: refused: a refinement round would touch the data again.
         min_real_per_class: classes whose NOISY count is below this are not distilled.
+        time_limit: the site's hard limit on the request, checked while the real images' features are computed
+            and before every iteration.
 
     Returns:
         Synthetic images (K * ipc, C, H, W) float32 on ``device``, class-major for the kept classes,
@@ -156,6 +160,7 @@ def distill_dpdm(
     Raises:
         ConfigError: ``start_from`` given.
         DataError: no class's noisy count reaches ``min_real_per_class``.
+        TimeLimitReached: ``time_limit`` passed first (nothing is released, so nothing is spent).
     """
     if start_from is not None:
         raise ConfigError("dpdm releases once: a refinement round would touch the site's images again outside "
@@ -168,8 +173,8 @@ def distill_dpdm(
     # The mechanism: the only place the real images are read.
     noise_multiplier = noise_multiplier_for(config.epsilon, config.delta)
     sigma = noise_multiplier * SENSITIVITY
-    released = noisy_class_statistics([features.without_grad(images) for images in real_by_class.values()], sigma,
-                                      os_seeded_generator())
+    released = noisy_class_statistics([features.without_grad(images, time_limit) for images in real_by_class.values()],
+                                      sigma, os_seeded_generator())
     noisy_counts = {c: max(0, round(float(n))) for c, n in zip(real_by_class, released.counts, strict=True)}
     log.info("dpdm: released noisy class statistics at epsilon %.3g, delta %.1e (noise multiplier %.3f, sigma %.3f)",
              config.epsilon, config.delta, noise_multiplier, sigma)
@@ -185,7 +190,7 @@ def distill_dpdm(
     opt_img = torch.optim.SGD([syn], lr=config.lr_img, momentum=0.5)
     iterations = Iterations("DPDM", config.iterations, log=log, log_every=100,
                             describe=lambda loss: f"matching loss {loss:.4f}", images=syn.detach, progress=progress,
-                            deadline=deadline, observer=observer)
+                            deadline=deadline, observer=observer, time_limit=time_limit)
     for iteration in iterations:
         means = features(syn).unflatten(0, (len(classes), config.ipc)).mean(dim=1)  # (K, F)
         loss = ((means - targets) ** 2).sum()

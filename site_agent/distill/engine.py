@@ -20,6 +20,7 @@ from shared.models import ConvNet
 from shared.schemas import DistillConfig
 from site_agent.data import LabelledImages
 from site_agent.distill.accounting import DPRelease
+from site_agent.distill.deadline import NO_LIMIT, Deadline
 from site_agent.distill.matching import Observer, deadline_after, past
 from site_agent.distill.registry import method_for
 
@@ -36,7 +37,7 @@ class SyntheticSet:
     config: DistillConfig
     loss_history: list[float]  # one value per iteration run (MTT: per accepted iteration)
     seconds: float
-    stopped_early: bool = False  # the site's wall-time limit ended it before ``config.iterations``
+    stopped_early: bool = False  # the caller's soft ``max_seconds`` ended it before ``config.iterations``
     dp: DPRelease | None = None  # a differentially private method's guarantee and noisy class counts
 
 
@@ -53,6 +54,7 @@ def distill(
     start_from: tuple[torch.Tensor, torch.Tensor] | None = None,
     guide: ConvNet | None = None,
     site_id: str | None = None,
+    time_limit: Deadline = NO_LIMIT,
 ) -> SyntheticSet:
     """Distill ``config.ipc`` synthetic images for every class the site holds enough images of.
 
@@ -60,8 +62,10 @@ def distill(
     same request draw their own initial noise and networks; the set's ``config`` stays the request's.
 
     ``expert_cache_dir`` (MTT only) keeps the site's expert trajectories between runs; they are
-    derived from patient data and stay at the site. ``max_seconds`` (a site policy's wall-time limit)
-    ends the distillation after the iteration during which it runs out; the set so far is returned.
+    derived from patient data and stay at the site. Two kinds of time limit: ``max_seconds`` is a soft
+    stop for benchmarks, which ends the distillation after the iteration during which it runs out and
+    returns the set so far (``stopped_early``); ``time_limit`` is the site's hard limit on the whole
+    request, checked inside every iteration and every long inner loop, which raises instead.
     ``observer`` sees the set after every iteration (benchmarks score it as it improves).
     Refinement rounds: ``start_from`` (images, labels) is the set the site released last round, where
     distillation starts instead of the initialisation; ``guide`` is the global model, which DC and DM
@@ -74,6 +78,7 @@ def distill(
 
     Raises:
         DataError: no class has ``min_real_per_class`` images (for a private method: by its noisy counts).
+        TimeLimitReached: ``time_limit`` passed before the distillation was done.
     """
     method = method_for(config.method)
     options: dict[str, object] = {}
@@ -94,7 +99,7 @@ def distill(
     streams = config if site_id is None else config.model_copy(update={"seed": site_seed(config.seed, site_id)})
     syn_images, history, *private = method.distill(real_by_class, streams, num_classes, device, progress,
                                                    deadline=deadline, observer=observer, start_from=start_from,
-                                                   **options)
+                                                   time_limit=time_limit, **options)
     seconds = time.perf_counter() - started
     record: DPRelease | None = private[0] if private else None
     if record is not None:

@@ -29,6 +29,7 @@ from shared.errors import DataError
 from shared.models import ConvNet
 from shared.schemas import NetworkSpec
 from shared.training import sgd_epoch
+from site_agent.distill.deadline import NO_LIMIT, Deadline
 from site_agent.distill.loop import seeded
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,7 @@ def train_experts(
     settings: ExpertSettings,
     device: torch.device,
     progress: bool = True,
+    time_limit: Deadline = NO_LIMIT,
 ) -> list[Trajectory]:
     """Train ``settings.num_experts`` ConvNets on the real images, keeping the parameters of every epoch.
 
@@ -116,12 +118,14 @@ def train_experts(
         settings: the expert recipe.
         device: where the experts train.
         progress: show a progress bar over experts.
+        time_limit: the site's hard limit on the request, checked after every minibatch step.
 
     Returns:
         ``num_experts`` trajectories, each ``epochs + 1`` flat parameter vectors (P,) on the CPU.
 
     Raises:
         DataError: an expert's training loss became non-finite (lower the teacher learning rate).
+        TimeLimitReached: ``time_limit`` passed before the experts were trained (none is cached).
     """
     images = torch.cat(list(real_by_class.values())).to(device)
     labels = torch.cat([torch.full((len(x),), cls, dtype=torch.int64) for cls, x in real_by_class.items()]).to(device)
@@ -137,7 +141,7 @@ def train_experts(
         trajectory = [flat_params(net)]
         for epoch in range(settings.epochs):
             total = sgd_epoch(net, optimizer, images, labels, settings.batch_size, settings.dsa, streams.gen,
-                              streams.rng)
+                              streams.rng, check=time_limit.check)
             if not np.isfinite(total):
                 raise DataError(
                     f"MTT expert {expert} diverged in epoch {epoch + 1} at lr_teacher={settings.lr}",
@@ -156,6 +160,7 @@ def load_or_train_experts(
     device: torch.device,
     progress: bool = True,
     cache_dir: Path | None = None,
+    time_limit: Deadline = NO_LIMIT,
 ) -> list[Trajectory]:
     """Expert trajectories from ``cache_dir/<fingerprint>.pt`` when present, else trained (and cached).
 
@@ -166,12 +171,13 @@ def load_or_train_experts(
         device: where experts train on a cache miss.
         progress: show a progress bar while training.
         cache_dir: folder of cached trajectories; ``None`` trains without caching.
+        time_limit: the site's hard limit on the request, checked while training (a cache hit costs no time).
 
     Returns:
         ``num_experts`` trajectories of ``epochs + 1`` flat CPU vectors each.
     """
     if cache_dir is None:
-        return train_experts(real_by_class, num_classes, settings, device, progress)
+        return train_experts(real_by_class, num_classes, settings, device, progress, time_limit)
     key = expert_fingerprint(real_by_class, num_classes, settings)
     path = Path(cache_dir) / f"{key}.pt"
     cached = _read_cache(path, settings)
@@ -179,7 +185,7 @@ def load_or_train_experts(
         log.info("MTT experts: reusing %d cached trajectories (key %s)", len(cached), key[:12])
         return cached
     log.info("MTT experts: no cache for key %s, training %d experts", key[:12], settings.num_experts)
-    trajectories = train_experts(real_by_class, num_classes, settings, device, progress)
+    trajectories = train_experts(real_by_class, num_classes, settings, device, progress, time_limit)
     _write_cache(path, trajectories)
     return trajectories
 

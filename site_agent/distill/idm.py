@@ -31,6 +31,7 @@ from shared.augment import dsa
 from shared.models import ConvNet
 from shared.schemas import DistillMethod, IDMConfig
 from shared.training import chunk_size, mean_loss_gradients
+from site_agent.distill.deadline import NO_LIMIT, Deadline
 from site_agent.distill.dm import matching_loss
 from site_agent.distill.loop import Iterations, seeded
 from site_agent.distill.matching import Observer, starting_images
@@ -63,6 +64,7 @@ def distill_idm(
     observer: Observer | None = None,
     start_from: tuple[torch.Tensor, torch.Tensor] | None = None,
     guide: ConvNet | None = None,
+    time_limit: Deadline = NO_LIMIT,
 ) -> tuple[torch.Tensor, list[float]]:
     """Distill by matching mean embeddings under a queue of partly trained networks.
 
@@ -77,6 +79,8 @@ def distill_idm(
         start_from: a refinement round's previous set (images, labels), the starting point.
         guide: a refinement round's global model; drawn in place of a queued network every other
             iteration, with full weight on the class-aware term (it was trained on every site's sets).
+        time_limit: the site's hard limit on the request, checked before every iteration and after every
+            training step of a queued network.
 
     Returns:
         Synthetic images (K * ipc, C, H, W) float32 on ``device``, class-major in ``real_by_class``
@@ -96,7 +100,7 @@ def distill_idm(
     queue: deque[_Queued] = deque(maxlen=config.queue_size)
     iterations = Iterations("IDM", config.iterations, log=log, log_every=100,
                             describe=lambda loss: f"loss {loss:.4f} (queue of {len(queue)})", images=syn.detach,
-                            progress=progress, deadline=deadline, observer=observer)
+                            progress=progress, deadline=deadline, observer=observer, time_limit=time_limit)
 
     def new_network() -> _Queued:
         net = ConvNet(in_channels, num_classes, image_size, config.network).to(device).train()
@@ -121,15 +125,20 @@ def distill_idm(
         opt_img.step()
         net.requires_grad_(True)
         for _ in range(min(config.models_trained, len(queue))):
-            _train_on_real(queue[int(pick_rng.integers(len(queue)))], all_real, all_labels, config, gen)
+            _train_on_real(queue[int(pick_rng.integers(len(queue)))], all_real, all_labels, config, gen, time_limit)
         iterations.record(iteration, loss.item() / len(classes))
     return syn.detach(), iterations.history
 
 
 def _train_on_real(
-    queued: _Queued, images: torch.Tensor, labels: torch.Tensor, config: IDMConfig, gen: torch.Generator
+    queued: _Queued, images: torch.Tensor, labels: torch.Tensor, config: IDMConfig, gen: torch.Generator,
+    time_limit: Deadline = NO_LIMIT,
 ) -> None:
-    """``train_steps`` SGD steps of a queued network on random real batches; updates its running accuracy."""
+    """``train_steps`` SGD steps of a queued network on random real batches; updates its running accuracy.
+
+    Raises:
+        TimeLimitReached: ``time_limit`` passed after a step.
+    """
     net = queued.net.train()
     params = list(net.parameters())
     for _ in range(config.train_steps):
@@ -139,6 +148,7 @@ def _train_on_real(
         for param, grad in zip(params, grads, strict=True):
             param.grad = grad
         queued.optimizer.step()
+        time_limit.check()
     with torch.no_grad():  # on the last batch, after the steps: what the network knows now
         correct = float((net(batch).argmax(1) == target).float().mean())
     queued.accuracy = _ACCURACY_MOMENTUM * queued.accuracy + (1 - _ACCURACY_MOMENTUM) * correct

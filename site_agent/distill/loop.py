@@ -1,9 +1,10 @@
 """The frame every distillation method runs in, written once.
 
 :func:`seeded` gives a run its random streams from its seed, so a seed reproduces its set.
-:class:`Iterations` runs a method's iterations: the progress bar, the stop at the site's wall-time
-deadline (never before one iteration is kept), the loss record, the observer call after each kept
-iteration and a log line now and then. A method writes only what one iteration does.
+:class:`Iterations` runs a method's iterations: the progress bar, the soft stop at a wall-time
+deadline (never before one iteration is kept), the check of the site's hard time limit before each
+iteration, the loss record, the observer call after each kept iteration and a log line now and then.
+A method writes only what one iteration does (and checks the time limit inside its own long loops).
 
 The bar is drawn only when a person watches (stderr is a terminal), with log lines printed above it.
 Without one (a SuperNode's log file, a pipe) there is no bar to corrupt the log: a line every
@@ -24,6 +25,7 @@ import torch
 from tqdm.auto import trange
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from site_agent.distill.deadline import NO_LIMIT, Deadline
 from site_agent.distill.matching import Observer, past
 
 LOG_SECONDS = 10.0  # the longest silence between two progress lines
@@ -55,6 +57,8 @@ class Iterations:
         progress: show a progress bar when stderr is a terminal (log lines are written either way).
         deadline: ``time.monotonic()`` after which no new iteration starts (``None``: no limit).
         observer: called with (iterations kept, images) after every kept iteration.
+        time_limit: the site's hard limit on the request, checked before every iteration: past it,
+            :class:`shared.errors.TimeLimitReached` ends the run.
     """
 
     def __init__(
@@ -69,8 +73,9 @@ class Iterations:
         progress: bool,
         deadline: float | None,
         observer: Observer | None,
+        time_limit: Deadline = NO_LIMIT,
     ) -> None:
-        self.method, self.total = method, total
+        self.method, self.total, self.time_limit = method, total, time_limit
         self.log, self.log_every, self.describe = log, log_every, describe
         self.images, self.progress, self.deadline, self.observer = images, progress, deadline, observer
         self.history: list[float] = []  # the loss of every kept iteration
@@ -81,6 +86,7 @@ class Iterations:
         self._started = self._last_line = time.monotonic()
         with logging_redirect_tqdm() if bar else nullcontext():
             for iteration in trange(self.total, desc=f"{self.method} distill", disable=not bar, leave=False):
+                self.time_limit.check()
                 if self.history and past(self.deadline):
                     self.log.warning("%s: wall-time limit reached after %d of %d iterations", self.method, iteration,
                                      self.total)

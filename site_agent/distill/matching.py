@@ -81,13 +81,25 @@ def gradient_distance(grads_a: list[torch.Tensor], grads_b: list[torch.Tensor]) 
     return total
 
 
-def embed_in_chunks(embed: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, chunk: int) -> torch.Tensor:
-    """``embed(images)`` computed ``chunk`` images at a time (same values, cache-sized passes)."""
-    return torch.cat([embed(images[start : start + chunk]) for start in range(0, len(images), chunk)])
+def embed_in_chunks(
+    embed: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, chunk: int,
+    check: Callable[[], None] | None = None,
+) -> torch.Tensor:
+    """``embed(images)`` computed ``chunk`` images at a time (same values, cache-sized passes); ``check``, where
+    given, is called after every chunk (a site's time limit, which raises once time is up)."""
+    parts = []
+    for start in range(0, len(images), chunk):
+        parts.append(embed(images[start : start + chunk]))
+        if check is not None:
+            check()
+    return torch.cat(parts)
 
 
 def deadline_after(seconds: float | None) -> float | None:
-    """The ``time.monotonic()`` value at which a distillation must stop (``None``: no limit)."""
+    """The ``time.monotonic()`` value after which no new iteration starts (``None``: no limit).
+
+    A soft stop, for benchmarks; a site's hard limit on a request is a ``deadline.Deadline``.
+    """
     return None if seconds is None else time.monotonic() + seconds
 
 

@@ -40,6 +40,7 @@ from shared.augment import dsa
 from shared.errors import ConfigError, DataError
 from shared.models import ConvNet
 from shared.schemas import DistillMethod, MTTConfig
+from site_agent.distill.deadline import NO_LIMIT, Deadline
 from site_agent.distill.experts import ExpertSettings, Trajectory, load_or_train_experts, unflatten_params
 from site_agent.distill.loop import Iterations, seeded
 from site_agent.distill.matching import Observer, starting_images
@@ -81,6 +82,7 @@ def distill_mtt(
     deadline: float | None = None,
     observer: Observer | None = None,
     start_from: tuple[torch.Tensor, torch.Tensor] | None = None,
+    time_limit: Deadline = NO_LIMIT,
 ) -> tuple[torch.Tensor, list[float]]:
     """Distill by matching expert training trajectories.
 
@@ -95,6 +97,8 @@ def distill_mtt(
             expert training counts against it but is never cut short.
         observer: called with (accepted iterations, un-whitened images) after every accepted step.
         start_from: a refinement round's previous set (images, labels) in pixel space, the starting point.
+        time_limit: the site's hard limit on the request, checked after every minibatch of expert training,
+            before every iteration and after every unrolled student step.
 
     Returns:
         Synthetic images (K * ipc, C, H, W) float32 on ``device``, class-major in ``real_by_class``
@@ -104,6 +108,7 @@ def distill_mtt(
     Raises:
         ConfigError: ``zca`` asked for images too large to whiten.
         DataError: no finite synthetic set could be produced.
+        TimeLimitReached: ``time_limit`` passed first.
     """
     streams = seeded(config.seed)
     gen, rng = streams.gen, streams.rng
@@ -112,7 +117,8 @@ def distill_mtt(
 
     zca = _Zca.fit(real_by_class) if config.zca else None
     work = {c: zca.whiten(x) for c, x in real_by_class.items()} if zca else real_by_class
-    trajectories = load_or_train_experts(work, num_classes, expert_settings(config), device, progress, expert_cache_dir)
+    trajectories = load_or_train_experts(work, num_classes, expert_settings(config), device, progress, expert_cache_dir,
+                                         time_limit=time_limit)
     torch.manual_seed(config.seed)  # expert training moved the global RNG only on a cache miss
 
     net = ConvNet(in_channels, num_classes, image_size, config.network).to(device).train()
@@ -126,7 +132,7 @@ def distill_mtt(
         "MTT", config.iterations, log=log, log_every=50,
         describe=lambda loss: f"trajectory loss {loss:.4f}, synthetic lr {syn_lr.item():.4g}",
         images=lambda: zca.unwhiten(syn.detach()) if zca else syn.detach(),
-        progress=progress, deadline=deadline, observer=observer,
+        progress=progress, deadline=deadline, observer=observer, time_limit=time_limit,
     )
 
     for iteration in iterations:
@@ -134,7 +140,8 @@ def distill_mtt(
         start_epoch = int(rng.integers(config.max_start_epoch))
         problem = backoff.invalid_state()
         if problem is None:
-            loss = _trajectory_loss(net, trajectory, start_epoch, syn, syn_labels, syn_lr, config, device, gen, rng)
+            loss = _trajectory_loss(net, trajectory, start_epoch, syn, syn_labels, syn_lr, config, device, gen, rng,
+                                    time_limit)
             problem = backoff.backward(loss)
         if problem is not None:
             if not backoff.retreat(iteration, problem):
@@ -256,6 +263,7 @@ def _trajectory_loss(
     device: torch.device,
     gen: torch.Generator,
     rng: np.random.Generator,
+    time_limit: Deadline = NO_LIMIT,
 ) -> torch.Tensor:
     """||student_end - target||^2 / ||start - target||^2 after ``syn_steps`` unrolled steps from ``start``.
 
@@ -270,6 +278,7 @@ def _trajectory_loss(
         device: where the student runs.
         gen: draws the minibatch order.
         rng: draws the DSA seeds.
+        time_limit: checked after every unrolled step.
 
     Returns:
         The scalar loss, with a graph to ``syn`` and ``syn_lr``.
@@ -290,6 +299,7 @@ def _trajectory_loss(
         ce = F.cross_entropy(logits, syn_labels[idx])
         (grad,) = torch.autograd.grad(ce, student, create_graph=True)
         student = student - syn_lr * grad
+        time_limit.check()
     return ((student - target) ** 2).sum() / ((start - target) ** 2).sum()
 
 

@@ -17,7 +17,7 @@ import torch
 from shared.schemas import DistillMethod
 from site_agent.distill.accounting import DPRelease
 
-# (real_by_class, config, num_classes, device, progress, *, deadline, observer, start_from, [guide],
+# (real_by_class, config, num_classes, device, progress, *, deadline, observer, start_from, time_limit, [guide],
 #  [expert_cache_dir], [min_real_per_class]) -> (synthetic images (K * ipc, C, H, W), loss per kept iteration
 #  [, DPRelease for a private method])
 DistillFn = Callable[..., tuple[torch.Tensor, list[float]] | tuple[torch.Tensor, list[float], DPRelease]]

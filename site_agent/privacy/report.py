@@ -12,6 +12,12 @@
 3. **Utility at the site**: that model's accuracy, balanced accuracy and AUC on the held-out images.
 
 The numbers (:class:`PrivacySummary`) are signed into the manifest; the per-image findings stay here.
+
+Time: every model the report trains checks the request's hard time limit (``time_limit``) after each
+minibatch, and the report raises :class:`shared.errors.TimeLimitReached` when it passes. Shadow models are
+optional: one is started only when it is expected to end before both the report's own ``max_seconds``
+and the request's limit (less a reserve for what follows), and one that still runs past that point is
+dropped, so shadow models never make a release fail.
 """
 
 from __future__ import annotations
@@ -19,18 +25,20 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from shared.datasets import reference_subset
-from shared.errors import DataError
+from shared.errors import DataError, TimeLimitReached
 from shared.models import ConvNet, build_model
 from shared.schemas import AttackSummary, Estimate, ModelSpec, NetworkSpec, PrivacySummary
 from shared.training import TrainSettings, model_counts, predict_logits, train_classifier
 from site_agent.data import LabelledImages, SiteImages
 from site_agent.distill import SyntheticSet, distill
+from site_agent.distill.deadline import NO_LIMIT, Deadline
 from site_agent.policy import PrivacyLimits
 from site_agent.privacy.membership import AttackResult, Interval, confidence_scores, evaluate_attack, lira_scores
 from site_agent.privacy.memorisation import Memorisation, memorisation
@@ -39,6 +47,9 @@ log = logging.getLogger(__name__)
 
 _FEATURE_EPOCHS = 50  # the feature network only has to see the site's data well enough to embed it
 _MIN_SHADOWS = 2  # LiRA's IN and OUT Gaussians need both sides for most images
+# Shadow models stop this long before the request's time limit (a share of it, at most a minute): the
+# attacks' bootstrap, the report files and the seal still have to run.
+_RESERVE_SHARE, _MAX_RESERVE_SECONDS = 0.05, 60.0
 
 
 @dataclass(frozen=True)
@@ -55,7 +66,6 @@ class ShadowSettings:
     """How the report re-distills for LiRA's shadow models: like the release, within the site's limits."""
 
     min_real_per_class: int = 1
-    max_seconds: float | None = None  # the site's wall-time limit of one distillation
 
 
 def measure_privacy(
@@ -65,9 +75,15 @@ def measure_privacy(
     device: torch.device,
     shadows: ShadowSettings = ShadowSettings(),
     seed: int = 0,
+    time_limit: Deadline = NO_LIMIT,
 ) -> PrivacyReport:
-    """Memorisation, membership inference and utility of ``synthetic``, distilled from ``images.train``."""
-    started = time.perf_counter()
+    """Memorisation, membership inference and utility of ``synthetic``, distilled from ``images.train``.
+
+    Raises:
+        TimeLimitReached: the request's ``time_limit`` passed (shadow models are dropped before it does).
+    """
+    started, report_began = time.perf_counter(), time.monotonic()
+    check = time_limit.check
     train, test, info = images.train, images.test, images.info
     # The network the set was distilled for, which is the global model's in a simulation.
     spec = ModelSpec(in_channels=info.in_channels, num_classes=info.num_classes, image_size=train.images.shape[-1],
@@ -76,14 +92,19 @@ def measure_privacy(
     real_x, real_y = torch.from_numpy(train.images), torch.from_numpy(train.labels)
     notes: list[str] = []
 
-    feature_net = _trained(spec, real_x, real_y, TrainSettings(epochs=min(_FEATURE_EPOCHS, limits.train_epochs), seed=seed), device)
+    feature_settings = TrainSettings(epochs=min(_FEATURE_EPOCHS, limits.train_epochs), seed=seed)
+    feature_net = _trained(spec, real_x, real_y, feature_settings, device, check)
     found = memorisation(synthetic.images, synthetic.labels, real_x, real_y, feature_net.cpu().embed,
                          limits.min_nearest_real_quantile or 0.0)
 
-    target = _trained(spec, synthetic.images, synthetic.labels, settings, device)
+    check()
+    trained_at = time.monotonic()
+    target = _trained(spec, synthetic.images, synthetic.labels, settings, device, check)
     counts_per_class = np.bincount(synthetic.labels.numpy(), minlength=info.num_classes).tolist()
     subset = reference_subset(train.labels, counts_per_class, seed)
-    reference = _trained(spec, real_x[subset], real_y[subset], settings, device)
+    reference = _trained(spec, real_x[subset], real_y[subset], settings, device, check)
+    # A shadow model is a distillation like the release's and two trainings like these two.
+    shadow_estimate = synthetic.seconds + time.monotonic() - trained_at
     utility = _utility(target, test, device)
 
     attacks: dict[str, AttackResult | None] = dict.fromkeys(("threshold", "lira", "reference", "reference_lira"))
@@ -99,9 +120,9 @@ def measure_privacy(
         reference_phi = _phi(reference, everything, device)
         attacks["threshold"] = evaluate_attack("threshold", target_phi[is_train], target_phi[~is_train], seed)
         attacks["reference"] = evaluate_attack("threshold", reference_phi[in_subset], reference_phi[~is_train], seed)
-        budget = None if limits.max_seconds is None else started + limits.max_seconds
+        stop = _shadow_deadline(report_began, limits, time_limit)
         shadow = _shadow_models(synthetic, everything, counts_per_class, spec, settings, device, shadows,
-                                limits.shadow_models, budget, seed)
+                                limits.shadow_models, stop, shadow_estimate, seed)
         shadow_count = len(shadow.in_synthetic)
         if shadow_count >= _MIN_SHADOWS:
             lira = lira_scores(target_phi, np.stack(shadow.synthetic_phi), np.stack(shadow.in_synthetic))
@@ -110,6 +131,10 @@ def measure_privacy(
             attacks["reference_lira"] = evaluate_attack("lira", lira_ref[in_subset], lira_ref[~is_train], seed)
         elif limits.shadow_models:
             notes.append(f"LiRA not run: {shadow_count} of {limits.shadow_models} shadow models fitted the time limit")
+        if _MIN_SHADOWS <= shadow_count < limits.shadow_models:
+            notes.append(f"LiRA on {shadow_count} of {limits.shadow_models} shadow models: the rest did not fit the "
+                         "time limit")
+    check()
 
     summary = PrivacySummary(
         threshold_attack=_summary(attacks["threshold"]), lira=_summary(attacks["lira"]),
@@ -141,45 +166,66 @@ def _shadow_models(
     device: torch.device,
     shadows: ShadowSettings,
     wanted: int,
-    budget: float | None,
+    stop: Deadline,
+    estimate: float,
     seed: int,
 ) -> _Shadows:
     """Shadow models on random halves of all the site's images: one distilled like the release, one
-    trained on a real subset of the reference's size. Stops before a shadow that would overrun ``budget``."""
+    trained on a real subset of the reference's size.
+
+    A shadow starts only when it is expected (``estimate`` seconds for the first, what the last took
+    after that) to end before ``stop``; one that runs past ``stop`` anyway is dropped, and no more start.
+    """
     rng = np.random.default_rng(seed + 1)
     found = _Shadows([], [], [], [])
-    last_took = 0.0
+    expected = estimate
     for k in range(wanted):
-        if budget is not None and time.perf_counter() + last_took > budget:
+        if stop.left() < expected:
+            log.info("privacy report: %d of %d shadow models fit the time limit", k, wanted)
             break
-        began = time.perf_counter()
+        began = time.monotonic()
         half = np.zeros(len(everything), bool)
         half[rng.permutation(len(everything))[: len(everything) // 2]] = True
         try:
             shadow_set = distill(everything.subset(half), spec.num_classes, synthetic.config, device, progress=False,
-                                 min_real_per_class=shadows.min_real_per_class, max_seconds=shadows.max_seconds)
+                                 min_real_per_class=shadows.min_real_per_class, time_limit=stop)
+            model = _trained(spec, shadow_set.images, shadow_set.labels, settings, device, stop.check)
+            picked = np.flatnonzero(half)[reference_subset(everything.labels[half], counts_per_class, seed + k)]
+            real = everything.subset(picked)
+            subset_model = _trained(spec, torch.from_numpy(real.images), torch.from_numpy(real.labels), settings,
+                                    device, stop.check)
         except DataError as exc:  # a half too small to distill: LiRA has what it has
             log.warning("privacy report: shadow model %d not trained (%s)", k + 1, exc)
             break
-        model = _trained(spec, shadow_set.images, shadow_set.labels, settings, device)
-        found.synthetic_phi.append(_phi(model, everything, device))
-        found.in_synthetic.append(half)
-        picked = np.flatnonzero(half)[reference_subset(everything.labels[half], counts_per_class, seed + k)]
+        except TimeLimitReached:
+            log.warning("privacy report: shadow model %d of %d dropped: it ran past the time limit", k + 1, wanted)
+            break
         in_subset = np.zeros(len(everything), bool)
         in_subset[picked] = True
-        real = everything.subset(picked)
-        model = _trained(spec, torch.from_numpy(real.images), torch.from_numpy(real.labels), settings, device)
-        found.subset_phi.append(_phi(model, everything, device))
+        found.synthetic_phi.append(_phi(model, everything, device))
+        found.in_synthetic.append(half)
+        found.subset_phi.append(_phi(subset_model, everything, device))
         found.in_subset.append(in_subset)
-        last_took = time.perf_counter() - began
-        log.info("privacy report: shadow model %d of %d took %.0f s", k + 1, wanted, last_took)
+        expected = time.monotonic() - began
+        log.info("privacy report: shadow model %d of %d took %.0f s", k + 1, wanted, expected)
     return found
 
 
+def _shadow_deadline(report_began: float, limits: PrivacyLimits, time_limit: Deadline) -> Deadline:
+    """When shadow models must be done: the report's own ``max_seconds`` after it began (``time.monotonic()``),
+    or the request's limit less a reserve for what follows them, whichever comes first."""
+    ends = []
+    if limits.max_seconds is not None:
+        ends.append(report_began + limits.max_seconds)
+    if time_limit.at is not None:
+        ends.append(time_limit.at - min(_RESERVE_SHARE * time_limit.seconds, _MAX_RESERVE_SECONDS))
+    return Deadline(min(ends), time_limit.seconds) if ends else NO_LIMIT
+
+
 def _trained(spec: ModelSpec, images: torch.Tensor, labels: torch.Tensor, settings: TrainSettings,
-             device: torch.device) -> ConvNet:
+             device: torch.device, check: Callable[[], None] | None = None) -> ConvNet:
     model = build_model(spec)
-    train_classifier(model, images.float(), labels, settings, device)
+    train_classifier(model, images.float(), labels, settings, device, check=check)
     return model.cpu().eval()
 
 
