@@ -3,6 +3,12 @@
 A deployed site reads its policy from the JSON file named by the node config's ``policy-file``
 (``site-agent policy init`` writes the defaults; ``site-agent policy show`` explains each field).
 Unknown fields are refused, so a misspelt limit is an error rather than silently no limit.
+
+Every knob of a request that scales what it costs the site (iterations, images per class, real images
+per step, the network's width and depth, each method's loops, queues and experts) has a cap here, and
+:meth:`SitePolicy.check` refuses a request above any of them, naming the cap. The caps bound what one
+step can cost; ``max_seconds`` bounds the whole request: past it, the site stops the work and refuses
+(``site_agent.distill.deadline``).
 """
 
 from __future__ import annotations
@@ -13,10 +19,47 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from shared.errors import ConfigError, PolicyError
-from shared.schemas import DistillMethod, DistillRequest, DPDMConfig, InitMode, MTTConfig, first_problem
+from shared.errors import ConfigError, LocalConfigError, PolicyError
+from shared.schemas import (
+    DCConfig,
+    DistillMethod,
+    DistillRequest,
+    DMConfig,
+    DPDMConfig,
+    IDMConfig,
+    InitMode,
+    MTTConfig,
+    NetworkSpec,
+    first_problem,
+)
 
 log = logging.getLogger(__name__)
+
+# The CPU presets (shared/presets.py) and the federation's defaults ask for width 64, depth 3, 64-128 real
+# images per class, DC loops of 10, IDM's queue of 10 trained one step of 64 images, MTT's 5 experts of 15
+# epochs and 20 steps: the default caps are the papers' settings, at least twice what a default run asks.
+
+
+class DCLimits(BaseModel):
+    """Caps on DC's loops (see ``shared.schemas.DCConfig``); 0 in a request means the paper's loops for its ipc."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_outer_loop: int = Field(50, ge=1, description="most gradient-matching steps per iteration (paper: 10-50)")
+    max_inner_loop: int = Field(
+        50, ge=1, description="most epochs the network trains on the synthetic set between them (paper: 10-50)"
+    )
+
+
+class IDMLimits(BaseModel):
+    """Caps on IDM's queue of partly trained networks (see ``shared.schemas.IDMConfig``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_queue_size: int = Field(100, ge=1, description="most networks kept in the queue (memory; paper: 100)")
+    max_models_trained: int = Field(4, ge=1, description="most queued networks trained per iteration (paper: 2)")
+    max_train_steps: int = Field(10, ge=1, description="most SGD steps each of them takes per iteration (paper: 10)")
+    max_train_batch: int = Field(256, ge=1, description="most real images in each of those steps (paper: 256)")
 
 
 class MTTLimits(BaseModel):
@@ -57,7 +100,8 @@ class PrivacyLimits(BaseModel):
         "half of the site's images (0: threshold attack only)"
     )
     max_seconds: float | None = Field(
-        1800, gt=0, description="time the report may take; shadow models that do not fit are skipped (null: no limit)"
+        1800, gt=0, description="time the report may take, within the request's own max_seconds; shadow models that "
+        "do not fit are skipped (null: only the request's limit)"
     )
     train_epochs: int = Field(300, ge=1, le=10_000, description="epochs of every model the report trains")
 
@@ -70,8 +114,15 @@ class SitePolicy(BaseModel):
     allowed_methods: list[DistillMethod] = Field(list(DistillMethod), description="methods this site runs")
     max_ipc: int = Field(50, ge=1, description="most synthetic images per class in one release")
     max_iterations: int = Field(5000, ge=1, description="most distillation iterations")
+    max_batch_real: int = Field(
+        256, ge=1, description="most real images per class in one matching step (dc, dm, idm batch_real)"
+    )
+    max_net_width: int = Field(128, ge=8, description="widest network a request may ask for (channels per layer)")
+    max_net_depth: int = Field(4, ge=1, description="deepest network a request may ask for (conv blocks)")
     max_seconds: float | None = Field(
-        None, gt=0, description="wall-time limit of one distillation in seconds, for the engine to stop at (null: none)"
+        1800, gt=0, description="wall-time limit of one request in seconds, distillation and privacy report "
+        "together: when it runs out the site stops the work and refuses the request, releasing nothing; privacy "
+        "shadow models that would not fit are skipped instead (null: no limit)"
     )
     allow_real_init: bool = Field(
         False, description="allow init 'real', which puts patient images into the release"
@@ -86,6 +137,8 @@ class SitePolicy(BaseModel):
     max_real_similarity: float = Field(
         0.95, gt=0, le=1, description="refuse a set in which an image correlates this much with a local image"
     )
+    dc: DCLimits = Field(DCLimits(), description="caps on DC's loops")
+    idm: IDMLimits = Field(IDMLimits(), description="caps on IDM's queue of trained networks")
     mtt: MTTLimits = Field(MTTLimits(), description="caps on MTT's expensive settings")
     privacy: PrivacyLimits = Field(PrivacyLimits(), description="the privacy report and the limits it enforces")
     release_class_counts: bool = Field(
@@ -117,14 +170,17 @@ class SitePolicy(BaseModel):
     ) -> SitePolicy:
         """A simulated site's policy: one operator plays every role, so it takes the run's own settings.
 
-        The privacy report is measured (its models trained for the global model's ``train_epochs``)
-        and shown, but no limit blocks a release. ``require_approval`` holds each release for review, as
-        a deployed site's policy may.
+        Every cost cap is the request schema's own bound and there is no time limit. The privacy report is
+        measured (its models trained for the global model's ``train_epochs``) and shown, but no limit
+        blocks a release. ``require_approval`` holds each release for review, as a deployed site's policy may.
         """
         cap = 100_000
         return cls(
-            allowed_methods=list(DistillMethod), max_ipc=1000, max_iterations=cap, allow_real_init=allow_real_init,
+            allowed_methods=list(DistillMethod), max_ipc=1000, max_iterations=cap, max_batch_real=cap,
+            max_net_width=cap, max_net_depth=cap, max_seconds=None, allow_real_init=allow_real_init,
             max_evaluations_per_run=cap, require_approval=require_approval,
+            dc=DCLimits(max_outer_loop=cap, max_inner_loop=cap),
+            idm=IDMLimits(max_queue_size=cap, max_models_trained=cap, max_train_steps=cap, max_train_batch=cap),
             mtt=MTTLimits(max_syn_steps=cap, max_train_epochs_expert=cap, max_num_experts=cap),
             privacy=PrivacyLimits(report=privacy_report, max_mia_auc=None, max_mia_tpr_at_0_1pct_fpr=None,
                                   min_nearest_real_quantile=None, shadow_models=shadow_models,
@@ -135,27 +191,36 @@ class SitePolicy(BaseModel):
     def from_file(cls, path: Path) -> SitePolicy:
         """Read a JSON policy file.
 
+        The error's message may reach the coordinator (a SuperNode reads its policy for every request), so
+        it never names the file: ``local_detail`` does, for the site's operator.
+
         Raises:
-            ConfigError: the file is missing, is not JSON, or does not hold a valid policy (naming the field).
+            LocalConfigError: the file is missing, is not JSON, or does not hold a valid policy (naming the field).
         """
+        where = f"policy file: {path}"
         try:
             text = path.read_text()
         except FileNotFoundError as exc:
-            raise ConfigError(f"site policy file {path.name!r} not found") from exc
+            raise LocalConfigError(
+                "the site's policy file is missing", local_detail=where,
+                hint="write one with `site-agent policy init`, or fix the policy file option",
+            ) from exc
         except OSError as exc:
-            raise ConfigError(f"site policy file {path.name!r} cannot be read ({type(exc).__name__})") from exc
+            raise LocalConfigError(f"the site's policy file cannot be read ({type(exc).__name__})",
+                                   local_detail=where) from exc
         except UnicodeDecodeError as exc:
-            raise ConfigError(f"site policy file {path.name!r} is not a valid policy: not UTF-8 text "
-                              f"(byte {exc.start})") from exc
+            raise LocalConfigError(f"the site's policy file is not a valid policy: not UTF-8 text (byte {exc.start})",
+                                   local_detail=where) from exc
         try:
             return cls.model_validate(json.loads(text))
         except json.JSONDecodeError as exc:
-            raise ConfigError(
-                f"site policy file {path.name!r} is not a valid policy: not JSON (line {exc.lineno}, column {exc.colno})"
+            raise LocalConfigError(
+                f"the site's policy file is not a valid policy: not JSON (line {exc.lineno}, column {exc.colno})",
+                local_detail=where,
             ) from exc
         except ValidationError as exc:
-            raise ConfigError(
-                f"site policy file {path.name!r} is not a valid policy: {first_problem(exc)}",
+            raise LocalConfigError(
+                f"the site's policy file is not a valid policy: {first_problem(exc)}", local_detail=where,
                 hint="`site-agent policy show` lists the fields and their meaning",
             ) from exc
 
@@ -170,7 +235,7 @@ class SitePolicy(BaseModel):
         """Refuse a request that exceeds this policy.
 
         Raises:
-            PolicyError: naming the first limit the request exceeds.
+            PolicyError: naming the first limit the request exceeds (the request's field and the policy's cap).
         """
         config = request.distill
         if config.method not in self.allowed_methods:
@@ -181,22 +246,47 @@ class SitePolicy(BaseModel):
         if isinstance(config, DPDMConfig) and self.max_epsilon is not None and config.epsilon > self.max_epsilon:
             raise PolicyError(f"epsilon {config.epsilon:g} exceeds this site's limit of {self.max_epsilon:g} "
                               "(max_epsilon)")
-        if config.ipc > self.max_ipc:
-            raise PolicyError(f"ipc {config.ipc} exceeds this site's limit of {self.max_ipc}")
-        if config.iterations > self.max_iterations:
-            raise PolicyError(f"iterations {config.iterations} exceeds this site's limit of {self.max_iterations}")
+        _cap("ipc", config.ipc, self.max_ipc, "max_ipc")
+        _cap("iterations", config.iterations, self.max_iterations, "max_iterations")
+        self._check_network("network", config.network)
+        if request.global_model is not None:
+            self._check_network("global_model.network", request.global_model.network)
+        if isinstance(config, DCConfig | DMConfig | IDMConfig):
+            _cap("batch_real", config.batch_real, self.max_batch_real, "max_batch_real")
+        if isinstance(config, DCConfig):
+            self._check_dc(config)
+        if isinstance(config, IDMConfig):
+            for field in ("queue_size", "models_trained", "train_steps", "train_batch"):
+                _cap(f"idm {field}", getattr(config, field), getattr(self.idm, f"max_{field}"), f"idm.max_{field}")
         if isinstance(config, MTTConfig):
-            self._check_mtt(config)
+            for field in ("syn_steps", "train_epochs_expert", "num_experts"):
+                _cap(f"mtt {field}", getattr(config, field), getattr(self.mtt, f"max_{field}"), f"mtt.max_{field}")
         if config.init == InitMode.REAL and not self.allow_real_init:
             raise PolicyError("init 'real' would release patient images and is not allowed by this site's policy")
         if config.init == InitMode.REAL:
             log.warning("RELEASING SYNTHETIC IMAGES INITIALISED FROM REAL PATIENT IMAGES (policy allows init=real)")
 
-    def _check_mtt(self, config: MTTConfig) -> None:
-        for field in ("syn_steps", "train_epochs_expert", "num_experts"):
-            value, limit = getattr(config, field), getattr(self.mtt, f"max_{field}")
-            if value > limit:
-                raise PolicyError(f"mtt {field} {value} exceeds this site's limit of {limit}")
+    def _check_network(self, name: str, network: NetworkSpec) -> None:
+        _cap(f"{name} width", network.width, self.max_net_width, "max_net_width")
+        _cap(f"{name} depth", network.depth, self.max_net_depth, "max_net_depth")
+
+    def _check_dc(self, config: DCConfig) -> None:
+        # The request's 0 stands for the paper's loops at its ipc: the cap holds for the loops that would run.
+        from site_agent.distill.dc import paper_loops  # the engine (torch) loads only when a request is checked
+
+        paper_outer, paper_inner = paper_loops(config.ipc)
+        _cap("dc outer_loop", config.outer_loop or paper_outer, self.dc.max_outer_loop, "dc.max_outer_loop")
+        _cap("dc inner_loop", config.inner_loop or paper_inner, self.dc.max_inner_loop, "dc.max_inner_loop")
+
+
+def _cap(name: str, value: int, limit: int, field: str) -> None:
+    """Refuse ``value`` of the request's ``name`` above the policy's ``field``.
+
+    Raises:
+        PolicyError: "<name> <value> exceeds this site's limit of <limit> (<field>)".
+    """
+    if value > limit:
+        raise PolicyError(f"{name} {value} exceeds this site's limit of {limit} ({field})")
 
 
 def write_default_policy(path: Path, overwrite: bool = False) -> SitePolicy:
@@ -213,11 +303,11 @@ def write_default_policy(path: Path, overwrite: bool = False) -> SitePolicy:
 
 
 def describe(policy: SitePolicy) -> list[tuple[str, str, str]]:
-    """(field, value, meaning) for every setting, nested limits as ``mtt.<field>`` and ``privacy.<field>``."""
+    """(field, value, meaning) for every setting, nested limits as ``<group>.<field>`` (``mtt.max_syn_steps``)."""
     rows = []
     for name, field in SitePolicy.model_fields.items():
         value = getattr(policy, name)
-        if isinstance(value, MTTLimits | PrivacyLimits):
+        if isinstance(value, BaseModel):
             rows += [(f"{name}.{n}", json.dumps(getattr(value, n)), f.description or "")
                      for n, f in type(value).model_fields.items()]
         else:
