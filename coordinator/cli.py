@@ -277,19 +277,25 @@ def sites_revoke(
 def serve(
     keys_dir: _KEYS_DIR,
     state_dir: Annotated[Path, typer.Option(help="SuperLink state: state.db, flwr-home/, superlink.log.")],
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "0.0.0.0",
+    host: Annotated[str, typer.Option(help="Address to listen on (default: loopback only; see the help text).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="The one HTTPS port (Fleet, Control and Runtime API).")] = 9092,
     threads: Annotated[int | None, typer.Option(help="CPU threads for the ServerApp (training the global model).")] = None,
     dry_run: Annotated[bool, typer.Option(help="Check and print the command, start nothing.")] = False,
 ) -> None:
-    """Run the SuperLink with TLS, SuperNode authentication, a state database and no runtime installs."""
-    from coordinator.superlink import SuperLinkSettings, superlink_command
+    """Run the SuperLink with TLS, SuperNode authentication, a state database and no runtime installs.
+
+    Its one port also serves Flower's Control API, which has no authentication in Flower OSS: whoever reaches
+    it can start runs. So it listens on loopback unless --host says otherwise; to serve sites on other
+    machines, put deploy/proxy's reverse proxy in front (it admits /v1/control/* only from the operator).
+    """
+    from coordinator.superlink import SuperLinkSettings, exposure_note, superlink_command
     from coordinator.superlink import serve as run_superlink
 
     settings = SuperLinkSettings(keys_dir=keys_dir, state_dir=state_dir, host=host, port=port, threads=threads)
     if dry_run:
         typer.echo(" ".join(superlink_command(settings)))
         return
+    typer.echo(exposure_note(settings), err=True)
     run_superlink(settings)
 
 

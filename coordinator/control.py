@@ -19,7 +19,7 @@ from typing import Any
 
 from shared.config import RunConfig
 from shared.errors import ConfigError, FedDistillError
-from shared.flower_env import dump_toml, flower_env, write_flat_toml
+from shared.flower_env import dump_toml, flower_env, flower_executable, write_flat_toml
 from shared.logs import chosen_level, readable_flower_line
 
 CONNECTION = "feddistill"
@@ -66,7 +66,7 @@ def flwr(conn: Connection, *args: str, timeout: float = 120.0) -> str:
     """
     write_connection(conn)
     try:
-        done = subprocess.run([FLWR, *args], check=False, env=conn.env(), capture_output=True, text=True,
+        done = subprocess.run([flower_executable(FLWR), *args], check=False, env=conn.env(), capture_output=True, text=True,
                               timeout=timeout)
     except subprocess.TimeoutExpired as exc:
         raise ControlError(f"`flwr {args[0]}` did not answer within {timeout:.0f} s") from exc
@@ -168,7 +168,7 @@ def submit_run(conn: Connection, app_dir: Path, run_config_file: Path) -> int:
 
 def log_command(conn: Connection, run_id: int) -> list[str]:
     """``flwr log <run-id> <connection> --stream``: follows the ServerApp's log until the run ends."""
-    return [FLWR, "log", str(run_id), conn.name, "--stream"]
+    return [flower_executable(FLWR), "log", str(run_id), conn.name, "--stream"]
 
 
 def follow_log(conn: Connection, run_id: int) -> int:

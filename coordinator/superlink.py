@@ -12,15 +12,14 @@ coordinator's environment already holds this package.
 
 from __future__ import annotations
 
+import ipaddress
 import os
-import shutil
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from coordinator.tls import check_tls
-from shared.errors import ConfigError
-from shared.flower_env import flower_env
+from shared.flower_env import flower_env, flower_executable
 
 SUPERLINK = "flower-superlink"
 
@@ -32,7 +31,7 @@ class SuperLinkSettings(BaseModel):
 
     keys_dir: Path
     state_dir: Path
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"  # loopback unless told: the port also serves Flower's unauthenticated Control API
     port: int = Field(9092, ge=1, le=65535)
     threads: int | None = Field(None, ge=1)
 
@@ -48,7 +47,7 @@ def superlink_command(settings: SuperLinkSettings) -> list[str]:
     """
     tls = check_tls(settings.keys_dir.expanduser())
     state = settings.state_dir.expanduser().resolve()
-    command = [SUPERLINK]
+    command = [flower_executable(SUPERLINK)]
     if tls.ca_cert.exists():
         command += ["--ssl-ca-certfile", str(tls.ca_cert.resolve())]
     return command + [
@@ -67,6 +66,24 @@ def superlink_env(settings: SuperLinkSettings) -> dict[str, str]:
     return flower_env(settings.flwr_home(), threads=settings.threads)
 
 
+def exposure_note(settings: SuperLinkSettings) -> str:
+    """What the chosen address exposes, said at start: the Control API shares the port with the sites' Fleet API."""
+    where = f"{settings.host}:{settings.port}"
+    if ipaddress.ip_address(_resolved(settings.host)).is_loopback:
+        return (f"SuperLink on {where}, loopback only: sites on other machines reach it through a reverse proxy "
+                "(deploy/proxy/nginx.conf), or pass --host to listen elsewhere")
+    return (f"warning: SuperLink on {where}: its Control API (start runs, register nodes) has no authentication in "
+            "Flower OSS and is reachable by anyone who reaches this port; admit /v1/control/* only from the "
+            "operator (deploy/proxy/nginx.conf) or a VPN")
+
+
+def _resolved(host: str) -> str:
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return "127.0.0.1" if host == "localhost" else "0.0.0.0"  # a name: treat it as reachable from outside
+
+
 def serve(settings: SuperLinkSettings) -> None:
     """Replace this process with the SuperLink (signals and exit code are the SuperLink's own).
 
@@ -75,7 +92,5 @@ def serve(settings: SuperLinkSettings) -> None:
         ConfigError: ``flower-superlink`` is not installed.
     """
     command = superlink_command(settings)
-    if shutil.which(SUPERLINK) is None:
-        raise ConfigError(f"{SUPERLINK!r} is not on PATH", hint="install this package (it depends on flwr)")
     settings.flwr_home().mkdir(parents=True, exist_ok=True, mode=0o700)
     os.execvpe(command[0], command, superlink_env(settings))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -10,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from coordinator import control
-from coordinator.superlink import SuperLinkSettings, superlink_command, superlink_env
+from coordinator.superlink import SuperLinkSettings, exposure_note, superlink_command, superlink_env
 from coordinator.tls import issue_tls
 from shared import crypto
 from shared.config import RunConfig
@@ -63,12 +65,12 @@ def test_node_config_file_round_trips_into_site_settings(site: join.JoinSettings
     ("breakage", "error", "match"),
     [
         (lambda s: shutil.rmtree(s.key_dir), KeyFileError, "key directory .* does not exist"),
-        (lambda s: (s.key_dir / "signing.key").unlink(), KeyFileError, "'signing.key' not found"),
-        (lambda s: (s.key_dir / NODE_KEY).unlink(), KeyFileError, "'node.key' not found"),
+        (lambda s: (s.key_dir / "signing.key").unlink(), KeyFileError, "signing key file not found"),
+        (lambda s: (s.key_dir / NODE_KEY).unlink(), KeyFileError, "SuperNode key file not found"),
         (lambda s: (s.key_dir / COORDINATOR_PUB).unlink(), KeyFileError, "pinned coordinator key.*not found"),
         (lambda s: shutil.copyfile(s.key_dir / SIGNING_PUB, s.key_dir / COORDINATOR_PUB), KeyFileError,
          "pinned coordinator key.*Ed25519PublicKey"),
-        (lambda s: (s.key_dir / SITE_CA_CERT).unlink(), KeyFileError, "certificate file .* not found"),
+        (lambda s: (s.key_dir / SITE_CA_CERT).unlink(), KeyFileError, "certificate file not found"),
     ],
     ids=["no-key-dir", "no-signing-key", "no-node-key", "no-coordinator-key", "wrong-coordinator-key", "no-ca"],
 )
@@ -240,3 +242,33 @@ def test_the_app_package_the_superlink_stores_holds_only_the_three_packages() ->
     assert tops == {".info", "pyproject.toml", "shared", "site_agent", "coordinator"}, tops
     assert "site_agent/client_app.py" in names and "coordinator/server_app.py" in names
     assert all(name.endswith(".py") for name in names if "/" in name and not name.startswith(".info"))
+
+
+def test_entry_points_find_flower_beside_their_interpreter_without_the_venv_on_path(
+    site: join.JoinSettings, tmp_path: Path
+) -> None:
+    """As systemd starts them: the venv's entry point by absolute path, its bin/ not on PATH."""
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": "/usr/bin:/bin"}
+    joined = subprocess.run([str(bin_dir / "site-agent"), "join", "--site-id", "st-marys", "--key-dir",
+                             str(site.key_dir), "--superlink", "h:1", "--data", str(site.data), "--dataset",
+                             "breastmnist", "--flwr-home", str(tmp_path / "home"), "--dry-run"],
+                            env=env, capture_output=True, text=True, check=False)
+    assert joined.returncode == 0, joined.stderr
+    assert joined.stdout.split()[0] == str(bin_dir / "flower-supernode")
+    issue_tls(tmp_path / "coord", [])
+    served = subprocess.run([str(bin_dir / "coordinator"), "serve", "--key-dir", str(tmp_path / "coord"),
+                             "--state-dir", str(tmp_path / "state"), "--dry-run"],
+                            env=env, capture_output=True, text=True, check=False)
+    assert served.returncode == 0, served.stderr
+    command = served.stdout.split()
+    assert command[0] == str(bin_dir / "flower-superlink")
+    assert command[command.index("--host") + 1] == "127.0.0.1"  # loopback unless told otherwise
+
+
+def test_serve_says_what_its_address_exposes(tmp_path: Path) -> None:
+    local = SuperLinkSettings(keys_dir=tmp_path, state_dir=tmp_path)
+    assert local.host == "127.0.0.1" and "loopback only" in exposure_note(local)
+    for host in ("0.0.0.0", "10.1.2.3", "link.example.org"):
+        note = exposure_note(local.model_copy(update={"host": host}))
+        assert note.startswith("warning") and "no authentication" in note and "/v1/control/*" in note
