@@ -227,6 +227,7 @@ def answer_evaluate(
     Raises:
         PolicyError: the run has had the evaluations the site's policy allows.
     """
+    settings.policy.check_scored_model(request.model)
     spend_evaluation(settings.cache_dir, request.run_id, settings.policy.max_evaluations_per_run)
     images = load_site_images(request.dataset, settings.data_root, settings.partition, settings.verify_md5)
     counts = evaluate_global_model(state_dict, request.model, images.test, resolve_device(settings.device))
@@ -251,6 +252,7 @@ def answer_tune(
     """
     if not settings.policy.release_tuning_counts:
         raise PolicyError("this site's policy withholds tuning counts (release_tuning_counts)")
+    settings.policy.check_scored_model(request.model)
     spend_evaluation(settings.cache_dir, request.run_id, settings.policy.max_evaluations_per_run)
     train = load_site_images(request.dataset, settings.data_root, settings.partition, settings.verify_md5).train
     model = load_global_model(state_dict, request.model)

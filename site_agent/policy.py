@@ -28,6 +28,7 @@ from shared.schemas import (
     DPDMConfig,
     IDMConfig,
     InitMode,
+    ModelSpec,
     MTTConfig,
     NetworkSpec,
     first_problem,
@@ -120,7 +121,8 @@ class SitePolicy(BaseModel):
     max_net_width: int = Field(128, ge=8, description="widest network a request may ask for (channels per layer)")
     max_net_depth: int = Field(4, ge=1, description="deepest network a request may ask for (conv blocks)")
     max_seconds: float | None = Field(
-        1800, gt=0, description="wall-time limit of one request in seconds, distillation and privacy report "
+        # As long as the coordinator waits for a set (distill_timeout): MTT's CPU preset takes about 30 minutes.
+        3600, gt=0, description="wall-time limit of one request in seconds, distillation and privacy report "
         "together: when it runs out the site stops the work and refuses the request, releasing nothing; privacy "
         "shadow models that would not fit are skipped instead (null: no limit)"
     )
@@ -265,6 +267,14 @@ class SitePolicy(BaseModel):
             raise PolicyError("init 'real' would release patient images and is not allowed by this site's policy")
         if config.init == InitMode.REAL:
             log.warning("RELEASING SYNTHETIC IMAGES INITIALISED FROM REAL PATIENT IMAGES (policy allows init=real)")
+
+    def check_scored_model(self, model: ModelSpec) -> None:
+        """Refuse to score (evaluate, tune) a model larger than this policy lets a request build.
+
+        Raises:
+            PolicyError: naming the cap the model's network exceeds.
+        """
+        self._check_network("model.network", model.network)
 
     def _check_network(self, name: str, network: NetworkSpec) -> None:
         _cap(f"{name} width", network.width, self.max_net_width, "max_net_width")

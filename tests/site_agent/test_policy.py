@@ -159,7 +159,7 @@ def test_the_defaults_leave_room_above_the_default_run() -> None:
 def test_time_limit_has_a_default_and_a_simulation_has_none() -> None:
     """max_seconds bounds a whole request (30 minutes unless the site says otherwise); a simulated site has no
     limit of its own, since the run's operator plays the site too."""
-    assert SitePolicy().max_seconds == 1800 and SitePolicy(max_seconds=90).max_seconds == 90
+    assert SitePolicy().max_seconds == 3600 and SitePolicy(max_seconds=90).max_seconds == 90
     assert SitePolicy(max_seconds=None).max_seconds is None
     assert SitePolicy.permissive(allow_real_init=False).max_seconds is None
     assert "refuses the request, releasing nothing" in SitePolicy.model_fields["max_seconds"].description
@@ -187,3 +187,14 @@ def test_policy_init_then_show(tmp_path: Path) -> None:
     path.write_text('{"max_iterations": 0}')
     bad = runner.invoke(app, ["policy", "show", "--path", str(path)])
     assert isinstance(bad.exception, ConfigError) and "max_iterations" in str(bad.exception)
+
+
+def test_a_model_to_score_larger_than_the_caps_is_refused() -> None:
+    """Evaluate and tune score a coordinator's model on every local image: its size is capped like a request's."""
+    from shared.schemas import ModelSpec, NetworkSpec
+
+    policy = SitePolicy()
+    policy.check_scored_model(ModelSpec(in_channels=1, num_classes=2, image_size=28, network=NetworkSpec(width=64, depth=3)))
+    with pytest.raises(PolicyError, match="max_net_width"):
+        policy.check_scored_model(ModelSpec(in_channels=1, num_classes=2, image_size=28,
+                                            network=NetworkSpec(width=1024, depth=3)))
