@@ -34,7 +34,7 @@ from coordinator.trust import CoordinatorKeys
 from shared.bundle import OpenedBundle
 from shared.config import RunConfig
 from shared.errors import ConfigError, FedDistillError
-from shared.schemas import DistillRequest
+from shared.schemas import DistillRequest, is_run_id
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,9 @@ def start(run_dir: Path, config: RunConfig) -> tuple[RunState, RunConfig]:
         ConfigError: resuming a folder without a run, or starting a new run in a folder that holds one.
     """
     path = run_dir / STATE
+    if not is_run_id(run_dir.name):  # the folder's name is the run id every site checks at its door
+        raise ConfigError(f"run folder name {run_dir.name!r} is not a run id: letters, digits, '.', '_' and '-', "
+                          "starting with a letter or digit, at most 128", hint="choose another run-dir")
     if not config.resume:
         if path.exists():
             raise ConfigError(f"run folder {run_dir.name!r} already holds a run",

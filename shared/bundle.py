@@ -41,11 +41,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from shared import crypto
 from shared.errors import DecryptionError, InvalidBundle
-from shared.schemas import SCHEMA_VERSION, BundleManifest, Hex64, PayloadInfo, SiteId, first_problem
+from shared.schemas import SCHEMA_VERSION, BundleManifest, Hex64, PayloadInfo, RunId, SiteId, first_problem
 
 MAGIC = b"FDSB\x01"
 HPKE_INFO_PREFIX = b"feddistill/v1"
@@ -71,7 +71,7 @@ class BundleHeader(BaseModel):
         "DHKEM(X25519,HKDF-SHA256)/HKDF-SHA256/AES-256-GCM", "MLKEM768-X25519/HKDF-SHA256/AES-256-GCM"
     ] = crypto.HPKE_SUITE_NAME
     site_id: SiteId
-    run_id: str = Field(min_length=1, max_length=128)
+    run_id: RunId
     nonce: Hex64
 
 

@@ -103,7 +103,8 @@ def _safely(work: Callable[[], T]) -> T:
     """
     try:
         return work()
-    except FedDistillError:
+    except FedDistillError as exc:
+        log.warning("refused: %s", exc.diagnostics())  # with its local detail (file names), which stays here
         raise
     except Exception as exc:
         log.exception("site agent failed")
