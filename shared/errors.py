@@ -14,18 +14,23 @@ REJECTED_BY_REVIEWER = "was rejected by this site's reviewer"
 
 
 class FedDistillError(Exception):
-    """Base class of every error this project raises on purpose."""
+    """Base class of every error this project raises on purpose.
+
+    The message is safe to send to the other party; ``local_detail`` (which file, which folder) is for this
+    machine's operator only: :meth:`diagnostics`, which only local command lines and logs print, includes it.
+    """
 
     hint: str = ""
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
+    def __init__(self, message: str, *, hint: str | None = None, local_detail: str = "") -> None:
         super().__init__(message)
         if hint is not None:
             self.hint = hint
+        self.local_detail = local_detail
 
     def diagnostics(self) -> str:
-        """The message plus, when there is one, what the user can do about it."""
-        text = str(self)
+        """The message, the local detail when there is one, and what the user can do about it."""
+        text = f"{self}\n{self.local_detail}" if self.local_detail else str(self)
         return f"{text}\nhint: {self.hint}" if self.hint else text
 
 
@@ -44,15 +49,6 @@ class LocalConfigError(ConfigError):
     includes it.
     """
 
-    def __init__(self, message: str, *, local_detail: str = "", hint: str | None = None) -> None:
-        super().__init__(message, hint=hint)
-        self.local_detail = local_detail
-
-    def diagnostics(self) -> str:
-        """The message, the local detail (e.g. which file) and, when there is one, the hint."""
-        text = f"{self}\n{self.local_detail}" if self.local_detail else str(self)
-        return f"{text}\nhint: {self.hint}" if self.hint else text
-
 
 class DataError(FedDistillError):
     """Local data cannot be read, fails its checksum or does not fit the task."""
@@ -68,10 +64,6 @@ class LocalDataError(DataError):
     operator (``site-agent check``) and is never sent.
     """
 
-    def __init__(self, message: str, *, local_detail: str = "", hint: str | None = None) -> None:
-        super().__init__(message, hint=hint)
-        self.local_detail = local_detail
-
 
 class KeyFileError(FedDistillError):
     """A key file is missing, unreadable, open to other users or of the wrong kind.
@@ -82,15 +74,6 @@ class KeyFileError(FedDistillError):
     """
 
     hint = "check the key directory option of the command you ran and the files in it"
-
-    def __init__(self, message: str, *, local_detail: str = "", hint: str | None = None) -> None:
-        super().__init__(message, hint=hint)
-        self.local_detail = local_detail
-
-    def diagnostics(self) -> str:
-        """The message, the local detail (which file) and, when there is one, the hint."""
-        text = f"{self}\n{self.local_detail}" if self.local_detail else str(self)
-        return f"{text}\nhint: {self.hint}" if self.hint else text
 
 
 # The step that makes each key file, for the hint of a KeyFileError that finds it missing.

@@ -16,7 +16,7 @@ from rich.table import Table
 
 from shared import crypto
 from shared.config import RunConfig
-from shared.errors import ConfigError, LocalDataError
+from shared.errors import ConfigError
 from shared.schemas import DistillMethod, setting_error
 from shared.untrusted import untrusted_text
 from site_agent.check import CheckReport, check_data
@@ -55,11 +55,7 @@ def check(
 ) -> None:
     """Validate local data: images per class and split, and every reason it cannot be distilled."""
     site_policy = SitePolicy.from_file(policy) if policy else SitePolicy()
-    try:
-        report = check_data(data, dataset, site_policy, verify_md5)
-    except LocalDataError as exc:
-        console.print(exc.local_detail, style="red", highlight=False)
-        raise
+    report = check_data(data, dataset, site_policy, verify_md5)  # an error's local detail names the file
     if as_json:
         typer.echo(report.model_dump_json(indent=2))
     else:
@@ -105,9 +101,6 @@ def distill(
     )
     try:
         release, metrics = prepare_release(preview_request(dataset, config), settings)
-    except LocalDataError as exc:
-        console.print(exc.local_detail, style="red", highlight=False)
-        raise
     except ReleaseBlocked as exc:
         console.print(f"privacy report (site-local): {exc.report_page}", style="red", highlight=False)
         raise
