@@ -299,6 +299,15 @@ def serve(
     run_superlink(settings)
 
 
+@app.command()
+def fingerprint(keys_dir: Annotated[Path, typer.Option("--key-dir", help="The coordinator's key directory.")]) -> None:
+    """Print the coordinator key's fingerprint, which each site checks when it pins the key (read it out of band)."""
+    from shared import crypto
+    from shared.keys import COORDINATOR_PUB
+
+    typer.echo(crypto.fingerprint(crypto.load_public_key(keys_dir / COORDINATOR_PUB, crypto.RecipientPublicKey)))
+
+
 @app.command("app-hash")
 def app_hash(
     app_dir: Annotated[Path, typer.Option(help="The feddistill project folder (flwr packages it).")] = Path("."),

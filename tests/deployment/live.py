@@ -142,6 +142,20 @@ def named_descendants(pid: int, name: str) -> list[int]:
     return found
 
 
+def working_in(folder: Path) -> list[int]:
+    """The processes whose working directory is ``folder`` or below it (what a script started there left)."""
+    found, root = [], folder.resolve()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cwd = (entry / "cwd").resolve(strict=True)
+            except OSError:
+                continue
+            if cwd == root or root in cwd.parents:
+                found.append(int(entry.name))
+    return found
+
+
 def process_group(pgid: int) -> list[int]:
     """The live (not zombie) processes of a process group, from /proc."""
     members = []
