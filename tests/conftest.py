@@ -24,7 +24,8 @@ REAL_DATA = Path(os.environ.get("MEDMNIST_ROOT", Path(__file__).resolve().parent
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "flower: runs Flower's Simulation Engine (Ray); tens of seconds")
     config.addinivalue_line("markers", "realdata: needs the MedMNIST files in ../shared/data/medmnist")
-    config.addinivalue_line("markers", "slow: long-running; deselect with -m 'not slow'")
+    config.addinivalue_line("markers", "live: real multi-process deployments and a browser (minutes); the default "
+                                       "run leaves them out, `python -m pytest -m live` runs them")
 
 
 @pytest.fixture(autouse=True)

@@ -71,6 +71,7 @@ def test_the_page_holds_every_part_inline_and_the_hostile_reason_only_as_text(ru
         assert part in page, part
 
 
+@pytest.mark.live
 @pytest.mark.skipif(not shutil.which(CHROMIUM), reason=f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium)")
 def test_the_page_renders_in_headless_chromium_with_every_image_loaded_and_nothing_fetched(
     run_dir: Path, tmp_path: Path

@@ -43,6 +43,7 @@ def test_join_refuses_to_start_without_keys_or_with_a_wrong_coordinator_key(tmp_
     assert not list(tmp_path.glob("flwr-home-*"))  # nothing was started or written
 
 
+@pytest.mark.live
 @pytest.mark.flower
 @pytest.mark.realdata
 def test_deployed_round_with_tls_node_auth_and_an_impostor(data_root: Path, tmp_path: Path, processes) -> None:

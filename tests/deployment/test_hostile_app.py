@@ -49,6 +49,7 @@ def hostile_app(fed: LiveFederation) -> Path:
     return folder
 
 
+@pytest.mark.live
 @pytest.mark.flower
 @pytest.mark.realdata
 def test_a_hostile_app_package_reads_nothing_at_the_site(data_root: Path, tmp_path: Path, processes) -> None:

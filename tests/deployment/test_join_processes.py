@@ -40,6 +40,7 @@ def _supernode_and_runner(join_pid: int) -> tuple[int, int] | None:
     return (nodes[0], runners[0]) if nodes and runners else None
 
 
+@pytest.mark.live
 @pytest.mark.flower
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_stop_signal_ends_the_supernode_and_everything_it_started(
@@ -57,6 +58,7 @@ def test_a_stop_signal_ends_the_supernode_and_everything_it_started(
     assert process_group(runner) == [], "a process of the runner's group outlived join"
 
 
+@pytest.mark.live
 @pytest.mark.flower
 def test_a_killed_supernode_is_noticed_cleaned_up_and_restarted(
     site: join.JoinSettings, tmp_path: Path, processes: Processes
@@ -76,6 +78,7 @@ def test_a_killed_supernode_is_noticed_cleaned_up_and_restarted(
     assert process_group(restarted[0]) == [] and process_group(restarted[1]) == []
 
 
+@pytest.mark.live
 @pytest.mark.flower
 def test_a_killed_task_runner_takes_its_supernode_down_and_both_are_restarted(
     site: join.JoinSettings, tmp_path: Path, processes: Processes

@@ -23,7 +23,7 @@ import pytest
 from site_agent.policy import PrivacyLimits, SitePolicy
 from tests.deployment.live import PROJECT, TINY, LiveFederation, Processes, named_descendants
 
-pytestmark = [pytest.mark.flower, pytest.mark.realdata]
+pytestmark = [pytest.mark.live, pytest.mark.flower, pytest.mark.realdata]
 # The faults are the subject here, not what a release reveals: the sites skip the privacy report.
 QUICK = SitePolicy(privacy=PrivacyLimits(report=False))
 TINY_SETTINGS = {key: value for key, value in TINY.items() if key not in ("sites", "min-sites")}

@@ -14,7 +14,7 @@ from coordinator.simulate import simulate
 from shared.config import RunConfig
 from site_agent.data import read_local_data
 
-pytestmark = [pytest.mark.flower, pytest.mark.realdata]
+pytestmark = [pytest.mark.live, pytest.mark.flower, pytest.mark.realdata]
 
 SMALLEST = {"dataset": "breastmnist", "ipc": 1, "iterations": 2, "batch_real": 16, "outer_loop": 1, "inner_loop": 1,
             "net_width": 16, "train_epochs": 10, "privacy_report": False, "method": "dc", "partition": "iid",

@@ -30,6 +30,7 @@ def walk_block() -> str:
     return re.search(r"```bash\n(.*?)```", section, re.DOTALL).group(1)
 
 
+@pytest.mark.live
 @pytest.mark.flower
 @pytest.mark.realdata
 def test_the_one_machine_walk_runs_as_written(data_root: Path, tmp_path: Path) -> None:
