@@ -7,143 +7,31 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from pydantic import ValidationError
 
-from coordinator.run_options import keys_epilog, merged_run_values
-from coordinator.study.plan import StudyConfig
+from coordinator.run_options import (
+    ConfigFileOption,
+    DatasetOption,
+    DeltaOption,
+    EpsilonOption,
+    IpcOption,
+    IterationsOption,
+    MethodOption,
+    MinSitesOption,
+    SettingOption,
+    keys_epilog,
+    merged_run_values,
+)
 from shared.config import RunConfig
 from shared.crypto import HpkeSuite
 from shared.errors import ConfigError
 from shared.logs import add_common_options, run_cli
-from shared.schemas import DistillMethod, ImbalanceCorrection, InitMode, PartitionScheme, setting_error
 
 app = typer.Typer(help="Coordinate a federated dataset-distillation study.", pretty_exceptions_enable=False,
                   no_args_is_help=True, add_completion=False)
 
 _DEFAULTS = RunConfig()
-_STUDY = StudyConfig()
-
-# Study options shared by `simulate` and `run`: one help text each.
-_Dataset = Annotated[str, typer.Option(help="MedMNIST 2D dataset flag, e.g. breastmnist, retinamnist, pathmnist.")]
-_MinSites = Annotated[int, typer.Option(help="Fewest valid bundles for the run to go on.")]
-_Method = Annotated[DistillMethod, typer.Option(help="Distillation method run at every site.")]
-_Ipc = Annotated[int, typer.Option(help="Synthetic images per class per site.")]
-_Iterations = Annotated[int, typer.Option(help="Distillation iterations (0: the method's CPU preset).")]
-_Epsilon = Annotated[float, typer.Option(help="dpdm: each site's differential-privacy epsilon for its one release.")]
-_Delta = Annotated[float, typer.Option(help="dpdm: each site's differential-privacy delta.")]
-_DataRoot = Annotated[str, typer.Option(help="MedMNIST folder, or a hospital's own .npz export or image folder, to share out across the sites (default: $MEDMNIST_ROOT).")]
-_Partition = Annotated[PartitionScheme, typer.Option(help="How the dataset is split across sites.")]
-_Alpha = Annotated[float, typer.Option(help="Dirichlet concentration: smaller = more different label mixes.")]
-_ConfigFile = Annotated[Path | None, typer.Option("--config", help="A TOML file of run-config keys (key = value, listed below); options on the command line and --set override it.")]
-_Setting = Annotated[list[str] | None, typer.Option("--set", help="Any run-config key (listed below), e.g. --set train-epochs=50; overrides the rest.")]
-
 
 add_common_options(app)
-
-
-@app.command(epilog=keys_epilog())
-def simulate(
-    ctx: typer.Context,
-    dataset: _Dataset = _DEFAULTS.dataset,
-    sites: Annotated[int, typer.Option(help="Number of simulated sites (Flower SuperNodes).")] = _DEFAULTS.sites,
-    partition: _Partition = _DEFAULTS.partition,
-    alpha: _Alpha = _DEFAULTS.alpha,
-    method: _Method = _DEFAULTS.method,
-    ipc: _Ipc = _DEFAULTS.ipc,
-    iterations: _Iterations = _DEFAULTS.iterations,
-    epsilon: _Epsilon = _DEFAULTS.epsilon,
-    delta: _Delta = _DEFAULTS.delta,
-    data_root: _DataRoot = "",
-    min_sites: _MinSites = _DEFAULTS.min_sites,
-    seed: Annotated[int, typer.Option(help="Seed for partitioning, distillation and training.")] = _DEFAULTS.seed,
-    rounds: Annotated[int, typer.Option(help="Rounds: from round 2 each site refines its set against the global model.")] = _DEFAULTS.rounds,
-    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:1, ...")] = _DEFAULTS.device,
-    out_dir: Annotated[Path, typer.Option(help="Parent folder of the run's results folder.")] = Path(_DEFAULTS.out_dir),
-    init: Annotated[InitMode, typer.Option(help="Synthetic init. 'real' copies patient images into the release: demos only.")] = _DEFAULTS.init,
-    batch_real: Annotated[int, typer.Option(help="Real images per class per matching step (0: the method's CPU preset).")] = _DEFAULTS.batch_real,
-    outer_loop: Annotated[int, typer.Option(help="DC outer loop (0: the paper's value for the ipc).")] = _DEFAULTS.outer_loop,
-    inner_loop: Annotated[int, typer.Option(help="DC inner loop (0: the paper's value for the ipc).")] = _DEFAULTS.inner_loop,
-    net_width: Annotated[int, typer.Option(help="ConvNet width (the paper uses 128).")] = _DEFAULTS.net_width,
-    dsa: Annotated[bool, typer.Option(help="Differentiable Siamese augmentation while distilling.")] = _DEFAULTS.dsa,
-    train_epochs: Annotated[int, typer.Option(help="Epochs to train the global model on the pooled set.")] = _DEFAULTS.train_epochs,
-    imbalance: Annotated[ImbalanceCorrection, typer.Option(help="Correct the global model for the class mix the sites release.")] = _DEFAULTS.imbalance,
-    config_file: _ConfigFile = None,
-    setting: _Setting = None,
-    verbose: Annotated[bool, typer.Option(help="Flower's debug logging.")] = False,
-) -> None:
-    """Run a multi-site federation on this machine with Flower's Simulation Engine and write a results folder."""
-    from coordinator.simulate import simulate as run_simulation
-
-    options = {k: v for k, v in locals().items() if k not in ("ctx", "verbose", "run_simulation", "setting", "config_file")}
-    config = RunConfig.from_flower(merged_run_values(ctx, options, config_file, setting))
-    run_dir, summary = run_simulation(config, verbose=verbose)
-    typer.echo(f"{summary['sites_accepted']}/{summary['sites_expected']} sites accepted; {_pooled(summary)}")
-    if "yardstick" in summary:
-        y = summary["yardstick"]["uncorrected"]
-        typer.echo(f"a random real subset of the same size (not private): balanced accuracy "
-                   f"{_fmt(y['balanced_accuracy'])}, AUC {_fmt(y['auc'])} (uncorrected; report.md has both)")
-    typer.echo(f"results: {run_dir}")
-
-
-@app.command()
-def study(
-    dataset: _Dataset = _STUDY.dataset,
-    data_root: _DataRoot = "",
-    sites: Annotated[int, typer.Option(help="Number of simulated sites.")] = _STUDY.sites,
-    partition: _Partition = _STUDY.partition,
-    alpha: _Alpha = _STUDY.alpha,
-    seeds: Annotated[list[int] | None, typer.Option("--seed", help="A seed of the study; repeat for more (default 0, 1, 2).")] = None,
-    methods: Annotated[list[DistillMethod] | None, typer.Option("--method", help="A pooled arm's method; repeat (default dc, dm, mtt, idm).")] = None,
-    ipcs: Annotated[list[int] | None, typer.Option("--ipc", help="A pooled arm's images per class; repeat (default 1, 10, 50).")] = None,
-    rounds: Annotated[int, typer.Option(help="Refinement rounds of each pooled arm; rounds 1 and R are both reported.")] = _STUDY.rounds,
-    iterations: _Iterations = _STUDY.iterations,
-    epsilon: _Epsilon = _STUDY.epsilon,
-    train_epochs: Annotated[int, typer.Option(help="Epochs of the global model on a pooled set or subset.")] = _STUDY.train_epochs,
-    fedavg_local_epochs: Annotated[int, typer.Option(help="FedAvg: local epochs per round.")] = _STUDY.fedavg_local_epochs,
-    fedavg_max_rounds: Annotated[int, typer.Option(help="FedAvg: most rounds; it stops earlier at a plateau.")] = _STUDY.fedavg_max_rounds,
-    fedavg_patience: Annotated[int, typer.Option(help="FedAvg: rounds without a 0.005 balanced-accuracy gain that make a plateau.")] = _STUDY.fedavg_patience,
-    local_epochs: Annotated[int, typer.Option(help="Local only: epochs of each site's own model.")] = _STUDY.local_epochs,
-    central_epochs: Annotated[int, typer.Option(help="Centralised: epochs on every training image.")] = _STUDY.central_epochs,
-    cross_arch_epochs: Annotated[int, typer.Option(help="Epochs of the ResNet-18 trained on each pooled set and subset (0: skip).")] = _STUDY.cross_arch_epochs,
-    net_width: Annotated[int, typer.Option(help="ConvNet width of every arm.")] = _STUDY.net_width,
-    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda, ...")] = _STUDY.device,
-    out_dir: Annotated[Path, typer.Option(help="Parent folder of the study's folder (study-<dataset>); rerun to resume.")] = Path(_STUDY.out_dir),
-    docs: Annotated[Path, typer.Option(help="Where study-<dataset>.md, its plots and its JSON are written.")] = Path("docs"),
-) -> None:
-    """Compare pooled distilled sets with FedAvg, local-only, a random real subset and centralised training.
-
-    Same partition and seeds for every arm (checked by digest); pooled metrics; bytes per site; a report with plots.
-    Rerunning the same command resumes: finished arms are skipped.
-    """
-    from coordinator.study.report import write_report
-    from coordinator.study.runner import run_study
-
-    values = {k: v for k, v in dict(locals()).items() if k not in ("write_report", "run_study", "docs")}
-    for name in ("seeds", "methods", "ipcs"):
-        if values[name] is None:
-            values.pop(name)
-    values["out_dir"] = str(out_dir)
-    try:
-        config = StudyConfig(**values)
-    except ValidationError as exc:
-        raise setting_error(exc, "option --{key}: {msg}") from None
-    folder, records = run_study(config)
-    report = write_report(config, records, docs)
-    typer.echo(f"{len(records)} arm records in {folder / 'study.json'}; report: {report}")
-
-
-@app.command("study-correlation")
-def study_correlation(
-    studies: Annotated[list[Path], typer.Argument(help="study-<dataset>.json files written by `coordinator study`.")],
-    docs: Annotated[Path, typer.Option(help="Where study-correlation.md and its plot are written.")] = Path("docs"),
-) -> None:
-    """Pearson correlation of random-subset and distilled accuracy across studies (Li et al., 2024)."""
-    from coordinator.study.report import correlate
-
-    missing = [str(p) for p in studies if not p.is_file()]
-    if missing:
-        raise ConfigError(f"no study JSON at {', '.join(missing)}")
-    typer.echo(f"report: {correlate(studies, docs)}")
 
 
 sites_app = typer.Typer(help="The trust store: which signing key and SuperNode key speak for which site.",
@@ -327,18 +215,18 @@ def run(
     root_certificates: Annotated[Path | None, typer.Option(help="CA certificate of the SuperLink.")] = None,
     flwr_home: _FLWR_HOME = Path(".flwr-home"),
     app_dir: Annotated[Path, typer.Option(help="The feddistill project folder (flwr packages it).")] = Path("."),
-    dataset: _Dataset = _DEFAULTS.dataset,
+    dataset: DatasetOption = _DEFAULTS.dataset,
     sites: Annotated[int, typer.Option(help="Sites expected.")] = _DEFAULTS.sites,
-    min_sites: _MinSites = _DEFAULTS.min_sites,
-    method: _Method = _DEFAULTS.method,
-    ipc: _Ipc = _DEFAULTS.ipc,
-    iterations: _Iterations = _DEFAULTS.iterations,
-    epsilon: _Epsilon = _DEFAULTS.epsilon,
-    delta: _Delta = _DEFAULTS.delta,
+    min_sites: MinSitesOption = _DEFAULTS.min_sites,
+    method: MethodOption = _DEFAULTS.method,
+    ipc: IpcOption = _DEFAULTS.ipc,
+    iterations: IterationsOption = _DEFAULTS.iterations,
+    epsilon: EpsilonOption = _DEFAULTS.epsilon,
+    delta: DeltaOption = _DEFAULTS.delta,
     node_wait_timeout: Annotated[float, typer.Option(help="Seconds to wait for sites to connect.")] = _DEFAULTS.node_wait_timeout,
     distill_timeout: Annotated[float, typer.Option(help="Seconds to wait for bundles.")] = _DEFAULTS.distill_timeout,
-    config_file: _ConfigFile = None,
-    setting: _Setting = None,
+    config_file: ConfigFileOption = None,
+    setting: SettingOption = None,
     resume: Annotated[str | None, typer.Option(help="Continue this stopped run folder (name under --out-dir, or absolute).")] = None,
     follow: Annotated[bool, typer.Option(help="Stream the run's log until it ends.")] = True,
 ) -> None:
@@ -483,14 +371,6 @@ def _site_rows(summary: dict | None) -> list[dict]:
             for s in summary.get("sites", [])]
 
 
-def _pooled(summary: dict) -> str:
-    """The global model's pooled figures, as one line."""
-    glob = summary.get("global", {})
-    return (f"global model over {glob.get('num_examples', 0)} test images: accuracy {_fmt(glob.get('accuracy'))} "
-            f"(majority class {_fmt(glob.get('majority_rate'))}), balanced accuracy "
-            f"{_fmt(glob.get('balanced_accuracy'))}, AUC {_fmt(glob.get('auc'))}")
-
-
 def _connection(keys_dir: Path | None, superlink: str | None, root_certificates: Path | None, flwr_home: Path):
     """The SuperLink connection: given now (and saved in FLWR_HOME), or the one saved before."""
     import tomllib
@@ -511,8 +391,19 @@ def _connection(keys_dir: Path | None, superlink: str | None, root_certificates:
     return Connection(superlink, ca.resolve(), home)
 
 
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
+def _add_installed_commands(app: typer.Typer) -> None:
+    """Commands other installed parts add (the simulation harness: ``simulate``, ``study``), by entry point."""
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group="feddistill.coordinator"):
+        try:
+            register = entry.load()
+        except ModuleNotFoundError:  # an image built without that part (the site and coordinator images)
+            continue
+        register(app)
+
+
+_add_installed_commands(app)
 
 
 def main() -> None:

@@ -10,13 +10,15 @@ from __future__ import annotations
 import tomllib
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import click
+import typer
 from click.core import ParameterSource
 
 from shared.config import RunConfig
 from shared.errors import ConfigError
+from shared.schemas import DistillMethod, PartitionScheme
 
 RunValue = str | int | float | bool
 
@@ -91,3 +93,30 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Enum):
         return value.value
     return str(value) if isinstance(value, Path) else value
+
+
+# Options shared by `coordinator run` and the simulation harness's commands: one help text each.
+DatasetOption = Annotated[str, typer.Option(help="MedMNIST 2D dataset flag, e.g. breastmnist, retinamnist, pathmnist.")]
+MinSitesOption = Annotated[int, typer.Option(help="Fewest valid bundles for the run to go on.")]
+MethodOption = Annotated[DistillMethod, typer.Option(help="Distillation method run at every site.")]
+IpcOption = Annotated[int, typer.Option(help="Synthetic images per class per site.")]
+IterationsOption = Annotated[int, typer.Option(help="Distillation iterations (0: the method's CPU preset).")]
+EpsilonOption = Annotated[float, typer.Option(help="dpdm: each site's differential-privacy epsilon for its one release.")]
+DeltaOption = Annotated[float, typer.Option(help="dpdm: each site's differential-privacy delta.")]
+DataRootOption = Annotated[str, typer.Option(help="MedMNIST folder, or a hospital's own .npz export or image folder, to share out across the sites (default: $MEDMNIST_ROOT).")]
+PartitionOption = Annotated[PartitionScheme, typer.Option(help="How the dataset is split across sites.")]
+AlphaOption = Annotated[float, typer.Option(help="Dirichlet concentration: smaller = more different label mixes.")]
+ConfigFileOption = Annotated[Path | None, typer.Option("--config", help="A TOML file of run-config keys (key = value, listed below); options on the command line and --set override it.")]
+SettingOption = Annotated[list[str] | None, typer.Option("--set", help="Any run-config key (listed below), e.g. --set train-epochs=50; overrides the rest.")]
+
+
+def pooled_line(summary: dict) -> str:
+    """The global model's pooled figures, as one line."""
+    glob = summary.get("global", {})
+    return (f"global model over {glob.get('num_examples', 0)} test images: accuracy {fmt(glob.get('accuracy'))} "
+            f"(majority class {fmt(glob.get('majority_rate'))}), balanced accuracy "
+            f"{fmt(glob.get('balanced_accuracy'))}, AUC {fmt(glob.get('auc'))}")
+
+
+def fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

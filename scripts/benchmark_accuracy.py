@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from coordinator.yardstick import score
+from harness.yardstick import score
 from shared.config import RunConfig
 from shared.datasets import DatasetInfo, dataset_info, reference_subset
 from shared.models import ConvNet

@@ -6,7 +6,7 @@ and without the class-imbalance correction. Next to it, with the same training s
 pooled metrics on the same (whole) test split:
 
 - a random real subset with the same number of images per class as the pooled synthetic set, drawn
-  from the union of the sites' training shares (NOT private: ``coordinator.yardstick``, which the
+  from the union of the sites' training shares (NOT private: ``harness.yardstick``, which the
   simulation's own report shows too), trained the same way, with and without the same correction;
 - the whole training split (the ceiling), trained for ``--full-epochs``;
 - always predicting the majority class.
@@ -46,10 +46,10 @@ from coordinator.evaluate import Metrics
 from coordinator.imbalance import real_class_prior
 from coordinator.pool import pool
 from coordinator.run_options import parse_settings
-from coordinator.simulate import reopened_bundles, simulate
-from coordinator.study.report import mean_spread
 from coordinator.train import train_corrected
-from coordinator.yardstick import random_subset_yardstick, score
+from harness.simulate import reopened_bundles, simulate
+from harness.study.report import mean_spread
+from harness.yardstick import random_subset_yardstick, score
 from shared.config import RunConfig
 from shared.datasets import dataset_info
 from shared.models import build_model

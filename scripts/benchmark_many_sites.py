@@ -28,7 +28,7 @@ SMALLEST = {"ipc": 1, "iterations": 2, "batch_real": 16, "outer_loop": 1, "inner
 
 
 def one(sites: int, data_root: str, dataset: str, out_dir: str, ipc: int) -> dict:
-    from coordinator.simulate import simulate
+    from harness.simulate import simulate
     from shared.config import RunConfig
 
     config = RunConfig(dataset=dataset, data_root=data_root, sites=sites, min_sites=sites, out_dir=out_dir,

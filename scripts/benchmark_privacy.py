@@ -26,18 +26,16 @@ from typing import Any
 
 import torch
 
+from harness.sites import split_shares
 from shared.config import RunConfig
 from shared.schemas import DistillMethod, InitMode, PartitionScheme
-from site_agent.data import load_site_images
 from site_agent.distill import distill
 from site_agent.policy import PrivacyLimits
 from site_agent.privacy.report import ShadowSettings, measure_privacy
-from site_agent.settings import PartitionSpec
 
 
 def run_one(dataset: str, root: str, method: DistillMethod, init: InitMode, args: argparse.Namespace) -> dict[str, Any]:
-    images = load_site_images(dataset, root, PartitionSpec(args.site, args.sites, PartitionScheme.DIRICHLET, 0.5,
-                                                           args.seed))
+    images = split_shares(dataset, root, args.sites, PartitionScheme.DIRICHLET, 0.5, args.seed)[args.site].images
     config = RunConfig(dataset=dataset, method=method, init=init, seed=args.seed).distill_config()
     device = torch.device(args.device)
     synthetic = distill(images.train, images.info.num_classes, config, device, progress=False, min_real_per_class=10)

@@ -27,7 +27,7 @@ from benchmark_federation import METRICS, mean_spread
 from coordinator.evaluate import Metrics
 from coordinator.imbalance import logit_shift, pooled_prior, real_class_prior
 from coordinator.pool import pool
-from coordinator.simulate import reopened_bundles
+from harness.simulate import reopened_bundles
 from shared.config import RunConfig
 from shared.datasets import reference_subset
 from shared.metrics import EvalCounts, log_odds

@@ -90,8 +90,6 @@ def join(
     max_retries: Annotated[int | None, typer.Option(help="Flower's reconnect attempts (default: unlimited).")] = None,
     max_wait_time: Annotated[float | None, typer.Option(help="Flower's reconnect time limit in s (default: none).")] = None,
     restart: Annotated[bool, typer.Option(help="Restart the SuperNode when it exits on a lost connection.")] = True,
-    partition_id: Annotated[int | None, typer.Option(help="Demo: use share i of a public dataset.")] = None,
-    num_partitions: Annotated[int | None, typer.Option(help="Demo: number of shares.")] = None,
     dry_run: Annotated[bool, typer.Option(help="Check and print the command, start nothing.")] = False,
 ) -> None:
     from site_agent import join as joining

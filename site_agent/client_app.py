@@ -31,14 +31,23 @@ REQUEST_FIELD = FieldKey.REQUEST_JSON
 BUNDLE_FIELD = FieldKey.SEALED
 
 
-def build_client_app(run_config_overrides: Mapping[str, Any] | None = None, mods: Sequence[Callable] = ()) -> ClientApp:
-    """A ClientApp; ``run_config_overrides`` stand in for ``--run-config`` in programmatic simulations."""
+SettingsFor = Callable[[Context, RunConfig], SiteSettings]
+
+
+def build_client_app(
+    run_config_overrides: Mapping[str, Any] | None = None,
+    mods: Sequence[Callable] = (),
+    settings_for: SettingsFor | None = None,
+) -> ClientApp:
+    """A ClientApp. A deployed site reads its settings from its node config; ``settings_for`` replaces that where
+    one machine plays every site (``harness.sites``), and ``run_config_overrides`` stand in for ``--run-config``."""
     app = ClientApp(mods=list(mods))
     overrides = dict(run_config_overrides or {})
+    settings_of = settings_for or _node_settings
 
     @app.query("distill")
     def distill(msg: Message, context: Context) -> Message:
-        settings = _settings(context, overrides)
+        settings = _settings(context, overrides, settings_of)
         request = _read_request(msg, DistillRequest)
         global_model = _arrays(msg) if request.global_model is not None else None
         sealed, metrics = _safely(lambda: answer_distill(request, settings, global_model=global_model))
@@ -49,11 +58,11 @@ def build_client_app(run_config_overrides: Mapping[str, Any] | None = None, mods
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        return _counts_reply(msg, EvaluateRequest, answer_evaluate, _settings(context, overrides))
+        return _counts_reply(msg, EvaluateRequest, answer_evaluate, _settings(context, overrides, settings_of))
 
     @app.query("tune")
     def tune(msg: Message, context: Context) -> Message:
-        return _counts_reply(msg, TuneRequest, answer_tune, _settings(context, overrides))
+        return _counts_reply(msg, TuneRequest, answer_tune, _settings(context, overrides, settings_of))
 
     return app
 
@@ -71,10 +80,13 @@ def _counts_reply(
     return Message(RecordDict({RecordKey.METRICS: MetricRecord(metrics)}), reply_to=msg)
 
 
-def _settings(context: Context, overrides: Mapping[str, Any]) -> SiteSettings:
+def _settings(context: Context, overrides: Mapping[str, Any], settings_of: SettingsFor) -> SiteSettings:
     configure_logging()  # progress lines stay in the site's own log
-    run = RunConfig.from_flower({**context.run_config, **overrides})
-    return site_settings(context.node_config, run, run.resolved_run_dir(context.run_id))
+    return settings_of(context, RunConfig.from_flower({**context.run_config, **overrides}))
+
+
+def _node_settings(context: Context, _run: RunConfig) -> SiteSettings:
+    return site_settings(context.node_config)
 
 
 def _arrays(msg: Message) -> dict[str, Any]:

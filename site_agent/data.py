@@ -33,9 +33,6 @@ from PIL import Image, UnidentifiedImageError
 
 from shared.datasets import IMAGE_SIZE, MEDMNIST_ROOT_ENV, DatasetInfo, dataset_info, normalize, resolve_data_root
 from shared.errors import ConfigError, DataError, LocalDataError
-from site_agent.partition import partition as partition_indices
-from site_agent.partition import share_digest
-from site_agent.settings import PartitionSpec
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +74,6 @@ class SiteImages:
     info: DatasetInfo
     train: LabelledImages
     test: LabelledImages
-    share_sha256: str | None = None  # the index sets' digest when this is one share of a dataset (partition)
 
 
 @dataclass(frozen=True)
@@ -201,21 +197,15 @@ def load_medmnist(
     return info, train, test
 
 
-def load_site_images(dataset: str, data_root: str, partition: PartitionSpec | None, verify_md5: bool = True) -> SiteImages:
-    """The site's images: all it holds at ``data_root`` (any format), or its share when ``partition`` is given.
+def load_site_images(dataset: str, data_root: str, verify_md5: bool = True) -> SiteImages:
+    """The site's images: all it holds at ``data_root`` (any format).
 
     A site without a test split can distill but not evaluate (its test part is empty).
     """
     local = read_local_data(data_root, dataset, verify_md5)
     train = local.splits["train"]
     test = local.splits.get("test") or LabelledImages(train.images[:0], train.labels[:0])
-    if partition is None:
-        return SiteImages(local.info, train, test)
-    parts = partition_indices(
-        train.labels, test.labels, partition.count, partition.scheme, partition.alpha, partition.seed
-    )
-    train_idx, test_idx = parts[partition.index]
-    return SiteImages(local.info, train.subset(train_idx), test.subset(test_idx), share_digest(train_idx, test_idx))
+    return SiteImages(local.info, train, test)
 
 
 # --- the three readers: each returns {split: (uint8 images (N, H, W[, C]), raw labels)} ---

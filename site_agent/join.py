@@ -80,8 +80,6 @@ class JoinSettings(BaseModel):
     max_retries: int | None = Field(None, ge=0)
     max_wait_time: float | None = Field(None, gt=0)
     coordinator_fingerprint: str | None = None
-    partition_id: int | None = Field(None, ge=0)  # demos and tests: one share of a public dataset
-    num_partitions: int | None = Field(None, ge=1)
 
     def ca_file(self) -> Path:
         return (self.root_certificates or self.key_dir / SITE_CA_CERT).expanduser().resolve()
@@ -95,7 +93,7 @@ def preflight(settings: JoinSettings) -> None:
 
     Raises:
         KeyFileError: key directory, signing key, SuperNode key, coordinator key or CA certificate missing or wrong.
-        ConfigError: bad policy file or pins file, partition options, or ``flower-supernode`` not installed.
+        ConfigError: bad policy file or pins file, or ``flower-supernode`` not installed.
         DataError: the data path does not exist or holds nothing the loader reads.
     """
     key_dir = settings.key_dir.expanduser()
@@ -116,10 +114,6 @@ def preflight(settings: JoinSettings) -> None:
     crypto.load_certificate(settings.ca_file())
     policy = SitePolicy.from_file(settings.policy_file.expanduser()) if settings.policy_file else SitePolicy()
     _check_data(settings, policy)
-    if (settings.partition_id is None) != (settings.num_partitions is None):
-        raise ConfigError("--partition-id and --num-partitions go together")
-    if settings.partition_id is not None and settings.partition_id >= (settings.num_partitions or 0):
-        raise ConfigError(f"--partition-id {settings.partition_id} must be below --num-partitions")
     flower_executable(SUPERNODE)
     pins = load_pins(key_dir)
     if not pins.apps:
@@ -159,8 +153,6 @@ def node_config(settings: JoinSettings) -> dict[str, str | int]:
         values["data-root"] = str(settings.data.expanduser().resolve())
     if settings.policy_file is not None:
         values["policy-file"] = str(settings.policy_file.expanduser().resolve())
-    if settings.partition_id is not None and settings.num_partitions is not None:
-        values.update({"partition-id": settings.partition_id, "num-partitions": settings.num_partitions})
     return values
 
 

@@ -92,5 +92,4 @@ def deployed_site(tmp_path: Path, policy: SitePolicy, test_labels: list[int] | N
     np.savez(tmp_path / "export.npz", train_images=images.astype(np.uint8), train_labels=labels,
              test_images=test.astype(np.uint8), test_labels=test_labels)
     return SiteSettings(site_id="site-0", key_dir=tmp_path / "keys" / "site-0", data_root=str(tmp_path / "export.npz"),
-                        partition=None, policy=policy, device="cpu", verify_md5=True, simulated=False,
-                        cache_dir=tmp_path / "cache")
+                        policy=policy, device="cpu", verify_md5=True, cache_dir=tmp_path / "cache")

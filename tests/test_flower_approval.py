@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.simulate import simulate
+from harness.simulate import simulate
 from shared.config import RunConfig
 from shared.schemas import FieldKey, RecordKey
 from site_agent import audit

@@ -17,16 +17,15 @@ import pytest
 import torch
 
 from coordinator.imbalance import TUNING_SCALES
-from coordinator.simulate import simulate
 from coordinator.trust import load_coordinator_keys
+from harness.simulate import simulate
+from harness.sites import run_shares
 from shared.bundle import open_bundle
 from shared.config import RunConfig
 from shared.errors import FederationError
 from shared.metrics import SCORE_BINS
-from shared.schemas import EvaluateReply, FieldKey, MetricKey, PartitionScheme, RecordKey, TuneReply
-from site_agent.data import load_site_images
+from shared.schemas import EvaluateReply, FieldKey, MetricKey, RecordKey, TuneReply
 from site_agent.privacy.near_copy import nearest_real_similarity
-from site_agent.settings import PartitionSpec
 
 pytestmark = [pytest.mark.flower, pytest.mark.realdata]
 
@@ -71,6 +70,7 @@ def test_simulation_releases_only_sealed_sets_and_survives_a_tampered_site(data_
     record_dir.mkdir()
     config = RunConfig(data_root=str(data_root), sites=3, min_sites=2, out_dir=str(tmp_path / "out"), **TINY)
     run_dir, summary = simulate(config, client_mods=_mods(record_dir, tamper_partition=0))
+    shares = run_shares(config)  # what each simulated site held: split as the run split it
 
     # The run: site-0's tampered bundle is rejected for a stated reason; the others carry it through.
     by_status = {s["status"]: [] for s in summary["sites"]}
@@ -136,9 +136,7 @@ def test_simulation_releases_only_sealed_sets_and_survives_a_tampered_site(data_
         sealed = reply["config"][RecordKey.BUNDLE][FieldKey.SEALED]
         opened = open_bundle(sealed, keys.private_key, keys.verify_key_for, 1 << 26)
         released.append(torch.from_numpy(opened.images))
-        site = load_site_images(
-            "breastmnist", str(data_root), PartitionSpec(reply["partition"], 3, PartitionScheme.DIRICHLET, 0.5, 0)
-        )
+        site = shares[reply["partition"]].images
         assert opened.manifest.site_id == f"site-{reply['partition']}"
         for split in (site.train, site.test):
             real = torch.from_numpy(split.images)

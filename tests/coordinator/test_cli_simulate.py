@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-import coordinator.simulate
+import harness.simulate
 from coordinator.cli import app
 from shared.config import RunConfig
 
@@ -19,7 +19,7 @@ def test_set_passes_any_run_config_key_to_the_simulation(monkeypatch, tmp_path) 
         seen.append(config)
         return tmp_path, {"sites_accepted": 3, "sites_expected": 3}
 
-    monkeypatch.setattr(coordinator.simulate, "simulate", fake)
+    monkeypatch.setattr(harness.simulate, "simulate", fake)
     result = runner.invoke(app, ["simulate", "--ipc", "3", "--set", "privacy-shadows=4", "--set",
                                  "require-approval=true", "--out-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
@@ -30,7 +30,7 @@ def test_set_passes_any_run_config_key_to_the_simulation(monkeypatch, tmp_path) 
 @pytest.mark.parametrize(("item", "message"), [("no-such-key=1", "unknown run config key 'no-such-key'"),
                                                 ("privacy-shadows", "expected key=value")])
 def test_a_bad_set_is_refused_naming_it(monkeypatch, item: str, message: str) -> None:
-    monkeypatch.setattr(coordinator.simulate, "simulate", lambda *a, **k: pytest.fail("must not run"))
+    monkeypatch.setattr(harness.simulate, "simulate", lambda *a, **k: pytest.fail("must not run"))
     result = runner.invoke(app, ["simulate", "--set", item])
     assert result.exit_code != 0
     assert message in str(result.exception) + result.output
@@ -43,7 +43,7 @@ def _capture(monkeypatch, tmp_path) -> list[RunConfig]:
         seen.append(config)
         return tmp_path, {"sites_accepted": 3, "sites_expected": 3}
 
-    monkeypatch.setattr(coordinator.simulate, "simulate", fake)
+    monkeypatch.setattr(harness.simulate, "simulate", fake)
     return seen
 
 
@@ -67,7 +67,7 @@ def test_a_config_file_sets_the_run_and_the_command_line_overrides_it(monkeypatc
     ("ipc = -1\n", "run config 'ipc'"),
 ])
 def test_a_bad_config_file_is_refused_naming_the_key(monkeypatch, tmp_path, text: str, message: str) -> None:
-    monkeypatch.setattr(coordinator.simulate, "simulate", lambda *a, **k: pytest.fail("must not run"))
+    monkeypatch.setattr(harness.simulate, "simulate", lambda *a, **k: pytest.fail("must not run"))
     (tmp_path / "study.toml").write_text(text)
     result = runner.invoke(app, ["simulate", "--config", str(tmp_path / "study.toml")])
     assert result.exit_code != 0

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from coordinator.simulate import check_data_available, simulate
+from harness.simulate import check_data_available, simulate
 from shared.config import RunConfig
 from shared.errors import DataError
 from tests.conftest import blobs

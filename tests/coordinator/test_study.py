@@ -11,15 +11,15 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
-from coordinator.study import runner
-from coordinator.study.arms import ArmRecord
-from coordinator.study.fedavg import plateaued
-from coordinator.study.plan import StudyConfig, arms
-from coordinator.study.report import command_line, write_report
-from coordinator.study.traffic import bytes_per_round, content_bytes
+from harness.partition import partition, share_digest
+from harness.study import runner
+from harness.study.arms import ArmRecord
+from harness.study.fedavg import plateaued
+from harness.study.plan import StudyConfig, arms
+from harness.study.report import command_line, write_report
+from harness.study.traffic import bytes_per_round, content_bytes
 from shared.errors import ConfigError
 from shared.models import ConvNet
-from site_agent.partition import partition, share_digest
 from tests.conftest import blobs
 
 

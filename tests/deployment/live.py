@@ -21,6 +21,7 @@ from coordinator import control
 from coordinator.superlink import SuperLinkSettings, superlink_command, superlink_env
 from coordinator.tls import issue_tls
 from coordinator.trust import record_flower_node, register_node_key, register_site
+from harness.sites import split_shares, write_export
 from shared.config import RunConfig
 from shared.keys import (
     COORDINATOR_PUB,
@@ -30,6 +31,7 @@ from shared.keys import (
     create_coordinator_key,
     create_site_identity,
 )
+from shared.schemas import PartitionScheme
 from site_agent import app_pins, join
 from site_agent.policy import SitePolicy
 
@@ -244,11 +246,19 @@ class LiveFederation:
         for name in names:  # as `coordinator sites add --superlink` does
             record_flower_node(self.coord, name, control.register_node(self.conn, self.sites[name] / NODE_PUB, name))
 
+    def export(self, index: int, num_partitions: int) -> Path:
+        """Share ``index`` of BreastMNIST split ``num_partitions`` ways (IID), as the hospital's own .npz export."""
+        path = self.root / "data" / f"share-{index}-of-{num_partitions}.npz"
+        if not path.exists():
+            shares = split_shares("breastmnist", str(self.data_root), num_partitions, PartitionScheme.IID, 0.5, 0)
+            write_export(shares[index].images, path)
+        return path
+
     def join_settings(self, name: str, index: int, num_partitions: int, claims: str | None = None,
                       **extra: Any) -> join.JoinSettings:
         return join.JoinSettings(site_id=claims or name, key_dir=self.sites[name], superlink=self.conn.address,
-                                 data=self.data_root, dataset="breastmnist", flwr_home=self.root / f"home-{name}",
-                                 port=free_port(), threads=1, partition_id=index, num_partitions=num_partitions,
+                                 data=self.export(index, num_partitions), dataset="breastmnist",
+                                 flwr_home=self.root / f"home-{name}", port=free_port(), threads=1,
                                  policy_file=self.policy_file, **{"max_retries": 2, **extra})
 
     def start_supernode(self, name: str, index: int, num_partitions: int, claims: str | None = None,
@@ -266,8 +276,7 @@ class LiveFederation:
         settings = self.join_settings(name, index, num_partitions)
         command = ["site-agent", "join", "--site-id", name, "--key-dir", str(settings.key_dir),
                    "--superlink", settings.superlink, "--data", str(settings.data), "--dataset", str(settings.dataset),
-                   "--flwr-home", str(settings.home()), "--port", str(settings.port), "--threads", "1",
-                   "--partition-id", str(index), "--num-partitions", str(num_partitions)]
+                   "--flwr-home", str(settings.home()), "--port", str(settings.port), "--threads", "1"]
         if self.policy_file is not None:
             command += ["--policy", str(self.policy_file)]
         proc = self.processes.start(f"join-{name}", command, dict(os.environ))

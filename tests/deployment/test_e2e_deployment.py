@@ -89,7 +89,9 @@ def test_deployed_round_with_tls_node_auth_and_an_impostor(data_root: Path, tmp_
     database = next(name for name in stored if name.endswith("state.db"))
     assert len(stored[database]) > 0
     assert find_raw_images(images, stored) == []
-    for local in (str(data_root.resolve()), *(str(sites[name].resolve()) for name in ("site-a", "site-b", "site-c"))):
+    locals_ = (str(data_root.resolve()), str((tmp_path / "data").resolve()),
+               *(str(sites[name].resolve()) for name in ("site-a", "site-b", "site-c")))
+    for local in locals_:
         assert not [name for name, data in stored.items() if local.encode() in data], local
     # The scan is not vacuous: an image planted in a copy of the database is found, and in its encoding only.
     planted = {**stored, database: stored[database][:1001] + encodings(images[500:501])["float16"][0].tobytes()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.simulate import simulate
+from harness.simulate import simulate
 from shared.config import RunConfig
 from site_agent.data import read_local_data
 

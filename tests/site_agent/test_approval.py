@@ -130,10 +130,10 @@ def test_run_ids_and_release_ids_cannot_escape_the_approvals_folder(tmp_path: Pa
 
 def test_approval_for_uses_the_policys_folder(tmp_path: Path) -> None:
     """The policy's approvals_dir, else <cache-dir>/approvals."""
-    settings = SiteSettings("s", tmp_path, "", None, SitePolicy(approvals_dir=str(tmp_path / "elsewhere")), "cpu",
-                            True, False, tmp_path / "cache")
+    settings = SiteSettings("s", tmp_path, "", SitePolicy(approvals_dir=str(tmp_path / "elsewhere")), "cpu",
+                            True, tmp_path / "cache")
     assert approval_for(settings).approvals_dir == tmp_path / "elsewhere"
-    default = SiteSettings("s", tmp_path, "", None, SitePolicy(), "cpu", True, False, tmp_path / "cache")
+    default = SiteSettings("s", tmp_path, "", SitePolicy(), "cpu", True, tmp_path / "cache")
     assert approval_for(default).approvals_dir == tmp_path / "cache" / "approvals"
 
 

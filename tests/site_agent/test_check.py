@@ -74,7 +74,7 @@ def test_flat_image_folder_is_all_training_data_and_rgb_works(tmp_path: Path) ->
 def test_client_app_loads_a_folder_with_an_empty_test_part(tmp_path: Path) -> None:
     """The ClientApp's loader takes the same folder: normalised (N, C, H, W) images, no test part."""
     root = write_folder(tmp_path / "flat", {".": {"0": 6, "1": 6}})
-    site = load_site_images("breastmnist", str(root), partition=None)
+    site = load_site_images("breastmnist", str(root))
     assert site.train.images.shape == (12, 1, 28, 28) and len(site.test) == 0
     assert -1.0 <= site.train.images.min() and site.train.images.max() <= 1.0
 

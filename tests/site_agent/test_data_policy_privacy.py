@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from harness.partition import partition
 from shared.errors import ConfigError, DataError, PolicyError
 from shared.schemas import DCConfig, InitMode, PartitionScheme
 from site_agent.data import load_medmnist
-from site_agent.partition import partition
 from site_agent.policy import SitePolicy
 from site_agent.privacy.near_copy import nearest_real_similarity
 from tests.conftest import blobs, make_request

@@ -167,8 +167,7 @@ def test_release_signs_the_guarantee_and_only_noisy_counts(keys, tmp_path: Path,
                            shadow_models=0, train_epochs=2)
     policy = SitePolicy(min_real_per_class=5, privacy=limits)
     settings = SiteSettings(site_id="site-0", key_dir=tmp_path / "keys" / "site-0", data_root=str(tmp_path / "export.npz"),
-                            partition=None, policy=policy, device="cpu", verify_md5=True, simulated=False,
-                            cache_dir=tmp_path / "cache")
+                            policy=policy, device="cpu", verify_md5=True, cache_dir=tmp_path / "cache")
     config = DPDMConfig(ipc=2, iterations=3, epsilon=1.0, network=NetworkSpec(depth=2, width=16))
     request = DistillRequest(run_id="r1", nonce="ef" * 32, dataset="breastmnist", distill=config)
     release, metrics = prepare_release(request, settings, progress=False)

@@ -1,10 +1,9 @@
 """A multi-site federation on one machine, on Flower's Simulation Engine.
 
-Each simulated site is a Flower SuperNode running the real ClientApp on its own partition of one
-dataset: an official MedMNIST file, or a hospital's own ``.npz`` export or image folder (any format
-``site-agent check`` reads); the coordinator is the real ServerApp. Keys are generated per run
-(simulation keys). This module is the harness that runs both sides: the only coordinator module
-that loads site code, and only to start the simulated sites and check their data up front.
+Each simulated site is a Flower SuperNode running the real ClientApp on its own share of one dataset
+(an official MedMNIST file, or a hospital's own ``.npz`` export or image folder: any format
+``site-agent check`` reads), written as its own export before the run (``harness.sites``); the
+coordinator is the real ServerApp. Keys are generated per run (simulation keys).
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ import torch
 from coordinator import run_state
 from coordinator.pool import PooledSet, pool
 from coordinator.trust import load_coordinator_keys
+from harness.sites import remove_run_shares, simulated_client_app, write_run_shares
 from shared.bundle import OpenedBundle, open_bundle
 from shared.config import RunConfig
 from shared.errors import FederationError, InvalidBundle
@@ -56,21 +56,7 @@ def backend_config(config: RunConfig) -> dict[str, Any]:
     }
 
 
-def check_data_available(config: RunConfig) -> None:
-    """Fail before starting Flower when the data the sites would share out cannot be read.
-
-    Reads it as every simulated site will (``site_agent.data.read_local_data``): the dataset file in a
-    MedMNIST folder, a ``.npz`` export or an image folder.
-
-    Raises:
-        ConfigError: unknown or unsupported dataset.
-        DataError: the data is missing or unreadable, naming what is wrong.
-    """
-    from site_agent.data import read_local_data
-
-    local = read_local_data(config.data_root, config.dataset)
-    if "test" not in local.splits:
-        log.warning("the data has no test split: the sites can distill but the global model cannot be evaluated")
+SHARES_FILE = "shares.json"  # <run-dir>/shares.json: each simulated site's share digest (no image)
 
 
 def simulate(
@@ -80,7 +66,7 @@ def simulate(
 
     ``client_mods`` are Flower mods wrapped around every simulated site (e.g. to record what it sends).
     With ``yardstick``, the summary and report also score a random real subset of the pooled set's
-    size (``coordinator.yardstick``; simulation only, not private).
+    size (``harness.yardstick``; simulation only, not private).
 
     Raises:
         FederationError: the run did not complete (the summary in the folder says why, when it got that far).
@@ -91,17 +77,19 @@ def simulate(
     configure_logging()  # again: importing Flower set its logger back to DEBUG
 
     from coordinator.server_app import build_server_app
-    from site_agent.client_app import build_client_app
 
-    check_data_available(config)
     run_dir = Path(config.run_dir).expanduser().resolve() if config.run_dir else new_run_dir(config)
     config = config.model_copy(update={"run_dir": str(run_dir)})
-    overrides = config.to_flower()
+    shares = write_run_shares(config, run_dir)  # reads the data first: a bad path fails before Flower starts
+    if not any(len(share.images.test) for share in shares):
+        log.warning("the data has no test split: the sites can distill but the global model cannot be evaluated")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / SHARES_FILE).write_text(json.dumps({s.site_id: s.sha256 for s in shares}, indent=2) + "\n")
     log.info("simulating %d sites on %s; results in %s", config.sites, config.dataset, run_dir)
     try:
         run_simulation(
-            server_app=build_server_app(overrides),
-            client_app=build_client_app(overrides, mods=client_mods),
+            server_app=build_server_app(config.to_flower()),
+            client_app=simulated_client_app(config, run_dir, list(client_mods)),
             num_supernodes=config.sites,
             backend_config=backend_config(config),
             verbose_logging=verbose,
@@ -110,13 +98,15 @@ def simulate(
         summary_path = run_dir / "summary.json"
         reason = json.loads(summary_path.read_text()).get("error") if summary_path.exists() else str(exc)
         raise FederationError(f"simulation did not complete: {reason}") from exc
+    finally:
+        remove_run_shares(config, run_dir)
     summary_path = run_dir / "summary.json"
     if not summary_path.exists():
         raise FederationError("simulation ended without writing a summary")
     summary = json.loads(summary_path.read_text())
     if yardstick and summary.get("global", {}).get("num_examples"):
         from coordinator.report import write_summary
-        from coordinator.yardstick import random_subset_yardstick
+        from harness.yardstick import random_subset_yardstick
 
         counts = list(summary["pooled"]["class_counts"].values())
         summary["yardstick"] = random_subset_yardstick(config, counts)

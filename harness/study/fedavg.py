@@ -24,13 +24,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from coordinator.evaluate import Metrics, parse_site_counts
 from coordinator.messaging import wait_for_nodes
-from coordinator.simulate import OFFLINE_FLOWER_ENV
-from coordinator.study.traffic import content_bytes, traffic_mod
+from harness.fedavg_site import FedAvgSites, build_fedavg_client_app
+from harness.simulate import OFFLINE_FLOWER_ENV
+from harness.study.traffic import content_bytes, traffic_mod
 from shared.errors import FederationError
 from shared.metrics import EvalCounts
 from shared.models import build_model
 from shared.schemas import EvaluateReply
-from site_agent.fedavg import FedAvgSites, build_fedavg_client_app
 
 HISTORY = "fedavg_history.json"
 TRAFFIC = "traffic"

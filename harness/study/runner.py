@@ -19,8 +19,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from coordinator.study.arms import ArmRecord, dump, run_arm
-from coordinator.study.plan import StudyConfig, arms
+from harness.study.arms import ArmRecord, dump, run_arm
+from harness.study.plan import StudyConfig, arms
 from shared.errors import ConfigError, FederationError
 
 log = logging.getLogger(__name__)

@@ -1,31 +1,28 @@
-"""The site's side of the FedAvg baseline of ``coordinator study`` (simulation only; never part of a release).
+"""The sites' side of the FedAvg baseline of ``coordinator study`` (simulation only; never part of a release).
 
 ``train``    -> the received global model trained for a few epochs on the site's training share, and its
                number of training images (Flower's ``FedAvg`` weights by it);
 ``evaluate`` -> summable counts of the received model on the site's test share, as for the pooled sets.
 
 FedAvg ships model weights every round instead of a synthetic set once: the study compares the two.
-The share is the one ``load_site_images`` gives a simulated site, and its digest is recorded so the
-study can check that both arms trained on the same partition.
+Each site reads its share from the export the harness wrote for it (``harness.sites``), as the
+pooled arm's sites do, so the study can check that both arms trained on the same partition.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from shared.config import resolve_device, simulated_site_id
+from harness.sites import node_index
+from shared.config import resolve_device
 from shared.errors import ConfigError
-from shared.schemas import EvaluateReply, ModelSpec, PartitionScheme, first_problem
+from shared.schemas import EvaluateReply, ModelSpec, first_problem
 from shared.training import TrainSettings, train_classifier
 from site_agent.data import SiteImages, load_site_images
 from site_agent.evaluate import evaluate_global_model, load_global_model
-from site_agent.partition import record_share
-from site_agent.settings import PartitionSpec, SimulatedNode, parse_node_config
 
 
 class FedAvgSites(BaseModel):
@@ -34,13 +31,10 @@ class FedAvgSites(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     dataset: str
-    data_root: str
-    partition: PartitionScheme
-    alpha: float = Field(gt=0)
+    exports: list[str]  # each site's share as an .npz export, by partition id (harness.sites.write_export)
     seed: int = Field(ge=0)
     model: ModelSpec
     device: str = "auto"
-    share_dir: Path  # where each site notes the digest of the share it trained on
 
 
 class LocalTraining(BaseModel):
@@ -62,13 +56,13 @@ def build_fedavg_client_app(sites: FedAvgSites, mods: tuple = ()) -> ClientApp:
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        node = parse_node_config(SimulatedNode, context.node_config)
-        images = _share(sites, node)
+        index = node_index(context)
+        images = _share(sites, index)
         config = _training(msg)
         model = load_global_model(msg.content["arrays"].to_torch_state_dict(), sites.model)
         # Each round and site draws its own batches and views, reproducibly.
         settings = TrainSettings(epochs=config.epochs, lr=config.lr, batch_size=config.batch, augment=config.dsa,
-                                 seed=sites.seed * 10_000 + config.round * 100 + node.partition_id)
+                                 seed=sites.seed * 10_000 + config.round * 100 + index)
         train_classifier(model, torch.from_numpy(images.train.images), torch.from_numpy(images.train.labels),
                          settings, resolve_device(sites.device))
         content = RecordDict({"arrays": ArrayRecord(model.cpu().state_dict()),
@@ -77,7 +71,7 @@ def build_fedavg_client_app(sites: FedAvgSites, mods: tuple = ()) -> ClientApp:
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        images = _share(sites, parse_node_config(SimulatedNode, context.node_config))
+        images = _share(sites, node_index(context))
         counts = evaluate_global_model(msg.content["arrays"].to_torch_state_dict(), sites.model, images.test,
                                        resolve_device(sites.device))
         return Message(RecordDict({"metrics": MetricRecord(EvaluateReply.from_counts(counts).to_metrics())}),
@@ -86,12 +80,9 @@ def build_fedavg_client_app(sites: FedAvgSites, mods: tuple = ()) -> ClientApp:
     return app
 
 
-def _share(sites: FedAvgSites, node: SimulatedNode) -> SiteImages:
-    """The node's share, loaded as every simulated site loads its own; its digest noted for the study."""
-    spec = PartitionSpec(node.partition_id, node.num_partitions, sites.partition, sites.alpha, sites.seed)
-    images = load_site_images(sites.dataset, sites.data_root, spec)
-    record_share(sites.share_dir, simulated_site_id(node.partition_id), images.share_sha256 or "")
-    return images
+def _share(sites: FedAvgSites, index: int) -> SiteImages:
+    """The node's share, read from its export as the pooled arm's sites read theirs."""
+    return load_site_images(sites.dataset, sites.exports[index], verify_md5=False)
 
 
 def _training(msg: Message) -> LocalTraining:

@@ -20,21 +20,20 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from coordinator.evaluate import Metrics
-from coordinator.simulate import backend_config, reopened_pool, simulate
-from coordinator.study.fedavg import FedAvgPlan, run_fedavg
-from coordinator.study.plan import Arm, StudyConfig
-from coordinator.study.traffic import bytes_per_round, traffic_mod
-from coordinator.yardstick import FIGURES, figures
+from harness.fedavg_site import FedAvgSites
+from harness.simulate import SHARES_FILE, backend_config, reopened_pool, simulate
+from harness.sites import Share, split_shares, write_export
+from harness.study.fedavg import FedAvgPlan, run_fedavg
+from harness.study.plan import Arm, StudyConfig
+from harness.study.traffic import bytes_per_round, traffic_mod
+from harness.yardstick import FIGURES, figures
 from shared.config import RunConfig, resolve_device, simulated_site_id
 from shared.datasets import IMAGE_SIZE, DatasetInfo, reference_subset
 from shared.metrics import EvalCounts
 from shared.models import build_model, resnet18
 from shared.schemas import ModelSpec, NetworkSpec
 from shared.training import TrainSettings, model_counts, train_classifier
-from site_agent.data import LabelledImages, SiteImages, load_site_images, read_local_data
-from site_agent.fedavg import FedAvgSites
-from site_agent.partition import recorded_shares
-from site_agent.settings import SHARES, PartitionSpec
+from site_agent.data import LabelledImages, SiteImages, read_local_data
 
 TRAFFIC = "traffic"
 
@@ -87,7 +86,7 @@ def pooled_arm(config: StudyConfig, arm: Arm, run_dir: Path) -> list[ArmRecord]:
              for r, t in zip(summary["rounds"], traffic, strict=True)]
     distill = [s["distill_seconds"] for s in summary["sites"] if s.get("distill_seconds") is not None]
     seconds = {"wall": wall, "distill, slowest site": max(distill, default=0.0), **summary["stage_seconds"]}
-    shares = recorded_shares(run_dir / SHARES)
+    shares = json.loads((run_dir / SHARES_FILE).read_text())
     yardstick = summary["yardstick"]
     pooled = reopened_pool(run_dir)
     common = {"seed": arm.seed, "method": arm.method.value, "ipc": arm.ipc, "shares": shares}
@@ -112,13 +111,17 @@ def pooled_arm(config: StudyConfig, arm: Arm, run_dir: Path) -> list[ArmRecord]:
 
 def fedavg_arm(config: StudyConfig, arm: Arm, run_dir: Path) -> list[ArmRecord]:
     """Flower's FedAvg on the same sites, to its plateau."""
-    sites = FedAvgSites(dataset=config.dataset, data_root=config.data_root, partition=config.partition,
-                        alpha=config.alpha, seed=arm.seed, model=_spec(_whole_splits(config).info, config), device=config.device,
-                        share_dir=run_dir / SHARES)
+    shares = _shares(config, arm.seed)
+    exports = [str(write_export(share.images, run_dir / ".site-data" / f"{share.site_id}.npz")) for share in shares]
+    sites = FedAvgSites(dataset=config.dataset, exports=exports, seed=arm.seed,
+                        model=_spec(shares[0].images.info, config), device=config.device)
     plan = FedAvgPlan(sites=config.sites, local_epochs=config.fedavg_local_epochs, max_rounds=config.fedavg_max_rounds,
                       patience=config.fedavg_patience)
     started = time.perf_counter()
-    history = run_fedavg(sites, plan, run_dir, backend_config(RunConfig(sites=config.sites, device=config.device)))
+    try:
+        history = run_fedavg(sites, plan, run_dir, backend_config(RunConfig(sites=config.sites, device=config.device)))
+    finally:
+        shutil.rmtree(run_dir / ".site-data")  # the sites' copies of their images
     wall = time.perf_counter() - started
     traffic = bytes_per_round(run_dir / TRAFFIC)
     curve = [{"round": h["round"], "bytes_per_site": t["cumulative"], "received": t["received"], "sent": t["sent"],
@@ -126,12 +129,13 @@ def fedavg_arm(config: StudyConfig, arm: Arm, run_dir: Path) -> list[ArmRecord]:
               **figures(h)} for h, t in zip(history, traffic, strict=True)]
     return [ArmRecord(key=arm.key, kind="fedavg", seed=arm.seed, private=True, figures=figures(history[-1]),
                       curve=curve, bytes_per_site=traffic[-1]["cumulative"],
-                      seconds={"wall": wall, "rounds": len(history)}, shares=recorded_shares(run_dir / SHARES))]
+                      seconds={"wall": wall, "rounds": len(history)}, shares=_share_digests(shares))]
 
 
 def local_arm(config: StudyConfig, arm: Arm, run_dir: Path) -> list[ArmRecord]:
     """Each site trains on its own share alone and is scored on its own test share; nothing moves."""
-    sites = _shares(config, arm.seed)
+    shares = _shares(config, arm.seed)
+    sites = [share.images for share in shares]
     spec = _spec(sites[0].info, config)
     total = EvalCounts.empty(spec.num_classes)
     per_site = []
@@ -145,12 +149,13 @@ def local_arm(config: StudyConfig, arm: Arm, run_dir: Path) -> list[ArmRecord]:
                          **figures(Metrics.of(counts))})
     return [ArmRecord(key=arm.key, kind="local", seed=arm.seed, private=True, figures=figures(Metrics.of(total)),
                       bytes_per_site=0.0, seconds={"wall": time.perf_counter() - started},
-                      shares=_share_digests(sites), per_site=per_site)]
+                      shares=_share_digests(shares), per_site=per_site)]
 
 
 def central_arm(config: StudyConfig, arm: Arm, run_dir: Path) -> list[ArmRecord]:
     """Every site's training share in one place (the ceiling): what shipping all the images would buy."""
-    sites = _shares(config, arm.seed)
+    shares = _shares(config, arm.seed)
+    sites = [share.images for share in shares]
     train = LabelledImages(np.concatenate([s.train.images for s in sites]), np.concatenate([s.train.labels for s in sites]))
     spec = _spec(sites[0].info, config)
     started = time.perf_counter()
@@ -161,7 +166,7 @@ def central_arm(config: StudyConfig, arm: Arm, run_dir: Path) -> list[ArmRecord]
     metrics = Metrics.of(total)
     return [ArmRecord(key=arm.key, kind="central", seed=arm.seed, private=False, figures=figures(metrics),
                       bytes_per_site=_image_bytes(train) / len(sites), seconds={"wall": time.perf_counter() - started},
-                      images=len(train), majority_rate=metrics.majority_rate, shares=_share_digests(sites))]
+                      images=len(train), majority_rate=metrics.majority_rate, shares=_share_digests(shares))]
 
 
 # --- shared pieces ---------------------------------------------------------------------------------------
@@ -177,15 +182,13 @@ def _whole_splits(config: StudyConfig) -> SiteImages:
     return SiteImages(local.info, local.splits["train"], local.splits["test"])
 
 
-def _shares(config: StudyConfig, seed: int) -> list[SiteImages]:
-    """Each simulated site's share, loaded exactly as the simulated sites load theirs."""
-    return [load_site_images(config.dataset, config.data_root,
-                             PartitionSpec(i, config.sites, config.partition, config.alpha, seed))
-            for i in range(config.sites)]
+def _shares(config: StudyConfig, seed: int) -> list[Share]:
+    """Each simulated site's share, split exactly as the pooled arm's simulation splits it."""
+    return split_shares(config.dataset, config.data_root, config.sites, config.partition, config.alpha, seed)
 
 
-def _share_digests(sites: list[SiteImages]) -> dict[str, str]:
-    return {simulated_site_id(i): site.share_sha256 or "" for i, site in enumerate(sites)}
+def _share_digests(shares: list[Share]) -> dict[str, str]:
+    return {share.site_id: share.sha256 for share in shares}
 
 
 def _train(model: torch.nn.Module, data: LabelledImages, epochs: int, config: StudyConfig, seed: int) -> torch.nn.Module:

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from coordinator.plots import pyplot
-from coordinator.study.arms import ArmRecord, dump
-from coordinator.study.plan import StudyConfig
-from coordinator.yardstick import FIGURES
+from harness.study.arms import ArmRecord, dump
+from harness.study.plan import StudyConfig
+from harness.yardstick import FIGURES
 from shared.datasets import dataset_info
 
 MB = 1e6
