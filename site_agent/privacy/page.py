@@ -36,13 +36,18 @@ def write_report(
     limits: PrivacyLimits,
     failed: list[str],
     folder: Path,
+    reasons: list[str] | None = None,
 ) -> tuple[Path, Path]:
-    """Write ``privacy-report.json`` and ``privacy-report.html`` into ``folder``; returns their paths."""
+    """Write ``privacy-report.json`` and ``privacy-report.html`` into ``folder``; returns their paths.
+
+    ``reasons`` say why each failed limit failed, with the measured figure (``gate.blocking_reasons``).
+    """
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     document = {
         "summary": report.summary.model_dump(mode="json"),
         "limits": limits.model_dump(mode="json"),
         "failed_limits": failed,
+        "blocked_because": reasons or [],
         "notes": report.notes,
         "flag_quantile": report.memorisation.flag_quantile,
         "nearest_real": [asdict(image) | {"label": int(label)}
@@ -50,16 +55,18 @@ def write_report(
     }
     json_path, html_path = folder / REPORT_JSON, folder / REPORT_HTML
     write_atomically(json_path, lambda p: p.write_text(json.dumps(document, indent=2) + "\n"))
-    page = render_page(report, synthetic, label_names, failed)
+    page = render_page(report, synthetic, label_names, reasons or failed)
     write_atomically(html_path, lambda p: p.write_text(page))
     return json_path, html_path
 
 
 def render_page(report: PrivacyReport, synthetic: SyntheticSet, label_names: dict[int, str], failed: list[str]) -> str:
-    """The reviewer's page: verdict, attacks against the reference, memorisation, utility, the images."""
+    """The reviewer's page: verdict (``failed``: the failed limits, or why each failed), attacks against the
+    reference, memorisation, utility, the images."""
     s = report.summary
-    verdict = (f"<p class=bad>Blocked by the site's policy: {html.escape(', '.join(failed))}</p>" if failed
-               else "<p class=good>Within every limit of the site's policy.</p>")
+    verdict = (f"<p class=bad>Blocked by the site's policy: {html.escape('; '.join(failed))}</p>" if failed
+               else "<p class=good>Within every limit of the site's policy (membership limits against the upper "
+               "end of each 95 % interval).</p>")
     notes = "".join(f"<li>{html.escape(note)}</li>" for note in report.notes)
     rows = "".join(
         f"<tr><td>{html.escape(name)}</td>{_attack_cells(attack)}</tr>"

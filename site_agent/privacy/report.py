@@ -13,6 +13,11 @@
 
 The numbers (:class:`PrivacySummary`) are signed into the manifest; the per-image findings stay here.
 
+Randomness: every model trained, the reference subset, the shadow models' halves and their distillation,
+and the bootstrap draw from ``seed`` alone. The site passes one derived from its own secret and the set
+(``site_agent.privacy.seed``), never the request's: the coordinator can neither replay the report nor
+re-roll it. The shadow sets are distilled with the release's settings but that seed.
+
 Time: every model the report trains checks the request's hard time limit (``time_limit``) after each
 minibatch, and the report raises :class:`shared.errors.TimeLimitReached` when it passes. Shadow models are
 optional: one is started only when it is expected to end before both the report's own ``max_seconds``
@@ -187,7 +192,9 @@ def _shadow_models(
         half = np.zeros(len(everything), bool)
         half[rng.permutation(len(everything))[: len(everything) // 2]] = True
         try:
-            shadow_set = distill(everything.subset(half), spec.num_classes, synthetic.config, device, progress=False,
+            # The release's settings with the report's seed: the request's seed plays no part in the report.
+            config = synthetic.config.model_copy(update={"seed": (seed + 2 + k) % 2**31})
+            shadow_set = distill(everything.subset(half), spec.num_classes, config, device, progress=False,
                                  min_real_per_class=shadows.min_real_per_class, time_limit=stop)
             model = _trained(spec, shadow_set.images, shadow_set.labels, settings, device, stop.check)
             picked = np.flatnonzero(half)[reference_subset(everything.labels[half], counts_per_class, seed + k)]

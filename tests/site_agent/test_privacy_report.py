@@ -194,8 +194,7 @@ def test_a_blocked_release_is_never_sealed_and_leaves_its_report_at_the_site(key
     np.savez(tmp_path / "export.npz", **splits)
     policy = SitePolicy(allow_real_init=True, privacy=PrivacyLimits(shadow_models=0, train_epochs=5))
     settings = SiteSettings(site_id="site-0", key_dir=tmp_path / "keys" / "site-0", data_root=str(tmp_path / "export.npz"),
-                            partition=None, policy=policy, device="cpu", verify_md5=True, simulated=False,
-                            cache_dir=tmp_path / "cache")
+                            policy=policy, device="cpu", verify_md5=True, cache_dir=tmp_path / "cache")
     request = DistillRequest(run_id="r1", nonce="ef" * 32, dataset="breastmnist",
                              distill=DMConfig(ipc=2, iterations=1, lr_img=1e-6, batch_real=8, init=InitMode.REAL,
                                               network=NET))
@@ -204,16 +203,19 @@ def test_a_blocked_release_is_never_sealed_and_leaves_its_report_at_the_site(key
         raise AssertionError("a blocked release was sealed")
 
     monkeypatch.setattr(handlers, "seal_described", never)
-    with pytest.raises(ReleaseBlocked, match="min_nearest_real_quantile"):
+    with pytest.raises(ReleaseBlocked, match="^release blocked by this site's privacy policy") as blocked:
         handlers.answer_distill(request, settings, progress=False)
+    assert "min_nearest_real_quantile" in blocked.value.failed  # site-local, as is its figure:
+    assert "4 synthetic images closer" in blocked.value.local_detail and "4" not in str(blocked.value)
     folder = privacy_report_folder(settings.cache_dir, request.run_id, request.nonce)
     report = json.loads((folder / REPORT_JSON).read_text())
-    assert report["failed_limits"][0] == "min_nearest_real_quantile" and (folder / REPORT_HTML).is_file()
+    assert "min_nearest_real_quantile" in report["failed_limits"] and (folder / REPORT_HTML).is_file()
     assert report["summary"]["nearest_real_flagged"] == 4
     # The site's audit log records the request, the set, the report and the policy's block, and no release.
     from site_agent import audit
 
     entries = audit.verify(settings.cache_dir)
     assert [e.event.value for e in entries] == ["request_received", "set_built", "privacy_report", "decision"]
-    assert entries[2].details["failed"] == ["min_nearest_real_quantile"] and entries[2].details["nearest_real_flagged"] == 4
+    assert "min_nearest_real_quantile" in entries[2].details["failed"] and entries[2].details["nearest_real_flagged"] == 4
     assert (entries[3].actor, entries[3].details["decision"]) == ("policy", "blocked")
+    assert "min_nearest_real_quantile: 4 synthetic images" in entries[-1].details["why"]  # the site's own record
