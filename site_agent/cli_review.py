@@ -93,13 +93,15 @@ def reject(
 
 
 @audit_app.command("show")
-def audit_show(cache_dir: CacheOption = DEFAULT_CACHE) -> None:
-    """Print the audit log, one line per entry (not checked: `site-agent audit verify` checks it)."""
+def audit_show(cache_dir: CacheOption = DEFAULT_CACHE, policy: PolicyOption = None) -> None:
+    """Print the audit log, one line per entry (not checked: `site-agent audit verify` checks it), then each
+    coordinator's budget ledger: the DP epsilon spent (at the policy's lifetime_delta) and the answers given."""
     entries = audit.read_entries(cache_dir.expanduser())
     if not entries:
         typer.echo(f"no audit log in {audit.audit_dir(cache_dir.expanduser())}")
     for entry in entries:
         typer.echo(audit.describe(entry))
+    _show_ledgers(cache_dir, policy)
 
 
 @audit_app.command("verify")
@@ -123,16 +125,18 @@ def audit_verify(
 HISTORY_COLUMNS = {"run_id": "run", "round": "round", "asked_at": "asked (UTC)", "method": "method", "ipc": "ipc",
                    "images": "images", "outcome": "outcome", "released_at": "released (UTC)",
                    "bundle_bytes": "bundle bytes", "test_images": "test images", "accuracy": "accuracy",
-                   "balanced_accuracy": "balanced acc.", "auc": "AUC"}
+                   "balanced_accuracy": "balanced acc.", "auc": "AUC", "epsilon": "ε", "epsilon_spent": "ε spent"}
 
 
 def history(
     cache_dir: CacheOption = DEFAULT_CACHE,
     as_json: Annotated[bool, typer.Option("--json", help="Every field of every record, as JSON, for scripts.")] = False,
+    policy: PolicyOption = None,
 ) -> None:
     """What this site released, when, to which run, and how that run's global model scored on its test images.
 
-    Read from the audit log (`site-agent audit verify` checks it has not been altered)."""
+    Read from the audit log (`site-agent audit verify` checks it has not been altered). A dpdm release shows the
+    epsilon it was charged and the DP ledger after it; below the table, each coordinator's ledger as it stands."""
     from shared.tables import show, show_json
     from site_agent.history import site_history
 
@@ -145,6 +149,15 @@ def history(
         rows = [{key: untrusted_text(value) if isinstance(value, str) else value for key, value in row.items()}
                 for row in records]
         show(rows, HISTORY_COLUMNS, title=f"site record ({len(records)} requests), from the audit log")
+        _show_ledgers(cache_dir, policy)
+
+
+def _show_ledgers(cache_dir: Path, policy: Path | None) -> None:
+    """Each coordinator's budget ledger (``site_agent.budget``), composed at the policy's lifetime_delta."""
+    from site_agent.budget import ledger_lines  # the accountant loads only here
+
+    for line in ledger_lines(cache_dir.expanduser(), SitePolicy.from_file(policy) if policy else SitePolicy()):
+        typer.echo(line)
 
 
 def _approvals(cache_dir: Path, policy: Path | None, approvals_dir: Path | None) -> FolderApproval:

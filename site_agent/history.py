@@ -4,6 +4,8 @@ how the global model of that run scored on this site's test images.
 One row per request (a run's round has its own nonce). The latest decision on it says whether it left:
 ``released`` (a sealed bundle was handed to Flower), ``blocked`` by the policy, ``held`` for review, or
 ``rejected`` by the site's reviewer. A run's evaluation belongs to the last request of that run before it.
+A dpdm request also shows the epsilon it was charged and the coordinator's DP ledger after it (``epsilon_spent``,
+composed by the PLD accountant at ``ledger_delta``; ``site_agent.budget``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ class RequestRecord:
     accuracy: float | None = None
     balanced_accuracy: float | None = None
     auc: float | None = None
+    epsilon: float | None = None  # charged to the DP ledger for this request (dpdm)
+    epsilon_spent: float | None = None  # the ledger's composed epsilon towards this coordinator after it
+    ledger_delta: float | None = None
+    ledger_releases: int | None = None
 
     def as_row(self) -> dict[str, object]:
         return asdict(self)
@@ -52,6 +58,8 @@ def site_history(entries: list[AuditEntry]) -> list[RequestRecord]:
             record.accuracy, record.balanced_accuracy, record.auc = (
                 _float(details.get(key)) for key in ("accuracy", "balanced_accuracy", "auc"))
             continue
+        if entry.event == AuditEvent.BUDGET_REFUSED:  # a distill request's shows as its decision; others are no request
+            continue
         record = records.get(entry.nonce)
         if record is None:
             record = records[entry.nonce] = RequestRecord(entry.run_id, entry.nonce, entry.time)
@@ -63,6 +71,9 @@ def site_history(entries: list[AuditEntry]) -> list[RequestRecord]:
             record.images = _int(details.get("images"))
         elif entry.event == AuditEvent.DECISION:
             record.outcome, record.why = str(details.get("decision", "decided")), _str(details.get("why"))
+        elif entry.event == AuditEvent.DP_SPENT:
+            record.epsilon, record.epsilon_spent = _float(details.get("epsilon")), _float(details.get("epsilon_spent"))
+            record.ledger_delta, record.ledger_releases = _float(details.get("lifetime_delta")), _int(details.get("releases"))
         elif entry.event == AuditEvent.RELEASE:
             record.outcome, record.released_at = "released", entry.time
             record.bundle_sha256, record.bundle_bytes = _str(details.get("sha256")), _int(details.get("bytes"))

@@ -85,16 +85,22 @@ class PrivacyLimits(BaseModel):
 
     report: bool = Field(True, description="measure memorisation, membership inference and utility before release")
     max_mia_auc: float | None = Field(
-        # Measured (docs/privacy.md): noise-initialised sets reached 0.50-0.61, real-image ones 0.58-0.69.
-        0.65, ge=0.5, le=1, description="block a release whose strongest membership attack reaches this AUC"
+        # Measured (docs/privacy.md): the upper ends of noise-initialised sets reached 0.54-0.72, of BreastMNIST's
+        # real-image ones 0.76-0.77; at chance, 136 members against 39 held-out images give 0.60 (0.66 at worst of 20).
+        0.75, ge=0.5, le=1, description="block a release whose strongest membership attack may reach this AUC: the "
+        "upper end of its bootstrap 95 % interval is compared, so a small site's wide interval blocks rather than "
+        "passes, and another draw of the report's randomness rarely turns a block into a pass"
     )
     max_mia_tpr_at_0_1pct_fpr: float | None = Field(
-        0.1, ge=0, le=1, description="block a release whose strongest attack finds this share of members at 0.1 % FPR "
-        "(at zero false positives when the site holds under 1000 held-out images)"
+        # At chance the upper end is about 4 / (held-out images + 1): 0.12 with 39 held-out images (0.18 at worst of 20).
+        0.25, ge=0, le=1, description="block a release whose strongest attack may find this share of members at "
+        "0.1 % FPR (at zero false positives when the site holds under 1000 held-out images): the upper end of its "
+        "bootstrap 95 % interval is compared"
     )
     min_nearest_real_quantile: float | None = Field(
         0.01, ge=0, le=1, description="block a release with a synthetic image closer to a real one than this quantile "
-        "of real-to-real nearest distances in its class (pixel or feature space)"
+        "of real-to-real nearest distances in its class (pixel or feature space); a count with no interval: one "
+        "flagged image blocks"
     )
     shadow_models: int = Field(
         4, ge=0, le=64, description="shadow models of the LiRA attack, each trained on a set distilled from a random "
@@ -105,6 +111,54 @@ class PrivacyLimits(BaseModel):
         "do not fit are skipped (null: only the request's limit)"
     )
     train_epochs: int = Field(300, ge=1, le=10_000, description="epochs of every model the report trains")
+
+
+class BudgetLimits(BaseModel):
+    """How much one coordinator may have of this site, whatever run ids it uses (``site_agent.budget``).
+
+    Counted per coordinator key (the fingerprint of the pinned key the site seals to), over a rolling
+    window and over the site's lifetime. An honest run asks, per round, one release, one tuning and two
+    evaluations; the default study plan (45 runs of one round) takes 45, 45 and 90.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    window_hours: float = Field(24, gt=0, le=24 * 366, description="length of the rolling window, in hours")
+    max_evaluations_per_window: int = Field(
+        200, ge=1, description="most evaluate answers (counts on the test images) in one window"
+    )
+    max_evaluations_lifetime: int = Field(2000, ge=1, description="most evaluate answers ever")
+    max_tunings_per_window: int = Field(
+        100, ge=1, description="most tuning answers (counts on the training images) in one window"
+    )
+    max_tunings_lifetime: int = Field(1000, ge=1, description="most tuning answers ever")
+    max_release_attempts_per_window: int = Field(
+        100, ge=1, description="most distill requests taken on in one window: each attempt counts, released, "
+        "blocked by the privacy limits or stopped, and so does a request refused for a spent budget"
+    )
+    max_release_attempts_lifetime: int = Field(1000, ge=1, description="most distill requests ever taken on")
+
+    @classmethod
+    def unlimited(cls, cap: int) -> BudgetLimits:
+        """Every count capped at ``cap`` (a simulated site's)."""
+        return cls(**{name: cap for name in cls.model_fields if name.startswith("max_")})
+
+
+class AnswerLimits(BaseModel):
+    """What one evaluate or tune answer may tell about the site's images (``site_agent.evaluate``).
+
+    Every count an answer releases gets discrete Laplace noise scaled to what one image can change in it,
+    so that one answer is ``epsilon``-differentially private towards each test (evaluate) or training
+    (tune) image. Answers compose: a coordinator with n answers has up to n times the loss (docs/privacy.md).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    epsilon: float | None = Field(
+        1.0, gt=0, le=20, description="privacy loss of one evaluate or tune answer; smaller is noisier: at 1 the "
+        "pooled figures of the dev sets moved by 0.01 to 0.06 (docs/benchmarks.md); null: exact counts, which a "
+        "crafted model can read single images off"
+    )
 
 
 class SitePolicy(BaseModel):
@@ -133,7 +187,16 @@ class SitePolicy(BaseModel):
         False, description="run only differentially private methods (dpdm), whose release has a formal guarantee"
     )
     max_epsilon: float | None = Field(
-        None, gt=0, description="largest epsilon a dpdm request may ask for (null: any the request schema allows)"
+        None, gt=0, description="lifetime differential-privacy budget towards one coordinator: a dpdm request is "
+        "refused, before any work, when the epsilon of every dpdm release this site made to that coordinator and "
+        "this one, composed by the PLD accountant at lifetime_delta, would exceed it (null: no budget; the site "
+        "still keeps the ledger)"
+    )
+    max_epsilon_per_release: float | None = Field(
+        None, gt=0, description="largest epsilon one dpdm request may ask for (null: any the request schema allows)"
+    )
+    lifetime_delta: float = Field(
+        1e-5, gt=0, le=1e-3, description="the delta at which the site states its composed lifetime epsilon"
     )
     min_real_per_class: int = Field(10, ge=1, description="classes with fewer local images are not distilled")
     max_real_similarity: float = Field(
@@ -155,8 +218,16 @@ class SitePolicy(BaseModel):
         "candidate class-imbalance correction (confusion counts, no image), so the coordinator can tune it"
     )
     max_evaluations_per_run: int = Field(
-        20, ge=1, description="most times one run may have the site score a model on its test or training images "
-        "(each is an oracle on that data; a run asks up to three per round: tuning counts and two evaluations)"
+        20, ge=1, description="most times one run id may have the site score a model on its test or training images "
+        "(each is an oracle on that data; a run asks up to three per round: tuning counts and two evaluations); "
+        "the coordinator names its runs, so budget bounds what all of its runs together get"
+    )
+    budget: BudgetLimits = Field(
+        BudgetLimits(), description="what one coordinator may have of this site over a rolling window and over "
+        "the site's lifetime, whatever run ids it uses"
+    )
+    answers: AnswerLimits = Field(
+        AnswerLimits(), description="the noise on every evaluate and tune answer (its privacy loss per answer)"
     )
     require_approval: bool = Field(
         False, description="hold every release for manual approval before it is sent (see site_agent/approval.py)"
@@ -180,7 +251,8 @@ class SitePolicy(BaseModel):
         return cls(
             allowed_methods=list(DistillMethod), max_ipc=1000, max_iterations=cap, max_batch_real=cap,
             max_net_width=cap, max_net_depth=cap, max_seconds=None, allow_real_init=allow_real_init,
-            max_evaluations_per_run=cap, require_approval=require_approval,
+            max_evaluations_per_run=cap, budget=BudgetLimits.unlimited(cap), require_approval=require_approval,
+            answers=AnswerLimits(epsilon=None),  # exact counts: one operator plays every party
             dc=DCLimits(max_outer_loop=cap, max_inner_loop=cap),
             idm=IDMLimits(max_queue_size=cap, max_models_trained=cap, max_train_steps=cap, max_train_batch=cap),
             mtt=MTTLimits(max_syn_steps=cap, max_train_epochs_expert=cap, max_num_experts=cap),
@@ -245,9 +317,11 @@ class SitePolicy(BaseModel):
         if self.require_dp and not isinstance(config, DPDMConfig):
             raise PolicyError(f"method {config.method.value!r} has no differential-privacy guarantee and this "
                               "site's policy sets require_dp")
-        if isinstance(config, DPDMConfig) and self.max_epsilon is not None and config.epsilon > self.max_epsilon:
-            raise PolicyError(f"epsilon {config.epsilon:g} exceeds this site's limit of {self.max_epsilon:g} "
-                              "(max_epsilon)")
+        if isinstance(config, DPDMConfig):  # the lifetime budget is kept by site_agent.budget, over every release
+            for limit, field in ((self.max_epsilon_per_release, "max_epsilon_per_release"),
+                                 (self.max_epsilon, "max_epsilon")):
+                if limit is not None and config.epsilon > limit:
+                    raise PolicyError(f"epsilon {config.epsilon:g} exceeds this site's limit of {limit:g} ({field})")
         _cap("ipc", config.ipc, self.max_ipc, "max_ipc")
         _cap("iterations", config.iterations, self.max_iterations, "max_iterations")
         self._check_network("network", config.network)

@@ -6,11 +6,17 @@ that meets a target (epsilon, delta) with the privacy loss distribution (PLD) ac
 tight for the Gaussian mechanism; :func:`epsilon_for` is the other direction. ``steps`` and
 ``sampling_rate`` describe a mechanism run ``steps`` times, each on a Poisson sample of the data with
 that probability (``steps=1, sampling_rate=1``: one release on all of it, as ``dpdm`` does).
+
+:func:`composed_epsilon` is the epsilon of several such releases together (the site's lifetime ledger,
+``site_agent.budget``), composed by the same PLD accountant: tighter than adding up each release's
+epsilon, and never below the true composition (the discretisation is pessimistic).
 """
 
 from __future__ import annotations
 
 import functools
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import dp_accounting
@@ -99,3 +105,31 @@ def noise_multiplier_for(epsilon: float, delta: float, steps: int = 1, sampling_
         bracket_interval=dp_accounting.LowerEndpointAndGuess(_SMALLEST_MULTIPLIER, 1.0), tol=1e-4,
     )
     return float(z)
+
+
+@dataclass(frozen=True)
+class GaussianRelease:
+    """One Gaussian release as the accountant sees it: its noise multiplier, run ``steps`` times at ``sampling_rate``."""
+
+    noise_multiplier: float
+    steps: int = 1
+    sampling_rate: float = 1.0
+
+
+def composed_epsilon(releases: Iterable[GaussianRelease], delta: float) -> float:
+    """The epsilon, at ``delta``, of all ``releases`` together, composed by the PLD accountant (0 for none).
+
+    Releases with the same noise multiplier, steps and sampling rate are composed as one self-composed
+    event (the accountant's ``count``), which is exact and keeps a ledger of hundreds fast.
+
+    Raises:
+        ValueError: ``delta`` or a release's steps or sampling rate out of range.
+    """
+    groups = Counter(releases)
+    if not groups:
+        return 0.0
+    accountant = _accountant()
+    for release, count in sorted(groups.items(), key=lambda item: item[0].noise_multiplier):
+        _check(delta, release.steps, release.sampling_rate)
+        accountant.compose(gaussian_event(release.noise_multiplier, release.steps, release.sampling_rate), count)
+    return float(accountant.get_epsilon(delta))
