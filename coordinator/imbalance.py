@@ -9,8 +9,9 @@ or withhold them); their sum estimates ``pi``. Two corrections use it:
   Menon et al., ICLR 2021, applied in the direction that restores the real prior). Baked into the
   classifier's bias, so the global model is an ordinary ConvNet.
 - ``tuned-logit-adjust``: the same shift times a scale ``tau`` chosen where real images are: every site
-  counts, on its own training images, what the uncorrected model predicts for each candidate ``tau``
-  (one confusion matrix each, summed here), and the ``tau`` with the best pooled accuracy wins (Menon
+  counts, on its own training images, the right predictions of the uncorrected model for each ``tau`` of
+  the published grid (``shared.metrics.TUNING_SCALES``; noisy, summed here), and the ``tau`` with the best
+  pooled accuracy wins (Menon
   et al. tune ``tau`` on held-out data too). Needed because a network fitted to a few dozen synthetic
   images grows its logits far beyond ``log pi - log q``, so the plain shift moves few predictions.
   The global model never saw those images (it trained on the synthetic set), but the set was made
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 
 from shared.bundle import OpenedBundle
+from shared.metrics import TUNING_SCALES
 from shared.models import ConvNet
 
 log = logging.getLogger(__name__)
@@ -66,18 +68,14 @@ def class_weights(real: np.ndarray, pooled: np.ndarray) -> torch.Tensor:
     return torch.tensor(weights, dtype=torch.float32)
 
 
-# Candidate scales of the logit shift: 0 (none) to 6 times it, in steps of a quarter.
-TUNING_SCALES = tuple(i / 4 for i in range(25))
-
-
-def choose_scale(confusions: np.ndarray, scales: Sequence[float]) -> float:
-    """The scale whose summed confusion matrix (one of (S, K, K)) is most accurate; ties go to the scale nearest 1.
+def choose_scale(hits: Sequence[int] | np.ndarray, scales: Sequence[float] = TUNING_SCALES) -> float:
+    """The scale with the most summed right predictions (one of (S,)); ties go to the scale nearest 1.
 
     Accuracy under the sites' own class mix, which is what the correction restores. Where the images the
     model is used on have another mix the choice can cost there (docs/benchmarks.md: the PneumoniaMNIST
     export); choosing by balanced accuracy instead measured no better.
     """
-    hits = np.trace(confusions, axis1=1, axis2=2)
+    hits = np.asarray([int(h) for h in hits], dtype=object)  # Python integers: sums of many sites cannot overflow
     best = np.flatnonzero(hits == hits.max())
     return float(min((scales[i] for i in best), key=lambda scale: abs(scale - 1.0)))
 

@@ -95,8 +95,11 @@ def build_summary(
             summary["global"]["tuning"] = dict(tuning)
         if "uncorrected" in evaluations:
             summary["uncorrected"] = asdict(evaluations["uncorrected"].pooled)
+        prior = pooled.prior_shares() if pooled is not None else {}
         summary["per_site"] = [
-            {"site_id": e.site_id, "node_id": e.node_id, "problem": e.problem, **(asdict(m) if m else {})}
+            {"site_id": e.site_id, "node_id": e.node_id, "problem": e.problem, "epsilon": e.epsilon,
+             "test_share": evaluation.shares.get(e.site_id), "prior_share": prior.get(e.site_id),
+             **(asdict(m) if m else {})}
             for e, m in evaluation.sites
         ]
     return _nan_to_none(summary)
@@ -211,10 +214,16 @@ def render_report(summary: dict[str, Any]) -> str:
 
 def _global_section(g: dict[str, Any], uncorrected: dict[str, Any] | None, per_site: list[dict[str, Any]]) -> list[str]:
     """Pooled metrics of the global model over every site's test share, per class, then per site."""
+    noisy = sorted({e["epsilon"] for e in per_site if e.get("epsilon") is not None})
+    noise = (f" Sites answered with noise (ε {', '.join(f'{x:g}' for x in noisy)} per answer), which moves every "
+             "figure further: at ε 1 the dev sets' pooled figures moved by 0.01 to 0.06 (docs/benchmarks.md)."
+             if noisy else " Every site answered with exact counts.")
     lines = [
         (f"Global model, pooled over all {g['num_examples']} test images of the sites that answered (summed "
         "counts, not a mean of site figures). Always predicting the majority class scores accuracy "
-        f"{_fmt(g['majority_rate'])}; the binned AUC is within {_fmt(g['auc_error_bound'], 4)} of exact."),
+        f"{_fmt(g['majority_rate'])}. The AUC comes from 12 fixed bins of log-odds, where a positive and a "
+        f"negative in one bin count 1/2: it is within {_fmt(g['auc_error_bound'], 4)} of the exact AUC of the "
+        f"same scores.{noise}"),
         "", "| model | accuracy | balanced accuracy | macro AUC |", "|---|---|---|---|",
         (f"| global (class-imbalance correction: {g['correction']}) | {_fmt(g['accuracy'])} | "
         f"{_fmt(g['balanced_accuracy'])} | {_fmt(g['auc'])} |"),
@@ -225,16 +234,25 @@ def _global_section(g: dict[str, Any], uncorrected: dict[str, Any] | None, per_s
     if (tuning := g.get("tuning")) is not None:
         lines += ["", (f"The logit adjustment is scaled by {tuning['scale']:g}, the most accurate scale on "
                        f"{tuning['training_images']} training images at {tuning['sites']} sites (their summed "
-                       "confusion counts; no test image took part)." if tuning["sites"] else
+                       "right predictions per scale; no test image took part)." if tuning["sites"] else
                        "No site sent tuning counts, so the logit adjustment keeps scale 1.")]
+        if tuning.get("shares"):
+            lines.append("Share of the tuning images: " + ", ".join(f"{site} {share:.0%}"
+                                                                    for site, share in tuning["shares"].items()) + ".")
+        lines += [f"Tuning counts of {site} left out: {why}" for site, why in tuning.get("rejected", {}).items()]
     lines += ["", "| class | test images | recall |", "|---|---|---|"]
     for name, count, recall in zip(g["class_names"], g["class_counts"], g["recall"], strict=True):
         lines.append(f"| {name} | {count} | {_fmt(recall)} |")
-    lines += ["", "| site | test images | accuracy | balanced accuracy | AUC | note |", "|---|---|---|---|---|---|"]
+    lines += ["", ("| site | test images | share of pooled test images | share of class prior | ε per answer | "
+                   "accuracy | balanced accuracy | AUC | note |"), "|---|---|---|---|---|---|---|---|---|"]
     for e in per_site:
-        lines.append(f"| {e['site_id']} | {e.get('num_examples', 0)} | {_fmt(e.get('accuracy'))} | "
-                     f"{_fmt(e.get('balanced_accuracy'))} | {_fmt(e.get('auc'))} | {e['problem']} |")
-    lines += ["", "A site's own AUC is n/a when its test share holds one class; it still counts in the pooled AUC."]
+        lines.append(f"| {e['site_id']} | {e.get('num_examples', 0)} | {_share(e.get('test_share'))} | "
+                     f"{_share(e.get('prior_share'))} | {_fmt(e.get('epsilon'), 2) if e.get('epsilon') else 'exact'} | "
+                     f"{_fmt(e.get('accuracy'))} | {_fmt(e.get('balanced_accuracy'))} | {_fmt(e.get('auc'))} | "
+                     f"{e['problem']} |")
+    lines += ["", ("A site's own AUC is n/a when its test share holds one class; it still counts in the pooled AUC. "
+                   "A site's counts are pooled only within the test and training images per class it signed in its "
+                   "manifest; a site holding much of the pooled test set or of the prior steers the figures.")]
     return lines
 
 
@@ -305,6 +323,10 @@ def _site_entry(outcome: SiteOutcome) -> dict[str, Any]:
         "class_counts": outcome.class_counts,
         "real_class_counts": outcome.real_class_counts,
     }
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:

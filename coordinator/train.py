@@ -11,7 +11,7 @@ import torch
 
 from coordinator.imbalance import TUNING_SCALES, adjust_logits, choose_scale, class_weights, logit_shift, pooled_prior
 from coordinator.pool import PooledSet
-from shared.metrics import confusions_by_scale
+from shared.metrics import hits_by_scale
 from shared.models import ConvNet, build_model
 from shared.schemas import ImbalanceCorrection, ModelSpec
 from shared.training import TrainSettings, predict_logits, train_classifier
@@ -46,10 +46,10 @@ class GlobalModels:
     def needs_tuning(self) -> bool:
         return self.correction == ImbalanceCorrection.TUNED_LOGIT_ADJUST and self.shift is not None
 
-    def tuned(self, confusions: np.ndarray, scales: tuple[float, ...] = TUNING_SCALES) -> GlobalModels:
-        """The models with the shift scaled by the most accurate scale of the summed ``confusions`` (S, K, K)."""
+    def tuned(self, hits: np.ndarray, scales: tuple[float, ...] = TUNING_SCALES) -> GlobalModels:
+        """The models with the shift scaled by the scale of the most summed right predictions ``hits`` (S,)."""
         assert self.shift is not None, "only a logit adjustment is tuned"
-        scale = choose_scale(confusions, scales)
+        scale = choose_scale(hits, scales)
         return replace(self, model=adjust_logits(copy.deepcopy(self.uncorrected), scale * self.shift), scale=scale)
 
     def tuned_on(self, images: np.ndarray, labels: np.ndarray, device: torch.device) -> GlobalModels:
@@ -59,7 +59,7 @@ class GlobalModels:
         if not self.needs_tuning:
             return self
         logits = predict_logits(self.uncorrected, torch.from_numpy(images), device).numpy()
-        return self.tuned(confusions_by_scale(logits, labels, self.shift, np.array(TUNING_SCALES)))
+        return self.tuned(hits_by_scale(logits, labels, self.shift, TUNING_SCALES))
 
 
 def train_corrected(

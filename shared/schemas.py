@@ -14,7 +14,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from shared.errors import ConfigError
-from shared.metrics import SCORE_BINS, EvalCounts
+from shared.metrics import SCORE_BINS, TUNING_SCALES, EvalCounts
 
 SCHEMA_VERSION = 1
 
@@ -110,8 +110,9 @@ class MetricKey(StrEnum):
     CLASS_COUNTS = "class-counts"  # (K,) test images per class
     CONFUSION = "confusion"  # (K*K,) row-major, rows = true class
     SCORE_HISTOGRAMS = "score-histograms"  # (K*2*SCORE_BINS,) row-major
-    # Tuning the imbalance correction at a site: (S*K*K,) confusion matrices on its training images, one per scale.
-    CONFUSIONS = "confusions"
+    # Tuning the imbalance correction at a site: (S,) right predictions on its training images, one per scale.
+    HITS = "hits"
+    EPSILON = "epsilon"  # the privacy loss of one evaluate or tune answer (its noise); absent: exact counts
 
 
 def first_problem(exc: ValidationError) -> str:
@@ -331,30 +332,35 @@ class EvaluateRequest(_Strict):
     model: ModelSpec
 
 
-_Finite = Annotated[float, Field(ge=-1e3, le=1e3, allow_inf_nan=False)]
-MAX_SCALES = 64
-MAX_CONFUSION_COUNTS = 100_000  # scales x classes^2 in one tuning reply
+# The shift is log(real prior) - log(pooled prior) of add-one-smoothed priors: under 21 in size for up to 10^9 images.
+SHIFT_LIMIT = 25.0
+_Shift = Annotated[float, Field(ge=-SHIFT_LIMIT, le=SHIFT_LIMIT, allow_inf_nan=False)]
 
 
 class TuneRequest(_Strict):
-    """Sent with the uncorrected global model's weights: count, on the site's training images, what the
-    model predicts with ``scale * shift`` added to its logits, for each scale (``shared.metrics.confusions_by_scale``).
+    """Sent with the uncorrected global model's weights: count, on the site's training images, the right
+    predictions of the model with ``scale * shift`` added to its logits, for each scale of the published grid
+    (``shared.metrics.TUNING_SCALES``, ``hits_by_scale``). The coordinator chooses no scale.
+
+    The shift is taken as sent, within what a log ratio of two priors can be: the site cannot check the
+    federation's prior, and a shift makes no threshold that the model's own weights could not make. What
+    protects the training images is the noise on the answer (``site_agent.evaluate``).
+    ``committed_counts`` are the training images per class this site signed in its manifest: the site
+    reports no more (its noisy counts are clipped there, post-processing), so the coordinator can hold it to them.
     """
 
     schema_version: Literal[1] = SCHEMA_VERSION
     run_id: RunId
     dataset: DatasetName
     model: ModelSpec
-    shift: list[_Finite] = Field(min_length=2, max_length=1000)
-    scales: list[_Finite] = Field(min_length=1, max_length=MAX_SCALES)
+    shift: list[_Shift] = Field(min_length=2, max_length=1000)
+    committed_counts: list[Annotated[int, Field(ge=0, le=10**9)]] | None = Field(None, max_length=1000)
 
     @model_validator(mode="after")
-    def _one_shift_per_class(self) -> TuneRequest:
-        if len(self.shift) != self.model.num_classes:
-            raise ValueError(f"shift has {len(self.shift)} values for {self.model.num_classes} classes")
-        if len(self.scales) * self.model.num_classes**2 > MAX_CONFUSION_COUNTS:
-            raise ValueError(f"{len(self.scales)} scales of {self.model.num_classes}x{self.model.num_classes} "
-                             f"counts exceed {MAX_CONFUSION_COUNTS}")
+    def _one_value_per_class(self) -> TuneRequest:
+        k = self.model.num_classes
+        if len(self.shift) != k or (self.committed_counts is not None and len(self.committed_counts) != k):
+            raise ValueError(f"shift and committed_counts need one value per class ({k})")
         return self
 
 
@@ -374,29 +380,35 @@ class DistillReplyMetrics(_Strict):
     synthetic_images: float = Field(alias=MetricKey.SYNTHETIC_IMAGES.value, ge=0, le=10**7, allow_inf_nan=False)
 
 
+_Epsilon = Annotated[float, Field(gt=0, le=100, allow_inf_nan=False)]
+
+
 class EvaluateReply(_Strict):
     """A site's evaluation of the global model: counts that the coordinator sums (``shared.metrics``).
 
     Parsed with :meth:`counts`, which checks every count against the others, so a site cannot
-    weigh in with more images than it counted or with histograms that do not add up.
+    weigh in with more images than it counted or with histograms that do not add up. A deployed site's
+    counts are noisy and then made consistent (``site_agent.evaluate``); ``epsilon`` says how noisy.
     """
 
     num_examples: _Count = Field(alias=MetricKey.NUM_EXAMPLES.value)
     class_counts: list[_Count] = Field(alias=MetricKey.CLASS_COUNTS.value, max_length=1000)
     confusion: list[_Count] = Field(alias=MetricKey.CONFUSION.value, max_length=1000**2)
-    score_histograms: list[_Count] = Field(alias=MetricKey.SCORE_HISTOGRAMS.value, max_length=2 * 1000 * 1000)
+    score_histograms: list[_Count] = Field(alias=MetricKey.SCORE_HISTOGRAMS.value, max_length=2 * 1000 * SCORE_BINS)
+    epsilon: _Epsilon | None = Field(None, alias=MetricKey.EPSILON.value)
 
     @classmethod
-    def from_counts(cls, counts: EvalCounts) -> EvaluateReply:
+    def from_counts(cls, counts: EvalCounts, epsilon: float | None = None) -> EvaluateReply:
         return cls.model_validate({
             MetricKey.NUM_EXAMPLES.value: counts.num_examples,
             MetricKey.CLASS_COUNTS.value: counts.class_counts.tolist(),
             MetricKey.CONFUSION.value: counts.confusion.reshape(-1).tolist(),
             MetricKey.SCORE_HISTOGRAMS.value: counts.histograms.reshape(-1).tolist(),
+            MetricKey.EPSILON.value: epsilon,
         })
 
-    def to_metrics(self) -> dict[str, int | list[int]]:
-        return self.model_dump(by_alias=True)
+    def to_metrics(self) -> dict[str, int | float | list[int]]:
+        return self.model_dump(by_alias=True, exclude_none=True)  # a MetricRecord holds no None
 
     def counts(self, num_classes: int) -> EvalCounts:
         """The counts, once every one is consistent with the others for ``num_classes`` classes.
@@ -421,33 +433,36 @@ class EvaluateReply(_Strict):
 
 
 class TuneReply(_Strict):
-    """A site's counts for tuning the imbalance correction: one confusion matrix per requested scale."""
+    """A site's counts for tuning the imbalance correction: its training images per class, and the right
+    predictions for each scale of ``shared.metrics.TUNING_SCALES`` (noisy at a deployed site, like an evaluation)."""
 
     num_examples: _Count = Field(alias=MetricKey.NUM_EXAMPLES.value)
-    confusions: list[_Count] = Field(alias=MetricKey.CONFUSIONS.value, max_length=MAX_CONFUSION_COUNTS)
+    class_counts: list[_Count] = Field(alias=MetricKey.CLASS_COUNTS.value, max_length=1000)
+    hits: list[_Count] = Field(alias=MetricKey.HITS.value, max_length=len(TUNING_SCALES))
+    epsilon: _Epsilon | None = Field(None, alias=MetricKey.EPSILON.value)
 
     @classmethod
-    def from_confusions(cls, confusions: np.ndarray) -> TuneReply:
-        return cls.model_validate({MetricKey.NUM_EXAMPLES.value: int(confusions[0].sum()),
-                                   MetricKey.CONFUSIONS.value: confusions.reshape(-1).tolist()})
+    def from_counts(cls, class_counts: np.ndarray, hits: np.ndarray, epsilon: float | None = None) -> TuneReply:
+        return cls.model_validate({MetricKey.NUM_EXAMPLES.value: int(np.sum(class_counts)),
+                                   MetricKey.CLASS_COUNTS.value: [int(c) for c in class_counts],
+                                   MetricKey.HITS.value: [int(h) for h in hits], MetricKey.EPSILON.value: epsilon})
 
-    def to_metrics(self) -> dict[str, int | list[int]]:
-        return self.model_dump(by_alias=True)
+    def to_metrics(self) -> dict[str, int | float | list[int]]:
+        return self.model_dump(by_alias=True, exclude_none=True)
 
-    def matrices(self, num_scales: int, num_classes: int) -> np.ndarray:
-        """The (S, K, K) matrices, once each counts the same images of the same classes.
+    def checked(self, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+        """Class counts (K,) and hits (S,), once they fit ``num_classes`` classes, the grid and each other.
 
         Raises:
             ValueError: naming the first count that does not fit.
         """
-        if len(self.confusions) != num_scales * num_classes**2:
-            raise ValueError(f"confusions must hold {num_scales} matrices of {num_classes}x{num_classes}")
-        matrices = np.asarray(self.confusions, np.int64).reshape(num_scales, num_classes, num_classes)
-        if (matrices.sum(axis=(1, 2)) != self.num_examples).any():
-            raise ValueError("a confusion matrix does not add up to num-examples")
-        if (matrices.sum(axis=2) != matrices[0].sum(axis=1)).any():
-            raise ValueError("the confusion matrices count different images per class")  # rows: the true classes
-        return matrices
+        if len(self.class_counts) != num_classes or sum(self.class_counts) != self.num_examples:
+            raise ValueError(f"class-counts must be {num_classes} counts adding up to num-examples")
+        if len(self.hits) != len(TUNING_SCALES):
+            raise ValueError(f"hits must hold one count for each of the {len(TUNING_SCALES)} scales")
+        if max(self.hits) > self.num_examples:
+            raise ValueError("hits count more images than num-examples")
+        return np.asarray(self.class_counts, np.int64), np.asarray(self.hits, np.int64)
 
 
 class Estimate(_Strict):
@@ -542,6 +557,9 @@ class BundleManifest(_Strict):
     # ``real_class_counts_rounding``), for the coordinator's class-imbalance correction; None: withheld.
     real_class_counts: dict[int, _Count] | None = None
     real_class_counts_rounding: int = Field(1, ge=1, le=10**6)
+    # Its test images per class, rounded alike (None: withheld). With real_class_counts, what the site commits to
+    # before it sees any model: the coordinator pools no more of its evaluation or tuning counts than this.
+    real_test_class_counts: dict[int, _Count] | None = None
     round: int = Field(1, ge=1, le=100)  # the refinement round this set answers
     privacy: PrivacySummary | None = None  # the site's privacy report in numbers; None: not computed
     # A differentially private release (dpdm): its guarantee, which then also covers real_class_counts

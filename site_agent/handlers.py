@@ -1,8 +1,9 @@
 """What a site does for each kind of request, as plain functions (no Flower types).
 
 ``answer_distill``: (approval, when the policy asks: a decided request is answered from the approvals
-folder, before any work) -> load local data -> distill -> privacy report and gate -> seal -> (held for
-approval) -> (sealed bundle, metrics).
+folder, before any work) -> the coordinator's budgets (``site_agent.budget``: release attempts, one per run
+and round, the DP ledger) -> load local data -> distill -> privacy report and gate -> seal -> (held for
+approval) -> (sealed bundle, metrics). Evaluate and tune answers are counted against the budgets too.
 ``prepare_release``: the same up to the seal; ``site-agent distill`` previews a release with it.
 ``answer_evaluate``: load local test data -> score the global model -> summable counts (no per-image value).
 ``answer_tune``: load local training data -> what the uncorrected global model predicts under each candidate
@@ -26,33 +27,35 @@ import torch
 
 from shared.config import resolve_device
 from shared.errors import ConfigError, PolicyError
-from shared.metrics import confusions_by_scale
 from shared.schemas import (
     DistillRequest,
-    EvaluateReply,
     EvaluateRequest,
     InitMode,
     MetricKey,
     PrivacySummary,
-    TuneReply,
     TuneRequest,
 )
-from shared.training import predict_logits
 from site_agent import audit
 from site_agent.approval import ReleaseApproval, approval_for
 from site_agent.audit import AuditEvent
-from site_agent.budget import spend_evaluation
+from site_agent.budget import Spend, coordinator_id, free_round, spend_answer, take_release
 from site_agent.data import LabelledImages, SiteImages, load_site_images
 from site_agent.distill import SyntheticSet, distill
 from site_agent.distill.deadline import NO_LIMIT, Deadline
-from site_agent.evaluate import evaluate_global_model, load_global_model
+from site_agent.evaluate import (
+    evaluate_global_model,
+    evaluation_answer,
+    load_global_model,
+    tuning_answer,
+    tuning_counts,
+)
 from site_agent.identity import load_site_identity
-from site_agent.partition import record_share
 from site_agent.policy import SitePolicy
-from site_agent.privacy.gate import enforce, failed_limits, limit_names
+from site_agent.privacy.gate import ReleaseBlocked, blocking_reasons, enforce, limit_names
 from site_agent.privacy.near_copy import nearest_real_similarity
 from site_agent.privacy.page import headline, privacy_report_folder, summary_lines, write_report
 from site_agent.privacy.report import ShadowSettings, measure_privacy
+from site_agent.privacy.seed import report_seed
 from site_agent.release import SealedRelease, seal_described
 from site_agent.rounds import keep_released_set, previous_set
 from site_agent.settings import SiteSettings
@@ -88,9 +91,10 @@ def answer_distill(
         sealed, metrics = stored
     else:
         try:
-            release, metrics = prepare_release(request, settings, progress, global_model)
-        except PolicyError as exc:  # the request's limits, a near copy, or the privacy limits: nothing sealed
-            audit.record(cache, AuditEvent.DECISION, request, "policy", decision="blocked", why=str(exc)[:1000])
+            release, metrics = _attempt(request, settings, progress, global_model)
+        except PolicyError as exc:  # limits, budgets, a near copy, or the privacy limits: nothing sealed
+            why = f"{exc}: {exc.local_detail}" if exc.local_detail else str(exc)  # the figures stay in this log
+            audit.record(cache, AuditEvent.DECISION, request, "policy", decision="blocked", why=why[:1000])
             raise
         if approval is not None:
             approval.hold(release, request, metrics)
@@ -99,6 +103,24 @@ def answer_distill(
     audit.record(cache, AuditEvent.RELEASE, request, "site-agent", sha256=hashlib.sha256(sealed).hexdigest(),
                  bytes=len(sealed))
     return sealed, metrics
+
+
+def _attempt(
+    request: DistillRequest, settings: SiteSettings, progress: bool, global_model: Mapping[str, torch.Tensor] | None,
+) -> tuple[SealedRelease, dict[str, float]]:
+    """One release attempt for the coordinator: policy caps, then the budgets (``site_agent.budget``: counted,
+    its (run, round) taken, a dpdm release's epsilon charged), before any data is read; then the release.
+
+    An attempt that ends with nothing sealed gives its (run, round) back; what it spent stays spent.
+    """
+    settings.policy.check(request)  # a request over a cap spends nothing
+    coordinator = coordinator_id(settings.site_id, settings.key_dir)
+    take_release(settings.cache_dir, coordinator, request, settings.policy)
+    try:
+        return prepare_release(request, settings, progress, global_model)
+    except BaseException:
+        free_round(settings.cache_dir, coordinator, request)
+        raise
 
 
 def prepare_release(
@@ -120,9 +142,7 @@ def prepare_release(
     time_limit = Deadline.after(settings.policy.max_seconds)
     settings.policy.check(request)
     identity = load_site_identity(settings.site_id, settings.key_dir)  # fail before hours of work
-    images = load_site_images(request.dataset, settings.data_root, settings.partition, settings.verify_md5)
-    if settings.share_dir is not None and images.share_sha256 is not None:
-        record_share(settings.share_dir, settings.site_id, images.share_sha256)
+    images = load_site_images(request.dataset, settings.data_root, settings.verify_md5)
     device = resolve_device(settings.device)
     log.info(
         "site %s: distilling %s with %s, ipc=%d, %d iterations on %s (%d local training images)",
@@ -156,6 +176,7 @@ def prepare_release(
         synthetic, request, identity, images.info, num_real_examples=sum(counts),
         real_class_counts=policy.released_class_counts(counts),
         real_class_counts_rounding=policy.class_count_rounding,
+        real_test_class_counts=policy.released_class_counts(images.test.class_counts(num_classes)),
         # The report is measured on the training images outside ε: a DP release keeps it at the site.
         privacy=None if synthetic.dp else privacy,
     )
@@ -178,15 +199,15 @@ def check_not_a_copy(synthetic: SyntheticSet, train: LabelledImages, policy: Sit
     """Refuse to release a set that holds a near copy of a local image (skipped only for an allowed real init).
 
     Raises:
-        PolicyError: the closest synthetic/real pair is above the policy's similarity limit.
+        ReleaseBlocked: the closest synthetic/real pair is above the policy's similarity limit (which the message,
+            like every privacy block's, does not say: the site's log and audit log do).
     """
     similarity = nearest_real_similarity(synthetic.images, torch.from_numpy(train.images))
     log.info("closest synthetic/real image correlation: %.3f (limit %.2f)", similarity, policy.max_real_similarity)
     if similarity > policy.max_real_similarity and init != InitMode.REAL:
-        raise PolicyError(
-            f"a synthetic image is a near copy of a local image (correlation above {policy.max_real_similarity}); "
-            "nothing was released"
-        )
+        why = (f"max_real_similarity: a synthetic image is a near copy of a local image (correlation "
+               f"{similarity:.3f}, limit {policy.max_real_similarity})")
+        raise ReleaseBlocked(["max_real_similarity"], reasons=[why])
 
 
 def report_privacy(
@@ -205,13 +226,16 @@ def report_privacy(
     if not limits.report:
         return None
     shadows = ShadowSettings(min_real_per_class=settings.policy.min_real_per_class)
-    report = measure_privacy(synthetic, images, limits, device, shadows, seed=request.distill.seed,
-                             time_limit=time_limit)
-    failed = failed_limits(report.summary, limits)
+    seed = report_seed(settings.cache_dir, synthetic.images, synthetic.labels)  # the site's, never the request's
+    report = measure_privacy(synthetic, images, limits, device, shadows, seed=seed, time_limit=time_limit)
+    reasons = blocking_reasons(report.summary, limits)  # limit -> why, with its figure: site-local
+    failed = list(reasons)
     folder = privacy_report_folder(settings.cache_dir, request.run_id, request.nonce)
-    report_json, page = write_report(report, synthetic, images.info.label_names, limits, failed, folder)
+    report_json, page = write_report(report, synthetic, images.info.label_names, limits, failed, folder,
+                                     reasons=list(reasons.values()))
     audit.record(settings.cache_dir, AuditEvent.PRIVACY_REPORT, request, "site-agent", **headline(report.summary),
-                 passed=[n for n in limit_names(limits) if n not in failed], failed=failed, report=str(report_json))
+                 passed=[n for n in limit_names(limits) if n not in failed], failed=failed,
+                 why=list(reasons.values()), report=str(report_json))
     for line in summary_lines(report.summary):
         log.info("site %s privacy report: %s", settings.site_id, line)
     log.info("site %s: privacy report at %s", settings.site_id, page)
@@ -225,12 +249,12 @@ def answer_evaluate(
     """Counts (``EvaluateReply``) of the global model on the site's test images: no per-image value.
 
     Raises:
-        PolicyError: the run has had the evaluations the site's policy allows.
+        PolicyError: the run, or the coordinator (``site_agent.budget``), has had the evaluations the policy allows.
     """
     settings.policy.check_scored_model(request.model)
-    spend_evaluation(settings.cache_dir, request.run_id, settings.policy.max_evaluations_per_run)
-    images = load_site_images(request.dataset, settings.data_root, settings.partition, settings.verify_md5)
-    counts = evaluate_global_model(state_dict, request.model, images.test, resolve_device(settings.device))
+    _spend(settings, Spend.EVALUATION, request.run_id)
+    images = load_site_images(request.dataset, settings.data_root, settings.verify_md5)
+    counts = evaluate_global_model(state_dict, request.model, images.test, resolve_device(settings.device), images.info)
     if counts.num_examples == 0:
         log.warning("site %s holds no test images: reporting empty counts", settings.site_id)
     # The site's own record of how this run's model did here (`site-agent history`); exact, since it stays here.
@@ -238,29 +262,39 @@ def answer_evaluate(
                  test_images=counts.num_examples, **{name: _finite(value) for name, value in (
                      ("accuracy", counts.accuracy()), ("balanced_accuracy", counts.balanced_accuracy()),
                      ("auc", counts.auc()))})
-    return EvaluateReply.from_counts(counts).to_metrics()
+    return evaluation_answer(counts, settings.policy).to_metrics()  # noisy, within its committed test counts
 
 
 def answer_tune(
     request: TuneRequest, state_dict: Mapping[str, torch.Tensor], settings: SiteSettings
 ) -> dict[str, int | list[int]]:
-    """Counts (``TuneReply``): one confusion matrix, over the site's training images, of the uncorrected global
-    model with ``scale * shift`` added to its logits for each requested scale. The test images stay out of it.
+    """Counts (``TuneReply``): the site's training images per class and, for each scale of the published grid,
+    the right predictions of the uncorrected global model with ``scale * shift`` added to its logits; noisy as
+    the policy says (``site_agent.evaluate``). The test images stay out of it.
 
     Raises:
-        PolicyError: the policy withholds tuning counts, or the run has had the evaluations it allows.
+        PolicyError: the policy withholds tuning counts, or the run or the coordinator has had what it allows.
     """
     if not settings.policy.release_tuning_counts:
         raise PolicyError("this site's policy withholds tuning counts (release_tuning_counts)")
     settings.policy.check_scored_model(request.model)
-    spend_evaluation(settings.cache_dir, request.run_id, settings.policy.max_evaluations_per_run)
-    train = load_site_images(request.dataset, settings.data_root, settings.partition, settings.verify_md5).train
-    model = load_global_model(state_dict, request.model)
-    logits = predict_logits(model, torch.from_numpy(train.images), resolve_device(settings.device)).numpy()
-    confusions = confusions_by_scale(logits, train.labels, np.array(request.shift), np.array(request.scales))
+    _spend(settings, Spend.TUNING, request.run_id)
+    images = load_site_images(request.dataset, settings.data_root, settings.verify_md5)
+    class_counts, hits = tuning_counts(state_dict, request.model, images.train, np.array(request.shift),
+                                       resolve_device(settings.device), images.info)
     audit.record(settings.cache_dir, AuditEvent.TUNING_COUNTS, _Scored(request.run_id), "site-agent",
-                 training_images=len(train.labels), scales=len(request.scales))
-    return TuneReply.from_confusions(confusions).to_metrics()
+                 training_images=len(images.train.labels), scales=len(hits))
+    return tuning_answer(class_counts, hits, settings.policy, request.committed_counts).to_metrics()
+
+
+def _spend(settings: SiteSettings, kind: Spend, run_id: str) -> None:
+    """Count one evaluate or tune answer against the coordinator's budgets, before it is computed.
+
+    Raises:
+        PolicyError: a budget, or the run's ``max_evaluations_per_run``, is spent (named).
+    """
+    coordinator = coordinator_id(settings.site_id, settings.key_dir)
+    spend_answer(settings.cache_dir, coordinator, kind, run_id, settings.policy)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ def build_manifest(
     real_class_counts: dict[int, int] | None = None,
     real_class_counts_rounding: int = 1,
     privacy: PrivacySummary | None = None,
+    real_test_class_counts: dict[int, int] | None = None,
 ) -> BundleManifest:
     """The signed self-description of a release (with its DP guarantee when the method is private)."""
     counts = np.bincount(synthetic.labels.numpy(), minlength=info.num_classes)
@@ -51,6 +52,7 @@ def build_manifest(
         num_real_examples=num_real_examples,
         real_class_counts=real_class_counts,
         real_class_counts_rounding=real_class_counts_rounding,
+        real_test_class_counts=real_test_class_counts,
         round=request.round,
         privacy=privacy,
         dp=guarantee,
@@ -101,10 +103,13 @@ def seal_described(
     real_class_counts: dict[int, int] | None = None,
     real_class_counts_rounding: int = 1,
     privacy: PrivacySummary | None = None,
+    real_test_class_counts: dict[int, int] | None = None,
 ) -> SealedRelease:
     """:func:`seal_release`, keeping the manifest and set for the site's own previews and approvals.
 
-    ``privacy`` is the site's privacy report in numbers, signed into the manifest.
+    ``privacy`` is the site's privacy report in numbers, signed into the manifest. ``real_test_class_counts``
+    (its test images per class, rounded like the training ones; None withholds them) and ``real_class_counts``
+    are the site's commitment: the coordinator pools no more of its evaluation and tuning counts than these.
     """
     if not bool(synthetic.images.isfinite().all()):
         raise DataError("distillation produced non-finite synthetic images; nothing was released")
@@ -115,5 +120,5 @@ def seal_described(
         )
     payload = encode_payload(synthetic.images.numpy(), synthetic.labels.numpy())
     manifest = build_manifest(synthetic, request, identity, info, num_real_examples, payload, real_class_counts,
-                              real_class_counts_rounding, privacy)
+                              real_class_counts_rounding, privacy, real_test_class_counts)
     return SealedRelease(seal_bundle(manifest, payload, identity.signing_key, identity.coordinator_key), manifest, synthetic)

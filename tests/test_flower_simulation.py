@@ -122,12 +122,12 @@ def test_simulation_releases_only_sealed_sets_and_survives_a_tampered_site(data_
             assert all(isinstance(x, int) for v in metrics.values() for x in (v if isinstance(v, list) else [v]))
             continue
         if reply["type"] == "query.tune":
-            # One 2x2 confusion matrix per candidate scale: its size depends on classes and scales, never on images.
+            # Class counts and one hit count per scale of the grid: sizes set by classes and scales, never by images.
             assert reply["config"] == {}
-            matrices = TuneReply.model_validate(metrics).matrices(len(TUNING_SCALES), 2)
+            class_counts, hits = TuneReply.model_validate(metrics).checked(2)
             assert {k: 1 if isinstance(v, int) else len(v) for k, v in metrics.items()} == {
-                MetricKey.NUM_EXAMPLES: 1, MetricKey.CONFUSIONS: len(TUNING_SCALES) * 4}
-            assert matrices.sum(axis=(1, 2)).tolist() == [metrics[MetricKey.NUM_EXAMPLES]] * len(TUNING_SCALES)
+                MetricKey.NUM_EXAMPLES: 1, MetricKey.CLASS_COUNTS: 2, MetricKey.HITS: len(TUNING_SCALES)}
+            assert class_counts.sum() == metrics[MetricKey.NUM_EXAMPLES] and (hits <= class_counts.sum()).all()
             assert all(isinstance(x, int) for v in metrics.values() for x in (v if isinstance(v, list) else [v]))
             continue
         assert all(isinstance(v, float) for v in metrics.values())

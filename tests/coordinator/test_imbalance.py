@@ -16,7 +16,7 @@ from coordinator.imbalance import (
 )
 from coordinator.pool import PooledSet
 from coordinator.train import train_corrected
-from shared.metrics import EvalCounts, confusions_by_scale, log_odds
+from shared.metrics import EvalCounts, hits_by_scale, log_odds
 from shared.schemas import ImbalanceCorrection, ModelSpec, NetworkSpec
 from shared.training import TrainSettings, predict_logits
 from site_agent.policy import SitePolicy
@@ -143,25 +143,27 @@ def test_tuned_adjustment_restores_accuracy_where_the_plain_shift_is_too_small()
 
 
 def test_choose_scale_takes_the_most_accurate_and_breaks_ties_towards_one() -> None:
-    """The summed matrices decide; among equally accurate scales the one nearest the plain adjustment wins."""
+    """The summed hits decide; among equally accurate scales the one nearest the plain adjustment wins."""
     scales = (0.0, 0.5, 1.0, 2.0, 4.0)
-    diag = [5, 7, 6, 7, 3]
-    confusions = np.array([[[d, 10 - d], [0, 0]] for d in diag])
-    assert choose_scale(confusions, scales) == 0.5
-    confusions[3, 0] = [9, 1]
-    assert choose_scale(confusions, scales) == 2.0
-    assert choose_scale(np.zeros((5, 2, 2), np.int64), scales) == 1.0
+    hits = np.array([5, 7, 6, 7, 3])
+    assert choose_scale(hits, scales) == 0.5
+    hits[3] = 9
+    assert choose_scale(hits, scales) == 2.0
+    assert choose_scale(np.zeros(5, np.int64), scales) == 1.0
+    assert choose_scale([7 * 10**18, 7 * 10**18 + 1, 0, 0, 0], scales) == 0.5  # sums past int64 still compare
 
 
 def test_sites_counts_add_up_to_the_counts_of_their_union() -> None:
-    """What each site sends for tuning sums to the counts one process holding every image would compute."""
+    """What each site sends for tuning sums to the counts one process holding every image would compute, and those
+    are the right predictions at each scale; one image moves at most two increments of them."""
     rng = np.random.default_rng(0)
     logits, labels = rng.normal(size=(90, 3)), rng.integers(0, 3, 90)
-    shift, scales = np.array([0.5, -0.2, -0.3]), np.array(TUNING_SCALES)
-    parts = [confusions_by_scale(logits[i::3], labels[i::3], shift, scales) for i in range(3)]
-    whole = confusions_by_scale(logits, labels, shift, scales)
+    shift, scales = np.array([2.5, -1.2, -1.3]), np.array(TUNING_SCALES)
+    parts = [hits_by_scale(logits[i::3], labels[i::3], shift) for i in range(3)]
+    whole = hits_by_scale(logits, labels, shift)
     np.testing.assert_array_equal(sum(parts), whole)
-    for scale, matrix in zip(scales, whole, strict=True):
-        predicted = (logits + scale * shift).argmax(axis=1)
-        np.testing.assert_array_equal(matrix, np.array([[np.sum((labels == t) & (predicted == p)) for p in range(3)]
-                                                        for t in range(3)]))
+    right = [int(((logits + scale * shift).argmax(axis=1) == labels).sum()) for scale in scales]
+    assert whole.tolist() == right
+    for i in range(90):
+        steps = np.diff(hits_by_scale(logits[i:i + 1], labels[i:i + 1], shift), prepend=0)
+        assert np.abs(steps).sum() <= 2

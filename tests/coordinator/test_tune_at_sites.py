@@ -12,9 +12,9 @@ from flwr.common.constant import ErrorCode
 
 from coordinator import server_app
 from coordinator.imbalance import TUNING_SCALES
-from coordinator.pool import PooledSet
+from coordinator.pool import Commitment, PooledSet
 from coordinator.train import train_corrected
-from shared.metrics import confusions_by_scale
+from shared.metrics import hits_by_scale
 from shared.models import build_model
 from shared.schemas import FieldKey, ImbalanceCorrection, ModelSpec, NetworkSpec, RecordKey, TuneReply, TuneRequest
 from shared.training import TrainSettings, predict_logits
@@ -57,8 +57,8 @@ def _site_counts(images: torch.Tensor, labels: torch.Tensor):
         model = build_model(request.model)
         model.load_state_dict(msg.content.array_records[RecordKey.ARRAYS].to_torch_state_dict())
         logits = predict_logits(model, images, CPU).numpy()
-        confusions = confusions_by_scale(logits, labels.numpy(), np.array(request.shift), np.array(request.scales))
-        return TuneReply.from_confusions(confusions).to_metrics()
+        hits = hits_by_scale(logits, labels.numpy(), np.array(request.shift))
+        return TuneReply.from_counts(np.bincount(labels.numpy(), minlength=2), hits).to_metrics()
 
     return answer
 
@@ -71,9 +71,14 @@ def _models():
                            ImbalanceCorrection.TUNED_LOGIT_ADJUST, np.array([0.9, 0.1]))
 
 
+FEDERATION = SimpleNamespace(state=SimpleNamespace(run_id="r"), info=SimpleNamespace(name="breastmnist", num_classes=2),
+                             spec=SPEC, config=SimpleNamespace(evaluate_timeout=0.5))
+
+
 @pytest.mark.usefixtures("fast_polling")
 def test_only_the_counts_that_add_up_are_summed() -> None:
-    """Node 1's counts choose the scale; node 2's inflated counts, node 3's refusal and silent node 4 are left out."""
+    """Node 1's counts choose the scale; node 2's inconsistent counts, node 3's refusal and silent node 4 are left
+    out, and node 5, whose site committed no training counts, is not asked."""
     models = _models()
     gen = torch.Generator().manual_seed(1)
     site_labels = torch.tensor([0] * 45 + [1] * 5)
@@ -84,14 +89,44 @@ def test_only_the_counts_that_add_up_are_summed() -> None:
         counts = honest(msg)
         return {**counts, "num-examples": counts["num-examples"] + 100}
 
-    grid = TuningGrid({1: honest, 2: inflated, 3: "this site's policy withholds tuning counts", 4: None})
-    federation = SimpleNamespace(state=SimpleNamespace(run_id="r"), info=SimpleNamespace(name="breastmnist",
-                                 num_classes=2), spec=SPEC, config=SimpleNamespace(evaluate_timeout=0.5))
-    tuned, tuning = server_app.tune_at_sites(grid, federation, models, [1, 2, 3, 4])
+    grid = TuningGrid({1: honest, 2: inflated, 3: "this site's policy withholds tuning counts", 4: None, 5: honest})
+    site_of = {n: f"site-{n}" for n in range(1, 6)}
+    commitments = {f"site-{n}": Commitment((45, 5), (9, 1)) for n in range(1, 5)} | {"site-5": Commitment(None, None)}
+    tuned, tuning = server_app.tune_at_sites(grid, FEDERATION, models, [1, 2, 3, 4, 5], site_of, commitments)
     expected = models.tuned_on(site_images.numpy(), site_labels.numpy(), CPU)
     assert tuning["sites"] == 1 and tuning["training_images"] == 50 and tuned.scale == expected.scale
     assert set(tuning["accuracy_by_scale"]) == {f"{s:g}" for s in TUNING_SCALES}
+    assert set(tuning["rejected"]) == {"site-2"} and 5 not in {m.metadata.dst_node_id for m in grid.sent.values()}
+    request = TuneRequest.model_validate_json(grid.sent["m1"].content.config_records[RecordKey.REQUEST][FieldKey.REQUEST_JSON])
+    assert request.committed_counts == [45, 5]  # the site clips its noisy counts there
 
     nobody = TuningGrid({1: "refused", 2: None})
-    kept, tuning = server_app.tune_at_sites(nobody, federation, models, [1, 2])
-    assert kept is models and tuning == {"scale": 1.0, "sites": 0, "training_images": 0}
+    kept, tuning = server_app.tune_at_sites(nobody, FEDERATION, models, [1, 2], site_of, commitments)
+    assert kept is models and tuning == {"scale": 1.0, "sites": 0, "training_images": 0, "rejected": {}}
+
+
+@pytest.mark.usefixtures("fast_polling")
+def test_a_rogue_sites_counts_beyond_its_commitment_do_not_move_the_scale() -> None:
+    """A site that answers for 10^9 training images, all right at one scale, would pick the scale alone; beyond the
+    counts its manifest committed to, its reply is left out and the honest site's counts choose."""
+    models = _models()
+    gen = torch.Generator().manual_seed(1)
+    site_labels = torch.tensor([0] * 45 + [1] * 5)
+    site_images = (2 * site_labels.float() - 1).reshape(-1, 1, 1, 1) * 0.3 + torch.randn(50, 1, 8, 8, generator=gen)
+    honest = _site_counts(site_images, site_labels)
+    expected = models.tuned_on(site_images.numpy(), site_labels.numpy(), CPU).scale
+    loud = next(s for s in TUNING_SCALES if s != expected)
+
+    def rogue(msg: Message) -> dict:
+        hits = [10**9 if s == loud else 0 for s in TUNING_SCALES]
+        return TuneReply.from_counts(np.array([5 * 10**8, 5 * 10**8]), np.array(hits)).to_metrics()
+
+    site_of = {1: "honest", 2: "rogue"}
+    committed = {"honest": Commitment((45, 5), (9, 1)), "rogue": Commitment((40, 10), (8, 2))}
+    tuned, tuning = server_app.tune_at_sites(TuningGrid({1: honest, 2: rogue}), FEDERATION, models, [1, 2], site_of,
+                                             committed)
+    assert tuned.scale == expected and tuning["training_images"] == 50 and "more than the 40" in tuning["rejected"]["rogue"]
+    believed = {"honest": committed["honest"], "rogue": Commitment((5 * 10**8, 5 * 10**8), None)}
+    steered, _ = server_app.tune_at_sites(TuningGrid({1: honest, 2: rogue}), FEDERATION, models, [1, 2], site_of,
+                                          believed)
+    assert steered.scale == loud  # the same reply, had the rogue site committed to it: the test is not vacuous

@@ -50,7 +50,7 @@ def test_pooled_counts_match_sklearn_on_concatenated_scores(k: int, seed: int) -
     else:
         exact = np.mean([roc_auc_score(y == c, scores[:, c]) for c in range(k)])
     bound = total.auc_error_bound()
-    assert bound < 0.01
+    assert bound < 0.05  # twelve fixed bins (shared.metrics): few enough that no image gets a bin of its own
     assert abs(total.auc() - exact) <= bound + 1e-12
 
 
@@ -66,13 +66,15 @@ def test_a_site_with_one_class_still_counts_in_the_pooled_auc() -> None:
     assert (a + b).num_examples == 150
 
 
-def test_softmax_saturation_does_not_tie_confident_scores() -> None:
-    """Log-odds bins keep confident scores apart where softmax probabilities would all round to 1.0."""
+def test_confident_scores_share_the_end_bin_and_the_bound_says_so() -> None:
+    """The bins are few and fixed: log-odds beyond 5 all fall into the last one, where positives and negatives tie.
+    The AUC then reads 0.5 and its error bound is 0.5, so the report never claims more than the counts hold."""
     labels = np.array([0, 1] * 50)
     logits = np.zeros((100, 2))
     logits[:, 1] = np.where(labels == 1, 30 + np.arange(100) * 0.1, 25 + np.arange(100) * 0.1)
     counts = EvalCounts.from_scores(labels, log_odds(logits))
-    assert counts.auc() == pytest.approx(roc_auc_score(labels, logits[:, 1] - logits[:, 0]), abs=counts.auc_error_bound())
+    exact = roc_auc_score(labels, logits[:, 1] - logits[:, 0])
+    assert counts.auc() == 0.5 and counts.auc_error_bound() == 0.5 and abs(counts.auc() - exact) <= 0.5
 
 
 def test_site_without_test_images_is_reported_not_dropped() -> None:
@@ -110,6 +112,7 @@ def test_valid_reply_round_trips() -> None:
         ("confusion", [1.5] * 9, "confusion"),
         ("confusion", [0] * 9, "confusion rows"),
         ("score-histograms", [0] * 6000, "score-histograms"),
+        ("epsilon", 0.0, "epsilon"),
         ("accuracy", 7.0, "accuracy"),
     ],
 )
