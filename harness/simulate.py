@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,11 @@ def simulate(
             backend_config=backend_config(config),
             verbose_logging=verbose,
         )
+    except KeyboardInterrupt:
+        _stop_ray()
+        note_interrupted(run_dir)
+        raise FederationError(f"interrupted: {run_dir} keeps what had arrived; continue with "
+                              f"`coordinator simulate --set run-dir={run_dir} --set resume=true`") from None
     except Exception as exc:  # Flower wraps the ServerApp's exception; the summary holds the reason
         summary_path = run_dir / "summary.json"
         reason = json.loads(summary_path.read_text()).get("error") if summary_path.exists() else str(exc)
@@ -109,9 +115,31 @@ def simulate(
         from harness.yardstick import random_subset_yardstick
 
         counts = list(summary["pooled"]["class_counts"].values())
+        log.info("scoring a random real subset of the pooled set's size (%d images; simulation only, it is not "
+                 "private), trained and corrected as the global model was", sum(counts))
+        started = time.perf_counter()
         summary["yardstick"] = random_subset_yardstick(config, counts)
+        summary["stage_seconds"]["yardstick"] = round(time.perf_counter() - started, 3)
         write_summary(run_dir, summary)
     return run_dir, summary
+
+
+def note_interrupted(run_dir: Path) -> None:
+    """Say in the results folder that the run was interrupted (a summary the ServerApp wrote is kept)."""
+    summary_path = run_dir / "summary.json"
+    if not summary_path.exists():
+        summary_path.write_text(json.dumps({"status": "interrupted", "run_id": run_dir.name,
+                                            "error": "interrupted by the operator (Ctrl-C)"}, indent=2) + "\n")
+    (run_dir / "INTERRUPTED").write_text(f"interrupted by the operator at {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M:%S} "
+                                         "UTC; bundles received so far are in bundles/\n")
+
+
+def _stop_ray() -> None:
+    """End Ray's workers now, quietly, instead of their tracebacks and a hang after Ctrl-C."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
 
 
 def reopened_bundles(run_dir: Path) -> list[OpenedBundle]:

@@ -7,9 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.simulate import check_data_available, simulate
+from harness.simulate import simulate
+from harness.sites import export_path, remove_run_shares, write_run_shares
 from shared.config import RunConfig
-from shared.errors import DataError
+from shared.errors import DataError, FederationError
+from site_agent.data import load_site_images
 from tests.conftest import blobs
 
 TINY = {"dataset": "breastmnist", "method": "dm", "ipc": 2, "iterations": 3, "batch_real": 16, "net_width": 16,
@@ -27,12 +29,44 @@ def _export(path: Path) -> Path:
     return path
 
 
-def test_unreadable_data_is_refused_before_flower_starts(tmp_path: Path) -> None:
+def test_unreadable_data_is_refused_before_flower_starts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A data root that is neither a .npz file nor a folder of images fails at once, saying what it expected."""
+    import flwr.simulation
+
+    monkeypatch.setattr(flwr.simulation, "run_simulation", lambda **_: pytest.fail("Flower started"))
     (tmp_path / "notes.txt").write_text("not data")
     with pytest.raises(DataError, match="expected a .npz file"):
-        check_data_available(RunConfig(data_root=str(tmp_path / "notes.txt")))
-    check_data_available(RunConfig(data_root=str(_export(tmp_path / "export.npz"))))  # an export is accepted
+        simulate(RunConfig(data_root=str(tmp_path / "notes.txt"), out_dir=str(tmp_path / "out")))
+
+
+def test_each_simulated_site_reads_its_share_as_a_hospital_export(tmp_path: Path) -> None:
+    """The harness writes each share as an export a site reads like --data; the shares split the whole data."""
+    config = RunConfig(data_root=str(_export(tmp_path / "export.npz")), out_dir=str(tmp_path / "out"), **TINY)
+    run_dir = tmp_path / "out" / "run-1"
+    shares = write_run_shares(config, run_dir)
+    read = [load_site_images("breastmnist", str(export_path(config, run_dir, s.site_id))) for s in shares]
+    for share, site in zip(shares, read, strict=True):
+        assert np.array_equal(site.train.images, share.images.train.images)  # exact: uint8 round trip
+        assert np.array_equal(site.test.labels, share.images.test.labels)
+    assert sum(len(site.train) for site in read) == 60 and sum(len(site.test) for site in read) == 20
+    assert not list(run_dir.rglob("*.npz")) if run_dir.exists() else True  # never in the results folder
+    remove_run_shares(config, run_dir)
+    assert not any(export_path(config, run_dir, s.site_id).exists() for s in shares)
+
+
+def test_ctrl_c_leaves_a_note_and_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import flwr.simulation
+
+    def interrupted(**_: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(flwr.simulation, "run_simulation", interrupted)
+    config = RunConfig(data_root=str(_export(tmp_path / "export.npz")), out_dir=str(tmp_path / "out"), **TINY)
+    with pytest.raises(FederationError, match="interrupted: .* continue with"):
+        simulate(config)
+    [run_dir] = [path for path in (tmp_path / "out").iterdir() if not path.name.startswith(".")]
+    assert (run_dir / "INTERRUPTED").is_file() and '"status": "interrupted"' in (run_dir / "summary.json").read_text()
+    assert not list((tmp_path / "out" / ".site-cache").rglob("*.npz"))  # the sites' data copies are removed
 
 
 @pytest.mark.flower
