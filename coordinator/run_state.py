@@ -35,6 +35,7 @@ from shared.bundle import OpenedBundle
 from shared.config import RunConfig
 from shared.errors import ConfigError, FedDistillError
 from shared.schemas import DistillRequest, is_run_id
+from shared.untrusted import untrusted_text
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,8 @@ def reverify_stored(run_dir: Path, state: RunState, expectation: Callable[[Disti
         try:
             valid[key] = receive_bundle(sealed, expected, keys, {b.manifest.site_id for b in valid.values()})
         except FedDistillError as exc:
-            log.warning("stored bundle of %s no longer verifies (%s); asking again", key, exc)
+            log.warning("stored bundle of %s no longer verifies (%s); asking again", untrusted_text(key),
+                        untrusted_text(exc))  # the bundle's text is the site's, not ours
     return valid
 
 

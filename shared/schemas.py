@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from shared.errors import ConfigError
 from shared.metrics import SCORE_BINS, TUNING_SCALES, EvalCounts
+from shared.untrusted import untrusted_text
 
 SCHEMA_VERSION = 1
 
@@ -118,8 +119,8 @@ class MetricKey(StrEnum):
 def first_problem(exc: ValidationError) -> str:
     """One line naming the first invalid field, without echoing its (untrusted) value."""
     error = exc.errors()[0]
-    location = ".".join(str(part) for part in error["loc"]) or "(root)"
-    return f"field {location!r}: {error['msg']}"
+    location = untrusted_text(".".join(str(part) for part in error["loc"]) or "(root)", 100)  # a key can be the sender's
+    return f"field {location!r}: {untrusted_text(error['msg'], 200)}"  # some messages quote the value's start
 
 
 def setting_error(exc: ValidationError, template: str) -> ConfigError:

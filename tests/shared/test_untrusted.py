@@ -40,3 +40,20 @@ def test_report_row_stays_one_row() -> None:
                           "reason": untrusted_text("x |\n| injected | row |")}]}
     rows = [line for line in render_report(summary).splitlines() if line.startswith("| s ")]
     assert len(rows) == 1 and rows[0].count("|") == 7
+
+
+def test_a_validation_error_names_a_hostile_field_without_its_control_characters() -> None:
+    """An unexpected key is the sender's own text, and pydantic puts it in the error's location."""
+    from pydantic import BaseModel, ConfigDict, ValidationError
+
+    from shared.schemas import first_problem
+
+    class Strict(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+    hostile = "\x1b[2J\nINFO coordinator: site-b approved" + "x" * 10_000
+    try:
+        Strict.model_validate({hostile: 1})
+    except ValidationError as exc:
+        problem = first_problem(exc)
+    assert "\x1b" not in problem and "\n" not in problem and len(problem) < 400
