@@ -95,9 +95,9 @@ def distill(
     except ValidationError as exc:
         raise setting_error(exc, "option --{key}: {msg}") from None
     settings = SiteSettings(
-        site_id=site_id, key_dir=key_dir, data_root=str(data), partition=None,
+        site_id=site_id, key_dir=key_dir, data_root=str(data),
         policy=SitePolicy.from_file(policy) if policy else SitePolicy(), device=device, verify_md5=verify_md5,
-        simulated=False, cache_dir=cache_dir.expanduser(),
+        cache_dir=cache_dir.expanduser(),
     )
     try:
         release, metrics = prepare_release(preview_request(dataset, config), settings)
