@@ -28,7 +28,9 @@ are ``n * epsilon`` (docs/privacy.md says what that allows).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -170,24 +172,6 @@ def released_tuning(
     return totals, np.clip(np.cumsum(steps), 0, int(totals.sum()))
 
 
-def _total(noisy: int, cap: int | None) -> int:
-    """A noisy total clipped at 0 and at ``cap``."""
-    value = max(int(noisy), 0)
-    return value if cap is None else min(value, cap)
-
-
-def _noisy(counts: np.ndarray, scale: float, sensitivity: int, epsilon: float) -> np.ndarray:
-    """``counts`` (any shape) plus discrete Laplace noise of ``scale``, whose ``sensitivity`` costs at most ``epsilon``."""
-    import opendp.prelude as dp  # loaded where an answer is released, not by everything importing this module
-
-    dp.enable_features("contrib")
-    space = dp.vector_domain(dp.atom_domain(T=int)), dp.l1_distance(T=int)
-    mechanism = dp.m.make_laplace(*space, scale=scale)
-    assert mechanism.map(sensitivity) <= epsilon * (1 + 1e-9), "noise scale below the answer's epsilon"
-    flat = np.asarray(counts, np.int64).reshape(-1)
-    return np.asarray(mechanism(flat.tolist()), np.int64).reshape(np.shape(counts))
-
-
 def evaluation_answer(counts: EvalCounts, policy: SitePolicy) -> EvaluateReply:
     """The evaluate reply of exact ``counts``: noisy as the policy says, within the test counts it commits to."""
     epsilon = policy.answers.epsilon
@@ -204,3 +188,27 @@ def tuning_answer(
     epsilon = policy.answers.epsilon
     totals, noisy_hits = released_tuning(class_counts, hits, epsilon, committed)
     return TuneReply.from_counts(totals, noisy_hits, epsilon)
+
+
+def _total(noisy: int, cap: int | None) -> int:
+    """A noisy total clipped at 0 and at ``cap``."""
+    value = max(int(noisy), 0)
+    return value if cap is None else min(value, cap)
+
+
+def _noisy(counts: np.ndarray, scale: float, sensitivity: int, epsilon: float) -> np.ndarray:
+    """``counts`` (any shape) plus discrete Laplace noise of ``scale``, whose ``sensitivity`` costs at most ``epsilon``."""
+    mechanism = _discrete_laplace(scale)
+    assert mechanism.map(sensitivity) <= epsilon * (1 + 1e-9), "noise scale below the answer's epsilon"
+    flat = np.asarray(counts, np.int64).reshape(-1)
+    return np.asarray(mechanism(flat.tolist()), np.int64).reshape(np.shape(counts))
+
+
+@functools.lru_cache(maxsize=16)
+def _discrete_laplace(scale: float) -> Any:  # an OpenDP Measurement
+    """OpenDP's discrete Laplace on integer vectors of any length, with L1 distance; built once per scale."""
+    import opendp.prelude as dp  # loaded where an answer is released, not by everything importing this module
+
+    dp.enable_features("contrib")
+    space = dp.vector_domain(dp.atom_domain(T=int)), dp.l1_distance(T=int)
+    return dp.m.make_laplace(*space, scale=scale)
