@@ -30,7 +30,8 @@ from site_agent.privacy.near_copy import nearest_real_similarity
 pytestmark = [pytest.mark.flower, pytest.mark.realdata]
 
 TINY = {"dataset": "breastmnist", "ipc": 2, "iterations": 2, "batch_real": 32, "outer_loop": 2, "inner_loop": 2,
-            "net_width": 16, "net_depth": 3, "train_epochs": 20, "seed": 0, "node_wait_timeout": 60.0}
+            "net_width": 16, "net_depth": 3, "train_epochs": 20, "seed": 0, "node_wait_timeout": 60.0,
+            "imbalance": "tuned-logit-adjust"}  # not the default: so the tuning messages are checked too
 NEAR_COPY = 0.9
 
 

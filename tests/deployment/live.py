@@ -39,7 +39,8 @@ PROJECT = Path(__file__).resolve().parents[2]
 # The smallest honest round: ipc 1, two iterations, a tiny network.
 TINY = {"dataset": "breastmnist", "sites": 3, "min-sites": 2, "ipc": 1, "iterations": 2, "batch-real": 16,
         "outer-loop": 1, "inner-loop": 1, "net-width": 16, "train-epochs": 10, "node-wait-timeout": 60.0,
-        "distill-timeout": 240.0, "evaluate-timeout": 120.0}
+        "distill-timeout": 240.0, "evaluate-timeout": 120.0,
+        "imbalance": "tuned-logit-adjust"}  # not the default: so query.tune crosses a real SuperLink too
 
 
 def app_snapshot(root: Path) -> Path:
