@@ -216,7 +216,7 @@ def _global_section(g: dict[str, Any], uncorrected: dict[str, Any] | None, per_s
     """Pooled metrics of the global model over every site's test share, per class, then per site."""
     noisy = sorted({e["epsilon"] for e in per_site if e.get("epsilon") is not None})
     noise = (f" Sites answered with noise (ε {', '.join(f'{x:g}' for x in noisy)} per answer), which moves every "
-             "figure further: at ε 1 the dev sets' pooled figures moved by 0.01 to 0.06 (docs/benchmarks.md)."
+             "figure further: at ε 1 the dev sets' pooled figures moved by 0.01 to 0.07 (docs/benchmarks.md)."
              if noisy else " Every site answered with exact counts.")
     lines = [
         (f"Global model, pooled over all {g['num_examples']} test images of the sites that answered (summed "

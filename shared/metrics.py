@@ -19,8 +19,8 @@ Binning error of the AUC: two images in different bins are ordered exactly; a po
 in the same bin counts 1/2, while its true contribution is 0, 1/2 or 1. So the binned AUC of class
 ``k`` differs from the exact AUC of the same scores by at most ``sum_b pos_b * neg_b / (2 P N)``,
 computed from the histograms themselves (:meth:`EvalCounts.auc_error_bound`, the mean over classes).
-With twelve bins that bound is loose: 0.03 to 0.10 for the quick dev-set models of docs/benchmarks.md
-(2026-12-07), whose binned AUC was 0.000 to 0.018 from the exact one. Every product and sum of counts
+With twelve bins that bound is loose: 0.02 to 0.10 for the quick dev-set models of docs/benchmarks.md
+(2026-12-07), whose binned AUC was 0.000 to 0.011 from the exact one. Every product and sum of counts
 is taken in Python integers, so no pooled total can overflow.
 
 Tuning the class-imbalance correction (``coordinator.imbalance``) asks for the hits of the model with

@@ -156,7 +156,7 @@ class AnswerLimits(BaseModel):
 
     epsilon: float | None = Field(
         1.0, gt=0, le=20, description="privacy loss of one evaluate or tune answer; smaller is noisier: at 1 the "
-        "pooled figures of the dev sets moved by 0.01 to 0.06 (docs/benchmarks.md); null: exact counts, which a "
+        "pooled figures of the dev sets moved by 0.01 to 0.07 (docs/benchmarks.md); null: exact counts, which a "
         "crafted model can read single images off"
     )
 
