@@ -81,10 +81,13 @@ def test_simulation_releases_only_sealed_sets_and_survives_a_tampered_site(data_
     assert len(by_status["rejected"]) == 1 and "does not decrypt" in by_status["rejected"][0]["reason"]
     assert {s["site_id"] for s in by_status["accepted"]} == {"site-1", "site-2"}
     pooled = summary["global"]
-    assert pooled["num_examples"] == 156 and sum(pooled["class_counts"]) == 156  # every site's test share
+    committed = [shares[i].images for i in (1, 2)]  # the sites whose manifests signed their counts
+    test_images = sum(len(site.test) for site in committed)
+    assert pooled["num_examples"] == test_images and sum(pooled["class_counts"]) == test_images
     assert 0.0 <= pooled["balanced_accuracy"] <= 1.0 and 0.0 <= pooled["auc"] <= 1.0
-    # The rejected site (unnamed in simulation: its bundle did not open) is scored too.
+    # The rejected site (unnamed in simulation: its bundle did not open) committed no counts: listed, not asked.
     assert len(summary["per_site"]) == 3 and {"site-1", "site-2"} <= {e["site_id"] for e in summary["per_site"]}
+    assert sum("not asked: committed no test counts" in e["problem"] for e in summary["per_site"]) == 1
     for name in ("summary.json", "report.md", "run_config.json", "synthetic_grid.png", "global_model.pt"):
         assert (run_dir / name).is_file(), name
     assert json.loads((run_dir / "run_config.json").read_text())["ipc"] == 2
@@ -95,14 +98,14 @@ def test_simulation_releases_only_sealed_sets_and_survives_a_tampered_site(data_
         assert privacy["members"] == site["real_train_images"]
     assert "Privacy reports" in (run_dir / "report.md").read_text()
 
-    # The correction was tuned on every answering site's training share (the whole training split), not on test images.
-    assert pooled["tuning"]["sites"] == 3 and pooled["tuning"]["training_images"] == 546
-    assert pooled["tuning"]["scale"] in TUNING_SCALES and "training images at 3 sites" in (run_dir / "report.md").read_text()
+    # The correction was tuned on the committed sites' training shares, not on test images.
+    assert pooled["tuning"]["sites"] == 2 and pooled["tuning"]["training_images"] == sum(len(s.train) for s in committed)
+    assert pooled["tuning"]["scale"] in TUNING_SCALES and "training images at 2 sites" in (run_dir / "report.md").read_text()
 
-    # Every reply every site sent: 3 distill + 3 tune + 3 evaluate.
+    # Every reply every site sent: 3 distill, and 2 tune + 2 evaluate from the sites with a commitment.
     replies = [pickle.loads(p.read_bytes()) for p in sorted(record_dir.glob("*.pkl"))]
-    assert sorted((r["partition"], r["type"]) for r in replies) == [
-        (i, t) for i in range(3) for t in ("evaluate", "query.distill", "query.tune")
+    assert sorted((r["partition"], r["type"]) for r in replies) == [(0, "query.distill")] + [
+        (i, t) for i in (1, 2) for t in ("evaluate", "query.distill", "query.tune")
     ]
     keys = load_coordinator_keys(run_dir / "keys" / "coordinator")
     allowed_metrics = {m.value for m in MetricKey}
