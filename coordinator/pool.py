@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from shared.bundle import OpenedBundle
+from shared.metrics import committed_cap
 from shared.schemas import BundleManifest
 
 
@@ -44,7 +45,7 @@ class Commitment:
         if committed is None:
             return f"committed no {part} counts"
         for c, (n, promised) in enumerate(zip(counts, committed, strict=True)):
-            if int(n) > promised + self.rounding // 2:
+            if int(n) > committed_cap(promised, self.rounding):
                 return (f"class {c}: {int(n)} {part} images, more than the {promised} its manifest committed to "
                         f"(rounded to {self.rounding})")
         return ""

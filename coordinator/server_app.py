@@ -171,7 +171,8 @@ def run_round(
         summary = report.build_summary(config, state.run_id, outcomes, None, info, None, stages, "failed", message)
         report.write_results(federation.run_dir, summary, None, info)
         raise FederationError(message)
-    # Every site that answered is asked to tune and score, also one whose bundle was rejected: its data still counts.
+    # Every site that answered is listed; only those whose set is in the pool committed counts (coordinator.pool),
+    # so only they are asked to tune and score: a site whose bundle was rejected is listed as not asked.
     delivered = {o.node_id: o.site_id for o in outcomes if o.status == OutcomeStatus.ACCEPTED and o.site_id}
     site_of = {b.node_id: b.site_id for b in federation.bindings.values() if b.site_id} | delivered
     evaluators = [n for n in federation.node_ids if n in replies or n in delivered]
@@ -389,11 +390,11 @@ def evaluate_at_sites(
     unasked = [SiteEvaluation(site_of.get(node, f"node-{node}"), node, None,
                               "not asked: committed no test counts (no set in the pool, or its policy withholds "
                               "class counts)") for node in node_ids if node not in committed]
+    asked = [node for node in node_ids if node in committed]
+    timeout = federation.config.evaluate_timeout
     reports = {}
     for name, model in variants.items():
         content = _request_record(request, model)
-        timeout = federation.config.evaluate_timeout
-        asked = [node for node in node_ids if node in committed]
         replies = exchange(grid, {node: content for node in asked}, "evaluate", timeout)
         evaluations = [_site_evaluation(node, site_of.get(node), replies.get(node), federation.info.num_classes,
                                         timeout) for node in asked]

@@ -164,6 +164,11 @@ def hits_by_scale(logits: np.ndarray, labels: np.ndarray, shift: np.ndarray,
     return np.cumsum(steps)[:-1]
 
 
+def committed_cap(committed: int, rounding: int) -> int:
+    """The most images a count committed as ``committed``, rounded to a multiple of ``rounding``, can stand for."""
+    return committed + rounding // 2
+
+
 def fit_counts(values: np.ndarray, total: int) -> np.ndarray:
     """The non-negative integers (same shape, flattened order) adding up to ``total`` nearest to ``values``.
 

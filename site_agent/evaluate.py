@@ -37,7 +37,7 @@ import torch
 
 from shared.datasets import IMAGE_SIZE, DatasetInfo
 from shared.errors import InvalidBundle, PolicyError
-from shared.metrics import SCORE_BINS, SCORE_EDGES, EvalCounts, fit_counts, hits_by_scale
+from shared.metrics import SCORE_BINS, SCORE_EDGES, EvalCounts, committed_cap, fit_counts, hits_by_scale
 from shared.models import ConvNet, build_model
 from shared.schemas import EvaluateReply, ModelSpec, TuneReply
 from shared.training import model_counts, predict_logits
@@ -124,7 +124,7 @@ def commitment_caps(committed: Mapping[int, int] | None, num_classes: int, round
     """The most images per class consistent with a commitment rounded to ``rounding`` (None: none made)."""
     if committed is None:
         return None
-    return [int(committed.get(c, 0)) + rounding // 2 for c in range(num_classes)]
+    return [committed_cap(int(committed.get(c, 0)), rounding) for c in range(num_classes)]
 
 
 def released_evaluation(counts: EvalCounts, epsilon: float | None, caps: list[int] | None = None) -> EvalCounts:
@@ -132,12 +132,12 @@ def released_evaluation(counts: EvalCounts, epsilon: float | None, caps: list[in
 
     ``caps`` (K,) bound the released images per class (the site's commitment); None leaves them unbounded.
     """
-    k = counts.num_classes
-    caps = caps or [None] * k
     if epsilon is None:
         return counts
-    if k == 2:
-        positive, negative = (_noisy(row, 1 / epsilon, 1, epsilon) for row in counts.histograms[1])
+    k = counts.num_classes
+    caps = caps or [None] * k
+    if k == 2:  # an image sits in one bin of one of class 1's two rows: sensitivity 1
+        positive, negative = _noisy(counts.histograms[1], 1 / epsilon, 1, epsilon)
         ones, zeros = _total(positive.sum(), caps[1]), _total(negative.sum(), caps[0])
         positive, negative = fit_counts(positive, ones), fit_counts(negative, zeros)
         histograms = np.stack([np.stack([negative[::-1], positive[::-1]]), np.stack([positive, negative])])
