@@ -178,6 +178,8 @@ def render_report(summary: dict[str, Any]) -> str:
     ]
     if summary.get("error"):
         lines += ["", f"**Stopped:** {summary['error']}"]
+    if "global" in summary:
+        lines += ["", *headline(summary["global"], summary.get("uncorrected"))]
     for attempt in summary.get("earlier_attempts", []):
         lines += ["", f"Resumed: an earlier attempt ({attempt['folder']}/report.md) ended {attempt['status']} with "
                       f"{attempt['sites_accepted']} sites accepted" + (f": {attempt['error']}" if attempt["error"] else "")]
@@ -212,6 +214,39 @@ def render_report(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+MIN_CLASS_TEST_IMAGES = 20  # a class with fewer test images has too noisy a recall to warn about
+LOW_RECALL = 0.2
+
+
+def neglected_classes(g: dict[str, Any]) -> list[tuple[str, int, float]]:
+    """(class, test images, recall) of each class with enough test images that the model rarely predicts."""
+    return [(name, count, recall) for name, count, recall in zip(g["class_names"], g["class_counts"], g["recall"],
+                                                                  strict=True)
+            if count >= MIN_CLASS_TEST_IMAGES and recall is not None and recall < LOW_RECALL]
+
+
+def headline(g: dict[str, Any], uncorrected: dict[str, Any] | None) -> list[str]:
+    """What a clinician should read first: balanced accuracy, macro AUC and every class's recall with its test
+    count; accuracy only beside the majority rate; and, in words, any class the model rarely finds."""
+    warnings = [f"**{name}: the global model finds {_fmt(recall)} of its {count} test images.** Its accuracy hides "
+                "this; do not use the model for this class." for name, count, recall in neglected_classes(g)]
+    lines = [*warnings, *([""] if warnings else []), (
+        f"Balanced accuracy **{_fmt(g['balanced_accuracy'])}**, macro AUC **{_fmt(g['auc'])}** over "
+        f"{g['num_examples']} test images at the sites (accuracy {_fmt(g['accuracy'])}; always predicting the "
+        f"majority class: {_fmt(g['majority_rate'])}).")]
+    corrected = uncorrected is not None and g.get("correction") not in (None, "none")
+    if corrected:
+        lines += ["", (f"The model is corrected for the sites' class mix ({g['correction']}), which favours accuracy: "
+                       "each class's recall is shown beside the uncorrected model's (balanced accuracy "
+                       f"{_fmt(uncorrected['balanced_accuracy'])}), so what the correction costs each class is plain.")]
+    columns = [g["class_names"], g["class_counts"], g["recall"], *([uncorrected["recall"]] if corrected else [])]
+    lines += ["", "| class | test images | recall |" + (" recall without correction |" if corrected else ""),
+              "|---|---|---|" + ("---|" if corrected else "")]
+    for name, count, *recalls in zip(*columns, strict=True):
+        lines.append(f"| {name} | {count} | " + " | ".join(_fmt(r) for r in recalls) + " |")
+    return lines
+
+
 def _global_section(g: dict[str, Any], uncorrected: dict[str, Any] | None, per_site: list[dict[str, Any]]) -> list[str]:
     """Pooled metrics of the global model over every site's test share, per class, then per site."""
     noisy = sorted({e["epsilon"] for e in per_site if e.get("epsilon") is not None})
@@ -240,9 +275,6 @@ def _global_section(g: dict[str, Any], uncorrected: dict[str, Any] | None, per_s
             lines.append("Share of the tuning images: " + ", ".join(f"{site} {share:.0%}"
                                                                     for site, share in tuning["shares"].items()) + ".")
         lines += [f"Tuning counts of {site} left out: {why}" for site, why in tuning.get("rejected", {}).items()]
-    lines += ["", "| class | test images | recall |", "|---|---|---|"]
-    for name, count, recall in zip(g["class_names"], g["class_counts"], g["recall"], strict=True):
-        lines.append(f"| {name} | {count} | {_fmt(recall)} |")
     lines += ["", ("| site | test images | share of pooled test images | share of class prior | ε per answer | "
                    "accuracy | balanced accuracy | AUC | note |"), "|---|---|---|---|---|---|---|---|---|"]
     for e in per_site:

@@ -7,6 +7,7 @@ run config and ``--set`` spell them; a mistyped key is refused with the nearest 
 
 from __future__ import annotations
 
+import math
 import tomllib
 from enum import Enum
 from pathlib import Path
@@ -111,11 +112,14 @@ SettingOption = Annotated[list[str] | None, typer.Option("--set", help="Any run-
 
 
 def pooled_line(summary: dict) -> str:
-    """The global model's pooled figures, as one line."""
+    """The global model's pooled figures, as one line: balanced accuracy and AUC first, the weakest class's recall."""
     glob = summary.get("global", {})
-    return (f"global model over {glob.get('num_examples', 0)} test images: accuracy {fmt(glob.get('accuracy'))} "
-            f"(majority class {fmt(glob.get('majority_rate'))}), balanced accuracy "
-            f"{fmt(glob.get('balanced_accuracy'))}, AUC {fmt(glob.get('auc'))}")
+    recalls = [(r, name) for r, name in zip(glob.get("recall", []), glob.get("class_names", []), strict=False)
+               if r is not None and not math.isnan(r)]  # NaN: a class with no test image
+    weakest = f"; lowest class recall {fmt(min(recalls)[0])} ({min(recalls)[1]})" if recalls else ""
+    return (f"global model over {glob.get('num_examples', 0)} test images: balanced accuracy "
+            f"{fmt(glob.get('balanced_accuracy'))}, AUC {fmt(glob.get('auc'))}{weakest} (accuracy "
+            f"{fmt(glob.get('accuracy'))}; majority class {fmt(glob.get('majority_rate'))})")
 
 
 def fmt(value: float | None) -> str:

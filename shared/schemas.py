@@ -531,7 +531,8 @@ class DPGuarantee(_Strict):
     epsilon: float = Field(gt=0, le=100, allow_inf_nan=False)
     delta: float = Field(gt=0, lt=1, allow_inf_nan=False)
     mechanism: Literal["gaussian"] = "gaussian"
-    accountant: str = Field(min_length=1, max_length=64)
+    # A name the report prints: one of the accountants we know, never free text from the site.
+    accountant: Literal["dp-accounting PLD", "dp-accounting RDP"]
     noise_multiplier: float = Field(gt=0, le=10**6, allow_inf_nan=False)  # noise std / sensitivity
     sensitivity: float = Field(gt=0, le=10**6, allow_inf_nan=False)  # L2, add/remove one image
 

@@ -20,7 +20,7 @@ from shared.config import RunConfig
 from shared.schemas import FieldKey, RecordKey
 from site_agent import audit
 from site_agent.approval import BUNDLE_NAME, FolderApproval, ReleaseStatus
-from tests.coordinator.test_simulate_own_data import TINY, _export
+from tests.harness.test_simulate_own_data import TINY, _export
 
 pytestmark = pytest.mark.flower
 

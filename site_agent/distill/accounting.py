@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import dp_accounting
 from dp_accounting.pld import PLDAccountant
 
-ACCOUNTANT = "dp-accounting PLD"
+ACCOUNTANT = "dp-accounting PLD"  # one of the names shared.schemas.DPGuarantee accepts
 MECHANISM = "gaussian"
 # The PLD is discretised pessimistically (losses rounded up), so a coarser grid only overstates epsilon;
 # 1e-3 keeps a calibration to seconds on a CPU and costs under 1 % of noise against the default 1e-4.
