@@ -73,8 +73,8 @@ class RunConfig(BaseModel):
     train_batch: int = Field(256, ge=1)
     train_dsa: bool = True
     # How the global model is corrected for the real class mix the sites release (coordinator/imbalance.py). None by
-    # default: a correction for accuracy trades minority classes away (docs/benchmarks.md, 2026-12-07: balanced
-    # accuracy fell on every dev set, 3 seeds each, and a 7-class dermatoscopy federation lost melanoma entirely).
+    # default: a correction for accuracy trades minority classes away (docs/benchmarks.md, "The default correction":
+    # balanced accuracy fell on every dev set, 3 seeds each; a 7-class dermatoscopy federation lost melanoma).
     imbalance: ImbalanceCorrection = ImbalanceCorrection.NONE
     # Simulated sites' privacy report before each release (site_agent/privacy): shown, never blocking.
     privacy_report: bool = True

@@ -7,7 +7,7 @@ approval) -> (sealed bundle, metrics). Evaluate and tune answers are counted aga
 ``prepare_release``: the same up to the seal; ``site-agent distill`` previews a release with it.
 ``answer_evaluate``: load local test data -> score the global model -> summable counts (no per-image value).
 ``answer_tune``: load local training data -> what the uncorrected global model predicts under each candidate
-class-imbalance correction -> one confusion matrix per candidate (no per-image value).
+class-imbalance correction -> its noisy right predictions per scale of the published grid (no per-image value).
 
 Each step is recorded in the site's audit log (``site_agent.audit``): the request, the set built, its
 privacy report, the decision and the release.
