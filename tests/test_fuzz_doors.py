@@ -93,8 +93,7 @@ def test_run_config(run_config) -> None:
                                         "partition-id", "num-partitions", "data-path"]) | st.text(max_size=10),
                        scalars, max_size=8))
 def test_node_config(node_config) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        _refused_cleanly(site_settings, node_config, RunConfig(), Path(tmp))
+    _refused_cleanly(site_settings, node_config)
 
 
 _VALID_KEYS: dict[str, bytes] = {}

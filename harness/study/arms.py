@@ -95,7 +95,7 @@ def pooled_arm(config: StudyConfig, arm: Arm, run_dir: Path) -> list[ArmRecord]:
                                                 arm.seed))
     pooled_record = ArmRecord(
         key=arm.key, kind="pooled", private=True, figures={k: curve[-1][k] for k in FIGURES},
-        uncorrected=figures(summary["uncorrected"]),
+        uncorrected=figures(summary.get("uncorrected", summary["global"])),  # the same model when uncorrected
         curve=curve, bytes_per_site=traffic[-1]["cumulative"], seconds=seconds, images=len(pooled.labels),
         resnet18=_cross_arch(config, pooled.images, pooled.labels, data, arm.seed), **common,
     )

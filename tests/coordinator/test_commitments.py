@@ -55,7 +55,7 @@ def test_a_rogue_sites_inflated_counts_are_left_out_and_move_nothing(right: bool
     believed = aggregate([*honest, rogue], 2)  # no commitments: what the old coordinator did
     assert held.pooled == alone.pooled and held.confusion == alone.confusion
     assert abs(believed.pooled.accuracy - (1.0 if right else 0.0)) < 1e-6  # the attack works without the check
-    rejected = dict((e.site_id, e.problem) for e, m in held.sites if m is None)
+    rejected = {e.site_id: e.problem for e, m in held.sites if m is None}
     assert "more than the 30 its manifest committed to" in rejected["site-9"]
     assert set(held.shares) == {"site-0", "site-1"} and math.isclose(sum(held.shares.values()), 1.0)
 

@@ -57,7 +57,7 @@ def test_node_config_file_round_trips_into_site_settings(site: join.JoinSettings
     """The node config file parses back (as Flower reads it) into the site's own settings, paths intact."""
     values = tomllib.loads(join.write_node_config(site).read_text())
     settings = site_settings(values)
-    assert settings.site_id == "st-marys" and not settings.simulated
+    assert settings.site_id == "st-marys"
     assert settings.key_dir == site.key_dir.resolve() and settings.data_root == str(site.data.resolve())
 
 
