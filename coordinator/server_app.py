@@ -38,8 +38,6 @@ from shared.bundle import OpenedBundle
 from shared.config import RunConfig, resolve_device, simulated_site_id
 from shared.datasets import IMAGE_SIZE, DatasetInfo, dataset_info
 from shared.errors import (
-    AWAITS_APPROVAL,
-    REJECTED_BY_REVIEWER,
     FedDistillError,
     FederationError,
     InvalidBundle,
@@ -52,15 +50,14 @@ from shared.schemas import (
     DistillReplyMetrics,
     DistillRequest,
     EvaluateRequest,
-    FieldKey,
     MetricKey,
     ModelSpec,
-    RecordKey,
     TuneReply,
     TuneRequest,
     first_problem,
 )
 from shared.untrusted import untrusted_text
+from shared.wire import FieldKey, MessageKind, RecordKey, ReleaseState, release_state_of
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +248,7 @@ def ask_sites(
         _store_sealed(run_dir, _key(bindings[node]), reply, state.round)
 
     replies = exchange(grid, {node: _request_record(req, global_model) for node, req in requests.items()},
-                       "query.distill", federation.config.distill_timeout, on_reply=store)
+                       MessageKind.DISTILL, federation.config.distill_timeout, on_reply=store)
     replies = await_approvals(grid, federation.config, requests, replies, global_model, store)
     return requests, replies, outcomes, list(stored.values())
 
@@ -276,7 +273,7 @@ def await_approvals(
         log.info("%d sites' releases await their operators' approval; asking them again in %.0f s", len(waiting), pause)
         time.sleep(pause)
         replies |= exchange(grid, {node: _request_record(requests[node], global_model) for node in waiting},
-                            "query.distill", config.distill_timeout, on_reply=on_reply)
+                            MessageKind.DISTILL, config.distill_timeout, on_reply=on_reply)
     return replies
 
 
@@ -337,7 +334,7 @@ def tune_at_sites(
                                      committed_counts=list(committed.train))
     timeout = federation.config.evaluate_timeout
     replies = exchange(grid, {node: _request_record(request, models.uncorrected) for node, request in requests.items()},
-                       "query.tune", timeout)
+                       MessageKind.TUNE, timeout)
     counted: dict[str, tuple[int, list[int]]] = {}  # site -> (training images, hits per scale)
     rejected: dict[str, str] = {}
     for node in requests:
@@ -395,7 +392,7 @@ def evaluate_at_sites(
     reports = {}
     for name, model in variants.items():
         content = _request_record(request, model)
-        replies = exchange(grid, {node: content for node in asked}, "evaluate", timeout)
+        replies = exchange(grid, {node: content for node in asked}, MessageKind.EVALUATE, timeout)
         evaluations = [_site_evaluation(node, site_of.get(node), replies.get(node), federation.info.num_classes,
                                         timeout) for node in asked]
         reports[name] = aggregate(evaluations + unasked, federation.info.num_classes, commitments)
@@ -477,12 +474,11 @@ def _receive_one(
         if reply.error.code in _DROPPED_OUT:
             return SiteOutcome(node, site, OutcomeStatus.MISSING,
                                f"dropped out ({_DROPPED_OUT[reply.error.code]})"), None
-        for marker, status in ((AWAITS_APPROVAL, OutcomeStatus.AWAITING_APPROVAL),
-                               (REJECTED_BY_REVIEWER, OutcomeStatus.REJECTED_AT_SITE)):
-            if marker in reply.error.reason:
-                return SiteOutcome(node, site, status, untrusted_text(_site_message(reply.error.reason, marker))), None
         return SiteOutcome(node, site, OutcomeStatus.REJECTED,
                            f"site reported an error: {untrusted_text(reply.error.reason)}"), None
+    if (state := release_state_of(reply)) is not None:
+        release, reason = state
+        return SiteOutcome(node, site, _RELEASE_STATUS[release], reason), None
     sealed = b""
     try:
         metrics = _reply_metrics(reply)
@@ -494,17 +490,12 @@ def _receive_one(
     return SiteOutcome.accepted(node, opened, metrics=metrics), opened
 
 
+_RELEASE_STATUS = {ReleaseState.AWAITING_APPROVAL: OutcomeStatus.AWAITING_APPROVAL,
+                   ReleaseState.REJECTED_AT_SITE: OutcomeStatus.REJECTED_AT_SITE}
+
+
 def _awaits_approval(reply: Message) -> bool:
-    return reply.has_error() and AWAITS_APPROVAL in reply.error.reason
-
-
-def _site_message(reason: str, marker: str) -> str:
-    """The site's own sentence (the line holding ``marker``) out of Flower's error text: ``<class '...'>:<'text'>``,
-    where the Simulation Engine's text may hold a Ray traceback ending ``... occurred. Message: text``."""
-    line = next((line for line in reversed(reason.splitlines()) if marker in line), reason)
-    line = line.split(":<'", 1)[-1].removesuffix("'>")
-    wrapped = " occurred. Message: "
-    return (line.split(wrapped, 1)[1] if wrapped in line else line).strip()
+    return (state := release_state_of(reply)) is not None and state[0] == ReleaseState.AWAITING_APPROVAL
 
 
 def _reply_metrics(reply: Message) -> dict[str, float]:

@@ -7,11 +7,6 @@ statistics.
 
 from __future__ import annotations
 
-# Phrases in a site's refusal that tell the coordinator a release is held or was rejected by the site's
-# reviewer, not that the site failed: Flower's error reply keeps an exception's text, not always its class.
-AWAITS_APPROVAL = "awaits this site's manual approval"
-REJECTED_BY_REVIEWER = "was rejected by this site's reviewer"
-
 
 class FedDistillError(Exception):
     """Base class of every error this project raises on purpose.

@@ -82,22 +82,6 @@ class PartitionScheme(StrEnum):
     DIRICHLET = "dirichlet"
 
 
-class RecordKey(StrEnum):
-    """Keys of the records inside Flower messages, in one place for both sides."""
-
-    REQUEST = "request"  # ConfigRecord: a DistillRequest or EvaluateRequest as JSON
-    BUNDLE = "bundle"  # ConfigRecord: the sealed bundle as bytes
-    METRICS = "metrics"  # MetricRecord: counts and timings
-    ARRAYS = "arrays"  # ArrayRecord: model weights
-
-
-class FieldKey(StrEnum):
-    """Names of the fields inside those records."""
-
-    REQUEST_JSON = "json"  # in RecordKey.REQUEST
-    SEALED = "sealed"  # in RecordKey.BUNDLE
-
-
 class MetricKey(StrEnum):
     """Names of the numbers a site reports back."""
 

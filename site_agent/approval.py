@@ -43,8 +43,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.bundle import SealedBundle
 from shared.errors import (
-    AWAITS_APPROVAL,
-    REJECTED_BY_REVIEWER,
     ApprovalPending,
     ConfigError,
     PolicyError,
@@ -145,7 +143,7 @@ class FolderApproval:
         if held.status == ReleaseStatus.REJECTED:
             reason = held.decision.reason if held.decision else ""
             raise ReleaseRejected(
-                f"the release for run {request.run_id!r} {REJECTED_BY_REVIEWER}"
+                f"the release for run {request.run_id!r} was rejected by this site's reviewer"
                 f"{': ' + reason[:MAX_REASON_CHARS] if reason else ''}; nothing was sent"
             )
         if held.status == ReleaseStatus.HELD:
@@ -239,7 +237,8 @@ def approval_for(settings: SiteSettings) -> FolderApproval:
 
 
 def _pending(run_id: str, folder: Path) -> ApprovalPending:
-    return ApprovalPending(f"the release for run {run_id!r} {AWAITS_APPROVAL}; nothing was sent", folder=str(folder))
+    return ApprovalPending(f"the release for run {run_id!r} awaits this site's manual approval; nothing was sent",
+                           folder=str(folder))
 
 
 def _read(folder: Path) -> HeldRelease | None:

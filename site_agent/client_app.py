@@ -16,9 +16,10 @@ from flwr.clientapp import ClientApp
 from pydantic import BaseModel, ValidationError
 
 from shared.config import RunConfig
-from shared.errors import ConfigError, FedDistillError
+from shared.errors import ApprovalPending, ConfigError, FedDistillError, ReleaseRejected
 from shared.logs import configure_logging
-from shared.schemas import DistillRequest, EvaluateRequest, FieldKey, RecordKey, TuneRequest, first_problem
+from shared.schemas import DistillRequest, EvaluateRequest, TuneRequest, first_problem
+from shared.wire import FieldKey, MessageKind, RecordKey, ReleaseState, release_state_reply
 from site_agent.handlers import answer_distill, answer_evaluate, answer_tune
 from site_agent.settings import SiteSettings, site_settings
 
@@ -45,12 +46,17 @@ def build_client_app(
     overrides = dict(run_config_overrides or {})
     settings_of = settings_for or _node_settings
 
-    @app.query("distill")
+    @app.query(MessageKind.DISTILL.removeprefix("query."))
     def distill(msg: Message, context: Context) -> Message:
         settings = _settings(context, overrides, settings_of)
         request = _read_request(msg, DistillRequest)
         global_model = _arrays(msg) if request.global_model is not None else None
-        sealed, metrics = _safely(lambda: answer_distill(request, settings, global_model=global_model))
+        try:
+            sealed, metrics = _safely(lambda: answer_distill(request, settings, global_model=global_model))
+        except ApprovalPending as exc:  # the site's decision, not a failure: a typed reply, not an error
+            return release_state_reply(msg, ReleaseState.AWAITING_APPROVAL, str(exc))
+        except ReleaseRejected as exc:
+            return release_state_reply(msg, ReleaseState.REJECTED_AT_SITE, str(exc))
         content = RecordDict(
             {RecordKey.BUNDLE: ConfigRecord({BUNDLE_FIELD: sealed}), RecordKey.METRICS: MetricRecord(metrics)}
         )
@@ -60,7 +66,7 @@ def build_client_app(
     def evaluate(msg: Message, context: Context) -> Message:
         return _counts_reply(msg, EvaluateRequest, answer_evaluate, _settings(context, overrides, settings_of))
 
-    @app.query("tune")
+    @app.query(MessageKind.TUNE.removeprefix("query."))
     def tune(msg: Message, context: Context) -> Message:
         return _counts_reply(msg, TuneRequest, answer_tune, _settings(context, overrides, settings_of))
 

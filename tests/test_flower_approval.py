@@ -17,7 +17,7 @@ import pytest
 
 from harness.simulate import simulate
 from shared.config import RunConfig
-from shared.schemas import FieldKey, RecordKey
+from shared.wire import FieldKey, RecordKey, release_state_of
 from site_agent import audit
 from site_agent.approval import BUNDLE_NAME, FolderApproval, ReleaseStatus
 from tests.harness.test_simulate_own_data import TINY, _export
@@ -26,16 +26,14 @@ pytestmark = pytest.mark.flower
 
 
 def _recorder(record_dir: Path):
-    """A mod that keeps every distill reply each site sends: its error text, or the bundle's bytes."""
+    """A mod that keeps every distill reply each site sends: its release state and reason, or the bundle's bytes."""
 
     def record(msg, context, call_next):
-        entry = {"partition": int(context.node_config["partition-id"]), "error": None, "sealed": None}
+        entry = {"partition": int(context.node_config["partition-id"]), "state": None, "sealed": None}
         try:
             reply = call_next(msg, context)
-        except Exception as exc:  # a site's refusal travels as Flower's error reply
-            entry["error"] = str(exc)
-            raise
-        else:
+            state = release_state_of(reply)  # a held or rejected release is a typed reply, not an error
+            entry["state"] = (state[0].value, state[1]) if state else None
             bundle = reply.content.config_records.get(RecordKey.BUNDLE) if reply.has_content() else None
             entry["sealed"] = bundle[FieldKey.SEALED] if bundle is not None else None
             return reply
@@ -96,7 +94,8 @@ def test_approved_release_is_pooled_as_stored_and_a_rejected_one_is_recorded(tmp
     replies = [pickle.loads(p.read_bytes()) for p in sorted(record_dir.glob("*.pkl"))]
     for partition in (0, 1):
         mine = [r for r in replies if r["partition"] == partition]
-        assert "awaits this site's manual approval" in mine[0]["error"] and mine[0]["sealed"] is None
+        assert mine[0]["state"][0] == "awaiting-approval" and mine[0]["sealed"] is None
+        assert "awaits this site's manual approval" in mine[0]["state"][1]
         assert len(mine) >= 2
     assert [r["sealed"] for r in replies if r["sealed"] is not None] == [stored["site-0"]]
 

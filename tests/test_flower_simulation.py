@@ -24,7 +24,8 @@ from shared.bundle import open_bundle
 from shared.config import RunConfig
 from shared.errors import FederationError
 from shared.metrics import SCORE_BINS
-from shared.schemas import EvaluateReply, FieldKey, MetricKey, RecordKey, TuneReply
+from shared.schemas import EvaluateReply, MetricKey, TuneReply
+from shared.wire import FieldKey, RecordKey
 from site_agent.privacy.near_copy import nearest_real_similarity
 
 pytestmark = [pytest.mark.flower, pytest.mark.realdata]

@@ -16,8 +16,9 @@ from coordinator.pool import Commitment, PooledSet
 from coordinator.train import train_corrected
 from shared.metrics import hits_by_scale
 from shared.models import build_model
-from shared.schemas import FieldKey, ImbalanceCorrection, ModelSpec, NetworkSpec, RecordKey, TuneReply, TuneRequest
+from shared.schemas import ImbalanceCorrection, ModelSpec, NetworkSpec, TuneReply, TuneRequest
 from shared.training import TrainSettings, predict_logits
+from shared.wire import FieldKey, RecordKey
 
 SPEC = ModelSpec(in_channels=1, num_classes=2, image_size=8, network=NetworkSpec(depth=1, width=8))
 CPU = torch.device("cpu")

@@ -103,7 +103,8 @@ def test_the_site_refuses_a_forged_run_id_naming_the_field_not_echoing_it() -> N
     names the field and the rule, never the text it sent."""
     from types import SimpleNamespace
 
-    from shared.schemas import DistillRequest, FieldKey, RecordKey
+    from shared.schemas import DistillRequest
+    from shared.wire import FieldKey, RecordKey
     from site_agent.client_app import _read_request
     from tests.conftest import make_request
 
