@@ -39,6 +39,14 @@ OFFLINE_FLOWER_ENV = {
 }
 
 
+class _NotRunSimulationDeprecation(logging.Filter):
+    """Drop Flower's note that ``run_simulation`` is deprecated, shown on every run: its replacement, ``flwr run``,
+    cannot give each simulated site its own settings (``harness.sites``), so the harness keeps it knowingly."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "`run_simulation` function is deprecated" not in record.getMessage()
+
+
 def new_run_dir(config: RunConfig) -> Path:
     """``<out-dir>/<dataset>-<method>-ipc<N>-<UTC timestamp>``, absolute."""
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
@@ -76,6 +84,7 @@ def simulate(
     from flwr.simulation import run_simulation  # after the environment is set: Flower reads it at import
 
     configure_logging()  # again: importing Flower set its logger back to DEBUG
+    logging.getLogger("flwr").addFilter(_NotRunSimulationDeprecation())
 
     from coordinator.server_app import build_server_app
 
