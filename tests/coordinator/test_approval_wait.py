@@ -8,7 +8,8 @@ import pytest
 from flwr.app import ConfigRecord, Error, Message, RecordDict
 from flwr.common.constant import ErrorCode
 
-from coordinator import messaging, run_state, server_app
+from coordinator import collect, messaging, run_state
+from coordinator.federation import request_record
 from coordinator.receive import OutcomeStatus, SiteOutcome
 from coordinator.report import build_summary, render_report
 from shared.config import RunConfig
@@ -61,11 +62,11 @@ def test_waiting_sites_are_asked_again_with_the_same_request_until_they_decide()
     """Node 1 approves on the second ask, node 2 rejects on the third; node 3 delivered at once and is not re-asked."""
     grid = ReviewingGrid({1: [HELD, b"sealed"], 2: [HELD, HELD, REJECTED], 3: [b"other"]})
     requests = {n: make_request(nonce=f"{n:02d}" * 32) for n in (1, 2, 3)}
-    contents = {n: server_app._request_record(r) for n, r in requests.items()}
+    contents = {n: request_record(r) for n, r in requests.items()}
     seen = []
     first = messaging.exchange(grid, contents, "query.distill", timeout=1.0)
     config = RunConfig(approval_wait_s=5.0, approval_ask_every_s=0.01)
-    replies = server_app.await_approvals(grid, config, requests, first, None, lambda node, _: seen.append(node))
+    replies = collect.await_approvals(grid, config, requests, first, None, lambda node, _: seen.append(node))
     assert release_state_of(replies[1]) is None and release_state_of(replies[2]) == REJECTED
     assert release_state_of(replies[3]) is None
     assert [node for node, _ in grid.asked] == [1, 2, 3, 1, 2, 2] and seen == [1, 2, 2]
@@ -76,8 +77,8 @@ def test_without_approval_wait_the_coordinator_asks_once() -> None:
     """approval-wait-s 0 (the default): a waiting site is recorded as waiting, not asked again."""
     grid = ReviewingGrid({1: [HELD]})
     requests = {1: make_request()}
-    first = messaging.exchange(grid, {1: server_app._request_record(requests[1])}, "query.distill", timeout=1.0)
-    assert server_app.await_approvals(grid, RunConfig(), requests, first, None, lambda *_: None) == first
+    first = messaging.exchange(grid, {1: request_record(requests[1])}, "query.distill", timeout=1.0)
+    assert collect.await_approvals(grid, RunConfig(), requests, first, None, lambda *_: None) == first
     assert len(grid.asked) == 1
 
 
@@ -93,7 +94,7 @@ def test_a_held_or_declined_release_is_its_own_status(answer, status: OutcomeSta
     request_msg.metadata.__dict__["_message_id"] = "m0"
     reply = (release_state_reply(request_msg, *answer) if isinstance(answer, tuple) else
              Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=answer), reply_to=request_msg))
-    outcome, bundle = server_app._receive_one(7, reply, SimpleNamespace(site_id="site-0"), None, set())
+    outcome, bundle = collect._receive_one(7, reply, SimpleNamespace(site_id="site-0"), None, set())
     assert bundle is None and outcome.status == status and shown in outcome.reason
     if status != OutcomeStatus.REJECTED:
         assert outcome.reason == shown  # the site's sentence alone
@@ -113,6 +114,6 @@ def test_the_run_state_remembers_whose_release_awaits_approval(tmp_path) -> None
     outcomes = [SiteOutcome(7, "site-0", OutcomeStatus.AWAITING_APPROVAL, PENDING),
                 SiteOutcome(8, None, OutcomeStatus.AWAITING_APPROVAL, PENDING),
                 SiteOutcome(None, "site-9", OutcomeStatus.MISSING, "never connected")]
-    server_app._remember_awaiting_approval(federation, outcomes)
+    collect.remember_awaiting_approval(federation, outcomes)
     saved = run_state.RunState.model_validate_json((tmp_path / run_state.STATE).read_text())
     assert saved.awaiting_approval == ["node-8", "site-0"]

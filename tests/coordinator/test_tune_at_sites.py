@@ -10,7 +10,7 @@ import torch
 from flwr.app import Error, Message, MetricRecord, RecordDict
 from flwr.common.constant import ErrorCode
 
-from coordinator import server_app
+from coordinator import scoring
 from coordinator.imbalance import TUNING_SCALES
 from coordinator.pool import Commitment, PooledSet
 from coordinator.train import train_corrected
@@ -93,7 +93,7 @@ def test_only_the_counts_that_add_up_are_summed() -> None:
     grid = TuningGrid({1: honest, 2: inflated, 3: "this site's policy withholds tuning counts", 4: None, 5: honest})
     site_of = {n: f"site-{n}" for n in range(1, 6)}
     commitments = {f"site-{n}": Commitment((45, 5), (9, 1)) for n in range(1, 5)} | {"site-5": Commitment(None, None)}
-    tuned, tuning = server_app.tune_at_sites(grid, FEDERATION, models, [1, 2, 3, 4, 5], site_of, commitments)
+    tuned, tuning = scoring.tune_at_sites(grid, FEDERATION, models, [1, 2, 3, 4, 5], site_of, commitments)
     expected = models.tuned_on(site_images.numpy(), site_labels.numpy(), CPU)
     assert tuning["sites"] == 1 and tuning["training_images"] == 50 and tuned.scale == expected.scale
     assert set(tuning["accuracy_by_scale"]) == {f"{s:g}" for s in TUNING_SCALES}
@@ -102,7 +102,7 @@ def test_only_the_counts_that_add_up_are_summed() -> None:
     assert request.committed_counts == [45, 5]  # the site clips its noisy counts there
 
     nobody = TuningGrid({1: "refused", 2: None})
-    kept, tuning = server_app.tune_at_sites(nobody, FEDERATION, models, [1, 2], site_of, commitments)
+    kept, tuning = scoring.tune_at_sites(nobody, FEDERATION, models, [1, 2], site_of, commitments)
     assert kept is models and tuning == {"scale": 1.0, "sites": 0, "training_images": 0, "rejected": {}}
 
 
@@ -124,10 +124,10 @@ def test_a_rogue_sites_counts_beyond_its_commitment_do_not_move_the_scale() -> N
 
     site_of = {1: "honest", 2: "rogue"}
     committed = {"honest": Commitment((45, 5), (9, 1)), "rogue": Commitment((40, 10), (8, 2))}
-    tuned, tuning = server_app.tune_at_sites(TuningGrid({1: honest, 2: rogue}), FEDERATION, models, [1, 2], site_of,
+    tuned, tuning = scoring.tune_at_sites(TuningGrid({1: honest, 2: rogue}), FEDERATION, models, [1, 2], site_of,
                                              committed)
     assert tuned.scale == expected and tuning["training_images"] == 50 and "more than the 40" in tuning["rejected"]["rogue"]
     believed = {"honest": committed["honest"], "rogue": Commitment((5 * 10**8, 5 * 10**8), None)}
-    steered, _ = server_app.tune_at_sites(TuningGrid({1: honest, 2: rogue}), FEDERATION, models, [1, 2], site_of,
+    steered, _ = scoring.tune_at_sites(TuningGrid({1: honest, 2: rogue}), FEDERATION, models, [1, 2], site_of,
                                           believed)
     assert steered.scale == loud  # the same reply, had the rogue site committed to it: the test is not vacuous

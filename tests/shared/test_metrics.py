@@ -141,7 +141,7 @@ def test_nonsense_beside_a_bundle_rejects_the_reply(change: dict) -> None:
     """The unsigned numbers a site sends with its bundle are bounded; inf, NaN and absurd values reject the reply."""
     from types import SimpleNamespace
 
-    from coordinator.server_app import _reply_metrics
+    from coordinator.collect import _reply_metrics
 
     ok = SimpleNamespace(content=SimpleNamespace(metric_records={"metrics": _distill_metrics()}))
     assert _reply_metrics(ok)["distill-seconds"] == 12.5
