@@ -521,6 +521,34 @@ class DPGuarantee(_Strict):
     sensitivity: float = Field(gt=0, le=10**6, allow_inf_nan=False)  # L2, add/remove one image
 
 
+class ResizeMethod(StrEnum):
+    """The filter a site resizes its images with (``site_agent/images.py``)."""
+
+    LANCZOS = "lanczos"
+
+
+_Side = Annotated[int, Field(ge=1, le=100_000)]
+
+
+class Preprocessing(_Strict):
+    """How a site brought its images to the federation's size before distilling them, signed into the manifest.
+
+    Non-square images were centre-cropped to a square, then every image was resized to ``resized_to``
+    with ``method``. Sizes are (height, width): each side's smallest and largest over the site's images.
+    """
+
+    smallest_source: tuple[_Side, _Side]
+    largest_source: tuple[_Side, _Side]
+    cropped: bool  # some images were not square and lost the edges of their longer side
+    resized_to: int = Field(ge=8, le=512)
+    method: ResizeMethod = ResizeMethod.LANCZOS
+
+    def source_size(self) -> str:
+        """The source size as width x height (``128x128``), or the range of sizes (``360x360 to 369x366``)."""
+        (h0, w0), (h1, w1) = self.smallest_source, self.largest_source
+        return f"{w0}x{h0}" if (h0, w0) == (h1, w1) else f"{w0}x{h0} to {w1}x{h1}"
+
+
 class BundleManifest(_Strict):
     """Self-description of one released synthetic set; signed by the site."""
 
@@ -551,6 +579,8 @@ class BundleManifest(_Strict):
     # A differentially private release (dpdm): its guarantee, which then also covers real_class_counts
     # and num_real_examples (noisy); None: no formal guarantee.
     dp: DPGuarantee | None = None
+    # How the site resized its images to image_shape before distilling; None: they were stored at that size.
+    preprocessing: Preprocessing | None = None
     normalization: Literal["x/127.5-1"] = "x/127.5-1"
     software: dict[str, str]
     created_at: str
