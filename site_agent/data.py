@@ -9,8 +9,11 @@ Formats (:class:`DataFormat`, told apart by :func:`detect_format`):
 - ``folder``: image files per class, ``<root>/<split>/<class>/*.png|jpg`` with split ``train``, ``val``
   or ``test`` (``train`` required); or ``<root>/<class>/*`` when every image is a training image. A
   class folder is named by its class index, optionally followed by ``_`` or ``-`` and a name
-  (``0``, ``1_malignant``). Images are 8-bit grayscale or RGB, all of one size.
+  (``0``, ``1_malignant``). Images are 8-bit grayscale or RGB, all with the same channels.
 
+Exports and image folders may hold images of any size, even mixed: each image is centre-cropped to a
+square and resized to ``IMAGE_SIZE`` (``site_agent.images``), and :class:`LocalData` and
+:class:`SiteImages` carry what was done (``preprocessing``). An official MedMNIST file is read at its size.
 Images come back normalised to float32 (N, C, H, W) in [-1, 1] (see ``shared.datasets.normalize``)
 and labels as int64 (N,). Nothing in this module sends anything anywhere; its error messages name
 splits, classes and counts but never a path (files are named only in ``LocalDataError.local_detail``).
@@ -33,6 +36,8 @@ from PIL import Image, UnidentifiedImageError
 
 from shared.datasets import IMAGE_SIZE, MEDMNIST_ROOT_ENV, DatasetInfo, dataset_info, normalize, resolve_data_root
 from shared.errors import ConfigError, DataError, LocalDataError
+from shared.schemas import Preprocessing
+from site_agent.images import fit_image, fit_images, preprocessing_of
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +79,7 @@ class SiteImages:
     info: DatasetInfo
     train: LabelledImages
     test: LabelledImages
+    preprocessing: Preprocessing | None = None  # how the images were resized to IMAGE_SIZE; None: not at all
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,7 @@ class LocalData:
     format: DataFormat
     info: DatasetInfo
     splits: dict[str, LabelledImages]
+    preprocessing: Preprocessing | None = None  # how the images were resized to IMAGE_SIZE; None: not at all
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -153,14 +160,16 @@ def read_local_data(
     """Read and validate every split at ``path`` in whichever format it holds.
 
     ``dataset`` (a MedMNIST flag) fixes the classes and channels; it may be left out only for an
-    official MedMNIST file, whose name gives it.
+    official MedMNIST file, whose name gives it. An export's or image folder's images of another size
+    are resized to ``IMAGE_SIZE`` (``site_agent.images``); ``LocalData.preprocessing`` says how.
 
     Raises:
         ConfigError: no or an unknown dataset, or one that disagrees with an official file's name.
-        DataError: the data is missing, unreadable, of the wrong shape, channel count or size, has
-            labels out of range or an empty split (``LocalDataError`` when a file is to blame).
+        DataError: the data is missing, unreadable, of the wrong shape or channel count, has labels
+            out of range or an empty split (``LocalDataError`` when a file is to blame).
     """
     fmt, target = detect_format(resolve_data_root(path), dataset)
+    source_sizes: set[tuple[int, int]] = set()  # (H, W) of the images as stored
     if fmt == DataFormat.MEDMNIST:
         if dataset and dataset.lower() != target.stem:
             raise ConfigError(f"dataset {dataset!r} was asked for, but the MedMNIST file is {target.name!r}")
@@ -170,9 +179,14 @@ def read_local_data(
         if not dataset:
             raise ConfigError(f"a {fmt.value} data path needs the dataset flag (e.g. --dataset breastmnist)")
         info = dataset_info(dataset)
-        raw = _read_npz_export(target) if fmt == DataFormat.NPZ else _read_image_folder(target)
-    splits = {split: _validated(split, images, labels, info) for split, (images, labels) in raw.items()}
-    return LocalData(fmt, info, splits)
+        if fmt == DataFormat.NPZ:
+            raw = _read_npz_export(target)
+            source_sizes = {images.shape[1:3] for images, _ in raw.values() if images.ndim in (3, 4) and len(images)}
+        else:
+            raw, source_sizes = _read_image_folder(target)
+    splits = {split: _validated(split, images, labels, info, fit=fmt != DataFormat.MEDMNIST)
+              for split, (images, labels) in raw.items()}
+    return LocalData(fmt, info, splits, preprocessing_of(source_sizes))
 
 
 def load_medmnist(
@@ -205,7 +219,7 @@ def load_site_images(dataset: str, data_root: str, verify_md5: bool = True) -> S
     local = read_local_data(data_root, dataset, verify_md5)
     train = local.splits["train"]
     test = local.splits.get("test") or LabelledImages(train.images[:0], train.labels[:0])
-    return SiteImages(local.info, train, test)
+    return SiteImages(local.info, train, test, local.preprocessing)
 
 
 # --- the three readers: each returns {split: (uint8 images (N, H, W[, C]), raw labels)} ---
@@ -322,7 +336,8 @@ def _class_folders(root: Path) -> list[tuple[str, list[Path]]]:
             for folder in split_folders]
 
 
-def _read_image_folder(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _read_image_folder(root: Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], set[tuple[int, int]]]:
+    """The folder's splits, each image resized to IMAGE_SIZE as it is read; and the (H, W) sizes the images had."""
     files: list[Path] = []
     raw_labels: dict[str, list[int]] = {}
     split_files: dict[str, list[Path]] = {}
@@ -339,13 +354,14 @@ def _read_image_folder(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
                 split_files[split].append(file)
                 raw_labels[split].append(label)
         files += split_files[split]
-    pixels = dict(zip(files, _read_images(files), strict=True))
-    _same_geometry(pixels)
+    images, source_sizes = _read_images(files)
+    pixels = dict(zip(files, images, strict=True))
+    _same_channels(pixels)
     return {
         split: (np.stack([pixels[f] for f in split_files[split]]) if split_files[split] else np.zeros((0, 1, 1), np.uint8),
                 np.asarray(raw_labels[split], dtype=np.int64))
         for split in split_files
-    }
+    }, source_sizes
 
 
 def _class_index(class_dir: Path, split: str) -> int:
@@ -358,9 +374,9 @@ def _class_index(class_dir: Path, split: str) -> int:
     return int(match.group(1))
 
 
-def _read_images(files: list[Path]) -> list[np.ndarray]:
-    """Pixels of each file, uint8 (H, W) for grayscale or (H, W, 3) for RGB."""
-    arrays = []
+def _read_images(files: list[Path]) -> tuple[list[np.ndarray], set[tuple[int, int]]]:
+    """Each file's pixels resized to IMAGE_SIZE, uint8 (S, S) grayscale or (S, S, 3) RGB; and the (H, W) sizes read."""
+    arrays, source_sizes = [], set()
     for file in files:
         try:
             with Image.open(file) as image:
@@ -376,35 +392,31 @@ def _read_images(files: list[Path]) -> list[np.ndarray]:
                 local_detail=f"unsupported image mode {mode!r}: {file}",
                 hint="export the images as 8-bit grayscale or RGB PNG",
             )
-        arrays.append(pixels)
-    return arrays
+        source_sizes.add(pixels.shape[:2])
+        arrays.append(fit_image(pixels))
+    return arrays, source_sizes
 
 
-def _same_geometry(pixels: dict[Path, np.ndarray]) -> None:
-    """Refuse a folder whose images differ in size or channel count, naming an example of each kind."""
-    shapes = Counter(_shape_name(a) for a in pixels.values())
-    if len(shapes) > 1:
-        example = {}
-        for file, a in pixels.items():
-            example.setdefault(_shape_name(a), file)
-        kinds = ", ".join(f"{shape} ({count} images)" for shape, count in shapes.most_common())
+def _same_channels(pixels: dict[Path, np.ndarray]) -> None:
+    """Refuse a folder that mixes grayscale and RGB images, naming an example of each kind."""
+    kinds = {file: "grayscale" if a.ndim == 2 else "RGB" for file, a in pixels.items()}
+    if len(set(kinds.values())) > 1:
+        example = {kind: file for file, kind in reversed(kinds.items())}  # the first file of each kind
+        counts = ", ".join(f"{kind} ({count} images)" for kind, count in Counter(kinds.values()).most_common())
         raise LocalDataError(
-            f"images differ in size or channels: {kinds}",
-            local_detail="\n".join(f"{shape}: e.g. {file}" for shape, file in example.items()),
-            hint=f"export every image at {IMAGE_SIZE}x{IMAGE_SIZE} with the same channel count",
+            f"images differ in channels: {counts}",
+            local_detail="\n".join(f"{kind}: e.g. {file}" for kind, file in example.items()),
+            hint="export every image with the same channel count (all grayscale or all RGB)",
         )
-
-
-def _shape_name(pixels: np.ndarray) -> str:
-    channels = 1 if pixels.ndim == 2 else pixels.shape[2]
-    return f"{pixels.shape[1]}x{pixels.shape[0]}x{channels}"
 
 
 # --- checks common to every format ---
 
 
-def _validated(split: str, images: np.ndarray, labels: np.ndarray, info: DatasetInfo, size: int = IMAGE_SIZE) -> LabelledImages:
-    """Check one split's raw arrays against the dataset and normalise them.
+def _validated(
+    split: str, images: np.ndarray, labels: np.ndarray, info: DatasetInfo, size: int = IMAGE_SIZE, fit: bool = False
+) -> LabelledImages:
+    """Check one split's raw arrays against the dataset and normalise them; ``fit`` resizes them to ``size``.
 
     Raises:
         DataError: naming the split and the first thing wrong with it.
@@ -413,16 +425,12 @@ def _validated(split: str, images: np.ndarray, labels: np.ndarray, info: Dataset
         raise DataError(f"split {split!r} holds no images")
     if images.dtype != np.uint8:
         raise DataError(f"split {split!r} images are {images.dtype}, expected uint8 pixels 0..255")
-    if images.ndim not in (3, 4):
-        raise DataError(f"split {split!r} images have shape {images.shape}, expected (N, H, W) or (N, H, W, C)")
+    if images.ndim not in (3, 4) or 0 in images.shape[1:3]:
+        raise DataError(f"split {split!r} images have shape {images.shape}, expected (N, H, W) or (N, H, W, C) "
+                        "with H and W at least 1")
     channels = 1 if images.ndim == 3 else images.shape[3]
     if channels != info.in_channels:
         raise DataError(f"split {split!r} images have {channels} channel(s); {info.name} has {info.in_channels}")
-    if images.shape[1:3] != (size, size):
-        raise DataError(
-            f"split {split!r} images are {images.shape[2]}x{images.shape[1]}; sites work at {size}x{size}",
-            hint=f"resize the images to {size}x{size} when exporting them",
-        )
     if images.ndim == 4 and channels == 1:
         images = images[..., 0]  # (N, H, W)
     if not np.issubdtype(labels.dtype, np.integer):
@@ -432,6 +440,10 @@ def _validated(split: str, images: np.ndarray, labels: np.ndarray, info: Dataset
     labels = labels.reshape(-1).astype(np.int64)
     if labels.min() < 0 or labels.max() >= info.num_classes:
         raise DataError(f"split {split!r} has labels outside 0..{info.num_classes - 1} ({info.name})")
+    if fit:
+        images = fit_images(images, size)  # (N, size, size[, C])
+    elif images.shape[1:3] != (size, size):  # a MedMNIST file holds the size it is named for
+        raise DataError(f"split {split!r} images are {images.shape[2]}x{images.shape[1]}, not {size}x{size}")
     return LabelledImages(normalize(images), labels)
 
 
