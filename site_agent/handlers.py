@@ -179,6 +179,7 @@ def prepare_release(
         real_test_class_counts=policy.released_class_counts(images.test.class_counts(num_classes)),
         # The report is measured on the training images outside ε: a DP release keeps it at the site.
         privacy=None if synthetic.dp else privacy,
+        preprocessing=images.preprocessing,
     )
     sealed = release.sealed
     keep_released_set(settings.cache_dir, request.run_id, synthetic)

@@ -14,7 +14,7 @@ from shared import crypto
 from shared.bundle import MAX_ABS_PIXEL, encode_payload, payload_info, seal_bundle
 from shared.datasets import DatasetInfo
 from shared.errors import DataError
-from shared.schemas import BundleManifest, DistillRequest, DPGuarantee, PrivacySummary
+from shared.schemas import BundleManifest, DistillRequest, DPGuarantee, Preprocessing, PrivacySummary
 from shared.software import software_versions
 from site_agent.distill import SyntheticSet
 from site_agent.identity import SiteIdentity
@@ -31,6 +31,7 @@ def build_manifest(
     real_class_counts_rounding: int = 1,
     privacy: PrivacySummary | None = None,
     real_test_class_counts: dict[int, int] | None = None,
+    preprocessing: Preprocessing | None = None,
 ) -> BundleManifest:
     """The signed self-description of a release (with its DP guarantee when the method is private)."""
     counts = np.bincount(synthetic.labels.numpy(), minlength=info.num_classes)
@@ -56,6 +57,7 @@ def build_manifest(
         round=request.round,
         privacy=privacy,
         dp=guarantee,
+        preprocessing=preprocessing,
         distill=synthetic.config,
         iterations_completed=len(synthetic.loss_history),
         software=software_versions(),
@@ -104,12 +106,14 @@ def seal_described(
     real_class_counts_rounding: int = 1,
     privacy: PrivacySummary | None = None,
     real_test_class_counts: dict[int, int] | None = None,
+    preprocessing: Preprocessing | None = None,
 ) -> SealedRelease:
     """:func:`seal_release`, keeping the manifest and set for the site's own previews and approvals.
 
     ``privacy`` is the site's privacy report in numbers, signed into the manifest. ``real_test_class_counts``
     (its test images per class, rounded like the training ones; None withholds them) and ``real_class_counts``
     are the site's commitment: the coordinator pools no more of its evaluation and tuning counts than these.
+    ``preprocessing`` (``SiteImages.preprocessing``) says how the site resized its images before distilling.
     """
     if not bool(synthetic.images.isfinite().all()):
         raise DataError("distillation produced non-finite synthetic images; nothing was released")
@@ -120,5 +124,5 @@ def seal_described(
         )
     payload = encode_payload(synthetic.images.numpy(), synthetic.labels.numpy())
     manifest = build_manifest(synthetic, request, identity, info, num_real_examples, payload, real_class_counts,
-                              real_class_counts_rounding, privacy, real_test_class_counts)
+                              real_class_counts_rounding, privacy, real_test_class_counts, preprocessing)
     return SealedRelease(seal_bundle(manifest, payload, identity.signing_key, identity.coordinator_key), manifest, synthetic)
