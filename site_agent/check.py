@@ -1,10 +1,10 @@
 """``site-agent check``: is the local data fit to distill? Images per class and split, and what is wrong.
 
 Reading the data (``site_agent.data.read_local_data``) already refuses what cannot be used at all:
-unreadable files, mixed sizes or channel counts, the wrong channel count or size, labels out of
-range, empty splits. This module adds what the site policy decides: a class the site holds but with
-fewer than ``min_real_per_class`` training images is refused, since distilling it would come close to
-releasing those few patients' images.
+unreadable files, mixed or wrong channel counts, labels out of range, empty splits; images of another
+size than the federation's are resized by the site, which the report notes. This module adds what the
+site policy decides: a class the site holds but with fewer than ``min_real_per_class`` training images
+is refused, since distilling it would come close to releasing those few patients' images.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from shared.schemas import Preprocessing
 from site_agent.data import SPLITS, DataFormat, class_folder_name_notes, read_local_data
 from site_agent.policy import SitePolicy
 
@@ -37,7 +38,8 @@ class CheckReport(BaseModel):
     dataset: str
     task: str
     class_names: dict[int, str]
-    image_shape: tuple[int, int, int]  # (C, H, W)
+    image_shape: tuple[int, int, int]  # (C, H, W), as distilled
+    preprocessing: Preprocessing | None = None  # how the site resizes the images to image_shape; None: it need not
     min_real_per_class: int
     splits: list[SplitCounts]
     problems: list[str]  # any problem: the data is refused
@@ -77,9 +79,23 @@ def check_data(
              for c, n in train.items() if n == 0]
     if "test" not in local.splits:
         notes.append("no test split: this site can distill but not evaluate the global model")
+    if local.preprocessing is not None:
+        notes.append(resize_note(local.preprocessing))
     if local.format == DataFormat.FOLDER:
         notes += class_folder_name_notes(Path(path), info.label_names)
     return CheckReport(
         format=local.format, dataset=info.name, task=info.task, class_names=info.label_names,
-        image_shape=local.image_shape, min_real_per_class=minimum, splits=splits, problems=problems, notes=notes,
+        image_shape=local.image_shape, preprocessing=local.preprocessing, min_real_per_class=minimum, splits=splits,
+        problems=problems, notes=notes,
     )
+
+
+def resize_note(preprocessing: Preprocessing) -> str:
+    """What the site does to images stored at another size, in one sentence."""
+    size = preprocessing.resized_to
+    how = "centre-crops them to a square and resizes them" if preprocessing.cropped else "resizes them"
+    note = (f"images are {preprocessing.source_size()}: the site {how} to {size}x{size} "
+            f"({preprocessing.method.value.upper()}) before distilling, and each release's manifest records it")
+    if min(preprocessing.smallest_source) < size:
+        note += f"; images under {size} pixels a side are enlarged, which adds no detail"
+    return note

@@ -178,8 +178,9 @@ def policy_show(
 
 def _show_check(report: CheckReport) -> None:
     c, h, w = report.image_shape
+    resized = f" (resized from {report.preprocessing.source_size()})" if report.preprocessing else ""
     table = Table("class", "name", *(s.split for s in report.splits),
-                  title=f"{report.dataset} ({report.format.value}), images {h}x{w}x{c}")
+                  title=f"{report.dataset} ({report.format.value}), images {h}x{w}x{c}{resized}")
     for cls, name in report.class_names.items():
         table.add_row(str(cls), name, *(_count(s.per_class[cls], report, s.split) for s in report.splits))
     table.add_section()
