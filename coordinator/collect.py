@@ -21,8 +21,9 @@ from coordinator.receive import Expectation, OutcomeStatus, SiteOutcome, receive
 from shared.bundle import OpenedBundle
 from shared.config import RunConfig
 from shared.errors import FedDistillError, InvalidBundle, InvalidReply
+from shared.fields import first_problem
 from shared.models import ConvNet
-from shared.schemas import DistillReplyMetrics, DistillRequest, first_problem
+from shared.schemas import DistillReplyMetrics, DistillRequest
 from shared.untrusted import untrusted_text
 from shared.wire import FieldKey, MessageKind, RecordKey, ReleaseState, release_state_of
 

@@ -18,8 +18,9 @@ from pydantic import ValidationError
 
 from coordinator.pool import Commitment
 from shared.errors import InvalidReply
+from shared.fields import first_problem
 from shared.metrics import EvalCounts
-from shared.schemas import EvaluateReply, first_problem
+from shared.schemas import EvaluateReply
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from shared.bundle import OpenedBundle
+from shared.manifest import BundleManifest
 from shared.metrics import committed_cap
-from shared.schemas import BundleManifest
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,9 @@ import numpy as np
 from coordinator.trust import CoordinatorKeys
 from shared.bundle import MAX_ABS_PIXEL, BundleHeader, OpenedBundle, SealedBundle
 from shared.errors import InvalidBundle, ReplayError, VerificationError
-from shared.schemas import DistillRequest, DPDMConfig, DPGuarantee, PrivacySummary
+from shared.manifest import DPGuarantee, PrivacySummary
+from shared.methods import DPDMConfig
+from shared.schemas import DistillRequest
 
 
 @dataclass(frozen=True)

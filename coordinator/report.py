@@ -35,7 +35,7 @@ from coordinator.report_html import render_html
 from shared.config import RunConfig
 from shared.datasets import DatasetInfo
 from shared.grid import image_grid, titled_stack
-from shared.schemas import PrivacySummary
+from shared.manifest import PrivacySummary
 from shared.software import software_versions
 
 

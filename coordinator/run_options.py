@@ -19,7 +19,8 @@ from click.core import ParameterSource
 
 from shared.config import RunConfig
 from shared.errors import ConfigError
-from shared.schemas import DistillMethod, PartitionScheme
+from shared.methods import DistillMethod
+from shared.schemas import PartitionScheme
 
 RunValue = str | int | float | bool
 

@@ -34,7 +34,8 @@ from coordinator.trust import CoordinatorKeys
 from shared.bundle import OpenedBundle
 from shared.config import RunConfig
 from shared.errors import ConfigError, FedDistillError
-from shared.schemas import DistillRequest, is_run_id
+from shared.fields import is_run_id
+from shared.schemas import DistillRequest
 from shared.untrusted import untrusted_text
 
 log = logging.getLogger(__name__)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from shared import crypto
 from shared.errors import ConfigError, KeyFileError, VerificationError
+from shared.fields import is_site_id
 from shared.keys import COORDINATOR_KEY, COORDINATOR_PUB, NODES, SITES, create_coordinator_key, create_site_keys
-from shared.schemas import is_site_id
 
 _FLOWER_ID = ".flower-node-id"  # nodes/<site-id>.flower-node-id: the node id the SuperLink gave it
 REVOKED = "revoked"  # revoked/<site-id>: when the site was revoked, so a refusal can say so

@@ -36,7 +36,9 @@ from coordinator.run_options import (
 from harness.study.plan import StudyConfig
 from shared.config import RunConfig
 from shared.errors import ConfigError
-from shared.schemas import DistillMethod, ImbalanceCorrection, InitMode, setting_error
+from shared.fields import setting_error
+from shared.methods import DistillMethod, InitMode
+from shared.schemas import ImbalanceCorrection
 
 _DEFAULTS = RunConfig()
 _STUDY = StudyConfig()

@@ -19,7 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from harness.sites import node_index
 from shared.config import resolve_device
 from shared.errors import ConfigError
-from shared.schemas import EvaluateReply, ModelSpec, first_problem
+from shared.fields import first_problem
+from shared.schemas import EvaluateReply, ModelSpec
 from shared.training import TrainSettings, train_classifier
 from site_agent.data import SiteImages, load_site_images
 from site_agent.evaluate import evaluate_global_model, load_global_model

@@ -19,8 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from harness.partition import partition, share_digest
 from shared.config import RunConfig, simulated_site_id
 from shared.datasets import denormalize
+from shared.fields import setting_error
 from shared.keys import SIMULATION_KEYS
-from shared.schemas import PartitionScheme, setting_error
+from shared.schemas import PartitionScheme
 from site_agent.data import LabelledImages, SiteImages, read_local_data
 from site_agent.policy import SitePolicy
 from site_agent.settings import SiteSettings

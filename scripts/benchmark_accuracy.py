@@ -32,8 +32,8 @@ import torch
 from harness.yardstick import score
 from shared.config import RunConfig
 from shared.datasets import DatasetInfo, dataset_info, reference_subset
+from shared.methods import DistillMethod, NetworkSpec
 from shared.models import ConvNet
-from shared.schemas import DistillMethod, NetworkSpec
 from shared.training import TrainSettings, train_classifier
 from site_agent.data import LabelledImages, load_medmnist
 from site_agent.distill import distill

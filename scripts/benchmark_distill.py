@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from shared.schemas import DCConfig, DistillConfig, DMConfig, MTTConfig, NetworkSpec
+from shared.methods import DCConfig, DistillConfig, DMConfig, MTTConfig, NetworkSpec
 from site_agent.data import LabelledImages
 
 SHAPES = {"grey": (1, 28), "rgb": (3, 28), "rgb32": (3, 32)}

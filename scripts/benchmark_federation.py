@@ -52,8 +52,9 @@ from harness.study.report import mean_spread
 from harness.yardstick import random_subset_yardstick, score
 from shared.config import RunConfig
 from shared.datasets import dataset_info
+from shared.methods import DistillMethod
 from shared.models import build_model
-from shared.schemas import DistillMethod, ModelSpec
+from shared.schemas import ModelSpec
 from shared.training import train_classifier
 from site_agent.data import read_local_data
 

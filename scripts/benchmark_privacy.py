@@ -28,7 +28,8 @@ import torch
 
 from harness.sites import split_shares
 from shared.config import RunConfig
-from shared.schemas import DistillMethod, InitMode, PartitionScheme
+from shared.methods import DistillMethod, InitMode
+from shared.schemas import PartitionScheme
 from site_agent.distill import distill
 from site_agent.policy import PrivacyLimits
 from site_agent.privacy.report import ShadowSettings, measure_privacy

@@ -34,9 +34,10 @@ from sklearn.metrics import roc_auc_score
 from coordinator.imbalance import choose_scale, logit_shift
 from harness.partition import partition
 from shared.datasets import IMAGE_SIZE, reference_subset
+from shared.methods import NetworkSpec
 from shared.metrics import EvalCounts, hits_by_scale, log_odds
 from shared.models import build_model
-from shared.schemas import ModelSpec, NetworkSpec, PartitionScheme
+from shared.schemas import ModelSpec, PartitionScheme
 from shared.training import TrainSettings, predict_logits, train_classifier
 from site_agent.data import read_local_data
 from site_agent.evaluate import released_evaluation, released_tuning

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from shared.config import RunConfig
-from shared.schemas import DistillMethod
+from shared.methods import DistillMethod
 from site_agent.data import load_medmnist
 from site_agent.distill import distill
 

@@ -30,9 +30,10 @@ from coordinator.pool import pool
 from harness.simulate import reopened_bundles
 from shared.config import RunConfig
 from shared.datasets import reference_subset
+from shared.methods import NetworkSpec
 from shared.metrics import EvalCounts, log_odds
 from shared.models import build_model
-from shared.schemas import ModelSpec, NetworkSpec
+from shared.schemas import ModelSpec
 from shared.training import TrainSettings, predict_logits, train_classifier
 from site_agent.data import read_local_data
 

@@ -15,7 +15,7 @@ import torch
 from benchmark_accuracy import train_and_score
 
 from shared.config import RunConfig
-from shared.schemas import DistillMethod
+from shared.methods import DistillMethod
 from site_agent.data import load_medmnist
 from site_agent.distill import distill
 

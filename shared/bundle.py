@@ -7,7 +7,7 @@ Wire format (all integers big-endian)::
                      (suite: the HPKE suite of the pinned coordinator key, X25519 or MLKEM768-X25519)
     ciphertext     = HPKE seal of the signed bundle to the coordinator, info = b"feddistill/v1" | header
     signed bundle  = u32 manifest_len | manifest | payload | signature
-    manifest       = JSON of schemas.BundleManifest (site, run, nonce, dataset, shapes, method, ...)
+    manifest       = JSON of manifest.BundleManifest (site, run, nonce, dataset, shapes, method, ...)
     payload        = images as float16 little-endian, shape (N, C, H, W), C order,
                      then labels as uint16 little-endian, shape (N,)
     signature      = Ed25519 over (u32 manifest_len | manifest | payload), see shared.crypto
@@ -45,7 +45,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from shared import crypto
 from shared.errors import DecryptionError, InvalidBundle
-from shared.schemas import SCHEMA_VERSION, BundleManifest, Hex64, PayloadInfo, RunId, SiteId, first_problem
+from shared.fields import SCHEMA_VERSION, Hex64, RunId, SiteId, first_problem
+from shared.manifest import BundleManifest, PayloadInfo
 
 MAGIC = b"FDSB\x01"
 HPKE_INFO_PREFIX = b"feddistill/v1"

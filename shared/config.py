@@ -15,8 +15,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.errors import ConfigError
-from shared.presets import PRESET_BATCH_REAL, PRESET_ITERATIONS
-from shared.schemas import (
+from shared.fields import setting_error
+from shared.methods import (
     DCConfig,
     DistillConfig,
     DistillMethod,
@@ -24,13 +24,12 @@ from shared.schemas import (
     DPDMConfig,
     EmbeddingMatch,
     IDMConfig,
-    ImbalanceCorrection,
     InitMode,
     MTTConfig,
     NetworkSpec,
-    PartitionScheme,
-    setting_error,
 )
+from shared.presets import PRESET_BATCH_REAL, PRESET_ITERATIONS
+from shared.schemas import ImbalanceCorrection, PartitionScheme
 from shared.training import TrainSettings
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from shared.schemas import ModelSpec, NetworkSpec
+from shared.methods import NetworkSpec
+from shared.schemas import ModelSpec
 
 
 class ConvNet(nn.Module):

@@ -21,7 +21,7 @@ All presets use width 64 (the run's ``net-width``), which is also the global mod
 
 from __future__ import annotations
 
-from shared.schemas import DistillMethod
+from shared.methods import DistillMethod
 
 PRESET_ITERATIONS = {DistillMethod.DC: 20, DistillMethod.DM: 400, DistillMethod.MTT: 200, DistillMethod.IDM: 400,
                      DistillMethod.DPDM: 300}

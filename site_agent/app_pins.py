@@ -26,7 +26,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from shared.errors import ConfigError, PolicyError
-from shared.schemas import first_problem
+from shared.fields import first_problem
 
 log = logging.getLogger(__name__)
 

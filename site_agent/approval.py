@@ -48,7 +48,8 @@ from shared.errors import (
     PolicyError,
     ReleaseRejected,
 )
-from shared.schemas import BundleManifest, DistillRequest, MetricKey
+from shared.manifest import BundleManifest
+from shared.schemas import DistillRequest, MetricKey
 from shared.untrusted import untrusted_text
 from site_agent import audit
 from site_agent.audit import AuditEvent

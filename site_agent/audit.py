@@ -36,7 +36,7 @@ from typing import Annotated, Protocol
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.errors import AuditLogError
-from shared.schemas import Hex64, first_problem
+from shared.fields import Hex64, first_problem
 from shared.untrusted import untrusted_text
 from site_agent.cache import write_atomically
 

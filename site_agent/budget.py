@@ -45,7 +45,9 @@ from pydantic import BaseModel, ConfigDict
 
 from shared import crypto
 from shared.errors import PolicyError
-from shared.schemas import DistillRequest, DPDMConfig, Hex64
+from shared.fields import Hex64
+from shared.methods import DPDMConfig
+from shared.schemas import DistillRequest
 from site_agent import audit
 from site_agent.audit import AuditEvent
 from site_agent.cache import write_atomically

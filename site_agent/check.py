@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from shared.schemas import Preprocessing
+from shared.manifest import Preprocessing
 from site_agent.data import SPLITS, DataFormat, class_folder_name_notes, read_local_data
 from site_agent.policy import SitePolicy
 

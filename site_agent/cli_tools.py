@@ -17,7 +17,8 @@ from rich.table import Table
 from shared import crypto
 from shared.config import RunConfig
 from shared.errors import ConfigError
-from shared.schemas import DistillMethod, setting_error
+from shared.fields import setting_error
+from shared.methods import DistillMethod
 from shared.untrusted import untrusted_text
 from site_agent.check import CheckReport, check_data
 from site_agent.data import dataset_of_file

@@ -17,8 +17,9 @@ from pydantic import BaseModel, ValidationError
 
 from shared.config import RunConfig
 from shared.errors import ApprovalPending, ConfigError, FedDistillError, ReleaseRejected
+from shared.fields import first_problem
 from shared.logs import configure_logging
-from shared.schemas import DistillRequest, EvaluateRequest, TuneRequest, first_problem
+from shared.schemas import DistillRequest, EvaluateRequest, TuneRequest
 from shared.wire import FieldKey, MessageKind, RecordKey, ReleaseState, release_state_reply
 from site_agent.handlers import answer_distill, answer_evaluate, answer_tune
 from site_agent.settings import SiteSettings, site_settings

@@ -36,7 +36,7 @@ from PIL import Image, UnidentifiedImageError
 
 from shared.datasets import IMAGE_SIZE, MEDMNIST_ROOT_ENV, DatasetInfo, dataset_info, normalize, resolve_data_root
 from shared.errors import ConfigError, DataError, LocalDataError
-from shared.schemas import Preprocessing
+from shared.manifest import Preprocessing
 from site_agent.images import fit_image, fit_images, preprocessing_of
 
 log = logging.getLogger(__name__)

@@ -27,14 +27,9 @@ import torch
 
 from shared.config import resolve_device
 from shared.errors import ConfigError, PolicyError
-from shared.schemas import (
-    DistillRequest,
-    EvaluateRequest,
-    InitMode,
-    MetricKey,
-    PrivacySummary,
-    TuneRequest,
-)
+from shared.manifest import PrivacySummary
+from shared.methods import InitMode
+from shared.schemas import DistillRequest, EvaluateRequest, MetricKey, TuneRequest
 from site_agent import audit
 from site_agent.approval import ReleaseApproval, approval_for
 from site_agent.audit import AuditEvent

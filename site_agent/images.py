@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from shared.datasets import IMAGE_SIZE
-from shared.schemas import Preprocessing, ResizeMethod
+from shared.manifest import Preprocessing, ResizeMethod
 
 
 def fit_image(pixels: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:

@@ -39,10 +39,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared import crypto
 from shared.errors import ConfigError, DataError, KeyFileError
+from shared.fields import SiteId, setting_error
 from shared.flower_env import flower_env, flower_executable, write_flat_toml
 from shared.keys import COORDINATOR_PUB, NODE_KEY, SIGNING_KEY, SITE_CA_CERT
 from shared.logs import chosen_level, readable_flower_line
-from shared.schemas import SiteId, setting_error
 from site_agent.app_pins import load_pins
 from site_agent.check import check_data
 from site_agent.policy import SitePolicy

@@ -20,19 +20,9 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.errors import ConfigError, LocalConfigError, PolicyError
-from shared.schemas import (
-    DCConfig,
-    DistillMethod,
-    DistillRequest,
-    DMConfig,
-    DPDMConfig,
-    IDMConfig,
-    InitMode,
-    ModelSpec,
-    MTTConfig,
-    NetworkSpec,
-    first_problem,
-)
+from shared.fields import first_problem
+from shared.methods import DCConfig, DistillMethod, DMConfig, DPDMConfig, IDMConfig, InitMode, MTTConfig, NetworkSpec
+from shared.schemas import DistillRequest, ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +32,7 @@ log = logging.getLogger(__name__)
 
 
 class DCLimits(BaseModel):
-    """Caps on DC's loops (see ``shared.schemas.DCConfig``); 0 in a request means the paper's loops for its ipc."""
+    """Caps on DC's loops (see ``shared.methods.DCConfig``); 0 in a request means the paper's loops for its ipc."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

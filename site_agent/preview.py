@@ -31,7 +31,8 @@ from shared import crypto
 from shared.bundle import BundleHeader, OpenedBundle, SealedBundle, open_bundle
 from shared.datasets import dataset_info
 from shared.grid import image_grid
-from shared.schemas import DistillConfig, DistillRequest
+from shared.methods import DistillConfig
+from shared.schemas import DistillRequest
 from site_agent.release import SealedRelease
 
 PREVIEW_RUN_ID = "site-local-preview"

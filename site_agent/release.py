@@ -14,7 +14,8 @@ from shared import crypto
 from shared.bundle import MAX_ABS_PIXEL, encode_payload, payload_info, seal_bundle
 from shared.datasets import DatasetInfo
 from shared.errors import DataError
-from shared.schemas import BundleManifest, DistillRequest, DPGuarantee, Preprocessing, PrivacySummary
+from shared.manifest import BundleManifest, DPGuarantee, Preprocessing, PrivacySummary
+from shared.schemas import DistillRequest
 from shared.software import software_versions
 from site_agent.distill import SyntheticSet
 from site_agent.identity import SiteIdentity

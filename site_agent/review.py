@@ -12,7 +12,7 @@ import html
 import json
 from pathlib import Path
 
-from shared.schemas import PrivacySummary
+from shared.manifest import PrivacySummary
 from site_agent.approval import BUNDLE_NAME, HeldRelease
 from site_agent.preview import site_local_files
 from site_agent.privacy.page import REPORT_JSON, headline, summary_lines

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from shared.schemas import SiteId, setting_error
+from shared.fields import SiteId, setting_error
 from site_agent.policy import SitePolicy
 
 

@@ -11,7 +11,8 @@ import torch
 
 from coordinator.trust import create_simulation_keys, load_coordinator_keys
 from shared.bundle import MAGIC, BundleHeader, SealedBundle
-from shared.schemas import DCConfig, DistillRequest
+from shared.methods import DCConfig
+from shared.schemas import DistillRequest
 from site_agent.data import LabelledImages
 from site_agent.distill import SyntheticSet
 from site_agent.identity import load_site_identity

@@ -9,8 +9,8 @@ import pytest
 
 from shared.config import RunConfig, resolve_device
 from shared.errors import ConfigError
+from shared.methods import DistillMethod
 from shared.presets import PRESET_BATCH_REAL, PRESET_ITERATIONS
-from shared.schemas import DistillMethod
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 

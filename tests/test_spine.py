@@ -12,16 +12,8 @@ from coordinator.pool import pool
 from coordinator.receive import Expectation, receive_bundle
 from coordinator.train import train_global
 from shared.datasets import DatasetInfo
-from shared.schemas import (
-    DCConfig,
-    DistillRequest,
-    DMConfig,
-    DPDMConfig,
-    IDMConfig,
-    ModelSpec,
-    MTTConfig,
-    NetworkSpec,
-)
+from shared.methods import DCConfig, DMConfig, DPDMConfig, IDMConfig, MTTConfig, NetworkSpec
+from shared.schemas import DistillRequest, ModelSpec
 from shared.training import TrainSettings
 from site_agent.distill import distill
 from site_agent.evaluate import evaluate_global_model

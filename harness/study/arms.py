@@ -29,9 +29,10 @@ from harness.study.traffic import bytes_per_round, traffic_mod
 from harness.yardstick import FIGURES, figures
 from shared.config import RunConfig, resolve_device, simulated_site_id
 from shared.datasets import IMAGE_SIZE, DatasetInfo, reference_subset
+from shared.methods import NetworkSpec
 from shared.metrics import EvalCounts
 from shared.models import build_model, resnet18
-from shared.schemas import ModelSpec, NetworkSpec
+from shared.schemas import ModelSpec
 from shared.training import TrainSettings, model_counts, train_classifier
 from site_agent.data import LabelledImages, SiteImages, read_local_data
 

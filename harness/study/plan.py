@@ -12,7 +12,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.config import RunConfig
-from shared.schemas import DistillMethod, PartitionScheme
+from shared.methods import DistillMethod
+from shared.schemas import PartitionScheme
 
 _RUN = RunConfig()  # a pooled arm is `coordinator simulate`: the study starts from the same defaults
 

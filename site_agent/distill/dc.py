@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from shared.augment import dsa
+from shared.methods import DCConfig, DistillMethod
 from shared.models import ConvNet
-from shared.schemas import DCConfig, DistillMethod
 from shared.training import chunk_size, mean_loss_gradients, sgd_epoch
 from site_agent.distill.deadline import NO_LIMIT, Deadline
 from site_agent.distill.loop import Iterations, seeded

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from shared.augment import dsa
+from shared.methods import DistillMethod, DMConfig, EmbeddingMatch, IDMConfig
 from shared.models import ConvNet
-from shared.schemas import DistillMethod, DMConfig, EmbeddingMatch, IDMConfig
 from shared.training import chunk_size
 from site_agent.distill.deadline import NO_LIMIT, Deadline
 from site_agent.distill.loop import Iterations, seeded

@@ -33,8 +33,8 @@ import torch.nn.functional as F
 
 from shared.augment import dsa
 from shared.errors import ConfigError, DataError
+from shared.methods import DistillMethod, DPDMConfig
 from shared.models import ConvNet
-from shared.schemas import DistillMethod, DPDMConfig
 from shared.training import chunk_size
 from site_agent.distill.accounting import ACCOUNTANT, MECHANISM, DPRelease, noise_multiplier_for
 from site_agent.distill.deadline import NO_LIMIT, Deadline

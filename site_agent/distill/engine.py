@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from shared.errors import DataError
+from shared.methods import DistillConfig
 from shared.models import ConvNet
-from shared.schemas import DistillConfig
 from site_agent.data import LabelledImages
 from site_agent.distill.accounting import DPRelease
 from site_agent.distill.deadline import NO_LIMIT, Deadline

@@ -26,8 +26,8 @@ import torch
 from tqdm.auto import tqdm
 
 from shared.errors import DataError
+from shared.methods import NetworkSpec
 from shared.models import ConvNet
-from shared.schemas import NetworkSpec
 from shared.training import sgd_epoch
 from site_agent.distill.deadline import NO_LIMIT, Deadline
 from site_agent.distill.loop import seeded

@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from shared.augment import dsa
+from shared.methods import DistillMethod, IDMConfig
 from shared.models import ConvNet
-from shared.schemas import DistillMethod, IDMConfig
 from shared.training import chunk_size, mean_loss_gradients
 from site_agent.distill.deadline import NO_LIMIT, Deadline
 from site_agent.distill.dm import matching_loss

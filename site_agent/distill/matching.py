@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import torch
 
-from shared.schemas import InitMode
+from shared.methods import InitMode
 
 # Called after each iteration with (iterations done, current synthetic images in pixel space);
 # benchmarks use it to score the set as it improves.

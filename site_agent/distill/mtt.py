@@ -38,8 +38,8 @@ from torch.func import functional_call
 
 from shared.augment import dsa
 from shared.errors import ConfigError, DataError
+from shared.methods import DistillMethod, MTTConfig
 from shared.models import ConvNet
-from shared.schemas import DistillMethod, MTTConfig
 from site_agent.distill.deadline import NO_LIMIT, Deadline
 from site_agent.distill.experts import ExpertSettings, Trajectory, load_or_train_experts, unflatten_params
 from site_agent.distill.loop import Iterations, seeded

@@ -14,7 +14,7 @@ from typing import TypeVar
 
 import torch
 
-from shared.schemas import DistillMethod
+from shared.methods import DistillMethod
 from site_agent.distill.accounting import DPRelease
 
 # (real_by_class, config, num_classes, device, progress, *, deadline, observer, start_from, time_limit, [guide],

@@ -17,7 +17,7 @@ import operator
 from typing import Literal
 
 from shared.errors import PolicyError
-from shared.schemas import PrivacySummary
+from shared.manifest import PrivacySummary
 from site_agent.policy import PrivacyLimits
 
 BLOCKED = "release blocked by this site's privacy policy; nothing was released"

@@ -14,7 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from shared.grid import image_grid
-from shared.schemas import AttackSummary, Estimate, PrivacySummary
+from shared.manifest import AttackSummary, Estimate, PrivacySummary
 from site_agent.cache import run_file, write_atomically
 from site_agent.distill import SyntheticSet
 from site_agent.policy import PrivacyLimits

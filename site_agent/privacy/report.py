@@ -38,8 +38,10 @@ import torch
 
 from shared.datasets import reference_subset
 from shared.errors import DataError, TimeLimitReached
+from shared.manifest import AttackSummary, Estimate, PrivacySummary
+from shared.methods import NetworkSpec
 from shared.models import ConvNet, build_model
-from shared.schemas import AttackSummary, Estimate, ModelSpec, NetworkSpec, PrivacySummary
+from shared.schemas import ModelSpec
 from shared.training import TrainSettings, model_counts, predict_logits, train_classifier
 from site_agent.data import LabelledImages, SiteImages
 from site_agent.distill import SyntheticSet, distill

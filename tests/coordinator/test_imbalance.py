@@ -16,8 +16,9 @@ from coordinator.imbalance import (
 )
 from coordinator.pool import PooledSet
 from coordinator.train import train_corrected
+from shared.methods import NetworkSpec
 from shared.metrics import EvalCounts, hits_by_scale, log_odds
-from shared.schemas import ImbalanceCorrection, ModelSpec, NetworkSpec
+from shared.schemas import ImbalanceCorrection, ModelSpec
 from shared.training import TrainSettings, predict_logits
 from site_agent.policy import SitePolicy
 

@@ -9,7 +9,8 @@ from coordinator.receive import Expectation, receive_bundle
 from shared.bundle import MAGIC
 from shared.datasets import dataset_info
 from shared.errors import DecryptionError, InvalidBundle, ReplayError, VerificationError
-from shared.schemas import DistillRequest, DPDMConfig
+from shared.methods import DPDMConfig
+from shared.schemas import DistillRequest
 from site_agent.identity import SiteIdentity
 from site_agent.release import seal_release
 from tests.conftest import edit_header, make_request, make_synthetic

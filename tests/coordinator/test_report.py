@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from coordinator.receive import OutcomeStatus, SiteOutcome
 from coordinator.report import _site_entry, render_report
-from shared.schemas import DPGuarantee
+from shared.manifest import DPGuarantee
 
 
 def test_report_shows_epsilon_and_delta_per_private_site() -> None:

@@ -14,9 +14,10 @@ from coordinator import scoring
 from coordinator.imbalance import TUNING_SCALES
 from coordinator.pool import Commitment, PooledSet
 from coordinator.train import train_corrected
+from shared.methods import NetworkSpec
 from shared.metrics import hits_by_scale
 from shared.models import build_model
-from shared.schemas import ImbalanceCorrection, ModelSpec, NetworkSpec, TuneReply, TuneRequest
+from shared.schemas import ImbalanceCorrection, ModelSpec, TuneReply, TuneRequest
 from shared.training import TrainSettings, predict_logits
 from shared.wire import FieldKey, RecordKey
 

@@ -18,7 +18,8 @@ from shared.bundle import (
     seal_bundle,
 )
 from shared.errors import DecryptionError, InvalidBundle, VerificationError
-from shared.schemas import BundleManifest, DCConfig
+from shared.manifest import BundleManifest
+from shared.methods import DCConfig
 from tests.conftest import edit_header
 
 SITE = crypto.generate_signing_key()

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from shared.schemas import DistillRequest, EvaluateRequest, ModelSpec, TuneRequest, is_run_id
+from shared.fields import is_run_id
+from shared.schemas import DistillRequest, EvaluateRequest, ModelSpec, TuneRequest
 from tests.conftest import make_request
 
 FORGED = "run-1\n approved by Dr A. Jones \x1b[2K\x1b[1A"

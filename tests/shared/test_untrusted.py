@@ -46,7 +46,7 @@ def test_a_validation_error_names_a_hostile_field_without_its_control_characters
     """An unexpected key is the sender's own text, and pydantic puts it in the error's location."""
     from pydantic import BaseModel, ConfigDict, ValidationError
 
-    from shared.schemas import first_problem
+    from shared.fields import first_problem
 
     class Strict(BaseModel):
         model_config = ConfigDict(extra="forbid")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from shared.methods import NetworkSpec
 from shared.models import ConvNet
-from shared.schemas import NetworkSpec
 from shared.training import TrainSettings, predict_scores, train_classifier
 
 CPU = torch.device("cpu")

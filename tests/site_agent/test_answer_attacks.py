@@ -21,9 +21,10 @@ import pytest
 import torch
 
 from shared.datasets import dataset_info
+from shared.methods import NetworkSpec
 from shared.metrics import SCORE_EDGES
 from shared.models import build_model
-from shared.schemas import EvaluateReply, ModelSpec, NetworkSpec
+from shared.schemas import EvaluateReply, ModelSpec
 from site_agent.data import LabelledImages
 from site_agent.evaluate import evaluate_global_model, evaluation_answer
 from site_agent.policy import AnswerLimits, BudgetLimits, SitePolicy

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from coordinator.receive import Expectation, receive_bundle
 from shared.datasets import dataset_info
 from shared.errors import ApprovalPending, ConfigError, PolicyError, ReleaseRejected
-from shared.schemas import DistillRequest, DMConfig, DPDMConfig, NetworkSpec
+from shared.methods import DMConfig, DPDMConfig, NetworkSpec
+from shared.schemas import DistillRequest
 from site_agent import audit
 from site_agent.approval import APPROVED, BUNDLE_NAME, REJECTED, FolderApproval, ReleaseStatus, approval_for
 from site_agent.cli import app

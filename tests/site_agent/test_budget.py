@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from shared.errors import PolicyError
-from shared.schemas import DistillRequest, DPDMConfig
+from shared.methods import DPDMConfig
+from shared.schemas import DistillRequest
 from site_agent import audit, budget
 from site_agent.budget import Spend, free_round, load_ledger, spend_answer, take_release
 from site_agent.distill.accounting import GaussianRelease, composed_epsilon, noise_multiplier_for

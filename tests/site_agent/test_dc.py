@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from shared.methods import DCConfig, InitMode, NetworkSpec
 from shared.models import ConvNet
-from shared.schemas import DCConfig, InitMode, NetworkSpec
 from shared.training import TrainSettings, predict_scores, train_classifier
 from site_agent.distill import distill
 from site_agent.distill.dc import paper_loops

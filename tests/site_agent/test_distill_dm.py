@@ -6,8 +6,8 @@ import pydantic
 import pytest
 import torch
 
+from shared.methods import EmbeddingMatch
 from shared.models import ConvNet
-from shared.schemas import EmbeddingMatch
 from site_agent.distill.dm import DMConfig, distill_dm, gaussian_mmd2
 from tests.site_agent.generated import CPU, NET, SIZE, accuracy, data
 

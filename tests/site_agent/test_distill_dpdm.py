@@ -16,7 +16,8 @@ from dp_accounting.rdp import RdpAccountant
 from coordinator.receive import Expectation, receive_bundle
 from shared.config import RunConfig
 from shared.errors import ConfigError, PolicyError
-from shared.schemas import DistillRequest, DMConfig, DPDMConfig, InitMode, ModelSpec, NetworkSpec
+from shared.methods import DMConfig, DPDMConfig, InitMode, NetworkSpec
+from shared.schemas import DistillRequest, ModelSpec
 from site_agent.distill import distill
 from site_agent.distill import dpdm as dpdm_module
 from site_agent.distill.accounting import epsilon_for, noise_multiplier_for

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from shared.errors import DataError
+from shared.methods import InitMode
 from shared.models import ConvNet
-from shared.schemas import InitMode
 from site_agent.distill import experts, mtt
 from site_agent.distill.experts import ExpertSettings, flat_params, load_or_train_experts, unflatten_params
 from site_agent.distill.mtt import MTTConfig, distill_mtt

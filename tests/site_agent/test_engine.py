@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from shared.methods import DCConfig, DMConfig, MTTConfig, NetworkSpec
 from shared.models import ConvNet
-from shared.schemas import DCConfig, DMConfig, MTTConfig, NetworkSpec
 from shared.training import chunk_size, mean_loss_gradients
 from site_agent.distill import distill
 from site_agent.distill.matching import embed_in_chunks
@@ -85,7 +85,7 @@ def test_sites_given_one_request_draw_their_own_sets_and_name_the_request() -> N
 def test_every_method_is_the_module_named_after_it() -> None:
     """Each DistillMethod is registered by site_agent/distill/<method>.py; only MTT takes the expert cache,
     only DPDM is private, and neither matches the global model."""
-    from shared.schemas import DistillMethod
+    from shared.methods import DistillMethod
     from site_agent.distill.registry import method_for
 
     for method in DistillMethod:

@@ -9,9 +9,10 @@ import torch
 
 from shared.datasets import dataset_info
 from shared.errors import InvalidBundle, PolicyError
+from shared.methods import NetworkSpec
 from shared.metrics import SCORE_BINS, TUNING_SCALES, EvalCounts, fit_counts, log_odds
 from shared.models import build_model
-from shared.schemas import EvaluateReply, ModelSpec, NetworkSpec, TuneReply
+from shared.schemas import EvaluateReply, ModelSpec, TuneReply
 from site_agent.data import LabelledImages
 from site_agent.evaluate import (
     evaluate_global_model,

@@ -11,8 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from shared.errors import PolicyError
+from shared.methods import DMConfig, NetworkSpec
 from shared.models import build_model
-from shared.schemas import DistillRequest, DMConfig, EvaluateRequest, ModelSpec, NetworkSpec
+from shared.schemas import DistillRequest, EvaluateRequest, ModelSpec
 from site_agent.cli import app
 from site_agent.handlers import answer_distill, answer_evaluate
 from site_agent.policy import PrivacyLimits, SitePolicy

@@ -17,8 +17,9 @@ from typer.testing import CliRunner
 from shared import crypto
 from shared.errors import ApprovalPending, PolicyError
 from shared.keys import COORDINATOR_PUB, create_coordinator_key
+from shared.methods import DMConfig, DPDMConfig, NetworkSpec
 from shared.models import build_model
-from shared.schemas import DistillRequest, DMConfig, DPDMConfig, EvaluateRequest, ModelSpec, NetworkSpec, TuneRequest
+from shared.schemas import DistillRequest, EvaluateRequest, ModelSpec, TuneRequest
 from site_agent import audit, handlers
 from site_agent.approval import approval_for
 from site_agent.budget import coordinator_id, load_ledger

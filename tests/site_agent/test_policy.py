@@ -10,17 +10,8 @@ from typer.testing import CliRunner
 
 from shared.config import RunConfig
 from shared.errors import ConfigError, LocalConfigError, PolicyError
-from shared.schemas import (
-    DCConfig,
-    DistillMethod,
-    DistillRequest,
-    DMConfig,
-    DPDMConfig,
-    IDMConfig,
-    ModelSpec,
-    MTTConfig,
-    NetworkSpec,
-)
+from shared.methods import DCConfig, DistillMethod, DMConfig, DPDMConfig, IDMConfig, MTTConfig, NetworkSpec
+from shared.schemas import DistillRequest, ModelSpec
 from site_agent.cli import app
 from site_agent.policy import SitePolicy, describe
 from tests.conftest import make_request
@@ -191,7 +182,8 @@ def test_policy_init_then_show(tmp_path: Path) -> None:
 
 def test_a_model_to_score_larger_than_the_caps_is_refused() -> None:
     """Evaluate and tune score a coordinator's model on every local image: its size is capped like a request's."""
-    from shared.schemas import ModelSpec, NetworkSpec
+    from shared.methods import NetworkSpec
+    from shared.schemas import ModelSpec
 
     policy = SitePolicy()
     policy.check_scored_model(ModelSpec(in_channels=1, num_classes=2, image_size=28, network=NetworkSpec(width=64, depth=3)))

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from coordinator.receive import Expectation, receive_bundle
 from coordinator.trust import create_simulation_keys, load_coordinator_keys
 from shared.errors import InvalidBundle, PolicyError, VerificationError
-from shared.schemas import BundleManifest, DistillRequest
+from shared.manifest import BundleManifest
+from shared.schemas import DistillRequest
 from site_agent.cli import app
 from site_agent.preview import PREVIEW_RUN_ID, site_local_files, summarize_bundle
 
@@ -105,8 +106,8 @@ def test_preview_runs_what_a_default_federation_run_asks(site: dict[str, Path], 
                                                         method: str) -> None:
     """Without --iterations the preview distills the method's CPU preset, exactly as a federation request does."""
     from shared.config import RunConfig
+    from shared.methods import DistillMethod
     from shared.presets import PRESET_ITERATIONS
-    from shared.schemas import DistillMethod
     from site_agent import cli_tools
 
     asked = []

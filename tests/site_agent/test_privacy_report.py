@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from shared.methods import DMConfig, NetworkSpec
 from shared.models import ConvNet
-from shared.schemas import DMConfig, NetworkSpec
 from shared.training import TrainSettings, predict_logits, train_classifier
 from site_agent.data import LabelledImages, SiteImages
 from site_agent.distill import distill
@@ -178,7 +178,8 @@ def test_gate_names_only_the_failed_limits() -> None:
 
 def test_a_blocked_release_is_never_sealed_and_leaves_its_report_at_the_site(keys, tmp_path: Path, monkeypatch) -> None:
     """Real-image initialisation, allowed by the policy, still cannot pass the nearest-neighbour limit."""
-    from shared.schemas import DistillRequest, InitMode
+    from shared.methods import InitMode
+    from shared.schemas import DistillRequest
     from site_agent import handlers
     from site_agent.policy import SitePolicy
     from site_agent.privacy.page import REPORT_HTML, REPORT_JSON, privacy_report_folder

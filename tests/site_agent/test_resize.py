@@ -17,7 +17,9 @@ from typer.testing import CliRunner
 
 from coordinator.receive import Expectation, receive_bundle
 from shared.datasets import IMAGE_SIZE, denormalize, normalize
-from shared.schemas import DistillRequest, DMConfig, NetworkSpec, Preprocessing, ResizeMethod
+from shared.manifest import Preprocessing, ResizeMethod
+from shared.methods import DMConfig, NetworkSpec
+from shared.schemas import DistillRequest
 from site_agent.check import check_data
 from site_agent.cli import app
 from site_agent.data import DataFormat, read_local_data

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
+from shared.methods import DCConfig, DMConfig, InitMode, NetworkSpec
 from shared.models import ConvNet
-from shared.schemas import DCConfig, DMConfig, InitMode, NetworkSpec
 from site_agent.distill import SyntheticSet, distill
 from site_agent.distill.matching import starting_images
 from site_agent.rounds import keep_released_set, previous_set

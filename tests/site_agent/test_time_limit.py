@@ -13,7 +13,8 @@ import torch
 
 from shared.datasets import dataset_info
 from shared.errors import PolicyError, TimeLimitReached
-from shared.schemas import DCConfig, DMConfig, DPDMConfig, IDMConfig, ModelSpec, MTTConfig, NetworkSpec
+from shared.methods import DCConfig, DMConfig, DPDMConfig, IDMConfig, MTTConfig, NetworkSpec
+from shared.schemas import ModelSpec
 from shared.training import TrainSettings
 from site_agent import audit
 from site_agent.data import SiteImages

@@ -10,9 +10,10 @@ import pytest
 from pydantic import ValidationError
 
 from shared.errors import PolicyError
+from shared.methods import NetworkSpec
 from shared.metrics import TUNING_SCALES
 from shared.models import build_model
-from shared.schemas import ModelSpec, NetworkSpec, TuneReply, TuneRequest
+from shared.schemas import ModelSpec, TuneReply, TuneRequest
 from site_agent.audit import read_entries
 from site_agent.handlers import answer_tune
 from site_agent.policy import AnswerLimits, SitePolicy
