@@ -99,15 +99,15 @@ class Processes:
         self.started.append(proc)
         return proc
 
-    def start_site(self, name: str, settings: join.JoinSettings) -> subprocess.Popen:
-        """A site's SuperNode and its task runner in one group, as `site-agent join` starts them; returns the node."""
+    def start_site(self, name: str, settings: join.JoinSettings) -> tuple[subprocess.Popen, subprocess.Popen]:
+        """A site's SuperNode and its task runner, each in a group of its own, as `site-agent join` starts them."""
         command = join.supernode_command(settings, join.write_node_config(settings))
         join.write_secret(settings)
         with (self.log_dir / f"{name}.log").open("ab") as log:
             node, runner = join.start_group(command, join.runner_command(settings), join.supernode_env(settings),
                                             settings.home(), log.fileno())
         self.started += [node, runner]
-        return node
+        return node, runner
 
     def stop(self) -> None:
         pids = [pid for proc in self.started for pid in [proc.pid, *descendants(proc.pid)]]
@@ -196,6 +196,7 @@ class LiveFederation:
     policy_file: Path | None = None  # every site's policy (default: the built-in one)
     superlink: subprocess.Popen | None = None
     supernodes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    runners: dict[str, subprocess.Popen] = field(default_factory=dict)  # sites started by start_supernode
 
     @classmethod
     def create(cls, root: Path, processes: Processes, data_root: Path, names: list[str],
@@ -268,9 +269,19 @@ class LiveFederation:
         settings = self.join_settings(name, index, num_partitions, claims, **extra)
         join.preflight(settings)
         settings.home().mkdir(parents=True, exist_ok=True)
-        proc = self.processes.start_site(name, settings)
+        proc, self.runners[name] = self.processes.start_site(name, settings)
         self.supernodes[name] = proc
         return proc
+
+    def answering(self, name: str) -> list[int]:
+        """The site's processes answering a message right now (``site_agent.task``, under its runner or its join)."""
+        root = self.runners.get(name) or self.supernodes[name]
+        return named_descendants(root.pid, "site_agent.task")
+
+    def signal_site(self, name: str, signum: int) -> None:
+        """Signal every process of a site started by :meth:`start_supernode`: its SuperNode's and runner's groups."""
+        for proc in (self.supernodes[name], self.runners[name]):
+            os.killpg(proc.pid, signum)
 
     def start_join(self, name: str, index: int, num_partitions: int) -> subprocess.Popen:
         """``site-agent join`` itself for this site, restarting its SuperNode as it would at a hospital."""

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import time
@@ -21,17 +20,12 @@ from pathlib import Path
 import pytest
 
 from site_agent.policy import PrivacyLimits, SitePolicy
-from tests.deployment.live import PROJECT, TINY, LiveFederation, Processes, named_descendants
+from tests.deployment.live import PROJECT, TINY, LiveFederation, Processes
 
 pytestmark = [pytest.mark.live, pytest.mark.flower, pytest.mark.realdata]
 # The faults are the subject here, not what a release reveals: the sites skip the privacy report.
 QUICK = SitePolicy(privacy=PrivacyLimits(report=False))
 TINY_SETTINGS = {key: value for key, value in TINY.items() if key not in ("sites", "min-sites")}
-
-
-def _clientapp_of(proc: subprocess.Popen) -> list[int]:
-    """The ``flwr-clientapp`` processes a SuperNode (or a join) has running: it is handling a request."""
-    return named_descendants(proc.pid, "flwr-clientapp")
 
 
 def _linked(root: Path, processes: Processes, data_root: Path, names: list[str]) -> LiveFederation:
@@ -59,12 +53,11 @@ def test_a_site_killed_mid_distillation_is_named_and_the_round_completes_without
         fed.start_supernode(name, index, 4)
 
     run_id = fed.submit(**{"sites": 4, "min-sites": 3, "distill-timeout": 120.0, "evaluate-timeout": 60.0})
-    victim = fed.supernodes["site-d"]
     deadline = time.monotonic() + 120
-    while not _clientapp_of(victim) and time.monotonic() < deadline:
+    while not fed.answering("site-d") and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert _clientapp_of(victim), "site-d never started handling its request"
-    os.killpg(victim.pid, signal.SIGKILL)  # the SuperNode and its ClientApp, mid-request
+    assert fed.answering("site-d"), "site-d never started handling its request"
+    fed.signal_site("site-d", signal.SIGKILL)  # the SuperNode, its runner and the task process, mid-request
 
     # While the run waits for it, the operator sees every site's SuperNode and site-d not delivered.
     shown = fed.coordinator("status", "--run-id", str(run_id), "--key-dir", str(fed.coord), "--json")
@@ -131,17 +124,18 @@ def test_a_coordinator_stopped_mid_round_resumes_asking_only_the_site_that_had_n
 
     # site-c freezes while it handles its request; the other two deliver; then the coordinator dies.
     deadline = time.monotonic() + 120
-    while not _clientapp_of(fed.supernodes["site-c"]) and time.monotonic() < deadline:
+    while not fed.answering("site-c") and time.monotonic() < deadline:
         time.sleep(0.1)
-    os.killpg(fed.supernodes["site-c"].pid, signal.SIGSTOP)
+    fed.signal_site("site-c", signal.SIGSTOP)
     deadline = time.monotonic() + 240
     while not all((run_dir / "bundles" / f"{n}.sealed").is_file() for n in names[:2]) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert all((run_dir / "bundles" / f"{n}.sealed").is_file() for n in names[:2]), fed.logs()
     first_nonce = json.loads((run_dir / "state.json").read_text())["requests"]["site-c"]["nonce"]
     fed.stop_superlink()
-    os.killpg(fed.supernodes["site-c"].pid, signal.SIGKILL)  # the frozen site is restarted afresh
+    fed.signal_site("site-c", signal.SIGKILL)  # the frozen site is restarted afresh
     fed.supernodes["site-c"].wait(timeout=30)
+    del fed.runners["site-c"]
 
     fed.start_superlink()
     # Restarted under `site-agent join`: until the SuperLink lets go of the node's old session it refuses to
