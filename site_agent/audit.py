@@ -23,12 +23,9 @@ Entries hold plain values only (counts, names, digests, times), never pixels or 
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import hashlib
 import json
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Protocol
@@ -38,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from shared.errors import AuditLogError
 from shared.fields import Hex64, first_problem
 from shared.untrusted import untrusted_text
-from site_agent.cache import write_atomically
+from site_agent.cache import locked, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +112,7 @@ def record(cache_dir: Path, event: AuditEvent | str, about: Asked, actor: str, *
     """
     folder = audit_dir(cache_dir)
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with _locked(folder):
+    with locked(folder):
         head = _append_after(folder)
         fields = {"seq": head.seq + 1, "time": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
                   "event": AuditEvent(event), "actor": actor, "run_id": about.run_id, "nonce": about.nonce,
@@ -222,15 +219,6 @@ def _read_head(folder: Path) -> AuditHead | None:
     except ValidationError as exc:
         raise AuditLogError(f"the audit log's head file is malformed: {first_problem(exc)}") from None
 
-
-@contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-    with (folder / ".lock").open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _digest(fields: dict[str, object]) -> str:

@@ -32,11 +32,8 @@ is refused before any work.
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import hashlib
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import NamedTuple
@@ -50,7 +47,7 @@ from shared.methods import DPDMConfig
 from shared.schemas import DistillRequest
 from site_agent import audit
 from site_agent.audit import AuditEvent
-from site_agent.cache import write_atomically
+from site_agent.cache import locked, write_atomically
 from site_agent.distill.accounting import GaussianRelease, composed_epsilon, noise_multiplier_for
 from site_agent.identity import load_site_identity
 from site_agent.policy import SitePolicy
@@ -132,7 +129,7 @@ def spend_answer(cache_dir: Path, coordinator: str, kind: Spend, run_id: str, po
             is counted, and the refusal is in the audit log.
     """
     run = _hashed(run_id)
-    with _locked(cache_dir):
+    with locked(cache_dir / BUDGET_DIR):
         ledger, now = load_ledger(cache_dir, coordinator), time.time()
         refusal = _over(ledger, kind, policy, now)
         if refusal is None and ledger.per_run.get(run, 0) >= policy.max_evaluations_per_run:
@@ -162,7 +159,7 @@ def take_release(cache_dir: Path, coordinator: str, request: DistillRequest, pol
     config = request.distill
     charge = _charge(request, config) if isinstance(config, DPDMConfig) else None
     spent = None
-    with _locked(cache_dir):
+    with locked(cache_dir / BUDGET_DIR):
         ledger, now = load_ledger(cache_dir, coordinator), time.time()
         refusal = _over(ledger, Spend.RELEASE, policy, now)
         if refusal is None and round_key in ledger.rounds:
@@ -198,7 +195,7 @@ def take_release(cache_dir: Path, coordinator: str, request: DistillRequest, pol
 def free_round(cache_dir: Path, coordinator: str, request: DistillRequest) -> None:
     """Give back the (run, round) of an attempt that ended with nothing sealed; its counts and epsilon stay spent."""
     round_key = f"{_hashed(request.run_id)}/{request.round}"
-    with _locked(cache_dir):
+    with locked(cache_dir / BUDGET_DIR):
         ledger = load_ledger(cache_dir, coordinator)
         if round_key in ledger.rounds:
             ledger.rounds.remove(round_key)
@@ -292,15 +289,3 @@ def _ledger_path(cache_dir: Path, coordinator: str) -> Path:
 def _save(cache_dir: Path, ledger: Ledger) -> None:
     text = ledger.model_dump_json(indent=1) + "\n"
     write_atomically(_ledger_path(cache_dir, ledger.coordinator), lambda p: p.write_text(text))
-
-
-@contextmanager
-def _locked(cache_dir: Path) -> Iterator[None]:
-    folder = cache_dir / BUDGET_DIR
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with (folder / ".lock").open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
