@@ -17,7 +17,6 @@ import argparse
 import hashlib
 import logging
 import sys
-from pathlib import Path
 
 from flwr.app import Context, Error, Message
 from flwr.common.constant import ErrorCode
@@ -27,6 +26,7 @@ from shared.logs import configure_logging
 from site_agent import audit, flower_runtime
 from site_agent.app_pins import AppRefused, load_pins, verify_app
 from site_agent.audit import AuditEvent
+from site_agent.settings import site_settings
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +40,17 @@ class _Run:
 
 def handle(task: flower_runtime.TaskInput) -> Message:
     """The reply to one task: a refusal when this site does not serve the run's app, else the installed app's."""
-    node = task.context.node_config
-    key_dir, cache_dir = Path(str(node.get("key-dir", ""))), Path(str(node.get("cache-dir", "")))
     try:
-        pinned = verify_app(task.fab.content, task.fab.hash_str, load_pins(key_dir))
+        settings = site_settings(task.context.node_config)  # the node config join wrote: keys, cache, policy
+        pinned = verify_app(task.fab.content, task.fab.hash_str, load_pins(settings.key_dir))
     except AppRefused as exc:
-        audit.record(cache_dir, AuditEvent.APP_REFUSED, _Run(task.run.run_id), "site-agent",
+        audit.record(settings.cache_dir, AuditEvent.APP_REFUSED, _Run(task.run.run_id), "site-agent",
                      fab_hash=hashlib.sha256(task.fab.content).hexdigest(), fab_id=str(task.run.fab_id)[:100],
                      message_type=str(task.message.metadata.message_type)[:64], why=str(exc))
         log.warning("refused a message of Flower run %d: %s", task.run.run_id, exc)
+        return _error_reply(task.message, exc)
+    except FedDistillError as exc:  # a bad node config, policy or pins file: refused before anything of the run
+        log.error("refused a message of Flower run %d: %s", task.run.run_id, exc.diagnostics())
         return _error_reply(task.message, exc)
     log.debug("run %d uses pinned app package %s", task.run.run_id, pinned.fab_hash)
     from site_agent.client_app import app  # the installed ClientApp, imported only once the run is allowed
@@ -60,7 +62,7 @@ def handle(task: flower_runtime.TaskInput) -> Message:
 
 
 def _error_reply(message: Message, exc: Exception) -> Message:
-    # Flower's own ClientApp process words an exception this way; the coordinator parses it (server_app).
+    # In the words Flower's own ClientApp process gives an exception; the coordinator reads it as one sentence.
     reason = str(type(exc)) + ":<'" + str(exc) + "'>"
     return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=message)
 

@@ -83,3 +83,11 @@ def test_the_flower_runtime_types_we_use_keep_their_shape() -> None:
                    "SendTaskHeartbeat"):
         assert hasattr(client, method), f"flwr's RuntimeHttpClient lost {method}: see site_agent/flower_runtime.py"
     assert "master_secret" in inspect.signature(flower_runtime.SuperExecAuthHttpInterceptor).parameters
+
+
+def test_a_node_config_without_its_keys_is_refused_before_anything_of_the_run(tmp_path: Path) -> None:
+    """No key directory, no pins to read: the message is refused, not answered from some other folder's pins."""
+    incomplete = task_input(tmp_path, fab())
+    incomplete.context.node_config.pop("key-dir")
+    reply = task.handle(incomplete)
+    assert reply.has_error() and "key-dir" in reply.error.reason
