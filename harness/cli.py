@@ -107,10 +107,10 @@ def simulate(
     run_dir, summary = run_simulation(config, verbose=verbose)
     typer.echo(f"{summary['sites_accepted']}/{summary['sites_expected']} sites accepted; {pooled_line(summary)}")
     if "yardstick" in summary:
-        y = summary["yardstick"]["corrected"]
-        typer.echo(f"a random real subset of the same size (not private), trained and corrected the same way: "
-                   f"balanced accuracy {fmt(y['balanced_accuracy'])}, AUC {fmt(y['auc'])} (report.md has both "
-                   "models uncorrected too)")
+        y, corrected = summary["yardstick"]["corrected"], "uncorrected" in summary
+        typer.echo(f"a random real subset of the same size (not private), trained the same way: balanced accuracy "
+                   f"{fmt(y['balanced_accuracy'])}, AUC {fmt(y['auc'])}"
+                   + (" (corrected as the global model was; report.md has both uncorrected too)" if corrected else ""))
     typer.echo(f"results: {run_dir}")
 
 
