@@ -121,7 +121,9 @@ def detect_format(path: Path, dataset: str | None) -> tuple[DataFormat, Path]:
             raise DataError(f"data file has suffix {path.suffix!r}; expected a .npz file or a folder of images")
         return (DataFormat.MEDMNIST if path.stem in INFO else DataFormat.NPZ), path
     if not path.is_dir():
-        raise DataError("the data path does not exist", hint="check --data / the node config's data-root")
+        raise DataError("the data path does not exist", local_detail=f"searched: {path}",
+                        hint=f"check the data path: site-agent's --data, a node config's data-root, coordinator "
+                        f"simulate's --data-root, or {MEDMNIST_ROOT_ENV}")
     if dataset and (path / f"{dataset.lower()}.npz").is_file():
         return DataFormat.MEDMNIST, path / f"{dataset.lower()}.npz"
     holds_npz = any(path.glob("*.npz"))  # a MedMNIST root, just not with this dataset's file
@@ -135,7 +137,8 @@ def detect_format(path: Path, dataset: str | None) -> tuple[DataFormat, Path]:
     raise DataError(
         f"dataset file {wanted!r} not found in the data root, nor a folder of class images "
         f"(check the data path or set {MEDMNIST_ROOT_ENV}; downloads are off)"
-        + (f"; it holds {', '.join(found)}" if found else "")
+        + (f"; it holds {', '.join(found)}" if found else ""),
+        local_detail=f"searched: {path}",
     )
 
 
@@ -204,7 +207,7 @@ def load_medmnist(
     if not path.is_file():
         raise DataError(
             f"dataset file {file_name!r} not found in the data root "
-            f"(set --data-root or {MEDMNIST_ROOT_ENV}; downloads are off)"
+            f"(set --data-root or {MEDMNIST_ROOT_ENV}; downloads are off)", local_detail=f"searched: {path.parent}"
         )
     raw = _read_medmnist(info, path, verify_md5, size=size, splits=("train", "test"))
     train, test = (_validated(split, *raw[split], info, size=size) for split in ("train", "test"))

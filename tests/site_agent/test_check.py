@@ -239,3 +239,15 @@ def test_class_folders_named_against_their_number_are_pointed_out(tmp_path: Path
     assert not any("is read as class" in n for n in named.notes)
     custom = check_data(write_folder(tmp_path / "custom", {"train": {"0_cancer": 10, "1": 10}}), "breastmnist", POLICY)
     assert any("'cancer', which is not that class's name" in n for n in custom.notes)
+
+
+def test_a_missing_data_path_says_where_it_looked_on_this_screen_only(tmp_path: Path) -> None:
+    """The folder searched is local detail: shown to the operator (diagnostics), never in the message that travels."""
+    from shared.errors import DataError
+    from site_agent.data import read_local_data
+
+    missing = tmp_path / "ward-7-images"
+    with pytest.raises(DataError) as error:
+        read_local_data(missing, "breastmnist")
+    assert "ward-7" not in str(error.value) and str(missing) in error.value.diagnostics()
+    assert "--data-root" in error.value.hint and "--data" in error.value.hint
