@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from shared.errors import ConfigError, PolicyError
 from shared.fields import first_problem
+from site_agent.cache import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -113,10 +114,8 @@ def unpin(key_dir: Path, fab_hash: str) -> bool:
 
 def _save(key_dir: Path, pins: PinnedApps) -> None:
     key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = key_dir / PINS_FILE
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(pins.model_dump_json(indent=2) + "\n")
-    temporary.replace(path)
+    text = pins.model_dump_json(indent=2) + "\n"
+    write_atomically(key_dir / PINS_FILE, lambda path: path.write_text(text))
 
 
 def verify_app(fab: bytes, claimed_hash: str, pins: PinnedApps, version: str | None = None) -> PinnedApp:

@@ -221,8 +221,9 @@ def run_supernode(settings: JoinSettings, restart: bool = True, max_restarts: in
     """
     preflight(settings)
     settings.home().mkdir(parents=True, exist_ok=True, mode=0o700)
+    cache = node_config(settings)["cache-dir"]
     log.info("site %s: its audit log, held releases and budgets are in %s (pass --cache-dir %s to site-agent review, "
-             "history and audit)", settings.site_id, node_config(settings)["cache-dir"], node_config(settings)["cache-dir"])
+             "history and audit)", settings.site_id, cache, cache)
     command = supernode_command(settings, write_node_config(settings))
     env = supernode_env(settings)
     stop_signal: int | None = None
