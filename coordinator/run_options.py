@@ -117,7 +117,8 @@ def pooled_line(summary: dict) -> str:
     glob = summary.get("global", {})
     recalls = [(r, name) for r, name in zip(glob.get("recall", []), glob.get("class_names", []), strict=False)
                if r is not None and not math.isnan(r)]  # NaN: a class with no test image
-    weakest = f"; lowest class recall {fmt(min(recalls)[0])} ({min(recalls)[1]})" if recalls else ""
+    lowest = min(recalls, default=None)
+    weakest = f"; lowest class recall {fmt(lowest[0])} ({lowest[1]})" if lowest else ""
     return (f"global model over {glob.get('num_examples', 0)} test images: balanced accuracy "
             f"{fmt(glob.get('balanced_accuracy'))}, AUC {fmt(glob.get('auc'))}{weakest} (accuracy "
             f"{fmt(glob.get('accuracy'))}; majority class {fmt(glob.get('majority_rate'))})")

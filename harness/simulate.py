@@ -26,17 +26,13 @@ from harness.sites import remove_run_shares, simulated_client_app, write_run_sha
 from shared.bundle import OpenedBundle, open_bundle
 from shared.config import RunConfig
 from shared.errors import FederationError, InvalidBundle
+from shared.flower_env import OFFLINE_ENV
 from shared.keys import SIMULATION_KEYS
 from shared.logs import configure_logging
 
 log = logging.getLogger(__name__)
 
-OFFLINE_FLOWER_ENV = {
-    "FLWR_TELEMETRY_ENABLED": "0",
-    "FLWR_DISABLE_UPDATE_CHECK": "1",
-    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-    "RAY_DEDUP_LOGS": "0",
-}
+OFFLINE_FLOWER_ENV = {**OFFLINE_ENV, "RAY_DEDUP_LOGS": "0"}  # each site's lines shown, not folded
 
 
 class _NotRunSimulationDeprecation(logging.Filter):
@@ -45,6 +41,9 @@ class _NotRunSimulationDeprecation(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "`run_simulation` function is deprecated" not in record.getMessage()
+
+
+_QUIET_DEPRECATION = _NotRunSimulationDeprecation()  # one instance: addFilter keeps it once, however many runs
 
 
 def new_run_dir(config: RunConfig) -> Path:
@@ -84,7 +83,7 @@ def simulate(
     from flwr.simulation import run_simulation  # after the environment is set: Flower reads it at import
 
     configure_logging()  # again: importing Flower set its logger back to DEBUG
-    logging.getLogger("flwr").addFilter(_NotRunSimulationDeprecation())
+    logging.getLogger("flwr").addFilter(_QUIET_DEPRECATION)
 
     from coordinator.server_app import build_server_app
 
