@@ -22,8 +22,9 @@ from shared.errors import ConfigError
 from shared.fields import first_problem
 from shared.schemas import EvaluateReply, ModelSpec
 from shared.training import TrainSettings, train_classifier
-from site_agent.data import SiteImages, load_site_images
+from site_agent.data import load_site_images
 from site_agent.evaluate import evaluate_global_model, load_global_model
+from site_agent.labelled import SiteImages
 
 
 class FedAvgSites(BaseModel):

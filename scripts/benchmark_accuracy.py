@@ -35,8 +35,9 @@ from shared.datasets import DatasetInfo, dataset_info, reference_subset
 from shared.methods import DistillMethod, NetworkSpec
 from shared.models import ConvNet
 from shared.training import TrainSettings, train_classifier
-from site_agent.data import LabelledImages, load_medmnist
 from site_agent.distill import distill
+from site_agent.labelled import LabelledImages
+from site_agent.medmnist_files import load_medmnist
 
 EVAL_NETWORK = NetworkSpec(depth=3, width=64)
 CPU = torch.device("cpu")

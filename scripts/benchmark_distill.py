@@ -25,7 +25,7 @@ import time
 import torch
 
 from shared.methods import DCConfig, DistillConfig, DMConfig, MTTConfig, NetworkSpec
-from site_agent.data import LabelledImages
+from site_agent.labelled import LabelledImages
 
 SHAPES = {"grey": (1, 28), "rgb": (3, 28), "rgb32": (3, 32)}
 PAPER_NET = NetworkSpec(depth=3, width=128)

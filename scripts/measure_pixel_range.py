@@ -18,8 +18,8 @@ import torch
 
 from shared.config import RunConfig
 from shared.methods import DistillMethod
-from site_agent.data import load_medmnist
 from site_agent.distill import distill
+from site_agent.medmnist_files import load_medmnist
 
 
 def main() -> None:

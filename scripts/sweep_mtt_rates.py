@@ -16,8 +16,8 @@ from benchmark_accuracy import train_and_score
 
 from shared.config import RunConfig
 from shared.methods import DistillMethod
-from site_agent.data import load_medmnist
 from site_agent.distill import distill
+from site_agent.medmnist_files import load_medmnist
 
 RATES = ((1000.0, 1e-5), (100.0, 1e-6), (100.0, 1e-7), (10.0, 1e-7))  # (lr_img, lr_lr); the first is the paper's
 

@@ -15,7 +15,9 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from shared.manifest import Preprocessing
-from site_agent.data import SPLITS, DataFormat, class_folder_name_notes, read_local_data
+from site_agent.data import DataFormat, read_local_data
+from site_agent.image_folder import class_folder_name_notes
+from site_agent.labelled import SPLITS
 from site_agent.policy import SitePolicy
 
 

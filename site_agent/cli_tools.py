@@ -21,8 +21,8 @@ from shared.fields import setting_error
 from shared.methods import DistillMethod
 from shared.untrusted import untrusted_text
 from site_agent.check import CheckReport, check_data
-from site_agent.data import dataset_of_file
 from site_agent.handlers import prepare_release
+from site_agent.medmnist_files import dataset_of_file
 from site_agent.policy import SitePolicy, describe, write_default_policy
 from site_agent.preview import open_for_inspection, opened_grid, preview_request, summarize_bundle, write_release
 from site_agent.privacy.gate import ReleaseBlocked

@@ -13,9 +13,9 @@ from coordinator.trust import create_simulation_keys, load_coordinator_keys
 from shared.bundle import MAGIC, BundleHeader, SealedBundle
 from shared.methods import DCConfig
 from shared.schemas import DistillRequest
-from site_agent.data import LabelledImages
 from site_agent.distill import SyntheticSet
 from site_agent.identity import load_site_identity
+from site_agent.labelled import LabelledImages
 from site_agent.policy import SitePolicy
 from site_agent.settings import SiteSettings
 

@@ -18,11 +18,11 @@ import torch
 from shared.errors import DataError
 from shared.methods import DistillConfig
 from shared.models import ConvNet
-from site_agent.data import LabelledImages
 from site_agent.distill.accounting import DPRelease
 from site_agent.distill.deadline import NO_LIMIT, Deadline
 from site_agent.distill.matching import Observer, deadline_after, past
 from site_agent.distill.registry import method_for
+from site_agent.labelled import LabelledImages
 
 log = logging.getLogger(__name__)
 

@@ -43,9 +43,9 @@ from shared.methods import NetworkSpec
 from shared.models import ConvNet, build_model
 from shared.schemas import ModelSpec
 from shared.training import TrainSettings, model_counts, predict_logits, train_classifier
-from site_agent.data import LabelledImages, SiteImages
 from site_agent.distill import SyntheticSet, distill
 from site_agent.distill.deadline import NO_LIMIT, Deadline
+from site_agent.labelled import LabelledImages, SiteImages
 from site_agent.policy import PrivacyLimits
 from site_agent.privacy.membership import AttackResult, Interval, confidence_scores, evaluate_attack, lira_scores
 from site_agent.privacy.memorisation import Memorisation, memorisation

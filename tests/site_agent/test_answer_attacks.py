@@ -25,8 +25,8 @@ from shared.methods import NetworkSpec
 from shared.metrics import SCORE_EDGES
 from shared.models import build_model
 from shared.schemas import EvaluateReply, ModelSpec
-from site_agent.data import LabelledImages
 from site_agent.evaluate import evaluate_global_model, evaluation_answer
+from site_agent.labelled import LabelledImages
 from site_agent.policy import AnswerLimits, BudgetLimits, SitePolicy
 
 CPU = torch.device("cpu")

@@ -12,7 +12,7 @@ from harness.partition import partition
 from shared.errors import ConfigError, DataError, PolicyError
 from shared.methods import DCConfig, InitMode
 from shared.schemas import PartitionScheme
-from site_agent.data import load_medmnist
+from site_agent.medmnist_files import load_medmnist
 from site_agent.policy import SitePolicy
 from site_agent.privacy.near_copy import nearest_real_similarity
 from tests.conftest import blobs, make_request

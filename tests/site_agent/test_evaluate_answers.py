@@ -13,7 +13,6 @@ from shared.methods import NetworkSpec
 from shared.metrics import SCORE_BINS, TUNING_SCALES, EvalCounts, fit_counts, log_odds
 from shared.models import build_model
 from shared.schemas import EvaluateReply, ModelSpec, TuneReply
-from site_agent.data import LabelledImages
 from site_agent.evaluate import (
     evaluate_global_model,
     evaluation_answer,
@@ -21,6 +20,7 @@ from site_agent.evaluate import (
     released_evaluation,
     tuning_answer,
 )
+from site_agent.labelled import LabelledImages
 from site_agent.policy import AnswerLimits, SitePolicy
 
 SPEC = ModelSpec(in_channels=1, num_classes=2, image_size=28, network=NetworkSpec(depth=1, width=8))

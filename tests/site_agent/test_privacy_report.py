@@ -12,8 +12,8 @@ import torch
 from shared.methods import DMConfig, NetworkSpec
 from shared.models import ConvNet
 from shared.training import TrainSettings, predict_logits, train_classifier
-from site_agent.data import LabelledImages, SiteImages
 from site_agent.distill import distill
+from site_agent.labelled import LabelledImages, SiteImages
 from site_agent.policy import PrivacyLimits
 from site_agent.privacy.gate import ReleaseBlocked, enforce, failed_limits
 from site_agent.privacy.membership import confidence_scores, evaluate_attack, lira_scores

@@ -17,10 +17,10 @@ from shared.methods import DCConfig, DMConfig, DPDMConfig, IDMConfig, MTTConfig,
 from shared.schemas import ModelSpec
 from shared.training import TrainSettings
 from site_agent import audit
-from site_agent.data import SiteImages
 from site_agent.distill import SyntheticSet, distill
 from site_agent.distill.deadline import NO_LIMIT, Deadline
 from site_agent.handlers import answer_distill
+from site_agent.labelled import SiteImages
 from site_agent.policy import PrivacyLimits, SitePolicy
 from site_agent.privacy.report import ShadowSettings, _shadow_models, measure_privacy
 from site_agent.rounds import previous_set
