@@ -43,6 +43,17 @@ from shared.schemas import ImbalanceCorrection
 _DEFAULTS = RunConfig()
 _STUDY = StudyConfig()
 
+# Options of this machine's reads, not run-config keys: the run config travels to the sites, which decide
+# their own data and checks (and never download).
+DownloadOption = Annotated[bool, typer.Option(
+    "--download", help="First fetch the dataset's official MedMNIST file into --data-root (default: $MEDMNIST_ROOT, "
+    "else ~/.medmnist) with medmnist's own downloader, which checks its MD5. Simulations only: a site never downloads.")]
+Md5Option = Annotated[bool, typer.Option(
+    "--verify-md5/--no-verify-md5", help="Check an official MedMNIST file's MD5 before sharing it out (a file named "
+    "<dataset>.npz that is a local export fails it).")]
+# simulate's parameters (and imports) that are not run-config keys
+_NOT_RUN_CONFIG = ("ctx", "verbose", "run_simulation", "md5_checks", "setting", "config_file", "download", "verify_md5")
+
 
 def register(app: typer.Typer) -> None:
     """Add the harness's commands to the ``coordinator`` app."""
@@ -97,14 +108,20 @@ def simulate(
     imbalance: Annotated[ImbalanceCorrection, typer.Option(help="Correct the global model for the class mix the sites release.")] = _DEFAULTS.imbalance,
     config_file: ConfigFileOption = None,
     setting: SettingOption = None,
+    download: DownloadOption = False,
+    verify_md5: Md5Option = True,
     verbose: Annotated[bool, typer.Option(help="Flower's debug logging.")] = False,
 ) -> None:
     """Run a multi-site federation on this machine with Flower's Simulation Engine and write a results folder."""
     from harness.simulate import simulate as run_simulation
+    from harness.source import md5_checks
 
-    options = {k: v for k, v in locals().items() if k not in ("ctx", "verbose", "run_simulation", "setting", "config_file")}
+    options = {k: v for k, v in locals().items() if k not in _NOT_RUN_CONFIG}
     config = RunConfig.from_flower(merged_run_values(ctx, options, config_file, setting))
-    run_dir, summary = run_simulation(config, verbose=verbose)
+    if download:
+        fetch(config.dataset, config.data_root)
+    with md5_checks(verify_md5):
+        run_dir, summary = run_simulation(config, verbose=verbose)
     typer.echo(f"{summary['sites_accepted']}/{summary['sites_expected']} sites accepted; {pooled_line(summary)}")
     if "yardstick" in summary:
         y, corrected = summary["yardstick"]["corrected"], "uncorrected" in summary
@@ -137,6 +154,7 @@ def study(
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda, ...")] = _STUDY.device,
     out_dir: Annotated[Path, typer.Option(help="Parent folder of the study's folder (study-<dataset>); rerun to resume.")] = Path(_STUDY.out_dir),
     docs: Annotated[Path, typer.Option(help="Where study-<dataset>.md, its plots and its JSON are written.")] = Path("docs"),
+    download: DownloadOption = False,
 ) -> None:
     """Compare pooled distilled sets with FedAvg, local-only, a random real subset and centralised training.
 
@@ -146,7 +164,7 @@ def study(
     from harness.study.report import write_report
     from harness.study.runner import run_study
 
-    values = {k: v for k, v in dict(locals()).items() if k not in ("write_report", "run_study", "docs")}
+    values = {k: v for k, v in dict(locals()).items() if k not in ("write_report", "run_study", "docs", "download")}
     for name in ("seeds", "methods", "ipcs"):
         if values[name] is None:
             values.pop(name)
@@ -155,9 +173,18 @@ def study(
         config = StudyConfig(**values)
     except ValidationError as exc:
         raise setting_error(exc, "option --{key}: {msg}") from None
+    if download:
+        fetch(config.dataset, config.data_root)
     folder, records = run_study(config)
     report = write_report(config, records, docs)
     typer.echo(f"{len(records)} arm records in {folder / 'study.json'}; report: {report}")
+
+
+def fetch(dataset: str, data_root: str) -> None:
+    """``--download``: the official file into the data root, and where it went."""
+    from harness.source import download_medmnist
+
+    typer.echo(f"{dataset}: the official MedMNIST file, MD5 checked, is at {download_medmnist(dataset, data_root)}")
 
 
 def study_correlation(
