@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -25,6 +25,9 @@ from shared.config import RunConfig
 from shared.crypto import HpkeSuite
 from shared.errors import ConfigError
 from shared.logs import add_common_options, run_cli
+
+if TYPE_CHECKING:  # imported where used, as the other commands' modules are
+    from coordinator.summary import RunSummary
 
 app = typer.Typer(help="Coordinate a federated dataset-distillation study.", pretty_exceptions_enable=False,
                   no_args_is_help=True, add_completion=False)
@@ -285,8 +288,9 @@ def status(
     for entry in control.list_runs(conn, run_id):
         results_dir = control.results_dir_of(conn, entry.get("run-id", ""))
         summary = _summary(Path(results_dir)) if results_dir else None
-        sites = _site_rows(summary) if summary else _site_rows({"sites": run_state.progress(Path(results_dir))}
-                                                                 if results_dir else None)
+        sites = (_site_rows(summary) if summary else
+                 [{"site": p["site_id"], "status": p["status"], "reason": p["reason"]}
+                  for p in (run_state.progress(Path(results_dir)) if results_dir else [])])
         runs.append({"run": Path(results_dir).name if results_dir else None, "flower_run_id": entry.get("run-id"),
                      "status": entry.get("status"), "elapsed": entry.get("elapsed"), "results": results_dir,
                      "sites": sites})
@@ -328,17 +332,17 @@ def results(
     as_json: _JSON = False,
 ) -> None:
     """Results folders under --out-dir with their status and, when complete, the global model's pooled metrics."""
+    from coordinator.summary import SummaryError, read_summary
     from shared.tables import show, show_json
 
     rows = []
     for path in sorted(out_dir.glob("*/summary.json")):
-        data = _summary(path.parent) or {}
-        glob = data.get("global", {})
-        rows.append({"folder": str(path.parent), "run_id": data.get("run_id"), "status": data.get("status"),
-                     "sites": f"{data.get('sites_accepted', 0)}/{data.get('sites_expected', 0)}",
-                     "test_images": glob.get("num_examples"), "accuracy": glob.get("accuracy"),
-                     "majority_rate": glob.get("majority_rate"), "balanced_accuracy": glob.get("balanced_accuracy"),
-                     "auc": glob.get("auc"), "error": data.get("error")})
+        try:
+            row = _results_row(read_summary(path))
+        except SummaryError as exc:  # one folder an older version wrote does not hide the others
+            typer.echo(f"warning: {exc}", err=True)
+            row = {"run_id": None, "status": "unreadable", "error": str(exc)}
+        rows.append({"folder": str(path.parent), **row})
     if as_json:
         show_json(rows)
         return
@@ -350,25 +354,35 @@ def results(
                 "auc": "AUC"})
 
 
+def _results_row(summary: RunSummary) -> dict:
+    """One line of ``results``: the run, how it ended, and the global model's pooled figures."""
+    glob = summary.global_model
+    figures = {"test_images": glob.num_examples, "accuracy": glob.accuracy, "majority_rate": glob.majority_rate,
+               "balanced_accuracy": glob.balanced_accuracy, "auc": glob.auc} if glob else {}
+    return {"run_id": summary.run_id, "status": summary.status.value,
+            "sites": f"{summary.sites_accepted}/{summary.sites_expected}", **figures, "error": summary.error}
+
+
 _SITE_COLUMNS = {"site": "site", "status": "status", "reason": "reason", "bundle_bytes": "bundle bytes",
                  "distill_seconds": "distill s"}
 
 
-def _summary(run_dir: Path) -> dict | None:
-    """A results folder's summary.json, or None when it has none (yet) or it cannot be read."""
-    import json
+def _summary(run_dir: Path) -> RunSummary | None:
+    """A results folder's summary, or None when it has none yet (or one status cannot read: said on stderr)."""
+    from coordinator.summary import SUMMARY_FILE, SummaryError, read_summary
 
+    if not (run_dir / SUMMARY_FILE).is_file():
+        return None
     try:
-        return json.loads((run_dir / "summary.json").read_text())
-    except (OSError, ValueError):
+        return read_summary(run_dir)
+    except SummaryError as exc:
+        typer.echo(f"warning: {exc}", err=True)
         return None
 
 
-def _site_rows(summary: dict | None) -> list[dict]:
-    if not summary:
-        return []
-    return [{"site": s.get("site_id") or f"node {s.get('node_id')}", **{k: s.get(k) for k in list(_SITE_COLUMNS)[1:]}}
-            for s in summary.get("sites", [])]
+def _site_rows(summary: RunSummary) -> list[dict]:
+    return [{"site": s.site_id or f"node {s.node_id}", "status": s.status.value, "reason": s.reason,
+             "bundle_bytes": s.bundle_bytes, "distill_seconds": s.distill_seconds} for s in summary.sites]
 
 
 def _connection(keys_dir: Path | None, superlink: str | None, root_certificates: Path | None, flwr_home: Path):

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+
+from coordinator.summary import RoundRecord, SiteEntry
 
 
 def pyplot():
@@ -18,15 +19,15 @@ def pyplot():
     return plt
 
 
-def plot_rounds(rounds: list[dict[str, Any]], path: Path) -> None:
+def plot_rounds(rounds: list[RoundRecord], path: Path) -> None:
     """Balanced accuracy and AUC of the global model against round and against cumulative bytes moved."""
     plt = pyplot()
-    numbers = [r["round"] for r in rounds]
-    megabytes = [r["bytes"]["cumulative"] / 1e6 for r in rounds]
+    numbers = [r.round for r in rounds]
+    megabytes = [r.bytes.cumulative / 1e6 for r in rounds]
     figure, axes = plt.subplots(1, 2, figsize=(9, 3.5), constrained_layout=True)
     for axis, x, label in ((axes[0], numbers, "round"), (axes[1], megabytes, "cumulative MB moved (up + down)")):
         for metric, name in (("balanced_accuracy", "balanced accuracy"), ("auc", "macro AUC")):
-            values = [r["global"][metric] if r["global"][metric] is not None else float("nan") for r in rounds]
+            values = [float("nan") if (v := getattr(r.global_model, metric)) is None else v for r in rounds]
             axis.plot(x, values, marker="o", label=name)
         axis.set_xlabel(label)
         axis.grid(alpha=0.3)
@@ -37,22 +38,21 @@ def plot_rounds(rounds: list[dict[str, Any]], path: Path) -> None:
     plt.close(figure)
 
 
-def plot_class_coverage(sites: list[dict[str, Any]], class_names: list[str], path: Path) -> None:
+def plot_class_coverage(sites: list[SiteEntry], class_names: list[str], path: Path) -> None:
     """Per class, each accepted site's real training images (as its manifest released them) or, where it withheld
     them, its synthetic images: which site covers which class. No file when no site was accepted."""
-    shown = [s for s in sites if s.get("class_counts") is not None]
+    shown = [s for s in sites if s.class_counts is not None]
     if not shown:
         return
     plt = pyplot()
-    real = all(s.get("real_class_counts") is not None for s in shown)
-    key = "real_class_counts" if real else "class_counts"
+    real = all(s.real_class_counts is not None for s in shown)
     figure, axis = plt.subplots(figsize=(max(5.0, 1.2 * len(class_names) + 2), 3.5), constrained_layout=True)
     width = 0.8 / len(shown)
     positions = np.arange(len(class_names))
     for i, site in enumerate(shown):
-        counts = {int(k): v for k, v in site[key].items()}
+        counts = (site.real_class_counts if real else site.class_counts) or {}
         axis.bar(positions + i * width - 0.4 + width / 2, [counts.get(c, 0) for c in range(len(class_names))],
-                 width, label=str(site["site_id"]))
+                 width, label=str(site.site_id))
     axis.set_xticks(positions, [name[:20] for name in class_names], rotation=20, ha="right")
     axis.set_ylabel("real training images (released counts)" if real else "synthetic images in the set")
     axis.legend(title="site", fontsize="small")

@@ -14,7 +14,7 @@ import numpy as np
 from coordinator.trust import CoordinatorKeys
 from shared.bundle import MAX_ABS_PIXEL, BundleHeader, OpenedBundle, SealedBundle
 from shared.errors import InvalidBundle, ReplayError, VerificationError
-from shared.manifest import DPGuarantee, PrivacySummary
+from shared.manifest import DPGuarantee, Preprocessing, PrivacySummary
 from shared.methods import DPDMConfig
 from shared.schemas import DistillRequest
 
@@ -137,6 +137,7 @@ class SiteOutcome:
     dp: DPGuarantee | None = None  # the differential-privacy guarantee signed into it (dpdm)
     class_counts: dict[int, int] | None = None  # an accepted set's synthetic images per class
     real_class_counts: dict[int, int] | None = None  # the real training images per class it released, if any
+    preprocessing: Preprocessing | None = None  # how the site resized its images, as its manifest records it
 
     @classmethod
     def accepted(cls, node_id: int | None, bundle: OpenedBundle, reason: str = "",
@@ -144,4 +145,5 @@ class SiteOutcome:
         """An accepted bundle's outcome: its site, size and the figures signed into its manifest."""
         manifest = bundle.manifest
         return cls(node_id, manifest.site_id, OutcomeStatus.ACCEPTED, reason, bundle.sealed_bytes, metrics,
-                   manifest.privacy, manifest.dp, manifest.class_counts, manifest.real_class_counts)
+                   manifest.privacy, manifest.dp, manifest.class_counts, manifest.real_class_counts,
+                   manifest.preprocessing)

@@ -17,6 +17,8 @@ from typing import Any
 
 from markdown_it import MarkdownIt
 
+from coordinator.summary import GlobalEvaluation, RunSummary
+
 # Shown after the report's own text, each when the run wrote it.
 PICTURES = (
     ("rounds.png", "Balanced accuracy and AUC of the global model per round, against the bytes moved"),
@@ -37,20 +39,20 @@ td.cell { text-align: right; min-width: 3em; }
 _IMG = re.compile(r'<img src="([^"]*)" alt="([^"]*)" />')
 
 
-def render_html(report_md: str, summary: dict[str, Any], run_dir: Path) -> str:
+def render_html(report_md: str, summary: RunSummary, run_dir: Path) -> str:
     """The whole page: ``report_md`` (report.md's text) rendered, then the parts drawn from ``summary``, reading
     the pictures and run_config.json from ``run_dir``."""
     shown: set[str] = set()
     body = _inline_images(_markdown().render(report_md), run_dir, shown)
     sections = [body]
-    if "global" in summary:
-        sections.append(_confusion_section(summary["global"]))
+    if summary.global_model is not None:
+        sections.append(_confusion_section(summary.global_model))
     for name, caption in PICTURES:
         if name not in shown and (run_dir / name).is_file():
             sections.append(f"<figure>{_img(run_dir / name, caption)}<figcaption>{html.escape(caption)}"
                             "</figcaption></figure>")
     sections.append(_provenance_section(summary, run_dir))
-    title = html.escape(f"Run {summary['run_id']}: {summary['status']}")
+    title = html.escape(f"Run {summary.run_id}: {summary.status}")
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
             f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">\n'
             f"<title>{title}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n" + "\n".join(sections)
@@ -80,14 +82,14 @@ def _img(path: Path, alt: str) -> str:
     return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
 
 
-def _confusion_section(g: dict[str, Any]) -> str:
+def _confusion_section(g: GlobalEvaluation) -> str:
     """True class per row, predicted per column, pooled over every site; each cell shaded by its row's share."""
-    names = [html.escape(str(n)) for n in g["class_names"]]
+    names = [html.escape(str(n)) for n in g.class_names]
     rows = ["<h2>Pooled confusion matrix</h2>",
             ("<p>Test images of every site that answered, summed: true class per row, predicted class per column; "
              "recall is the diagonal over the row.</p>"),
             "<table><tr><th>true \\ predicted</th>" + "".join(f"<th>{n}</th>" for n in names) + "<th>recall</th></tr>"]
-    for name, counts, recall in zip(names, g["confusion"], g["recall"], strict=True):
+    for name, counts, recall in zip(names, g.confusion, g.recall, strict=True):
         total = sum(counts) or 1
         cells = "".join(f'<td class="cell" style="background: rgba(31, 119, 180, {0.85 * c / total:.2f})">{c}</td>'
                         for c in counts)
@@ -97,13 +99,11 @@ def _confusion_section(g: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-def _provenance_section(summary: dict[str, Any], run_dir: Path) -> str:
+def _provenance_section(summary: RunSummary, run_dir: Path) -> str:
     """When the run finished, the software that ran it and every resolved setting."""
-    parts = ["<h2>Settings and software</h2>",
-             f"<p>Written {html.escape(str(summary.get('finished_at', 'n/a')))} (UTC).</p>"]
-    software = summary.get("software") or {}
-    if software:
-        parts.append(_table(["software", "version"], sorted(software.items())))
+    parts = ["<h2>Settings and software</h2>", f"<p>Written {html.escape(summary.finished_at)} (UTC).</p>"]
+    if summary.software:
+        parts.append(_table(["software", "version"], sorted(summary.software.items())))
     try:
         settings = json.loads((run_dir / "run_config.json").read_text())
     except (OSError, ValueError):

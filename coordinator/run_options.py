@@ -11,7 +11,7 @@ import math
 import tomllib
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import click
 import typer
@@ -21,6 +21,9 @@ from shared.config import RunConfig
 from shared.errors import ConfigError
 from shared.methods import DistillMethod
 from shared.schemas import PartitionScheme
+
+if TYPE_CHECKING:  # only pooled_line's argument: the options load without the run's modules
+    from coordinator.summary import RunSummary
 
 RunValue = str | int | float | bool
 
@@ -112,16 +115,18 @@ ConfigFileOption = Annotated[Path | None, typer.Option("--config", help="A TOML 
 SettingOption = Annotated[list[str] | None, typer.Option("--set", help="Any run-config key (listed below), e.g. --set train-epochs=50; overrides the rest.")]
 
 
-def pooled_line(summary: dict) -> str:
+def pooled_line(summary: RunSummary) -> str:
     """The global model's pooled figures, as one line: balanced accuracy and AUC first, the weakest class's recall."""
-    glob = summary.get("global", {})
-    recalls = [(r, name) for r, name in zip(glob.get("recall", []), glob.get("class_names", []), strict=False)
+    glob = summary.global_model
+    if glob is None:
+        return "the global model was not scored"
+    recalls = [(r, name) for r, name in zip(glob.recall, glob.class_names, strict=False)
                if r is not None and not math.isnan(r)]  # NaN: a class with no test image
     lowest = min(recalls, default=None)
     weakest = f"; lowest class recall {fmt(lowest[0])} ({lowest[1]})" if lowest else ""
-    return (f"global model over {glob.get('num_examples', 0)} test images: balanced accuracy "
-            f"{fmt(glob.get('balanced_accuracy'))}, AUC {fmt(glob.get('auc'))}{weakest} (accuracy "
-            f"{fmt(glob.get('accuracy'))}; majority class {fmt(glob.get('majority_rate'))})")
+    return (f"global model over {glob.num_examples} test images: balanced accuracy "
+            f"{fmt(glob.balanced_accuracy)}, AUC {fmt(glob.auc)}{weakest} (accuracy "
+            f"{fmt(glob.accuracy)}; majority class {fmt(glob.majority_rate)})")
 
 
 def fmt(value: float | None) -> str:

@@ -30,6 +30,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from coordinator.receive import Expectation, receive_bundle
+from coordinator.summary import RoundRecord
 from coordinator.trust import CoordinatorKeys
 from shared.bundle import OpenedBundle
 from shared.config import RunConfig
@@ -63,7 +64,7 @@ class RunState(BaseModel):
     expected_site: dict[str, str | None] = {}
     awaiting_approval: list[str] = []  # keys whose release awaited the site's approval in the round in progress
     completed: dict[int, dict[str, DistillRequest]] = {}  # requests of completed rounds, whose bundles stay valid
-    history: list[dict[str, Any]] = []  # per completed round: its metrics and bytes (the summary's "rounds")
+    history: list[RoundRecord] = []  # per completed round: its metrics and bytes (the summary's rounds)
 
     def record_request(self, key: str, request: DistillRequest, expected_site: str | None) -> None:
         self.requests[key] = request
@@ -74,7 +75,7 @@ class RunState(BaseModel):
         held = self.requests.get(key)
         return held if key in self.awaiting_approval and held is not None else fresh
 
-    def next_round(self, record: dict[str, Any]) -> None:
+    def next_round(self, record: RoundRecord) -> None:
         """Close the round in progress with its record; the next one starts with no request sent."""
         self.completed[self.round] = dict(self.requests)
         self.history.append(record)

@@ -29,6 +29,7 @@ from coordinator.imbalance import real_class_prior
 from coordinator.pool import PooledSet, pool
 from coordinator.receive import OutcomeStatus
 from coordinator.scoring import evaluate_at_sites, tune_at_sites
+from coordinator.summary import BytesMoved, RoundRecord, RunStatus, RunSummary, build_summary
 from coordinator.train import GlobalModels, train_corrected
 from shared.bundle import OpenedBundle
 from shared.config import RunConfig, resolve_device
@@ -63,7 +64,7 @@ def timed(stage: str, seconds: dict[str, float]) -> Iterator[None]:
         seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - started
 
 
-def run_federation(grid: Grid, config: RunConfig, run_dir: Path) -> dict[str, Any]:
+def run_federation(grid: Grid, config: RunConfig, run_dir: Path) -> RunSummary:
     """Every round of a run (or the rest of a stopped one); writes the results folder and returns the summary.
 
     Raises:
@@ -77,16 +78,17 @@ def run_federation(grid: Grid, config: RunConfig, run_dir: Path) -> dict[str, An
     previous, global_model = previous_round(federation)
     summary, accepted, models = run_round(grid, federation, global_model, previous, stages)
     while state.round < config.rounds:
+        last = summary.rounds[-1]
         log.info("round %d of %d done: balanced accuracy %s, AUC %s", state.round, config.rounds,
-                 summary["global"]["balanced_accuracy"], summary["global"]["auc"])
-        state.next_round(summary["rounds"][-1])
+                 last.global_model.balanced_accuracy, last.global_model.auc)
+        state.next_round(last)
         run_state.save(run_dir, state)
         previous, global_model = {b.manifest.site_id: b for b in accepted}, models.model
         summary, accepted, models = run_round(grid, federation, global_model, previous, stages)
-    pooled = summary["global"]
+    pooled = summary.rounds[-1].global_model
     log.info("run %s completed after %d round(s): pooled over %d test images: accuracy %s, balanced accuracy %s, "
-             "AUC %s; results in %s", state.run_id, state.round, pooled["num_examples"], pooled["accuracy"],
-             pooled["balanced_accuracy"], pooled["auc"], run_dir)
+             "AUC %s; results in %s", state.run_id, state.round, pooled.num_examples, pooled.accuracy,
+             pooled.balanced_accuracy, pooled.auc, run_dir)
     return summary
 
 
@@ -96,7 +98,7 @@ def run_round(
     global_model: ConvNet | None,
     previous: Mapping[str, OpenedBundle],
     stages: dict[str, float],
-) -> tuple[dict[str, Any], list[OpenedBundle], GlobalModels]:
+) -> tuple[RunSummary, list[OpenedBundle], GlobalModels]:
     """One round: ask, receive, pool, train, evaluate, report. A site that delivers nothing this round
     keeps its previous round's set in the pool.
 
@@ -121,7 +123,7 @@ def run_round(
         held = f" ({waiting} sites' releases await their operators' approval: see approval-wait-s)" if waiting else ""
         message = (f"{len(pooled_sets)} valid bundles, fewer than min-sites={config.min_sites}{held}; the bundles "
                    f"received are kept: continue with `coordinator run --resume {federation.run_dir}`")
-        summary = report.build_summary(config, state.run_id, outcomes, None, info, None, stages, "failed", message)
+        summary = build_summary(config, state.run_id, outcomes, None, info, None, stages, RunStatus.FAILED, message)
         report.write_results(federation.run_dir, summary, None, info)
         raise FederationError(message)
     # Every site that answered is listed; only those whose set is in the pool committed counts (coordinator.pool),
@@ -140,14 +142,15 @@ def run_round(
     with timed("evaluate", stages):
         evaluations = evaluate_at_sites(grid, federation, models, evaluators, site_of, pooled.commitments)
     bytes_moved["down"] += model_bytes(models.model) * len(evaluators) * len(evaluations)
-    summary = report.build_summary(config, state.run_id, outcomes, pooled, info, evaluations, stages, "completed",
-                                   correction=models.correction.value, tuning=tuning)
-    earlier = state.history[-1]["bytes"]["cumulative"] if state.history else 0
-    summary["round"] = state.round
-    summary["bytes"] = {**bytes_moved, "cumulative": earlier + bytes_moved["up"] + bytes_moved["down"]}
-    record = {"round": state.round, "bytes": summary["bytes"], "sites_accepted": summary["sites_accepted"],
-              **{key: summary[key] for key in ("global", "uncorrected") if key in summary}}
-    summary["rounds"] = [*state.history, record]
+    summary = build_summary(config, state.run_id, outcomes, pooled, info, evaluations, stages, RunStatus.COMPLETED,
+                            correction=models.correction.value, tuning=tuning)
+    assert summary.global_model is not None, "a scored round has the global model's evaluation"
+    earlier = state.history[-1].bytes.cumulative if state.history else 0
+    summary.round = state.round
+    summary.bytes = BytesMoved(**bytes_moved, cumulative=earlier + bytes_moved["up"] + bytes_moved["down"])
+    record = RoundRecord(round=state.round, bytes=summary.bytes, sites_accepted=summary.sites_accepted,
+                         global_model=summary.global_model, uncorrected=summary.uncorrected)
+    summary.rounds = [*state.history, record]
     report.write_results(federation.run_dir, summary, pooled, info)
     return summary, accepted, models
 

@@ -122,11 +122,11 @@ def simulate(
         fetch(config.dataset, config.data_root)
     with md5_checks(verify_md5):
         run_dir, summary = run_simulation(config, verbose=verbose)
-    typer.echo(f"{summary['sites_accepted']}/{summary['sites_expected']} sites accepted; {pooled_line(summary)}")
-    if "yardstick" in summary:
-        y, corrected = summary["yardstick"]["corrected"], "uncorrected" in summary
+    typer.echo(f"{summary.sites_accepted}/{summary.sites_expected} sites accepted; {pooled_line(summary)}")
+    if summary.yardstick is not None:
+        y, corrected = summary.yardstick.corrected, summary.uncorrected is not None
         typer.echo(f"a random real subset of the same size (not private), trained the same way: balanced accuracy "
-                   f"{fmt(y['balanced_accuracy'])}, AUC {fmt(y['auc'])}"
+                   f"{fmt(y.balanced_accuracy)}, AUC {fmt(y.auc)}"
                    + (" (corrected as the global model was; report.md has both uncorrected too)" if corrected else ""))
     typer.echo(f"results: {run_dir}")
 

@@ -21,6 +21,7 @@ import torch
 
 from coordinator import run_state
 from coordinator.pool import PooledSet, pool
+from coordinator.summary import SUMMARY_FILE, RunStatus, RunSummary, SummaryError, read_summary
 from coordinator.trust import load_coordinator_keys
 from harness.sites import remove_run_shares, simulated_client_app, write_run_shares
 from shared.bundle import OpenedBundle, open_bundle
@@ -69,7 +70,7 @@ SHARES_FILE = "shares.json"  # <run-dir>/shares.json: each simulated site's shar
 
 def simulate(
     config: RunConfig, verbose: bool = False, client_mods: Sequence[Callable] = (), yardstick: bool = True
-) -> tuple[Path, dict[str, Any]]:
+) -> tuple[Path, RunSummary]:
     """Run a simulated federation; returns the results folder and its summary.
 
     ``client_mods`` are Flower mods wrapped around every simulated site (e.g. to record what it sends).
@@ -105,39 +106,40 @@ def simulate(
         )
     except KeyboardInterrupt:
         _stop_ray()
-        note_interrupted(run_dir)
+        note_interrupted(run_dir, config)
         raise FederationError(f"interrupted: {run_dir} keeps what had arrived; continue with "
                               f"`coordinator simulate --set run-dir={run_dir} --set resume=true`") from None
     except Exception as exc:  # Flower wraps the ServerApp's exception; the summary holds the reason
-        summary_path = run_dir / "summary.json"
-        reason = json.loads(summary_path.read_text()).get("error") if summary_path.exists() else str(exc)
+        try:
+            reason = read_summary(run_dir / SUMMARY_FILE).error
+        except SummaryError:  # none written: the run stopped before the ServerApp wrote one
+            reason = str(exc)
         raise FederationError(f"simulation did not complete: {reason}") from exc
     finally:
         remove_run_shares(config, run_dir)
-    summary_path = run_dir / "summary.json"
-    if not summary_path.exists():
+    if not (run_dir / SUMMARY_FILE).exists():
         raise FederationError("simulation ended without writing a summary")
-    summary = json.loads(summary_path.read_text())
-    if yardstick and summary.get("global", {}).get("num_examples"):
+    summary = read_summary(run_dir / SUMMARY_FILE)
+    if yardstick and summary.pooled and summary.global_model and summary.global_model.num_examples:
         from coordinator.report import write_summary
         from harness.yardstick import random_subset_yardstick
 
-        counts = list(summary["pooled"]["class_counts"].values())
+        counts = list(summary.pooled.class_counts.values())
         log.info("scoring a random real subset of the pooled set's size (%d images; simulation only, it is not "
                  "private), trained and corrected as the global model was", sum(counts))
         started = time.perf_counter()
-        summary["yardstick"] = random_subset_yardstick(config, counts)
-        summary["stage_seconds"]["yardstick"] = round(time.perf_counter() - started, 3)
+        summary.yardstick = random_subset_yardstick(config, counts)
+        summary.stage_seconds["yardstick"] = round(time.perf_counter() - started, 3)
         write_summary(run_dir, summary)
     return run_dir, summary
 
 
-def note_interrupted(run_dir: Path) -> None:
+def note_interrupted(run_dir: Path, config: RunConfig) -> None:
     """Say in the results folder that the run was interrupted (a summary the ServerApp wrote is kept)."""
-    summary_path = run_dir / "summary.json"
+    summary_path = run_dir / SUMMARY_FILE
     if not summary_path.exists():
-        summary_path.write_text(json.dumps({"status": "interrupted", "run_id": run_dir.name,
-                                            "error": "interrupted by the operator (Ctrl-C)"}, indent=2) + "\n")
+        summary_path.write_text(RunSummary.begun(config, run_dir.name, RunStatus.INTERRUPTED,
+                                                 "interrupted by the operator (Ctrl-C)").to_json())
     (run_dir / "INTERRUPTED").write_text(f"interrupted by the operator at {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M:%S} "
                                          "UTC; bundles received so far are in bundles/\n")
 

@@ -17,9 +17,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import BaseModel
 
 from coordinator.evaluate import Metrics
 from coordinator.pool import PooledSet
+from coordinator.summary import Figures, Yardstick
 from coordinator.train import train_corrected
 from shared.config import RunConfig, resolve_device
 from shared.datasets import IMAGE_SIZE, reference_subset
@@ -37,11 +39,9 @@ def score(model: ConvNet, images: np.ndarray, labels: np.ndarray) -> Metrics:
     return Metrics.of(EvalCounts.from_scores(labels, log_odds(logits)))
 
 
-def random_subset_yardstick(config: RunConfig, pooled_class_counts: list[int]) -> dict[str, Any]:
-    """Accuracy, balanced accuracy and AUC of a random real subset the size of the pooled set, on the test split.
-
-    Returns ``{"images", "correction", "scale", "corrected", "uncorrected"}``, the last two dicts of the figures.
-    """
+def random_subset_yardstick(config: RunConfig, pooled_class_counts: list[int]) -> Yardstick:
+    """Accuracy, balanced accuracy and AUC of a random real subset the size of the pooled set, on the test split,
+    with and without the class-imbalance correction."""
     from site_agent.data import read_local_data  # the harness reads the data the simulated sites share
 
     local = read_local_data(config.data_root, config.dataset)
@@ -55,16 +55,17 @@ def random_subset_yardstick(config: RunConfig, pooled_class_counts: list[int]) -
     device = resolve_device(config.device)
     models = train_corrected(pool, spec, config.train_settings(), device, config.imbalance, prior)
     models = models.tuned_on(train.images, train.labels, device)  # the union of the sites' training shares
-    return {
-        "images": len(subset),
-        "correction": models.correction.value,
-        "scale": models.scale,
-        "corrected": figures(score(models.model, test.images, test.labels)),
-        "uncorrected": figures(score(models.uncorrected, test.images, test.labels)),
-    }
+    return Yardstick(images=len(subset), correction=models.correction.value, scale=models.scale,
+                     corrected=Figures(**figures(score(models.model, test.images, test.labels))),
+                     uncorrected=Figures(**figures(score(models.uncorrected, test.images, test.labels))))
 
 
-def figures(metrics: Metrics | Mapping[str, Any]) -> dict[str, float | None]:
-    """Accuracy, balanced accuracy and AUC of a ``Metrics`` or a summary's dict of them; None where undefined."""
-    values = asdict(metrics) if isinstance(metrics, Metrics) else metrics
+def figures(metrics: Metrics | BaseModel | Mapping[str, Any]) -> dict[str, float | None]:
+    """Accuracy, balanced accuracy and AUC of a ``Metrics``, a summary's part or a dict of them; None where undefined."""
+    if isinstance(metrics, Metrics):
+        values: Mapping[str, Any] = asdict(metrics)
+    elif isinstance(metrics, BaseModel):
+        values = metrics.model_dump()
+    else:
+        values = metrics
     return {k: None if values[k] is None or math.isnan(values[k]) else float(values[k]) for k in FIGURES}

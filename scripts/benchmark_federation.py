@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel
 
 from coordinator.evaluate import Metrics
 from coordinator.imbalance import real_class_prior
@@ -63,8 +64,9 @@ METRICS = ("accuracy", "balanced_accuracy", "auc")
 _WHOLE_TRAIN: dict[tuple[str, int], dict[str, float]] = {}  # the ceiling, once per dataset and seed
 
 
-def _figures(metrics: Metrics | dict[str, Any]) -> dict[str, float]:
-    values = asdict(metrics) if isinstance(metrics, Metrics) else metrics
+def _figures(metrics: Metrics | BaseModel | dict[str, Any]) -> dict[str, float]:
+    values = asdict(metrics) if isinstance(metrics, Metrics) else (
+        metrics.model_dump() if isinstance(metrics, BaseModel) else metrics)
     return {k: float("nan") if values[k] is None else float(values[k]) for k in METRICS}
 
 
@@ -87,7 +89,7 @@ def run_one(name: str, path: str, method: DistillMethod, seed: int, args: argpar
     train, test, info = local.splits["train"], local.splits["test"], local.info
     spec = ModelSpec(in_channels=info.in_channels, num_classes=info.num_classes, image_size=28,
                      network=config.network())
-    yardstick = summary["yardstick"]
+    yardstick, glob = summary.yardstick, summary.global_model
     label = method.value if args.rounds == 1 else f"{method.value}, {args.rounds} rounds"
     if epsilon is not None:
         label = f"{label} (ε={epsilon:g}, δ={args.delta:g})"
@@ -95,17 +97,17 @@ def run_one(name: str, path: str, method: DistillMethod, seed: int, args: argpar
         label = f"{label} ({', '.join(args.set)})"
     row = {
         "dataset": name, "method": label, "epsilon": epsilon,
-        "seed": seed, "wall_seconds": wall, "pooled_images": yardstick["images"],
-        "site_distill_seconds": [s["distill_seconds"] for s in summary["sites"] if s["distill_seconds"] is not None],
-        "sites_accepted": summary["sites_accepted"], "test_images": summary["global"]["num_examples"],
-        "majority_rate": summary["global"]["majority_rate"], "correction": summary["global"]["correction"],
-        "global": _figures(summary["global"]), "global_uncorrected": _figures(summary.get("uncorrected", summary["global"])),
-        "subset": yardstick["corrected"], "subset_uncorrected": yardstick["uncorrected"],
+        "seed": seed, "wall_seconds": wall, "pooled_images": yardstick.images,
+        "site_distill_seconds": [s.distill_seconds for s in summary.sites if s.distill_seconds is not None],
+        "sites_accepted": summary.sites_accepted, "test_images": glob.num_examples,
+        "majority_rate": glob.majority_rate, "correction": glob.correction,
+        "global": _figures(glob), "global_uncorrected": _figures(summary.uncorrected or glob),
+        "subset": yardstick.corrected.model_dump(), "subset_uncorrected": yardstick.uncorrected.model_dump(),
         "run_dir": str(run_dir),
     }
     if args.rounds > 1:  # every round's corrected global model, so one run gives rounds 1 and R
-        row["rounds"] = [{"round": r["round"], "megabytes": r["bytes"]["cumulative"] / 1e6, **_figures(r["global"])}
-                         for r in summary["rounds"]]
+        row["rounds"] = [{"round": r.round, "megabytes": r.bytes.cumulative / 1e6, **_figures(r.global_model)}
+                         for r in summary.rounds]
     if args.full_epochs and seed in args.seeds[: args.full_seeds]:
         if (name, seed) not in _WHOLE_TRAIN:
             full = train_classifier(build_model(spec), torch.from_numpy(train.images), torch.from_numpy(train.labels),
@@ -135,10 +137,10 @@ def rescore_one(row: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]
     rescored = {**row, "correction": models.correction.value, "scale": models.scale,
                 "global": _figures(score(models.model, test.images, test.labels)),
                 "global_uncorrected": _figures(score(models.uncorrected, test.images, test.labels)),
-                "subset": _figures(yardstick["corrected"]), "subset_uncorrected": _figures(yardstick["uncorrected"]),
-                "subset_scale": yardstick["scale"], "rescored": True}
+                "subset": _figures(yardstick.corrected), "subset_uncorrected": _figures(yardstick.uncorrected),
+                "subset_scale": yardstick.scale, "rescored": True}
     print(f"  {row['dataset']} {row['method']} seed {row['seed']}: scale {models.scale:g}, global {rescored['global']}; "
-          f"subset {rescored['subset']} (scale {yardstick['scale']:g})", flush=True)
+          f"subset {rescored['subset']} (scale {yardstick.scale:g})", flush=True)
     return rescored
 
 

@@ -36,12 +36,12 @@ def one(sites: int, data_root: str, dataset: str, out_dir: str, ipc: int) -> dic
     started = time.perf_counter()
     _, summary = simulate(config, yardstick=False)
     wall = time.perf_counter() - started
-    stages = summary["stage_seconds"]
-    return {"sites": sites, "accepted": summary["sites_accepted"], "wall_s": round(wall, 1),
+    stages = summary.stage_seconds
+    return {"sites": sites, "accepted": summary.sites_accepted, "wall_s": round(wall, 1),
             "receive_s": stages.get("receive"), "train_s": stages.get("train"), "evaluate_s": stages.get("evaluate"),
-            "distill_s": stages.get("distill"), "pooled_images": summary["pooled"]["images"],
-            "test_images": summary["global"]["num_examples"], "ipc": ipc,
-            "bundle_bytes": sum(s["bundle_bytes"] for s in summary["sites"]),
+            "distill_s": stages.get("distill"), "pooled_images": summary.pooled.images,
+            "test_images": summary.global_model.num_examples, "ipc": ipc,
+            "bundle_bytes": sum(s.bundle_bytes for s in summary.sites),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 

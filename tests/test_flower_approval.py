@@ -82,10 +82,10 @@ def test_approved_release_is_pooled_as_stored_and_a_rejected_one_is_recorded(tmp
     assert not problems, problems
 
     # The coordinator: one site accepted, the other recorded as rejected by its reviewer, not as a failure.
-    assert summary["status"] == "completed" and summary["sites_accepted"] == 1
-    assert sorted(s["status"] for s in summary["sites"]) == ["accepted", "rejected-at-site"]
-    declined = next(s for s in summary["sites"] if s["status"] == "rejected-at-site")
-    assert "rejected by this site's reviewer: too close to a patient" in declined["reason"]
+    assert summary.status == "completed" and summary.sites_accepted == 1
+    assert sorted(s.status for s in summary.sites) == ["accepted", "rejected-at-site"]
+    declined = next(s for s in summary.sites if s.status == "rejected-at-site")
+    assert "rejected by this site's reviewer: too close to a patient" in declined.reason
     assert "rejected-at-site" in (run_dir / "report.md").read_text()
     (received,) = (run_dir / "bundles").glob("*.sealed")
     assert received.read_bytes() == stored["site-0"]  # exactly the reviewed bytes

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from coordinator.imbalance import TUNING_SCALES
+from coordinator.summary import read_summary
 from coordinator.trust import load_coordinator_keys
 from harness.simulate import simulate
 from harness.sites import run_shares
@@ -75,28 +76,28 @@ def test_simulation_releases_only_sealed_sets_and_survives_a_tampered_site(data_
     shares = run_shares(config)  # what each simulated site held: split as the run split it
 
     # The run: site-0's tampered bundle is rejected for a stated reason; the others carry it through.
-    by_status = {s["status"]: [] for s in summary["sites"]}
-    for site in summary["sites"]:
-        by_status[site["status"]].append(site)
-    assert summary["status"] == "completed" and summary["sites_accepted"] == 2
-    assert len(by_status["rejected"]) == 1 and "does not decrypt" in by_status["rejected"][0]["reason"]
-    assert {s["site_id"] for s in by_status["accepted"]} == {"site-1", "site-2"}
-    pooled = summary["global"]
+    by_status = {s.status: [] for s in summary.sites}
+    for site in summary.sites:
+        by_status[site.status].append(site)
+    assert summary.status == "completed" and summary.sites_accepted == 2
+    assert len(by_status["rejected"]) == 1 and "does not decrypt" in by_status["rejected"][0].reason
+    assert {s.site_id for s in by_status["accepted"]} == {"site-1", "site-2"}
+    pooled = summary.global_model
     committed = [shares[i].images for i in (1, 2)]  # the sites whose manifests signed their counts
     test_images = sum(len(site.test) for site in committed)
-    assert pooled["num_examples"] == test_images and sum(pooled["class_counts"]) == test_images
-    assert 0.0 <= pooled["balanced_accuracy"] <= 1.0 and 0.0 <= pooled["auc"] <= 1.0
+    assert pooled.num_examples == test_images and sum(pooled.class_counts) == test_images
+    assert 0.0 <= pooled.balanced_accuracy <= 1.0 and 0.0 <= pooled.auc <= 1.0
     # The rejected site (unnamed in simulation: its bundle did not open) committed no counts: listed, not asked.
-    assert len(summary["per_site"]) == 3 and {"site-1", "site-2"} <= {e["site_id"] for e in summary["per_site"]}
-    assert sum("not asked: committed no test counts" in e["problem"] for e in summary["per_site"]) == 1
+    assert len(summary.per_site) == 3 and {"site-1", "site-2"} <= {e.site_id for e in summary.per_site}
+    assert sum("not asked: committed no test counts" in e.problem for e in summary.per_site) == 1
     for name in ("summary.json", "report.md", "run_config.json", "synthetic_grid.png", "global_model.pt"):
         assert (run_dir / name).is_file(), name
     assert json.loads((run_dir / "run_config.json").read_text())["ipc"] == 2
     # Each accepted site's privacy report, signed into its manifest, reaches the summary and the report.
     for site in by_status["accepted"]:
-        privacy = site["privacy"]
-        assert privacy["threshold_attack"]["auc"]["low"] <= privacy["threshold_attack"]["auc"]["value"]
-        assert privacy["members"] == site["real_train_images"]
+        privacy = site.privacy
+        assert privacy.threshold_attack.auc.low <= privacy.threshold_attack.auc.value
+        assert privacy.members == site.real_train_images
     assert "Privacy reports" in (run_dir / "report.md").read_text()
 
     # The correction was tuned on the committed sites' training shares, not on test images.
@@ -162,6 +163,6 @@ def test_run_stops_cleanly_when_too_few_sites_remain(data_root: Path, tmp_path: 
     with pytest.raises(FederationError, match="fewer than min-sites"):
         simulate(config, client_mods=_mods(tmp_path, tamper_partition=1)[:1])
     (run_dir,) = [p for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")]  # .site-cache: the sites'
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["status"] == "failed" and summary["sites_accepted"] == 1
+    summary = read_summary(run_dir)
+    assert summary.status == "failed" and summary.sites_accepted == 1
     assert not (run_dir / "global_model.pt").exists()

@@ -83,12 +83,13 @@ def pooled_arm(config: StudyConfig, arm: Arm, run_dir: Path) -> list[ArmRecord]:
     _, summary = simulate(run, client_mods=[traffic_mod(run_dir / TRAFFIC)])
     wall = time.perf_counter() - started
     traffic = bytes_per_round(run_dir / TRAFFIC)
-    curve = [{"round": r["round"], "bytes_per_site": t["cumulative"], **figures(r["global"])}
-             for r, t in zip(summary["rounds"], traffic, strict=True)]
-    distill = [s["distill_seconds"] for s in summary["sites"] if s.get("distill_seconds") is not None]
-    seconds = {"wall": wall, "distill, slowest site": max(distill, default=0.0), **summary["stage_seconds"]}
+    curve = [{"round": r.round, "bytes_per_site": t["cumulative"], **figures(r.global_model)}
+             for r, t in zip(summary.rounds, traffic, strict=True)]
+    distill = [s.distill_seconds for s in summary.sites if s.distill_seconds is not None]
+    seconds = {"wall": wall, "distill, slowest site": max(distill, default=0.0), **summary.stage_seconds}
     shares = json.loads((run_dir / SHARES_FILE).read_text())
-    yardstick = summary["yardstick"]
+    yardstick = summary.yardstick
+    assert yardstick is not None, "simulate scores the yardstick of every completed run"
     pooled = reopened_pool(run_dir)
     common = {"seed": arm.seed, "method": arm.method.value, "ipc": arm.ipc, "shares": shares}
     data = _whole_splits(config)
@@ -96,13 +97,13 @@ def pooled_arm(config: StudyConfig, arm: Arm, run_dir: Path) -> list[ArmRecord]:
                                                 arm.seed))
     pooled_record = ArmRecord(
         key=arm.key, kind="pooled", private=True, figures={k: curve[-1][k] for k in FIGURES},
-        uncorrected=figures(summary.get("uncorrected", summary["global"])),  # the same model when uncorrected
+        uncorrected=figures(summary.uncorrected or summary.rounds[-1].global_model),  # the same model when uncorrected
         curve=curve, bytes_per_site=traffic[-1]["cumulative"], seconds=seconds, images=len(pooled.labels),
         resnet18=_cross_arch(config, pooled.images, pooled.labels, data, arm.seed), **common,
     )
     subset_record = ArmRecord(
         key=arm.key.replace("pooled", "subset", 1), kind="subset", private=False,
-        figures=figures(yardstick["corrected"]), uncorrected=figures(yardstick["uncorrected"]),
+        figures=figures(yardstick.corrected), uncorrected=figures(yardstick.uncorrected),
         bytes_per_site=_image_bytes(subset) / config.sites, seconds={}, images=len(subset),
         resnet18=_cross_arch(config, torch.from_numpy(subset.images), torch.from_numpy(subset.labels), data, arm.seed),
         **common,

@@ -11,7 +11,8 @@ from flwr.common.constant import ErrorCode
 from coordinator import collect, messaging, run_state
 from coordinator.federation import request_record
 from coordinator.receive import OutcomeStatus, SiteOutcome
-from coordinator.report import build_summary, render_report
+from coordinator.report import render_report
+from coordinator.summary import RunStatus, build_summary
 from shared.config import RunConfig
 from shared.datasets import dataset_info
 from shared.wire import FieldKey, RecordKey, ReleaseState, release_state_of, release_state_reply
@@ -99,8 +100,8 @@ def test_a_held_or_declined_release_is_its_own_status(answer, status: OutcomeSta
     if status != OutcomeStatus.REJECTED:
         assert outcome.reason == shown  # the site's sentence alone
     config = RunConfig()
-    summary = build_summary(config, "r", [outcome], None, dataset_info("breastmnist"), None, {}, "failed")
-    assert summary["sites"][0]["status"] == status and summary["sites_by_status"] == {status.value: 1}
+    summary = build_summary(config, "r", [outcome], None, dataset_info("breastmnist"), None, {}, RunStatus.FAILED)
+    assert summary.sites[0].status == status and summary.sites_by_status == {status: 1}
     report = render_report(summary)
     assert f"| {status.value} |" in report
     assert ("Site review:" in report) == (status != OutcomeStatus.REJECTED)

@@ -106,24 +106,40 @@ def test_sites_list_is_a_headed_table_or_json(tmp_path: Path) -> None:
 
 
 def test_results_lists_each_folder_with_its_pooled_figures(tmp_path: Path) -> None:
+    """Each results folder's status and pooled figures; a summary an older version wrote is named, not hidden."""
     import json
 
-    done = tmp_path / "out" / "run-1"
-    done.mkdir(parents=True)
-    (done / "summary.json").write_text(json.dumps({
-        "run_id": "1", "status": "completed", "sites_accepted": 3, "sites_expected": 3,
-        "global": {"num_examples": 156, "accuracy": 0.76, "majority_rate": 0.73, "balanced_accuracy": 0.72, "auc": 0.8}}))
-    failed = tmp_path / "out" / "run-2"
-    failed.mkdir()
-    (failed / "summary.json").write_text(json.dumps({"run_id": "2", "status": "failed", "sites_accepted": 1,
-                                                     "sites_expected": 3, "error": "1 valid bundles"}))
+    from coordinator.summary import RunStatus, RunSummary
+    from shared.config import RunConfig
+
+    config = RunConfig(sites=3)
+    done = RunSummary.begun(config, "1", RunStatus.COMPLETED).model_copy(update={"sites_accepted": 3})
+    done.global_model = _global_figures(num_examples=156, accuracy=0.76, majority_rate=0.73, balanced_accuracy=0.72,
+                                        auc=0.8)
+    failed = RunSummary.begun(config, "2", RunStatus.FAILED, "1 valid bundles").model_copy(update={"sites_accepted": 1})
+    for name, summary in (("run-1", done), ("run-2", failed)):
+        (tmp_path / "out" / name).mkdir(parents=True)
+        (tmp_path / "out" / name / "summary.json").write_text(summary.to_json())
+    (tmp_path / "out" / "run-0").mkdir()
+    (tmp_path / "out" / "run-0" / "summary.json").write_text('{"run_id": "0", "status": "completed"}')
     table = runner.invoke(app, ["results", "--out-dir", str(tmp_path / "out")])
     assert table.exit_code == 0, table.output
     assert "balanced accuracy" in table.output and "0.720" in table.output and "failed" in table.output
-    rows = json.loads(runner.invoke(app, ["results", "--out-dir", str(tmp_path / "out"), "--json"]).output)
-    assert [(r["run_id"], r["status"], r["auc"]) for r in rows] == [("1", "completed", 0.8), ("2", "failed", None)]
+    assert "run-0/summary.json" in table.output and "no schema_version" in table.output  # on stderr
+    rows = json.loads(runner.invoke(app, ["results", "--out-dir", str(tmp_path / "out"), "--json"]).stdout)
+    assert [(r["run_id"], r["status"], r.get("auc")) for r in rows] == [(None, "unreadable", None),
+                                                                         ("1", "completed", 0.8), ("2", "failed", None)]
+    assert "reads schema_version 1" in rows[0]["error"]
     empty = runner.invoke(app, ["results", "--out-dir", str(tmp_path / "nothing")])
     assert empty.exit_code == 0 and "no results folder" in empty.output
+
+
+def _global_figures(**figures: float):
+    from coordinator.summary import GlobalEvaluation
+
+    return GlobalEvaluation(**{"auc_error_bound": 0.01, "recall": [0.5, 0.5], "class_counts": [78, 78],
+                               "confusion": [[39, 39], [39, 39]], "class_names": ["a", "b"], "correction": "none",
+                               **figures})
 
 
 def test_status_of_a_run_still_going_shows_each_site_delivered_or_distilling_and_online(tmp_path: Path,

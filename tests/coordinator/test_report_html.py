@@ -18,7 +18,8 @@ import torch
 from coordinator.evaluate import SiteEvaluation, aggregate
 from coordinator.pool import PooledSet
 from coordinator.receive import OutcomeStatus, SiteOutcome
-from coordinator.report import build_summary, write_results, write_run_config
+from coordinator.report import write_results, write_run_config
+from coordinator.summary import BytesMoved, RoundRecord, RunStatus, build_summary
 from shared.config import RunConfig
 from shared.datasets import dataset_info
 from shared.metrics import EvalCounts
@@ -49,10 +50,11 @@ def run_dir(tmp_path: Path) -> Path:
         scores = np.clip(0.6 * np.eye(2)[labels] + rng.uniform(0, 0.6, (50, 2)), 0, None)
         evaluations.append(SiteEvaluation(site, node, EvalCounts.from_scores(labels, scores / scores.sum(1, keepdims=True))))
     report = aggregate(evaluations, info.num_classes)
-    summary = build_summary(config, "run-7", outcomes, pooled, info, {"global": report}, {"train": 3.2}, "completed",
-                            correction="logit-adjust")
-    summary["rounds"] = [{"round": 1, "bytes": {"up": 18100, "down": 5000, "cumulative": 23100},
-                          "sites_accepted": 2, "global": summary["global"]}]
+    summary = build_summary(config, "run-7", outcomes, pooled, info, {"global": report}, {"train": 3.2},
+                            RunStatus.COMPLETED, correction="logit-adjust")
+    assert summary.global_model is not None
+    summary.rounds = [RoundRecord(round=1, bytes=BytesMoved(up=18100, down=5000, cumulative=23100), sites_accepted=2,
+                                  global_model=summary.global_model)]
     folder = tmp_path / "run-7"
     write_run_config(folder, config)
     write_results(folder, summary, pooled, info)

@@ -75,18 +75,20 @@ def test_a_resumed_run_asks_a_site_awaiting_approval_the_same_request(tmp_path: 
 def test_a_resume_keeps_the_earlier_attempts_report_and_names_it(tmp_path: Path) -> None:
     """The stopped attempt's summary and report move to attempts/1/; the resumed run's report says how it ended."""
     from coordinator import report
+    from coordinator.summary import EarlierAttempt, RunStatus, RunSummary, read_summary
 
-    first = {"run_id": "run-7", "status": "failed", "dataset": "breastmnist", "method": "idm", "ipc": 1,
-             "iterations": 2, "sites_accepted": 1, "sites_expected": 3, "sites": [], "stage_seconds": {},
-             "error": "1 valid bundles, fewer than min-sites=2"}
+    config = RunConfig(dataset="breastmnist", method="idm", ipc=1, iterations=2, sites=3)
+    first = RunSummary.begun(config, "run-7", RunStatus.FAILED, "1 valid bundles, fewer than min-sites=2")
+    first.sites_accepted = 1
     report.write_summary(tmp_path, first)
     assert report.keep_earlier_attempt(tmp_path) == tmp_path / "attempts" / "1"
     assert not (tmp_path / "report.md").exists() and "min-sites=2" in (tmp_path / "attempts/1/report.md").read_text()
-    report.write_summary(tmp_path, {**first, "status": "completed", "sites_accepted": 3, "error": None})
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["status"] == "completed"
-    assert summary["earlier_attempts"] == [{"folder": "attempts/1", "status": "failed", "sites_accepted": 1,
-                                            "error": "1 valid bundles, fewer than min-sites=2"}]
+    report.write_summary(tmp_path, first.model_copy(update={"status": RunStatus.COMPLETED, "sites_accepted": 3,
+                                                            "error": ""}))
+    summary = read_summary(tmp_path)
+    assert summary.status == "completed"
+    assert summary.earlier_attempts == [EarlierAttempt(folder="attempts/1", status="failed", sites_accepted=1,
+                                                       error="1 valid bundles, fewer than min-sites=2")]
     assert "earlier attempt (attempts/1/report.md) ended failed" in (tmp_path / "report.md").read_text()
     assert report.keep_earlier_attempt(tmp_path) == tmp_path / "attempts" / "2"  # a second resume keeps both
     assert (tmp_path / "attempts/1/summary.json").is_file()

@@ -10,7 +10,6 @@ images of the sites (``raw_scan``). Every process started here is stopped by PID
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from coordinator.summary import read_summary
 from coordinator.tls import issue_tls
 from shared import crypto
 from shared.keys import COORDINATOR_PUB, SIGNING_KEY, SIGNING_PUB, create_coordinator_key
@@ -67,13 +67,13 @@ def test_deployed_round_with_tls_node_auth_and_an_impostor(data_root: Path, tmp_
     out_dir, run_dir = fed.out_dir, fed.out_dir / f"run-{run_id}"
     assert status == "finished:completed", fed.logs()
 
-    summary = json.loads((run_dir / "summary.json").read_text())
-    by_site = {(s["site_id"], s["status"]): s for s in summary["sites"]}
-    assert summary["status"] == "completed" and summary["sites_accepted"] == 2
+    summary = read_summary(run_dir)
+    by_site = {(s.site_id, s.status): s for s in summary.sites}
+    assert summary.status == "completed" and summary.sites_accepted == 2
     assert ("site-a", "accepted") in by_site and ("site-b", "accepted") in by_site
     impostor = by_site[("site-c", "rejected")]
-    assert "claims site 'site-a'" in impostor["reason"] and "registered as 'site-c'" in impostor["reason"]
-    assert 0.0 <= summary["global"]["accuracy"] <= 1.0 and len(summary["per_site"]) == 3
+    assert "claims site 'site-a'" in impostor.reason and "registered as 'site-c'" in impostor.reason
+    assert 0.0 <= summary.global_model.accuracy <= 1.0 and len(summary.per_site) == 3
     for name in ("report.md", "run_config.json", "global_model.pt", "synthetic_grid.png", "state.json",
                  "bundles/site-a.sealed", "bundles/site-b.sealed"):
         assert (run_dir / name).is_file(), name

@@ -9,7 +9,6 @@ database and the results folder are scanned for the sites' images.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 
 from coordinator import control
+from coordinator.summary import read_summary
 from site_agent import app_pins, audit
 from site_agent.audit import AuditEvent
 from tests.deployment.live import LiveFederation
@@ -66,9 +66,9 @@ def test_a_hostile_app_package_reads_nothing_at_the_site(data_root: Path, tmp_pa
     # Not pinned: refused at each site before anything of it is read, with the reason sent back and audited.
     refused_run = fed.submit(sites=2, **{"min-sites": 2})
     assert fed.wait(refused_run) == "finished:failed", fed.logs()
-    summary = json.loads((fed.out_dir / f"run-{refused_run}" / "summary.json").read_text())
-    assert [s["status"] for s in summary["sites"]] == ["rejected", "rejected"]
-    assert all("has not pinned the run's app package" in s["reason"] for s in summary["sites"])
+    summary = read_summary(fed.out_dir / f"run-{refused_run}")
+    assert [s.status for s in summary.sites] == ["rejected", "rejected"]
+    assert all("has not pinned the run's app package" in s.reason for s in summary.sites)
     for name in names:
         refusals = [e for e in audit.read_entries(fed.root / f"home-{name}" / "cache")
                     if e.event == AuditEvent.APP_REFUSED]
@@ -79,8 +79,8 @@ def test_a_hostile_app_package_reads_nothing_at_the_site(data_root: Path, tmp_pa
         app_pins.pin(fed.sites[name], hostile_hash, note="the coordinator's modified package")
     served_run = fed.submit(sites=2, **{"min-sites": 2})
     assert fed.wait(served_run) == "finished:completed", fed.logs()
-    summary = json.loads((fed.out_dir / f"run-{served_run}" / "summary.json").read_text())
-    assert [s["status"] for s in summary["sites"]] == ["accepted", "accepted"]
+    summary = read_summary(fed.out_dir / f"run-{served_run}")
+    assert [s.status for s in summary.sites] == ["accepted", "accepted"]
 
     with np.load(data_root / "breastmnist.npz") as raw:
         images = np.concatenate([raw[f"{split}_images"] for split in ("train", "val", "test")])

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from coordinator.summary import RunSummary, SiteEntry, read_summary
 from site_agent.policy import PrivacyLimits, SitePolicy
 from tests.deployment.live import PROJECT, TINY, LiveFederation, Processes
 
@@ -36,12 +37,12 @@ def _linked(root: Path, processes: Processes, data_root: Path, names: list[str])
     return fed
 
 
-def _summary(fed: LiveFederation, run_id: int) -> dict:
-    return json.loads((fed.out_dir / f"run-{run_id}" / "summary.json").read_text())
+def _summary(fed: LiveFederation, run_id: int) -> RunSummary:
+    return read_summary(fed.out_dir / f"run-{run_id}")
 
 
-def _by_site(summary: dict) -> dict[str, dict]:
-    return {site["site_id"]: site for site in summary["sites"]}
+def _by_site(summary: RunSummary) -> dict[str, SiteEntry]:
+    return {site.site_id: site for site in summary.sites}
 
 
 def test_a_site_killed_mid_distillation_is_named_and_the_round_completes_without_it(
@@ -71,7 +72,7 @@ def test_a_site_killed_mid_distillation_is_named_and_the_round_completes_without
     assert fed.wait(run_id) == "finished:completed", fed.logs()
     summary = _summary(fed, run_id)
     sites = _by_site(summary)
-    assert summary["sites_accepted"] == 3 and {s for s in sites if sites[s]["status"] == "accepted"} == set(names[:3])
+    assert summary.sites_accepted == 3 and {s for s in sites if sites[s].status == "accepted"} == set(names[:3])
     assert sites["site-d"]["status"] == "missing"
     assert "no reply within" in sites["site-d"]["reason"] or "dropped out" in sites["site-d"]["reason"]
     run_dir = fed.out_dir / f"run-{run_id}"
@@ -90,7 +91,7 @@ def test_a_revoked_site_is_refused_after_a_superlink_restart_that_join_survives(
 
     first = fed.submit()
     assert fed.wait(first) == "finished:completed", fed.logs()
-    assert _summary(fed, first)["sites_accepted"] == 3
+    assert _summary(fed, first).sites_accepted == 3
 
     # The operator revokes site-c in the trust store; its SuperNode stays registered and connected.
     revoked = subprocess.run(["coordinator", "sites", "revoke", "--key-dir", str(fed.coord), "--site-id", "site-c"],
@@ -104,8 +105,8 @@ def test_a_revoked_site_is_refused_after_a_superlink_restart_that_join_survives(
     second = fed.submit()
     assert fed.wait(second) == "finished:completed", fed.logs()
     sites = _by_site(_summary(fed, second))
-    assert sites["site-a"]["status"] == sites["site-b"]["status"] == "accepted"
-    assert sites["site-c"]["status"] == "rejected" and "revoked at" in sites["site-c"]["reason"]
+    assert sites["site-a"].status == sites["site-b"].status == "accepted"
+    assert sites["site-c"].status == "rejected" and "revoked at" in sites["site-c"].reason
     assert not (fed.out_dir / f"run-{second}" / "bundles" / "site-c.sealed").exists()
     for name in names:
         assert fed.supernodes[name].poll() is None, f"join of {name} exited"
@@ -152,7 +153,7 @@ def test_a_coordinator_stopped_mid_round_resumes_asking_only_the_site_that_had_n
                               str(PROJECT), "--resume", f"run-{run_id}", *tiny)
     assert resumed.returncode == 0, (resumed.stdout[-3000:], resumed.stderr[-2000:], fed.logs())
     summary = _summary(fed, run_id)
-    assert summary["status"] == "completed" and summary["sites_accepted"] == 3
+    assert summary.status == "completed" and summary.sites_accepted == 3
     state = json.loads((run_dir / "state.json").read_text())
     assert state["requests"]["site-c"]["nonce"] != first_nonce  # a fresh request; the old one answers nothing now
     for name in names[:2]:  # asked once, in the first attempt only

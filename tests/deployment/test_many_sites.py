@@ -24,9 +24,9 @@ SMALLEST = {"dataset": "breastmnist", "ipc": 1, "iterations": 2, "batch_real": 1
 def test_twenty_sites_all_deliver_and_all_their_test_images_are_scored(data_root: Path, tmp_path: Path) -> None:
     config = RunConfig(data_root=str(data_root), sites=20, min_sites=20, out_dir=str(tmp_path), **SMALLEST)
     _, summary = simulate(config, yardstick=False)
-    assert summary["status"] == "completed" and summary["sites_accepted"] == 20
-    assert sorted(s["site_id"] for s in summary["sites"]) == sorted(f"site-{i}" for i in range(20))
-    assert summary["pooled"]["images"] == sum(summary["pooled"]["images_per_site"].values())
+    assert summary.status == "completed" and summary.sites_accepted == 20
+    assert sorted(s.site_id for s in summary.sites) == sorted(f"site-{i}" for i in range(20))
+    assert summary.pooled.images == sum(summary.pooled.images_per_site.values())
     test_split = len(read_local_data(data_root, "breastmnist").splits["test"].labels)
-    assert summary["global"]["num_examples"] == test_split  # every site's share, none dropped
-    assert len(summary["per_site"]) == 20 and all(not e["problem"] for e in summary["per_site"])
+    assert summary.global_model.num_examples == test_split  # every site's share, none dropped
+    assert len(summary.per_site) == 20 and all(not e.problem for e in summary.per_site)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from coordinator.summary import read_summary
 from tests.deployment.live import PROJECT, TINY, app_snapshot, working_in
 
 WALK_DOC = PROJECT / "docs" / "coordinator.md"
@@ -61,6 +62,6 @@ def test_the_one_machine_walk_runs_as_written(data_root: Path, tmp_path: Path) -
     assert status == 0, output[-6000:]
     assert not left, f"processes outlived the walk: {left}"
     [run_dir] = (project / "walk" / "results").glob("run-*")
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["status"] == "completed" and summary["sites_accepted"] == 2, output[-4000:]
+    summary = read_summary(run_dir)
+    assert summary.status == "completed" and summary.sites_accepted == 2, output[-4000:]
     assert f"{run_dir.name}: finished:completed" in output  # what `coordinator run` said at the end

@@ -7,9 +7,14 @@ from typer.testing import CliRunner
 
 import harness.simulate
 from coordinator.cli import app
+from coordinator.summary import RunStatus, RunSummary
 from shared.config import RunConfig
 
 runner = CliRunner()
+
+
+def _summary(config: RunConfig) -> RunSummary:
+    return RunSummary.begun(config, "run-1", RunStatus.COMPLETED).model_copy(update={"sites_accepted": config.sites})
 
 
 def test_set_passes_any_run_config_key_to_the_simulation(monkeypatch, tmp_path) -> None:
@@ -17,7 +22,7 @@ def test_set_passes_any_run_config_key_to_the_simulation(monkeypatch, tmp_path) 
 
     def fake(config: RunConfig, verbose: bool = False):
         seen.append(config)
-        return tmp_path, {"sites_accepted": 3, "sites_expected": 3}
+        return tmp_path, _summary(config)
 
     monkeypatch.setattr(harness.simulate, "simulate", fake)
     result = runner.invoke(app, ["simulate", "--ipc", "3", "--set", "privacy-shadows=4", "--set",
@@ -41,7 +46,7 @@ def _capture(monkeypatch, tmp_path) -> list[RunConfig]:
 
     def fake(config: RunConfig, verbose: bool = False):
         seen.append(config)
-        return tmp_path, {"sites_accepted": 3, "sites_expected": 3}
+        return tmp_path, _summary(config)
 
     monkeypatch.setattr(harness.simulate, "simulate", fake)
     return seen

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from coordinator.summary import read_summary
 from harness.simulate import simulate
 from harness.sites import export_path, remove_run_shares, write_run_shares
 from shared.config import RunConfig
@@ -65,7 +66,7 @@ def test_ctrl_c_leaves_a_note_and_a_clear_error(tmp_path: Path, monkeypatch: pyt
     with pytest.raises(FederationError, match="interrupted: .* continue with"):
         simulate(config)
     [run_dir] = [path for path in (tmp_path / "out").iterdir() if not path.name.startswith(".")]
-    assert (run_dir / "INTERRUPTED").is_file() and '"status": "interrupted"' in (run_dir / "summary.json").read_text()
+    assert (run_dir / "INTERRUPTED").is_file() and read_summary(run_dir).status == "interrupted"
     assert not list((tmp_path / "out" / ".site-cache").rglob("*.npz"))  # the sites' data copies are removed
 
 
@@ -74,11 +75,12 @@ def test_simulation_partitions_a_hospital_export(tmp_path: Path) -> None:
     """Two simulated sites share out a local .npz export; every test image is scored once."""
     config = RunConfig(data_root=str(_export(tmp_path / "export.npz")), out_dir=str(tmp_path / "out"), **TINY)
     run_dir, summary = simulate(config)
-    assert summary["status"] == "completed" and summary["sites_accepted"] == 2
-    assert summary["global"]["num_examples"] == 20 and summary["global"]["class_counts"] == [10, 10]
+    assert summary.status == "completed" and summary.sites_accepted == 2
+    assert summary.global_model.num_examples == 20 and summary.global_model.class_counts == [10, 10]
     # The simulation's own yardstick: the same number of real images, scored the same way.
-    assert summary["yardstick"]["images"] == summary["pooled"]["images"]
-    assert 0 <= summary["yardstick"]["uncorrected"]["balanced_accuracy"] <= 1
+    assert summary.yardstick.images == summary.pooled.images
+    assert 0 <= summary.yardstick.uncorrected.balanced_accuracy <= 1
+    assert read_summary(run_dir) == summary  # what the file says, yardstick included
     assert "random real subset" in (run_dir / "report.md").read_text()
 
 
@@ -88,10 +90,10 @@ def test_refinement_rounds_retrain_and_report_each_round(tmp_path: Path) -> None
     config = RunConfig(data_root=str(_export(tmp_path / "export.npz")), out_dir=str(tmp_path / "out"), rounds=2,
                        **TINY)
     run_dir, summary = simulate(config)
-    rounds = summary["rounds"]
-    assert summary["status"] == "completed" and [r["round"] for r in rounds] == [1, 2]
-    assert all(r["sites_accepted"] == 2 and r["global"]["num_examples"] == 20 for r in rounds)
-    assert rounds[0]["bytes"]["cumulative"] < rounds[1]["bytes"]["cumulative"]
-    assert rounds[1]["bytes"]["down"] > rounds[0]["bytes"]["down"]  # round 2 also sent the global model to distill
+    rounds = summary.rounds
+    assert summary.status == "completed" and [r.round for r in rounds] == [1, 2]
+    assert all(r.sites_accepted == 2 and r.global_model.num_examples == 20 for r in rounds)
+    assert rounds[0].bytes.cumulative < rounds[1].bytes.cumulative
+    assert rounds[1].bytes.down > rounds[0].bytes.down  # round 2 also sent the global model to distill
     assert (run_dir / "rounds.png").is_file() and "| round |" in (run_dir / "report.md").read_text()
     assert len(list((run_dir / "bundles" / "round-2").glob("*.sealed"))) == 2

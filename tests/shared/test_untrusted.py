@@ -34,10 +34,13 @@ def test_long_text_is_capped() -> None:
 
 def test_report_row_stays_one_row() -> None:
     """A hostile reason in the site table leaves the table's shape intact."""
-    summary = {"run_id": "r", "status": "failed", "dataset": "d", "method": "dm", "ipc": 1, "iterations": 1,
-               "sites_accepted": 0, "sites_expected": 1, "stage_seconds": {},
-               "sites": [{"site_id": "s", "node_id": 1, "status": "rejected", "bundle_bytes": 0,
-                          "reason": untrusted_text("x |\n| injected | row |")}]}
+    from coordinator.receive import OutcomeStatus
+    from coordinator.summary import RunStatus, RunSummary, SiteEntry
+    from shared.config import RunConfig
+
+    summary = RunSummary.begun(RunConfig(method="dm", ipc=1, iterations=1, sites=1), "r", RunStatus.FAILED)
+    summary.sites = [SiteEntry(site_id="s", node_id=1, status=OutcomeStatus.REJECTED,
+                               reason=untrusted_text("x |\n| injected | row |"))]
     rows = [line for line in render_report(summary).splitlines() if line.startswith("| s ")]
     assert len(rows) == 1 and rows[0].count("|") == 7
 
