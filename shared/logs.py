@@ -88,8 +88,20 @@ def common_options(
 
 
 def add_common_options(app: typer.Typer) -> None:
-    """Give a command-line app ``--version`` and ``--log-level``."""
+    """Give a command-line app ``--version`` and ``--log-level``, and plain help for it and every command under it.
+
+    Plain (click's) help lays each option out as a name line and wrapped text, so at 80 columns option names
+    and words stay whole; Rich's help tables cut them (``--root-certifica…``) once a command has long names,
+    choices and ``--x/--no-x`` pairs. Typer passes an app's markup mode down to all its sub-apps and commands.
+    """
+    app.rich_markup_mode = None
     app.callback()(common_options)
+
+
+# Typer escapes the brackets of "[default: ...]" for Rich whenever Rich is installed, even for plain help, which
+# then shows "\[default: ...]" (fastapi/typer#1058, fix pending in #1089). Our apps use plain help only, and
+# their errors are printed plainly anyway (pretty_exceptions_enable=False): tell Typer's help not to use Rich.
+typer.core.HAS_RICH = False
 
 
 def run_cli(app: Callable[[], object], renamed: dict[str, str] | None = None) -> None:
