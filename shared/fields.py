@@ -3,7 +3,9 @@ name a field without echoing the sender's value."""
 
 from __future__ import annotations
 
+import difflib
 import re
+from collections.abc import Iterable
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -40,6 +42,30 @@ def first_problem(exc: ValidationError) -> str:
     error = exc.errors()[0]
     location = untrusted_text(".".join(str(part) for part in error["loc"]) or "(root)", 100)  # a key can be the sender's
     return f"field {location!r}: {untrusted_text(error['msg'], 200)}"  # some messages quote the value's start
+
+
+def did_you_mean(name: str, known: Iterable[str], prefix: str = "") -> str:
+    """``"; did you mean '<prefix><nearest>'?"`` for the known name closest to a mistyped one (difflib), or ``""``."""
+    nearest = difflib.get_close_matches(name, list(known), n=1)
+    return f"; did you mean {prefix + nearest[0]!r}?" if nearest else ""
+
+
+def settings_problem(exc: ValidationError, model: type[BaseModel]) -> str:
+    """:func:`first_problem` for a settings file read into ``model``, but an unknown key (most often a typo) is named
+    with the nearest field of the (nested) model it was found in, instead of pydantic's wording: for
+    ``{"mtt": {"max_syn_step": 0}}``, "unknown key 'mtt.max_syn_step'; did you mean 'mtt.max_syn_steps'?".
+    """
+    error = exc.errors()[0]
+    if error["type"] != "extra_forbidden" or not error["loc"]:
+        return first_problem(exc)
+    *parents, key = [str(part) for part in error["loc"]]
+    for parent in parents:  # down to the model that holds the unknown key
+        inner = model.model_fields[parent].annotation if parent in model.model_fields else None
+        if not (isinstance(inner, type) and issubclass(inner, BaseModel)):
+            return first_problem(exc)
+        model = inner
+    prefix = "".join(f"{parent}." for parent in parents)
+    return f"unknown key {untrusted_text(prefix + key, 100)!r}" + did_you_mean(key, model.model_fields, prefix)
 
 
 def setting_error(exc: ValidationError, template: str) -> ConfigError:
