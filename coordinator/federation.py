@@ -4,6 +4,7 @@ travels (the records of ``shared.wire``). ``connect`` is the run's first stage."
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,12 +79,24 @@ def _coordinator_keys(config: RunConfig, run_dir: Path, num_nodes: int) -> Coord
     return load_coordinator_keys(create_simulation_keys(run_dir / SIMULATION_KEYS, site_ids))
 
 
-def request_record(request: DistillRequest | EvaluateRequest | TuneRequest, model: ConvNet | None = None) -> RecordDict:
-    """A request as JSON, with the model's weights when it carries them (evaluate; distill from round 2)."""
+def request_record(
+    request: DistillRequest | EvaluateRequest | TuneRequest, model: ConvNet | None = None,
+    pool: Sequence[bytes] | None = None,
+) -> RecordDict:
+    """A request as JSON, with the global model's weights where a refinement round is guided by them, or the
+    pooled sets where a site scores the model it trains itself on them (evaluate, tune)."""
     records: dict[str, Any] = {RecordKey.REQUEST: ConfigRecord({FieldKey.REQUEST_JSON: request.model_dump_json()})}
     if model is not None:
         records[RecordKey.ARRAYS] = ArrayRecord(model.state_dict())
+    if pool is not None:
+        records[RecordKey.POOL] = ConfigRecord({FieldKey.SETS: list(pool)})
     return RecordDict(records)
+
+
+def forwarded_pool(federation: Federation, bundles: Sequence[OpenedBundle]) -> list[bytes]:
+    """The pooled sets as the sites receive them to train the model they score: each as its site signed it,
+    under the key it was verified with (``shared.bundle.ForwardedSet``)."""
+    return [b.forwarded(federation.keys.verify_key_for(b.manifest.site_id)).to_bytes() for b in bundles]
 
 
 def model_bytes(model: ConvNet | None) -> int:

@@ -31,7 +31,6 @@ import torch
 
 from shared.bundle import OpenedBundle
 from shared.metrics import TUNING_SCALES
-from shared.models import ConvNet
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +77,3 @@ def choose_scale(hits: Sequence[int] | np.ndarray, scales: Sequence[float] = TUN
     hits = np.asarray([int(h) for h in hits], dtype=object)  # Python integers: sums of many sites cannot overflow
     best = np.flatnonzero(hits == hits.max())
     return float(min((scales[i] for i in best), key=lambda scale: abs(scale - 1.0)))
-
-
-def adjust_logits(model: ConvNet, shift: np.ndarray) -> ConvNet:
-    """Add ``shift`` (K,) to the classifier's bias in place; returns the model."""
-    with torch.no_grad():
-        model.classifier.bias.add_(torch.as_tensor(shift, dtype=model.classifier.bias.dtype))
-    return model

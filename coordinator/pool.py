@@ -12,12 +12,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-import numpy as np
 import torch
 
 from shared.bundle import OpenedBundle
 from shared.manifest import BundleManifest
 from shared.metrics import committed_cap
+from shared.pooled_training import pooled_arrays
 
 
 @dataclass(frozen=True)
@@ -80,8 +80,7 @@ def pool(bundles: list[OpenedBundle]) -> PooledSet:
     if not bundles:
         raise ValueError("cannot pool an empty list of bundles")
     ordered = sorted(bundles, key=lambda b: b.manifest.site_id)
-    images = torch.from_numpy(np.concatenate([b.images for b in ordered]))
-    labels = torch.from_numpy(np.concatenate([b.labels for b in ordered]))
+    images, labels = pooled_arrays((b.manifest.site_id, b.images, b.labels) for b in ordered)
     num_classes = ordered[0].manifest.num_classes
     return PooledSet(images, labels, {b.manifest.site_id: len(b.labels) for b in ordered},
                      commitments(ordered, num_classes))

@@ -20,8 +20,7 @@ from coordinator.messaging import exchange
 from coordinator.pool import Commitment
 from coordinator.train import GlobalModels
 from shared.errors import InvalidReply
-from shared.models import ConvNet
-from shared.schemas import EvaluateRequest, MetricKey, TuneReply, TuneRequest
+from shared.schemas import EvaluateRequest, MetricKey, TrainingSpec, TuneReply, TuneRequest
 from shared.untrusted import untrusted_text
 from shared.wire import MessageKind, RecordKey
 
@@ -30,7 +29,7 @@ log = logging.getLogger(__name__)
 
 def tune_at_sites(
     grid: Grid, federation: Federation, models: GlobalModels, node_ids: list[int], site_of: Mapping[int, str],
-    commitments: Mapping[str, Commitment],
+    commitments: Mapping[str, Commitment], pool: list[bytes],
 ) -> tuple[GlobalModels, dict[str, Any]]:
     """Scale the logit adjustment by what the sites' summed counts on their training images say is most accurate.
 
@@ -48,10 +47,10 @@ def tune_at_sites(
             log.warning("node %d (site %s) is not asked for tuning counts: it committed no training counts", node, site)
             continue
         requests[node] = TuneRequest(run_id=federation.state.run_id, dataset=federation.info.name,
-                                     model=federation.spec, shift=models.shift.tolist(),
-                                     committed_counts=list(committed.train))
+                                     model=federation.spec, training=_training(federation),
+                                     shift=models.shift.tolist(), committed_counts=list(committed.train))
     timeout = federation.config.evaluate_timeout
-    replies = exchange(grid, {node: request_record(request, models.uncorrected) for node, request in requests.items()},
+    replies = exchange(grid, {node: request_record(request, pool=pool) for node, request in requests.items()},
                        MessageKind.TUNE, timeout)
     counted: dict[str, tuple[int, list[int]]] = {}  # site -> (training images, hits per scale)
     rejected: dict[str, str] = {}
@@ -90,16 +89,19 @@ def tune_at_sites(
 
 def evaluate_at_sites(
     grid: Grid, federation: Federation, models: GlobalModels, node_ids: list[int], site_of: Mapping[int, str],
-    commitments: Mapping[str, Commitment],
+    commitments: Mapping[str, Commitment], pool: list[bytes],
 ) -> dict[str, EvalReport]:
     """Pooled metrics of the global model (``global``) and, when it is corrected, of the uncorrected one.
 
-    Only a site that committed test counts is asked; its counts are pooled within them (``aggregate``).
+    Each site scores the model it trains itself on ``pool`` (the signed sets), corrected as the request says:
+    the coordinator sends no weights. Only a site that committed test counts is asked; its counts are pooled
+    within them (``aggregate``).
     """
-    variants: dict[str, ConvNet] = {"global": models.model}
+    base = EvaluateRequest(run_id=federation.state.run_id, dataset=federation.info.name, model=federation.spec,
+                           training=_training(federation))
+    variants = {"global": base.model_copy(update=_correction(models))}
     if models.model is not models.uncorrected:
-        variants["uncorrected"] = models.uncorrected
-    request = EvaluateRequest(run_id=federation.state.run_id, dataset=federation.info.name, model=federation.spec)
+        variants["uncorrected"] = base
     committed = {node for node in node_ids
                  if (c := commitments.get(site_of.get(node, f"node-{node}"))) is not None and c.test is not None}
     unasked = [SiteEvaluation(site_of.get(node, f"node-{node}"), node, None,
@@ -108,13 +110,28 @@ def evaluate_at_sites(
     asked = [node for node in node_ids if node in committed]
     timeout = federation.config.evaluate_timeout
     reports = {}
-    for name, model in variants.items():
-        content = request_record(request, model)
+    for name, request in variants.items():
+        content = request_record(EvaluateRequest.model_validate(request.model_dump()), pool=pool)
         replies = exchange(grid, {node: content for node in asked}, MessageKind.EVALUATE, timeout)
         evaluations = [_site_evaluation(node, site_of.get(node), replies.get(node), federation.info.num_classes,
                                         timeout) for node in asked]
         reports[name] = aggregate(evaluations + unasked, federation.info.num_classes, commitments)
     return reports
+
+
+def _training(federation: Federation) -> TrainingSpec:
+    return TrainingSpec.of(federation.config.train_settings())
+
+
+def _correction(models: GlobalModels) -> dict[str, Any]:
+    """How the global model differs from the uncorrected one, as a scoring request says it: the scaled logit
+    shift, or the class weights it was trained with (nothing when it is not corrected)."""
+    if models.model is models.uncorrected:
+        return {}
+    if models.class_weights is not None:
+        return {"class_weights": [float(w) for w in models.class_weights]}
+    assert models.shift is not None, "a corrected model is either reweighted or logit-adjusted"
+    return {"shift": [float(v) for v in models.scale * models.shift]}
 
 
 def _site_evaluation(

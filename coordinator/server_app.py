@@ -6,7 +6,8 @@ connect (wait for sites, bind each node to its registered site) -> collect (stor
 when resuming; ``query.distill`` with a fresh nonce to every other site; each reply decrypted, verified
 and validated, and stored as it arrives) -> pool -> train (corrected for the sites' class mix) -> tune
 that correction (``query.tune``: counts on the sites' training images) -> evaluate (``evaluate`` at every
-site that answered; their counts summed) -> report.
+site that answered; their counts summed) -> report. Tune and evaluate send the pooled signed sets, not
+weights: each site trains the model it scores itself (``site_agent.scored_model``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from coordinator import report, run_state
 from coordinator.collect import ask_sites, receive_replies, remember_awaiting_approval
-from coordinator.federation import Federation, connect, model_bytes, previous_round
+from coordinator.federation import Federation, connect, forwarded_pool, model_bytes, previous_round
 from coordinator.imbalance import real_class_prior
 from coordinator.pool import PooledSet, pool
 from coordinator.receive import OutcomeStatus
@@ -133,15 +134,18 @@ def run_round(
     evaluators = [n for n in federation.node_ids if n in replies or n in delivered]
     with timed("train", stages):
         pooled, models = pool_and_train(federation, pooled_sets)
+    forwarded = forwarded_pool(federation, pooled_sets)  # what each site trains the model it scores on
+    pool_bytes = sum(len(s) for s in forwarded)
     tuning = None
     if models.needs_tuning:
         with timed("tune", stages):
-            models, tuning = tune_at_sites(grid, federation, models, evaluators, site_of, pooled.commitments)
-        bytes_moved["down"] += model_bytes(models.uncorrected) * len(evaluators)
+            models, tuning = tune_at_sites(grid, federation, models, evaluators, site_of, pooled.commitments,
+                                           forwarded)
+        bytes_moved["down"] += pool_bytes * len(evaluators)
     torch.save(models.model.state_dict(), federation.run_dir / "global_model.pt")
     with timed("evaluate", stages):
-        evaluations = evaluate_at_sites(grid, federation, models, evaluators, site_of, pooled.commitments)
-    bytes_moved["down"] += model_bytes(models.model) * len(evaluators) * len(evaluations)
+        evaluations = evaluate_at_sites(grid, federation, models, evaluators, site_of, pooled.commitments, forwarded)
+    bytes_moved["down"] += pool_bytes * len(evaluators) * len(evaluations)
     summary = build_summary(config, state.run_id, outcomes, pooled, info, evaluations, stages, RunStatus.COMPLETED,
                             correction=models.correction.value, tuning=tuning)
     assert summary.global_model is not None, "a scored round has the global model's evaluation"

@@ -9,12 +9,13 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from coordinator.imbalance import TUNING_SCALES, adjust_logits, choose_scale, class_weights, logit_shift, pooled_prior
+from coordinator.imbalance import TUNING_SCALES, choose_scale, class_weights, logit_shift, pooled_prior
 from coordinator.pool import PooledSet
 from shared.metrics import hits_by_scale
-from shared.models import ConvNet, build_model
+from shared.models import ConvNet
+from shared.pooled_training import adjust_logits, train_on_pool
 from shared.schemas import ImbalanceCorrection, ModelSpec
-from shared.training import TrainSettings, predict_logits, train_classifier
+from shared.training import TrainSettings, predict_logits
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +28,7 @@ def train_global(
     class_weights: torch.Tensor | None = None,
 ) -> ConvNet:
     """A fresh ConvNet trained on the pooled synthetic images; returned on the CPU in eval mode."""
-    model = build_model(spec)
-    train_classifier(model, pooled.images, pooled.labels, settings, device, class_weights)
-    return model.cpu().eval()
+    return train_on_pool(pooled.images, pooled.labels, spec, settings, device, class_weights)
 
 
 @dataclass(frozen=True)
@@ -41,6 +40,7 @@ class GlobalModels:
     correction: ImbalanceCorrection  # what was applied: NONE when asked for none or no site released counts
     shift: np.ndarray | None = None  # the logit shift (K,) of a logit adjustment, before its scale
     scale: float = 1.0  # the shift's scale; tuned-logit-adjust chooses it with the sites' counts
+    class_weights: torch.Tensor | None = None  # the loss weights (K,) the reweighted model was trained with
 
     @property
     def needs_tuning(self) -> bool:
@@ -81,5 +81,6 @@ def train_corrected(
         # tuned-logit-adjust starts at scale 1; GlobalModels.tuned rescales it once the counts are in
         shift = logit_shift(real_prior, pool_prior)
         return GlobalModels(adjust_logits(copy.deepcopy(uncorrected), shift), uncorrected, correction, shift)
-    model = train_global(pooled, spec, settings, device, class_weights(real_prior, pool_prior))
-    return GlobalModels(model, uncorrected, correction)
+    weights = class_weights(real_prior, pool_prior)
+    return GlobalModels(train_global(pooled, spec, settings, device, weights), uncorrected, correction,
+                        class_weights=weights)

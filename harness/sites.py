@@ -17,12 +17,15 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from harness.partition import partition, share_digest
+from harness.source import read_source
+from shared import crypto
 from shared.config import RunConfig, simulated_site_id
 from shared.datasets import denormalize
 from shared.fields import setting_error
-from shared.keys import SIMULATION_KEYS
+from shared.keys import SIGNING_PUB, SIMULATION_KEYS
 from shared.schemas import PartitionScheme
-from site_agent.data import LabelledImages, SiteImages, read_local_data
+from site_agent.labelled import LabelledImages, SiteImages
+from site_agent.peers import load_peers, pin_peer_key
 from site_agent.policy import SitePolicy
 from site_agent.settings import SiteSettings
 
@@ -56,7 +59,7 @@ def split_shares(dataset: str, data_root: str, sites: int, scheme: PartitionSche
     Raises:
         ConfigError, DataError: the data cannot be read, or cannot give every site enough images.
     """
-    local = read_local_data(data_root, dataset)
+    local = read_source(dataset, data_root)
     train = local.splits["train"]
     test = local.splits.get("test") or LabelledImages(train.images[:0], train.labels[:0])
     parts = partition(train.labels, test.labels, sites, scheme, alpha, seed)
@@ -122,6 +125,7 @@ def simulated_site(run: RunConfig, run_dir: Path, context: Context) -> SiteSetti
     Its policy is the run's own (``SitePolicy.permissive``): one operator plays every role.
     """
     site_id = simulated_site_id(node_index(context))
+    pin_simulated_peers(run_dir / SIMULATION_KEYS, site_id)
     return SiteSettings(
         site_id=site_id,
         key_dir=run_dir / SIMULATION_KEYS / site_id,
@@ -133,6 +137,17 @@ def simulated_site(run: RunConfig, run_dir: Path, context: Context) -> SiteSetti
         verify_md5=False,  # an export written by this harness, not an official file
         cache_dir=site_cache(run, site_id),
     )
+
+
+def pin_simulated_peers(keys_root: Path, site_id: str) -> None:
+    """Pin every other simulated site's signing key at ``site_id``, as hospitals pin their peers out of band
+    (``site_agent.peers``): one operator holds every key here. Sites whose keys are already pinned are skipped."""
+    key_dir = keys_root / site_id
+    pinned = {p.site_id for p in load_peers(key_dir).peers}
+    for public in sorted(keys_root.glob(f"*/{SIGNING_PUB}")):
+        peer = public.parent.name
+        if peer != site_id and peer not in pinned and (keys_root / "coordinator") != public.parent:
+            pin_peer_key(key_dir, peer, crypto.load_public_key(public, crypto.VerifyKey))
 
 
 def simulated_client_app(run: RunConfig, run_dir: Path, mods: list[Any] | None = None) -> ClientApp:

@@ -88,6 +88,12 @@ class OpenedBundle:
     images: np.ndarray
     labels: np.ndarray
     sealed_bytes: int
+    signed: bytes = b""  # what the site signed (manifest and payload), and its signature: kept to forward
+    signature: bytes = b""
+
+    def forwarded(self, signer: crypto.VerifyKey) -> ForwardedSet:
+        """This set as it is passed on to other sites, under the key it was verified with."""
+        return ForwardedSet(crypto.verify_key_bytes(signer), self.signature, self.signed)
 
 
 @dataclass(frozen=True)
@@ -145,19 +151,50 @@ class SealedBundle:
             raise InvalidBundle("signed bundle is shorter than a signature")
         signed_part, signature = signed[: -crypto.SIGNATURE_BYTES], signed[-crypto.SIGNATURE_BYTES :]
         crypto.verify(verify_key, signed_part, signature)
-
-        manifest_bytes, offset = _read_block(signed_part, 0, _MAX_MANIFEST_BYTES, "manifest")
-        try:
-            manifest = BundleManifest.model_validate_json(manifest_bytes)
-        except ValidationError as exc:
-            raise InvalidBundle(f"bundle manifest is malformed: {first_problem(exc)}") from exc
-        _check_manifest(manifest, header, recipient_key)
-        payload = signed_part[offset:]
-        digest = hashlib.sha256(payload).hexdigest()
-        if len(payload) != manifest.payload.nbytes or digest != manifest.payload.sha256:
-            raise InvalidBundle("payload does not match the manifest's payload digest or size")
+        manifest, payload = _read_signed(signed_part)
+        _check_header_and_recipient(manifest, header, recipient_key)
         images, labels = decode_payload(payload, manifest.image_shape, manifest.payload.count)
-        return OpenedBundle(header, manifest, images, labels, sealed_bytes=self.total_bytes)
+        return OpenedBundle(header, manifest, images, labels, sealed_bytes=self.total_bytes,
+                            signed=signed_part, signature=signature)
+
+
+@dataclass(frozen=True)
+class ForwardedSet:
+    """A site's signed set as the coordinator passes it on to the other sites, which score only models they
+    train themselves on such sets (``site_agent.scored_model``): the signer's public key, the site's signature
+    and the exact bytes it signed. The coordinator cannot alter a set without breaking the signature, nor
+    make one up without a key the receiving site pinned.
+
+    Wire format: ``signer (32 bytes, raw Ed25519) | signature (64 bytes) | signed bundle without its signature``.
+    """
+
+    signer: bytes
+    signature: bytes
+    signed: bytes
+
+    def to_bytes(self) -> bytes:
+        return self.signer + self.signature + self.signed
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ForwardedSet:
+        """Raises: InvalidBundle: too short to hold a key, a signature and a manifest length."""
+        head = crypto.VERIFY_KEY_BYTES + crypto.SIGNATURE_BYTES
+        if len(data) < head + _U32.size:
+            raise InvalidBundle("a forwarded set is too short to hold a signing key, a signature and a manifest")
+        return cls(data[: crypto.VERIFY_KEY_BYTES], data[crypto.VERIFY_KEY_BYTES : head], data[head:])
+
+    def open(self) -> tuple[BundleManifest, np.ndarray, np.ndarray]:
+        """Verify the signature with the key the set names, then parse it: (manifest, images, labels).
+
+        Whose key that is, and whether it may be trusted, is the receiver's question (it pins its peers).
+
+        Raises:
+            VerificationError: the signature does not match the named key (or the key is malformed).
+            InvalidBundle: the signed bytes do not parse, or the payload does not match its manifest.
+        """
+        crypto.verify(crypto.verify_key_from_bytes(self.signer), self.signed, self.signature)
+        manifest, payload = _read_signed(self.signed)
+        return (manifest, *decode_payload(payload, manifest.image_shape, manifest.payload.count))
 
 
 def encode_payload(images: np.ndarray, labels: np.ndarray) -> bytes:
@@ -228,17 +265,41 @@ def open_bundle(
     return SealedBundle.from_bytes(sealed, max_bytes).open(recipient_key, verify_key_for)
 
 
-def _check_manifest(manifest: BundleManifest, header: BundleHeader, recipient_key: crypto.RecipientKey) -> None:
-    """Check the signed manifest against the header, the coordinator key, and the bounds its payload is read with.
+def _read_signed(signed_part: bytes) -> tuple[BundleManifest, bytes]:
+    """The manifest and payload of a signed bundle (signature already checked), once the payload fits the manifest.
 
     Raises:
-        InvalidBundle: naming the first field that does not hold.
+        InvalidBundle: malformed manifest, bounds it breaks, or a payload of another digest or size.
     """
+    manifest_bytes, offset = _read_block(signed_part, 0, _MAX_MANIFEST_BYTES, "manifest")
+    try:
+        manifest = BundleManifest.model_validate_json(manifest_bytes)
+    except ValidationError as exc:
+        raise InvalidBundle(f"bundle manifest is malformed: {first_problem(exc)}") from exc
+    _check_bounds(manifest)
+    payload = signed_part[offset:]
+    if len(payload) != manifest.payload.nbytes or hashlib.sha256(payload).hexdigest() != manifest.payload.sha256:
+        raise InvalidBundle("payload does not match the manifest's payload digest or size")
+    return manifest, payload
+
+
+def _check_header_and_recipient(
+    manifest: BundleManifest, header: BundleHeader, recipient_key: crypto.RecipientKey
+) -> None:
+    """Raises: InvalidBundle: the signed manifest disagrees with the clear header or names another coordinator key."""
     for field in ("site_id", "run_id", "nonce"):
         if getattr(manifest, field) != getattr(header, field):
             raise InvalidBundle(f"manifest {field} does not match the bundle header")
     if manifest.recipient_fingerprint != crypto.fingerprint(recipient_key.public_key()):
         raise InvalidBundle("manifest recipient_fingerprint names another coordinator key")
+
+
+def _check_bounds(manifest: BundleManifest) -> None:
+    """Check the bounds the signed manifest's payload is read with.
+
+    Raises:
+        InvalidBundle: naming the first field that does not hold.
+    """
     channels, height, width = manifest.image_shape
     if not (1 <= channels <= _MAX_CHANNELS and 1 <= height <= _MAX_SIDE and 1 <= width <= _MAX_SIDE):
         raise InvalidBundle(

@@ -9,6 +9,7 @@ signed manifest of a release in ``shared.manifest``, and the Flower records that
 
 from __future__ import annotations
 
+import dataclasses
 from enum import StrEnum
 from typing import Annotated, Literal
 
@@ -18,6 +19,7 @@ from pydantic import Field, model_validator
 from shared.fields import SCHEMA_VERSION, Count, DatasetName, Hex64, RunId, Seconds, StrictModel
 from shared.methods import DistillConfig, DistillMethod, NetworkSpec
 from shared.metrics import SCORE_BINS, TUNING_SCALES, EvalCounts
+from shared.training import TrainSettings
 
 
 class ImbalanceCorrection(StrEnum):
@@ -90,47 +92,79 @@ class DistillRequest(StrictModel):
         return self
 
 
-class EvaluateRequest(StrictModel):
-    """Sent with the global model's weights: evaluate it on the site's local test split."""
+class TrainingSpec(StrictModel):
+    """How the global model is trained on the pooled sets (``shared.pooled_training``): the coordinator trains it
+    so, and so does every site that scores it, on the same signed sets (``site_agent.scored_model``)."""
+
+    epochs: int = Field(ge=1, le=10_000)
+    lr: float = Field(gt=0, le=10, allow_inf_nan=False)
+    batch_size: int = Field(ge=1, le=65_536)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0, le=1)
+    augment: bool = True
+    seed: int = Field(ge=0, lt=2**31)
+
+    @classmethod
+    def of(cls, settings: TrainSettings) -> TrainingSpec:
+        return cls(**dataclasses.asdict(settings))
+
+    def settings(self) -> TrainSettings:
+        return TrainSettings(**self.model_dump())
+
+
+# The shift is log(real prior) - log(pooled prior) of add-one-smoothed priors: under 21 in size for up to 10^9
+# images, times a tuning scale of at most 8.
+SHIFT_LIMIT = 25.0 * max(TUNING_SCALES)
+_Shift = Annotated[float, Field(ge=-SHIFT_LIMIT, le=SHIFT_LIMIT, allow_inf_nan=False)]
+_ClassWeight = Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)]
+
+
+class _ScoresPooledModel(StrictModel):
+    """A request to score the global model: the site trains it itself on the sets the message carries
+    (``shared.wire.RecordKey.POOL``), as ``training`` says, and scores no weights it is sent. ``shift`` (K,)
+    is added to its logits and ``class_weights`` (K,) weight its training loss per class: a class-wide
+    correction, which cannot single out an image."""
 
     schema_version: Literal[1] = SCHEMA_VERSION
     run_id: RunId
     dataset: DatasetName
     model: ModelSpec
+    training: TrainingSpec
+    class_weights: list[_ClassWeight] | None = Field(None, max_length=1000)
+
+    def _check_per_class(self, *values: list | None) -> None:
+        k = self.model.num_classes
+        if any(v is not None and len(v) != k for v in (self.class_weights, *values)):
+            raise ValueError(f"shift, class_weights and committed_counts need one value per class ({k})")
 
 
-# The shift is log(real prior) - log(pooled prior) of add-one-smoothed priors: under 21 in size for up to 10^9 images.
-SHIFT_LIMIT = 25.0
-_Shift = Annotated[float, Field(ge=-SHIFT_LIMIT, le=SHIFT_LIMIT, allow_inf_nan=False)]
+class EvaluateRequest(_ScoresPooledModel):
+    """Score the global model, trained here on the pooled sets and corrected as asked, on the site's test split."""
+
+    shift: list[_Shift] | None = Field(None, max_length=1000)
+
+    @model_validator(mode="after")
+    def _one_value_per_class(self) -> EvaluateRequest:
+        self._check_per_class(self.shift)
+        return self
 
 
-class TuneRequest(StrictModel):
-    """Sent with the uncorrected global model's weights: count, on the site's training images, the right
-    predictions of the model with ``scale * shift`` added to its logits, for each scale of the published grid
+class TuneRequest(_ScoresPooledModel):
+    """Count, on the site's training images, the right predictions of the global model (trained here on the
+    pooled sets) with ``scale * shift`` added to its logits, for each scale of the published grid
     (``shared.metrics.TUNING_SCALES``, ``hits_by_scale``). The coordinator chooses no scale.
 
-    The shift is taken as sent, within what a log ratio of two priors can be: the site cannot check the
-    federation's prior, and a shift makes no threshold that the model's own weights could not make. What
-    protects the training images is the noise on the answer (``site_agent.evaluate``).
     ``committed_counts`` are the training images per class this site signed in its manifest: the site
     reports no more (its noisy counts are clipped there, post-processing), so the coordinator can hold it to them.
     """
 
-    schema_version: Literal[1] = SCHEMA_VERSION
-    run_id: RunId
-    dataset: DatasetName
-    model: ModelSpec
     shift: list[_Shift] = Field(min_length=2, max_length=1000)
     committed_counts: list[Annotated[int, Field(ge=0, le=10**9)]] | None = Field(None, max_length=1000)
 
     @model_validator(mode="after")
     def _one_value_per_class(self) -> TuneRequest:
-        k = self.model.num_classes
-        if len(self.shift) != k or (self.committed_counts is not None and len(self.committed_counts) != k):
-            raise ValueError(f"shift and committed_counts need one value per class ({k})")
+        self._check_per_class(self.shift, self.committed_counts)
         return self
-
-
 
 
 class DistillReplyMetrics(StrictModel):

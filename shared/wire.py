@@ -1,8 +1,9 @@
 """The Flower messages the coordinator and the sites exchange, in one place for both sides.
 
 Three kinds of request (``MessageKind``), each a ``RecordDict`` of named records (``RecordKey``, whose
-fields are ``FieldKey``): the request itself as validated JSON (``shared.schemas``), model weights where
-one is scored, and in the reply either a sealed bundle with its metrics, counts, or a release's typed
+fields are ``FieldKey``): the request itself as validated JSON (``shared.schemas``), the pooled signed sets
+where a model is scored (the site trains that model itself), the global model's weights where a refinement
+round's release is guided by it, and in the reply either a sealed bundle with its metrics, counts, or a release's typed
 state. A release held for the site's approval, or rejected by its reviewer, is a reply of its own kind
 (:func:`release_state_reply`), not an error whose text the coordinator would have to parse out of Flower's
 or Ray's wording; anything else a site refuses is an error reply, read as one sentence.
@@ -31,7 +32,8 @@ class RecordKey(StrEnum):
     REQUEST = "request"  # ConfigRecord: a DistillRequest, TuneRequest or EvaluateRequest as JSON
     BUNDLE = "bundle"  # ConfigRecord: the sealed bundle as bytes
     METRICS = "metrics"  # MetricRecord: counts and timings
-    ARRAYS = "arrays"  # ArrayRecord: model weights
+    ARRAYS = "arrays"  # ArrayRecord: model weights (a refinement round's global model, which guides a release)
+    POOL = "pool"  # ConfigRecord: the pooled sets a scored model is trained on (shared.bundle.ForwardedSet)
     RELEASE_STATE = "release-state"  # ConfigRecord: a release held or rejected at the site, with its reason
 
 
@@ -40,6 +42,7 @@ class FieldKey(StrEnum):
 
     REQUEST_JSON = "json"  # in RecordKey.REQUEST
     SEALED = "sealed"  # in RecordKey.BUNDLE
+    SETS = "sets"  # in RecordKey.POOL: a list of ForwardedSet bytes
     STATE = "state"  # in RecordKey.RELEASE_STATE: a ReleaseState
     REASON = "reason"  # in RecordKey.RELEASE_STATE: the site's sentence
 

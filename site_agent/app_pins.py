@@ -23,11 +23,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from shared.errors import ConfigError, PolicyError
-from shared.fields import first_problem
-from site_agent.cache import write_atomically
+from site_agent.cache import read_pins_file, write_pins_file
 
 log = logging.getLogger(__name__)
 
@@ -84,15 +83,7 @@ def load_pins(key_dir: Path) -> PinnedApps:
     Raises:
         ConfigError: the pins file is unreadable or malformed (its path is logged here, never sent).
     """
-    path = key_dir / PINS_FILE
-    if not path.exists():
-        return PinnedApps()
-    try:
-        return PinnedApps.model_validate_json(path.read_bytes())
-    except (OSError, ValidationError) as exc:
-        problem = first_problem(exc) if isinstance(exc, ValidationError) else type(exc).__name__
-        log.error("pinned-apps file %s: %s", path, problem)  # the path stays in the site's own log
-        raise ConfigError("the site's pinned-apps file cannot be read; its log says why") from None
+    return read_pins_file(key_dir / PINS_FILE, PinnedApps, "pinned-apps")
 
 
 def pin(key_dir: Path, fab_hash: str, note: str = "") -> PinnedApp:
@@ -113,9 +104,7 @@ def unpin(key_dir: Path, fab_hash: str) -> bool:
 
 
 def _save(key_dir: Path, pins: PinnedApps) -> None:
-    key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    text = pins.model_dump_json(indent=2) + "\n"
-    write_atomically(key_dir / PINS_FILE, lambda path: path.write_text(text))
+    write_pins_file(key_dir / PINS_FILE, pins)
 
 
 def verify_app(fab: bytes, claimed_hash: str, pins: PinnedApps, version: str | None = None) -> PinnedApp:

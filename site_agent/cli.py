@@ -11,10 +11,11 @@ import typer
 
 from shared import crypto
 from shared.errors import ConfigError, KeyFileError
-from shared.keys import COORDINATOR_PUB, create_site_identity
+from shared.keys import COORDINATOR_PUB, SIGNING_PUB, create_site_identity
 from shared.logs import add_common_options, run_cli
 from site_agent import cli_review, cli_tools
 from site_agent.cli_apps import apps_app
+from site_agent.cli_peers import peers_app
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,12 @@ def init(key_dir: Annotated[Path, typer.Option(help="Where the site's keys live 
         f"  to read aloud:                                    {crypto.speakable(crypto.fingerprint(signing))}\n"
         f"SuperNode key fingerprint (send with node.pub):     {crypto.node_key_fingerprint(node)}"
     )
+
+
+@app.command()
+def fingerprint(key_dir: Annotated[Path, typer.Option(help="The site's key directory.")]) -> None:
+    """Print this site's signing-key fingerprint (hex), which the coordinator and the peer hospitals pin."""
+    typer.echo(crypto.fingerprint(crypto.load_public_key(key_dir / SIGNING_PUB, crypto.VerifyKey)))
 
 
 @app.command("trust-coordinator")
@@ -60,6 +67,7 @@ def trust_coordinator(
 cli_tools.register(app)  # check, distill, inspect, policy: tools that need no coordinator
 cli_review.register(app)  # review, approve, reject, audit: what leaves the site, and its record
 app.add_typer(apps_app, name="apps")  # which of the coordinator's app packages this site serves
+app.add_typer(peers_app, name="peers")  # whose signed sets a scored model may be trained on
 
 
 JOIN_HELP = (

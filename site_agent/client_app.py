@@ -77,14 +77,27 @@ def build_client_app(
 def _counts_reply(
     msg: Message,
     request_type: type[RequestT],
-    answer: Callable[[RequestT, Mapping[str, Any], SiteSettings], dict[str, Any]],
+    answer: Callable[[RequestT, list[bytes], SiteSettings], dict[str, Any]],
     settings: SiteSettings,
 ) -> Message:
-    """A request that carries a model and is answered with counts only (evaluate, tune)."""
+    """A request answered with counts only (evaluate, tune), about a model the site trains itself on the pool."""
     request = _read_request(msg, request_type)
-    state_dict = _arrays(msg)
-    metrics = _safely(lambda: answer(request, state_dict, settings))
+    pool = _pool(msg)
+    metrics = _safely(lambda: answer(request, pool, settings))
     return Message(RecordDict({RecordKey.METRICS: MetricRecord(metrics)}), reply_to=msg)
+
+
+def _pool(msg: Message) -> list[bytes]:
+    """The pooled sets a scoring request carries (verified where they are used). Weights are refused: the site
+    scores only a model it trains itself."""
+    if RecordKey.ARRAYS in msg.content.array_records:
+        raise ConfigError(f"{msg.metadata.message_type} message carries model weights: this site scores only a "
+                          "model it trains itself on the pooled sets")
+    record = msg.content.config_records.get(RecordKey.POOL)
+    sets = None if record is None else record.get(FieldKey.SETS)
+    if not isinstance(sets, list) or not all(isinstance(s, bytes) for s in sets):
+        raise ConfigError(f"{msg.metadata.message_type} message carries no pooled sets")
+    return sets
 
 
 def _settings(context: Context, overrides: Mapping[str, Any], settings_of: SettingsFor) -> SiteSettings:

@@ -1,11 +1,12 @@
-"""Scoring the coordinator's model on the site's own images, and what of it may leave: noisy, coarse counts.
+"""Scoring the global model on the site's own images, and what of it may leave: noisy, coarse counts.
 
-The site scores only the model family a request describes: the ConvNet of ``shared.models`` for the
-site's own dataset (channels, classes, image size), as wide and deep as its policy allows
-(``SitePolicy.check_scored_model``), with exactly that network's tensors (names, shapes, float32,
-finite), checked before anything is loaded. Its weights can still be anything: a crafted model can put
-one image alone in a bin and read it off the counts (issue 27). So every count an answer releases is
-noisy, and the bins are few and fixed (``shared.metrics.SCORE_EDGES``).
+The site scores only the global model of its own dataset (channels, classes, image size), as wide, deep and
+long-trained as its policy allows, and only as it trains that model itself on sets it or a pinned peer signed
+(``site_agent.scored_model``): never weights a coordinator sends, which could be crafted to put one image
+alone in a bin and read it off the counts. As a second line, should a peer's set itself be crafted, every
+count an answer releases is noisy, and the bins are few and fixed (``shared.metrics.SCORE_EDGES``).
+``load_global_model`` checks weights tensor by tensor where a site does take them: the guide of a
+refinement round, whose output is a release that passes the privacy gate like any other.
 
 The noise is OpenDP's discrete Laplace (``make_laplace`` on integer vectors, a two-sided geometric drawn
 from the operating system's CSPRNG; a constructor OpenDP lists as "contrib"), with scale
@@ -104,20 +105,11 @@ def evaluate_global_model(
 
 
 def tuning_counts(
-    state_dict: Mapping[str, torch.Tensor], spec: ModelSpec, train: LabelledImages, shift: np.ndarray,
-    device: torch.device, info: DatasetInfo,
+    model: ConvNet, train: LabelledImages, shift: np.ndarray, device: torch.device, num_classes: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact training images per class (K,) and right predictions per tuning scale (S,) of the received model.
-
-    Raises:
-        PolicyError: the spec is not the global model of ``info``'s dataset.
-        InvalidBundle: the weights do not fit the announced model spec.
-    """
-    check_spec(spec, info)
-    model = load_global_model(state_dict, spec)
+    """Exact training images per class (K,) and right predictions per tuning scale (S,) of ``model``."""
     logits = predict_logits(model, torch.from_numpy(train.images), device).numpy()
-    return np.bincount(train.labels, minlength=spec.num_classes).astype(np.int64), hits_by_scale(logits, train.labels,
-                                                                                                 shift)
+    return np.bincount(train.labels, minlength=num_classes).astype(np.int64), hits_by_scale(logits, train.labels, shift)
 
 
 def commitment_caps(committed: Mapping[int, int] | None, num_classes: int, rounding: int) -> list[int] | None:

@@ -5,9 +5,10 @@ folder, before any work) -> the coordinator's budgets (``site_agent.budget``: re
 and round, the DP ledger) -> load local data -> distill -> privacy report and gate -> seal -> (held for
 approval) -> (sealed bundle, metrics). Evaluate and tune answers are counted against the budgets too.
 ``prepare_release``: the same up to the seal; ``site-agent distill`` previews a release with it.
-``answer_evaluate``: load local test data -> score the global model -> summable counts (no per-image value).
-``answer_tune``: load local training data -> what the uncorrected global model predicts under each candidate
-class-imbalance correction -> its noisy right predictions per scale of the published grid (no per-image value).
+``answer_evaluate``: verify the pooled sets -> train the global model on them here (``site_agent.scored_model``)
+-> score it on local test data -> noisy summable counts (no per-image value).
+``answer_tune``: the same model -> what it predicts on local training data under each candidate class-imbalance
+correction -> its noisy right predictions per scale of the published grid (no per-image value).
 
 Each step is recorded in the site's audit log (``site_agent.audit``): the request, the set built, its
 privacy report, the decision and the release.
@@ -19,7 +20,7 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,7 +30,10 @@ from shared.config import resolve_device
 from shared.errors import ConfigError, PolicyError
 from shared.manifest import PrivacySummary
 from shared.methods import InitMode
+from shared.models import ConvNet
+from shared.pooled_training import adjust_logits
 from shared.schemas import DistillRequest, EvaluateRequest, MetricKey, TuneRequest
+from shared.training import model_counts
 from site_agent import audit
 from site_agent.approval import ReleaseApproval, approval_for
 from site_agent.audit import AuditEvent
@@ -37,13 +41,7 @@ from site_agent.budget import Spend, coordinator_id, free_round, spend_answer, t
 from site_agent.data import LabelledImages, SiteImages, load_site_images
 from site_agent.distill import SyntheticSet, distill
 from site_agent.distill.deadline import NO_LIMIT, Deadline
-from site_agent.evaluate import (
-    evaluate_global_model,
-    evaluation_answer,
-    load_global_model,
-    tuning_answer,
-    tuning_counts,
-)
+from site_agent.evaluate import check_spec, evaluation_answer, load_global_model, tuning_answer, tuning_counts
 from site_agent.identity import load_site_identity
 from site_agent.policy import SitePolicy
 from site_agent.privacy.gate import ReleaseBlocked, blocking_reasons, enforce, limit_names
@@ -53,6 +51,7 @@ from site_agent.privacy.report import ShadowSettings, measure_privacy
 from site_agent.privacy.seed import report_seed
 from site_agent.release import SealedRelease, seal_described
 from site_agent.rounds import keep_released_set, previous_set
+from site_agent.scored_model import scored_model, verified_pool
 from site_agent.settings import SiteSettings
 
 log = logging.getLogger(__name__)
@@ -239,48 +238,72 @@ def report_privacy(
     return report.summary
 
 
-def answer_evaluate(
-    request: EvaluateRequest, state_dict: Mapping[str, torch.Tensor], settings: SiteSettings
-) -> dict[str, int | list[int]]:
-    """Counts (``EvaluateReply``) of the global model on the site's test images: no per-image value.
+def answer_evaluate(request: EvaluateRequest, pool: Sequence[bytes], settings: SiteSettings) -> dict[str, int | list[int]]:
+    """Counts (``EvaluateReply``) on the site's test images of the global model the site trains itself on the
+    pooled sets (``site_agent.scored_model``), corrected as the request says: no per-image value.
 
     Raises:
-        PolicyError: the run, or the coordinator (``site_agent.budget``), has had the evaluations the policy allows.
+        PolicyError: the run, or the coordinator (``site_agent.budget``), has had the evaluations the policy allows;
+            or the pool holds a set this site does not trust (``UntrustedPool``).
     """
-    settings.policy.check_scored_model(request.model)
+    settings.policy.check_scored_model(request.model, request.training)
     _spend(settings, Spend.EVALUATION, request.run_id)
     images = load_site_images(request.dataset, settings.data_root, settings.verify_md5)
-    counts = evaluate_global_model(state_dict, request.model, images.test, resolve_device(settings.device), images.info)
+    model, sites = _pooled_model(request, pool, settings, images)
+    if request.shift is not None:
+        adjust_logits(model, np.array(request.shift))
+    counts = model_counts(model, images.test.images, images.test.labels, request.model.num_classes,
+                          resolve_device(settings.device))
     if counts.num_examples == 0:
         log.warning("site %s holds no test images: reporting empty counts", settings.site_id)
     # The site's own record of how this run's model did here (`site-agent history`); exact, since it stays here.
     audit.record(settings.cache_dir, AuditEvent.EVALUATED, _Scored(request.run_id), "site-agent",
-                 test_images=counts.num_examples, **{name: _finite(value) for name, value in (
+                 test_images=counts.num_examples, pooled_sites=sites, **{name: _finite(value) for name, value in (
                      ("accuracy", counts.accuracy()), ("balanced_accuracy", counts.balanced_accuracy()),
                      ("auc", counts.auc()))})
     return evaluation_answer(counts, settings.policy).to_metrics()  # noisy, within its committed test counts
 
 
-def answer_tune(
-    request: TuneRequest, state_dict: Mapping[str, torch.Tensor], settings: SiteSettings
-) -> dict[str, int | list[int]]:
+def answer_tune(request: TuneRequest, pool: Sequence[bytes], settings: SiteSettings) -> dict[str, int | list[int]]:
     """Counts (``TuneReply``): the site's training images per class and, for each scale of the published grid,
-    the right predictions of the uncorrected global model with ``scale * shift`` added to its logits; noisy as
-    the policy says (``site_agent.evaluate``). The test images stay out of it.
+    the right predictions of the global model the site trains itself on the pooled sets, with ``scale * shift``
+    added to its logits; noisy as the policy says (``site_agent.evaluate``). The test images stay out of it.
 
     Raises:
-        PolicyError: the policy withholds tuning counts, or the run or the coordinator has had what it allows.
+        PolicyError: the policy withholds tuning counts, the run or the coordinator has had what it allows, or the
+            pool holds a set this site does not trust.
     """
     if not settings.policy.release_tuning_counts:
         raise PolicyError("this site's policy withholds tuning counts (release_tuning_counts)")
-    settings.policy.check_scored_model(request.model)
+    settings.policy.check_scored_model(request.model, request.training)
     _spend(settings, Spend.TUNING, request.run_id)
     images = load_site_images(request.dataset, settings.data_root, settings.verify_md5)
-    class_counts, hits = tuning_counts(state_dict, request.model, images.train, np.array(request.shift),
-                                       resolve_device(settings.device), images.info)
+    model, sites = _pooled_model(request, pool, settings, images)
+    class_counts, hits = tuning_counts(model, images.train, np.array(request.shift), resolve_device(settings.device),
+                                       request.model.num_classes)
     audit.record(settings.cache_dir, AuditEvent.TUNING_COUNTS, _Scored(request.run_id), "site-agent",
-                 training_images=len(images.train.labels), scales=len(hits))
+                 training_images=len(images.train.labels), scales=len(hits), pooled_sites=sites)
     return tuning_answer(class_counts, hits, settings.policy, request.committed_counts).to_metrics()
+
+
+def _pooled_model(
+    request: EvaluateRequest | TuneRequest, pool: Sequence[bytes], settings: SiteSettings, images: SiteImages
+) -> tuple[ConvNet, list[str]]:
+    """The global model the site trains itself on the request's verified pool (within its time limit), and whose
+    sets it holds.
+
+    Raises:
+        PolicyError: the request's model is not this dataset's global model, or a set is not one the site trusts.
+        InvalidBundle: a set does not verify or parse.
+        TimeLimitReached: the training ran past the policy's ``max_seconds``.
+    """
+    check_spec(request.model, images.info)
+    identity = load_site_identity(settings.site_id, settings.key_dir)
+    sets = verified_pool(pool, request, settings.site_id, identity.signing_key.public_key(), settings.key_dir,
+                         settings.policy)
+    time_limit = Deadline.after(settings.policy.max_seconds)
+    model = scored_model(sets, request, settings.cache_dir, resolve_device(settings.device), time_limit.check)
+    return model, sorted(site for site, _, _ in sets)
 
 
 def _spend(settings: SiteSettings, kind: Spend, run_id: str) -> None:

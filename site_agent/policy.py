@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from shared.errors import ConfigError, LocalConfigError, PolicyError
 from shared.fields import first_problem
 from shared.methods import DCConfig, DistillMethod, DMConfig, DPDMConfig, IDMConfig, InitMode, MTTConfig, NetworkSpec
-from shared.schemas import DistillRequest, ModelSpec
+from shared.schemas import DistillRequest, ModelSpec, TrainingSpec
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +164,13 @@ class SitePolicy(BaseModel):
     )
     max_net_width: int = Field(128, ge=8, description="widest network a request may ask for (channels per layer)")
     max_net_depth: int = Field(4, ge=1, description="deepest network a request may ask for (conv blocks)")
+    max_train_epochs: int = Field(
+        1000, ge=1, description="most epochs of the global model's training, which the site runs itself on the "
+        "pooled sets before it scores that model (evaluate, tune)"
+    )
+    max_pool_images: int = Field(
+        20_000, ge=1, description="most synthetic images in the pool the site trains a scored model on"
+    )
     max_seconds: float | None = Field(
         # As long as the coordinator waits for a set (distill_timeout): MTT's CPU preset takes about 30 minutes.
         3600, gt=0, description="wall-time limit of one request in seconds, distillation and privacy report "
@@ -240,7 +247,7 @@ class SitePolicy(BaseModel):
         cap = 100_000
         return cls(
             allowed_methods=list(DistillMethod), max_ipc=1000, max_iterations=cap, max_batch_real=cap,
-            max_net_width=cap, max_net_depth=cap, max_seconds=None, allow_real_init=allow_real_init,
+            max_net_width=cap, max_net_depth=cap, max_train_epochs=cap, max_pool_images=cap, max_seconds=None, allow_real_init=allow_real_init,
             max_evaluations_per_run=cap, budget=BudgetLimits.unlimited(cap), require_approval=require_approval,
             answers=AnswerLimits(epsilon=None),  # exact counts: one operator plays every party
             dc=DCLimits(max_outer_loop=cap, max_inner_loop=cap),
@@ -332,13 +339,15 @@ class SitePolicy(BaseModel):
         if config.init == InitMode.REAL:
             log.warning("RELEASING SYNTHETIC IMAGES INITIALISED FROM REAL PATIENT IMAGES (policy allows init=real)")
 
-    def check_scored_model(self, model: ModelSpec) -> None:
-        """Refuse to score (evaluate, tune) a model larger than this policy lets a request build.
+    def check_scored_model(self, model: ModelSpec, training: TrainingSpec | None = None) -> None:
+        """Refuse to score (evaluate, tune) a model larger, or trained longer, than this policy allows.
 
         Raises:
-            PolicyError: naming the cap the model's network exceeds.
+            PolicyError: naming the cap the model's network or training exceeds.
         """
         self._check_network("model.network", model.network)
+        if training is not None:
+            _cap("training epochs", training.epochs, self.max_train_epochs, "max_train_epochs")
 
     def _check_network(self, name: str, network: NetworkSpec) -> None:
         _cap(f"{name} width", network.width, self.max_net_width, "max_net_width")

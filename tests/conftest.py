@@ -10,13 +10,16 @@ import pytest
 import torch
 
 from coordinator.trust import create_simulation_keys, load_coordinator_keys
-from shared.bundle import MAGIC, BundleHeader, SealedBundle
+from shared.bundle import MAGIC, BundleHeader, SealedBundle, open_bundle
+from shared.datasets import dataset_info
 from shared.methods import DCConfig
-from shared.schemas import DistillRequest
+from shared.schemas import DistillRequest, TrainingSpec
 from site_agent.distill import SyntheticSet
 from site_agent.identity import load_site_identity
 from site_agent.labelled import LabelledImages
+from site_agent.peers import pin_peer_key
 from site_agent.policy import SitePolicy
+from site_agent.release import seal_described
 from site_agent.settings import SiteSettings
 
 REAL_DATA = Path(os.environ.get("MEDMNIST_ROOT", Path(__file__).resolve().parents[2] / "shared" / "data" / "medmnist"))
@@ -94,3 +97,26 @@ def deployed_site(tmp_path: Path, policy: SitePolicy, test_labels: list[int] | N
              test_images=test.astype(np.uint8), test_labels=test_labels)
     return SiteSettings(site_id="site-0", key_dir=tmp_path / "keys" / "site-0", data_root=str(tmp_path / "export.npz"),
                         policy=policy, device="cpu", verify_md5=True, cache_dir=tmp_path / "cache")
+
+
+# A small global-model training for scoring requests: the site trains the model it scores itself.
+QUICK_TRAINING = TrainingSpec(epochs=2, lr=0.01, batch_size=256, augment=False, seed=0)
+
+
+def signed_pool(keys, tmp_path: Path, run_id: str = "run-1", sites: tuple[str, ...] = ("site-0", "site-1"),
+                pin: bool = True) -> list[bytes]:
+    """The pooled sets of a scoring request as the coordinator forwards them: hand-made sets of ``sites``, sealed
+    by each site, opened by the coordinator and passed on. ``pin`` pins the other sites at site-0 (the
+    ``deployed_site``), as its operator would."""
+    coordinator, identities = keys
+    info = dataset_info("breastmnist")
+    pool = []
+    for index, site in enumerate(sites):
+        if pin and site != "site-0":
+            pin_peer_key(tmp_path / "keys" / "site-0", site, identities[site].signing_key.public_key())
+        request = make_request(run_id, nonce=f"{index + 1:02x}" * 32)
+        sealed = seal_described(make_synthetic(request), request, identities[site], info, num_real_examples=24,
+                                real_class_counts={0: 12, 1: 12}, real_test_class_counts={0: 4, 1: 4}).sealed
+        opened = open_bundle(sealed, coordinator.private_key, coordinator.verify_key_for, 1 << 24)
+        pool.append(opened.forwarded(coordinator.verify_key_for(site)).to_bytes())
+    return pool

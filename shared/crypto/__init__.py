@@ -24,6 +24,7 @@ from shared.crypto.sealing import (
     HPKE_SUITE_NAMES,
     SIGNATURE_BYTES,
     SIGNATURE_DOMAIN,
+    VERIFY_KEY_BYTES,
     HpkeSuite,
     RecipientKey,
     RecipientPublicKey,
@@ -38,6 +39,8 @@ from shared.crypto.sealing import (
     sign,
     speakable,
     verify,
+    verify_key_bytes,
+    verify_key_from_bytes,
 )
 from shared.crypto.tls import (
     CertificateAuthority,
@@ -57,6 +60,7 @@ __all__ = [
     "HPKE_SUITE_NAMES",
     "SIGNATURE_BYTES",
     "SIGNATURE_DOMAIN",
+    "VERIFY_KEY_BYTES",
     "CertificateAuthority",
     "HpkeSuite",
     "NodeKey",
@@ -94,6 +98,8 @@ __all__ = [
     "sign",
     "speakable",
     "verify",
+    "verify_key_bytes",
+    "verify_key_from_bytes",
     "write_private",
     "write_public",
 ]

@@ -169,5 +169,23 @@ def fingerprint(public_key: VerifyKey | RecipientPublicKey) -> str:
     """SHA-256 of the raw public key bytes, hex: short enough to compare over the phone."""
     if isinstance(public_key, RecipientPublicKey):
         return hashlib.sha256(public_key.raw_bytes()).hexdigest()
-    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()
+    return hashlib.sha256(verify_key_bytes(public_key)).hexdigest()
+
+
+VERIFY_KEY_BYTES = 32
+
+
+def verify_key_bytes(public_key: VerifyKey) -> bytes:
+    """The raw 32 bytes of a signing key's public half (what :func:`fingerprint` hashes)."""
+    return public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def verify_key_from_bytes(raw: bytes) -> VerifyKey:
+    """The inverse of :func:`verify_key_bytes`.
+
+    Raises:
+        VerificationError: not the 32 bytes of an Ed25519 public key.
+    """
+    if len(raw) != VERIFY_KEY_BYTES:
+        raise VerificationError(f"a signing key is {VERIFY_KEY_BYTES} bytes, not {len(raw)}")
+    return Ed25519PublicKey.from_public_bytes(raw)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from types import SimpleNamespace
 
 import numpy as np
@@ -16,7 +17,6 @@ from coordinator.pool import Commitment, PooledSet
 from coordinator.train import train_corrected
 from shared.methods import NetworkSpec
 from shared.metrics import hits_by_scale
-from shared.models import build_model
 from shared.schemas import ImbalanceCorrection, ModelSpec, TuneReply, TuneRequest
 from shared.training import TrainSettings, predict_logits
 from shared.wire import FieldKey, RecordKey
@@ -52,29 +52,33 @@ class TuningGrid:
 
 
 def _site_counts(images: torch.Tensor, labels: torch.Tensor):
-    """What a site holding these images answers: counts under the model and shift the request carries."""
+    """What a site holding these images answers: counts under the shift the request carries, of the model it trains
+    on the pool the request carries (the coordinator's own uncorrected model: the same training on the same sets)."""
 
     def answer(msg: Message) -> dict:
         request = TuneRequest.model_validate_json(msg.content.config_records[RecordKey.REQUEST][FieldKey.REQUEST_JSON])
-        model = build_model(request.model)
-        model.load_state_dict(msg.content.array_records[RecordKey.ARRAYS].to_torch_state_dict())
-        logits = predict_logits(model, images, CPU).numpy()
+        assert msg.content.config_records[RecordKey.POOL][FieldKey.SETS] == POOL
+        assert RecordKey.ARRAYS not in msg.content.array_records  # no weights travel
+        logits = predict_logits(_models().uncorrected, images, CPU).numpy()
         hits = hits_by_scale(logits, labels.numpy(), np.array(request.shift))
         return TuneReply.from_counts(np.bincount(labels.numpy(), minlength=2), hits).to_metrics()
 
     return answer
 
 
+@functools.cache
 def _models():
     gen = torch.Generator().manual_seed(0)
     labels = torch.tensor([0] * 20 + [1] * 20)
     images = (2 * labels.float() - 1).reshape(-1, 1, 1, 1) * 0.3 + torch.randn(40, 1, 8, 8, generator=gen)
-    return train_corrected(PooledSet(images, labels, {"s": 40}), SPEC, TrainSettings(epochs=30, augment=False), CPU,
+    return train_corrected(PooledSet(images, labels, {"s": 40}), SPEC, TRAINING, CPU,
                            ImbalanceCorrection.TUNED_LOGIT_ADJUST, np.array([0.9, 0.1]))
 
 
+TRAINING = TrainSettings(epochs=30, augment=False)
 FEDERATION = SimpleNamespace(state=SimpleNamespace(run_id="r"), info=SimpleNamespace(name="breastmnist", num_classes=2),
-                             spec=SPEC, config=SimpleNamespace(evaluate_timeout=0.5))
+                             spec=SPEC, config=SimpleNamespace(evaluate_timeout=0.5, train_settings=lambda: TRAINING))
+POOL = [b"forwarded set 1", b"forwarded set 2"]  # opaque here: the sites verify them
 
 
 @pytest.mark.usefixtures("fast_polling")
@@ -94,7 +98,7 @@ def test_only_the_counts_that_add_up_are_summed() -> None:
     grid = TuningGrid({1: honest, 2: inflated, 3: "this site's policy withholds tuning counts", 4: None, 5: honest})
     site_of = {n: f"site-{n}" for n in range(1, 6)}
     commitments = {f"site-{n}": Commitment((45, 5), (9, 1)) for n in range(1, 5)} | {"site-5": Commitment(None, None)}
-    tuned, tuning = scoring.tune_at_sites(grid, FEDERATION, models, [1, 2, 3, 4, 5], site_of, commitments)
+    tuned, tuning = scoring.tune_at_sites(grid, FEDERATION, models, [1, 2, 3, 4, 5], site_of, commitments, POOL)
     expected = models.tuned_on(site_images.numpy(), site_labels.numpy(), CPU)
     assert tuning["sites"] == 1 and tuning["training_images"] == 50 and tuned.scale == expected.scale
     assert set(tuning["accuracy_by_scale"]) == {f"{s:g}" for s in TUNING_SCALES}
@@ -103,7 +107,7 @@ def test_only_the_counts_that_add_up_are_summed() -> None:
     assert request.committed_counts == [45, 5]  # the site clips its noisy counts there
 
     nobody = TuningGrid({1: "refused", 2: None})
-    kept, tuning = scoring.tune_at_sites(nobody, FEDERATION, models, [1, 2], site_of, commitments)
+    kept, tuning = scoring.tune_at_sites(nobody, FEDERATION, models, [1, 2], site_of, commitments, POOL)
     assert kept is models and tuning == {"scale": 1.0, "sites": 0, "training_images": 0, "rejected": {}}
 
 
@@ -126,9 +130,9 @@ def test_a_rogue_sites_counts_beyond_its_commitment_do_not_move_the_scale() -> N
     site_of = {1: "honest", 2: "rogue"}
     committed = {"honest": Commitment((45, 5), (9, 1)), "rogue": Commitment((40, 10), (8, 2))}
     tuned, tuning = scoring.tune_at_sites(TuningGrid({1: honest, 2: rogue}), FEDERATION, models, [1, 2], site_of,
-                                             committed)
+                                             committed, POOL)
     assert tuned.scale == expected and tuning["training_images"] == 50 and "more than the 40" in tuning["rejected"]["rogue"]
     believed = {"honest": committed["honest"], "rogue": Commitment((5 * 10**8, 5 * 10**8), None)}
     steered, _ = scoring.tune_at_sites(TuningGrid({1: honest, 2: rogue}), FEDERATION, models, [1, 2], site_of,
-                                          believed)
+                                          believed, POOL)
     assert steered.scale == loud  # the same reply, had the rogue site committed to it: the test is not vacuous

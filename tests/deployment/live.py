@@ -22,6 +22,7 @@ from coordinator.superlink import SuperLinkSettings, superlink_command, superlin
 from coordinator.tls import issue_tls
 from coordinator.trust import record_flower_node, register_node_key, register_site
 from harness.sites import split_shares, write_export
+from shared import crypto
 from shared.config import RunConfig
 from shared.keys import (
     COORDINATOR_PUB,
@@ -32,7 +33,7 @@ from shared.keys import (
     create_site_identity,
 )
 from shared.schemas import PartitionScheme
-from site_agent import app_pins, join
+from site_agent import app_pins, join, peers
 from site_agent.policy import SitePolicy
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -207,8 +208,11 @@ class LiveFederation:
         issue_tls(coord, [])
         sites = {name: site_key_dir(root, coord, name) for name in names}
         app = app_snapshot(root)
-        for key_dir in sites.values():  # each site consents to this project's app package, as a study's sites would
-            app_pins.pin(key_dir, control.app_hash(app), note="live test")
+        for name, key_dir in sites.items():  # each site consents to this project's app package, as a study's sites
+            app_pins.pin(key_dir, control.app_hash(app), note="live test")  # would, and pins its peers' keys
+            for peer, peer_dir in sites.items():
+                if peer != name:
+                    peers.pin_peer_key(key_dir, peer, crypto.load_public_key(peer_dir / SIGNING_PUB, crypto.VerifyKey))
         for name in names if registered is None else registered:
             register_site(coord, name, sites[name] / SIGNING_PUB)
             register_node_key(coord, name, sites[name] / NODE_PUB)

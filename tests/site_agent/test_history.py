@@ -12,13 +12,12 @@ from typer.testing import CliRunner
 
 from shared.errors import PolicyError
 from shared.methods import DMConfig, NetworkSpec
-from shared.models import build_model
 from shared.schemas import DistillRequest, EvaluateRequest, ModelSpec
 from site_agent.cli import app
 from site_agent.handlers import answer_distill, answer_evaluate
 from site_agent.policy import PrivacyLimits, SitePolicy
 from site_agent.settings import SiteSettings
-from tests.conftest import deployed_site
+from tests.conftest import QUICK_TRAINING, deployed_site, signed_pool
 
 runner = CliRunner()
 NETWORK = NetworkSpec(depth=2, width=16)
@@ -40,8 +39,8 @@ def test_history_shows_each_release_its_run_and_the_score_there_and_a_refused_re
     settings = _site(tmp_path)
     sealed, _ = answer_distill(_request("run-3", "aa" * 32, ipc=2), settings, progress=False)
     spec = ModelSpec(in_channels=1, num_classes=2, image_size=28, network=NETWORK)
-    answer_evaluate(EvaluateRequest(run_id="run-3", dataset="breastmnist", model=spec),
-                    build_model(spec).state_dict(), settings)
+    answer_evaluate(EvaluateRequest(run_id="run-3", dataset="breastmnist", model=spec, training=QUICK_TRAINING),
+                    signed_pool(keys, tmp_path, "run-3"), settings)
     with pytest.raises(PolicyError, match="exceeds this site's limit"):
         answer_distill(_request("run-4", "bb" * 32, ipc=5), settings, progress=False)
 

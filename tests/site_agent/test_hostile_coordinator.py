@@ -18,7 +18,6 @@ from shared import crypto
 from shared.errors import ApprovalPending, PolicyError
 from shared.keys import COORDINATOR_PUB, create_coordinator_key
 from shared.methods import DMConfig, DPDMConfig, NetworkSpec
-from shared.models import build_model
 from shared.schemas import DistillRequest, EvaluateRequest, ModelSpec, TuneRequest
 from site_agent import audit, handlers
 from site_agent.approval import approval_for
@@ -30,7 +29,7 @@ from site_agent.distill.accounting import GaussianRelease, composed_epsilon, noi
 from site_agent.handlers import answer_distill, answer_evaluate, answer_tune, check_not_a_copy, report_privacy
 from site_agent.policy import BudgetLimits, PrivacyLimits, SitePolicy
 from site_agent.privacy.gate import BLOCKED, ReleaseBlocked, limit_names
-from tests.conftest import deployed_site, make_synthetic
+from tests.conftest import QUICK_TRAINING, deployed_site, make_synthetic, signed_pool
 
 runner = CliRunner()
 CPU = torch.device("cpu")
@@ -59,16 +58,24 @@ def test_fresh_run_ids_buy_no_more_answers_and_another_coordinator_key_has_its_o
     a site that pins another coordinator's key answers that coordinator from its own, fresh budget."""
     limits = BudgetLimits(max_evaluations_per_window=4, max_tunings_per_window=2)
     settings = deployed_site(tmp_path, SitePolicy(budget=limits))
-    weights = build_model(SPEC).state_dict()
+
+    def evaluate(run_id: str) -> None:
+        request = EvaluateRequest(run_id=run_id, dataset="breastmnist", model=SPEC, training=QUICK_TRAINING)
+        answer_evaluate(request, signed_pool(keys, tmp_path, run_id), settings)
+
+    def tune(run_id: str) -> None:
+        request = TuneRequest(run_id=run_id, dataset="breastmnist", model=SPEC, training=QUICK_TRAINING,
+                              shift=[-0.5, 0.5])
+        answer_tune(request, signed_pool(keys, tmp_path, run_id), settings)
+
     for n in range(4):
-        answer_evaluate(EvaluateRequest(run_id=f"probe-{n}", dataset="breastmnist", model=SPEC), weights, settings)
+        evaluate(f"probe-{n}")
     with pytest.raises(PolicyError, match=r"\(budget.max_evaluations_per_window\)"):
-        answer_evaluate(EvaluateRequest(run_id="probe-4", dataset="breastmnist", model=SPEC), weights, settings)
-    tune = TuneRequest(run_id="t-0", dataset="breastmnist", model=SPEC, shift=[-0.5, 0.5])
+        evaluate("probe-4")
     for n in range(2):
-        answer_tune(tune.model_copy(update={"run_id": f"t-{n}"}), weights, settings)
+        tune(f"t-{n}")
     with pytest.raises(PolicyError, match=r"\(budget.max_tunings_per_window\)"):
-        answer_tune(tune.model_copy(update={"run_id": "t-2"}), weights, settings)
+        tune("t-2")
     assert len(_events(settings, "evaluated")) == 4 and len(_events(settings, "tuning_counts")) == 2
     assert [e.details["limit"] for e in _events(settings, "budget_refused")] == [
         "budget.max_evaluations_per_window", "budget.max_tunings_per_window"]
@@ -77,7 +84,7 @@ def test_fresh_run_ids_buy_no_more_answers_and_another_coordinator_key_has_its_o
     first = coordinator_id(settings.site_id, settings.key_dir)
     pinned.unlink()
     crypto.save_public_key(create_coordinator_key(tmp_path / "another-coordinator"), pinned)
-    answer_evaluate(EvaluateRequest(run_id="probe-4", dataset="breastmnist", model=SPEC), weights, settings)
+    evaluate("probe-4")
     second = coordinator_id(settings.site_id, settings.key_dir)
     assert first != second
     assert load_ledger(settings.cache_dir, second).lifetime == {"evaluation": 1}

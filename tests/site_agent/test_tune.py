@@ -12,18 +12,18 @@ from pydantic import ValidationError
 from shared.errors import PolicyError
 from shared.methods import NetworkSpec
 from shared.metrics import TUNING_SCALES
-from shared.models import build_model
 from shared.schemas import ModelSpec, TuneReply, TuneRequest
 from site_agent.audit import read_entries
 from site_agent.handlers import answer_tune
 from site_agent.policy import AnswerLimits, SitePolicy
-from tests.conftest import deployed_site
+from tests.conftest import QUICK_TRAINING, deployed_site, signed_pool
 
 SPEC = ModelSpec(in_channels=1, num_classes=2, image_size=28, network=NetworkSpec(depth=2, width=16))
 
 
 def _request(run_id: str = "run-1", committed: list[int] | None = None) -> TuneRequest:
-    return TuneRequest(run_id=run_id, dataset="breastmnist", model=SPEC, shift=[-0.5, 0.5], committed_counts=committed)
+    return TuneRequest(run_id=run_id, dataset="breastmnist", model=SPEC, training=QUICK_TRAINING, shift=[-0.5, 0.5],
+                       committed_counts=committed)
 
 
 def test_counts_cover_the_training_images_only_and_spend_the_evaluation_budget(keys, tmp_path: Path) -> None:
@@ -31,13 +31,15 @@ def test_counts_cover_the_training_images_only_and_spend_the_evaluation_budget(k
     run's evaluation budget counts the call, so a run cannot ask without end."""
     policy = SitePolicy(max_evaluations_per_run=1, answers=AnswerLimits(epsilon=None))
     settings = deployed_site(tmp_path, policy, test_labels=[0] * 3 + [1] * 3)
-    metrics = answer_tune(_request(), build_model(SPEC).state_dict(), settings)
+    pool = signed_pool(keys, tmp_path)
+    metrics = answer_tune(_request(), pool, settings)
     class_counts, hits = TuneReply.model_validate(metrics).checked(2)
     assert class_counts.tolist() == [12, 12] and len(hits) == len(TUNING_SCALES) and "epsilon" not in metrics
     entry = [e for e in read_entries(settings.cache_dir) if e.event == "tuning_counts"][-1]
-    assert entry.run_id == "run-1" and entry.details == {"training_images": 24, "scales": len(TUNING_SCALES)}
+    assert entry.run_id == "run-1" and entry.details == {"training_images": 24, "scales": len(TUNING_SCALES),
+                                                         "pooled_sites": ["site-0", "site-1"]}
     with pytest.raises(PolicyError, match="evaluations this site's policy allows"):
-        answer_tune(_request(), build_model(SPEC).state_dict(), settings)
+        answer_tune(_request(), pool, settings)
 
 
 def test_noisy_counts_stay_within_the_commitment_the_request_repeats(keys, tmp_path: Path) -> None:
@@ -45,7 +47,8 @@ def test_noisy_counts_stay_within_the_commitment_the_request_repeats(keys, tmp_p
     than the commitment the request carries."""
     settings = deployed_site(tmp_path, SitePolicy())
     for run in range(5):
-        metrics = answer_tune(_request(f"run-{run}", committed=[10, 11]), build_model(SPEC).state_dict(), settings)
+        metrics = answer_tune(_request(f"run-{run}", committed=[10, 11]), signed_pool(keys, tmp_path, f"run-{run}"),
+                              settings)
         reply = TuneReply.model_validate(metrics)
         class_counts, hits = reply.checked(2)
         assert reply.epsilon == 1.0 and (class_counts <= [10, 11]).all() and (hits <= class_counts.sum()).all()
@@ -54,22 +57,23 @@ def test_noisy_counts_stay_within_the_commitment_the_request_repeats(keys, tmp_p
 def test_a_policy_can_withhold_tuning_counts(keys, tmp_path: Path) -> None:
     settings = deployed_site(tmp_path, SitePolicy(release_tuning_counts=False))
     with pytest.raises(PolicyError, match="release_tuning_counts"):
-        answer_tune(_request(), build_model(SPEC).state_dict(), settings)
+        answer_tune(_request(), signed_pool(keys, tmp_path), settings)
 
 
 def test_a_model_for_another_dataset_is_not_scored(keys, tmp_path: Path) -> None:
     """The site scores only its own dataset's global model: three classes on BreastMNIST are refused by name."""
     settings = deployed_site(tmp_path, SitePolicy())
     spec = SPEC.model_copy(update={"num_classes": 3})
-    request = TuneRequest(run_id="run-1", dataset="breastmnist", model=spec, shift=[0.0, 0.0, 0.0])
+    request = TuneRequest(run_id="run-1", dataset="breastmnist", model=spec, training=QUICK_TRAINING,
+                          shift=[0.0, 0.0, 0.0])
     with pytest.raises(PolicyError, match="num_classes 3 is not this site's dataset's"):
-        answer_tune(request, build_model(spec).state_dict(), settings)
+        answer_tune(request, signed_pool(keys, tmp_path), settings)
 
 
 @pytest.mark.parametrize(("change", "problem"), [
     ({"shift": [0.1, 0.2, 0.3]}, "one value per class"),
     ({"shift": [float("nan"), 0.0]}, "finite"),
-    ({"shift": [30.0, 0.0]}, "less than or equal to 25"),
+    ({"shift": [200.0, 0.0]}, "less than or equal to 150"),
     ({"committed_counts": [1, 2, 3]}, "one value per class"),
     ({"scales": [0.5, 1.0]}, "Extra inputs"),  # the grid is published: a request names no scale
 ])
