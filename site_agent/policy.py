@@ -20,7 +20,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.errors import ConfigError, LocalConfigError, PolicyError
-from shared.fields import first_problem
+from shared.fields import settings_problem
 from shared.methods import DCConfig, DistillMethod, DMConfig, DPDMConfig, IDMConfig, InitMode, MTTConfig, NetworkSpec
 from shared.schemas import DistillRequest, ModelSpec, TrainingSpec
 
@@ -291,7 +291,7 @@ class SitePolicy(BaseModel):
             ) from exc
         except ValidationError as exc:
             raise LocalConfigError(
-                f"the site's policy file is not a valid policy: {first_problem(exc)}", local_detail=where,
+                f"the site's policy file is not a valid policy: {settings_problem(exc, cls)}", local_detail=where,
                 hint="`site-agent policy show` lists the fields and their meaning",
             ) from exc
 

@@ -23,7 +23,9 @@ runner = CliRunner()
     ("text", "match"),
     [
         ('{"max_ipc": "lots"}', "policy file is not a valid policy: field 'max_ipc'"),
-        ('{"max_ipcs": 5}', "field 'max_ipcs': Extra inputs are not permitted"),
+        ('{"max_ipcs": 5}', r"unknown key 'max_ipcs'; did you mean 'max_ipc'\?"),
+        ('{"mtt": {"max_syn_step": 0}}', r"unknown key 'mtt.max_syn_step'; did you mean 'mtt.max_syn_steps'\?"),
+        ('{"privacy": {"qqq": 1}}', r"unknown key 'privacy.qqq'$"),  # nothing close: no guess
         ('{"mtt": {"max_syn_steps": 0}}', "field 'mtt.max_syn_steps'"),
         ('{"idm": {"max_train_steps": 0}}', "field 'idm.max_train_steps'"),
         ('{"max_seconds": -1}', "field 'max_seconds'"),
