@@ -89,10 +89,11 @@ def evaluate_global_model(
     state_dict: Mapping[str, torch.Tensor], spec: ModelSpec, test: LabelledImages, device: torch.device,
     info: DatasetInfo | None = None,
 ) -> EvalCounts:
-    """Exact class counts, confusion matrix and score histograms of the received model on local test data.
+    """Exact class counts, confusion matrix and score histograms of given weights on test data.
 
-    They stay at the site (its own history); :func:`evaluation_answer` is what may leave. A site with no
-    test images gets all-zero counts. With ``info`` (the site's dataset) the spec must be its global model's.
+    A site's ``evaluate`` never calls this (it scores only the model it trains itself, ``handlers``): it serves
+    the harness's FedAvg arm, whose protocol is weights, and tests. A site with no test images gets all-zero
+    counts. With ``info`` (the site's dataset) the spec must be its global model's.
 
     Raises:
         PolicyError: the spec is not the global model of ``info``'s dataset.
