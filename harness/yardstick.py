@@ -42,9 +42,9 @@ def score(model: ConvNet, images: np.ndarray, labels: np.ndarray) -> Metrics:
 def random_subset_yardstick(config: RunConfig, pooled_class_counts: list[int]) -> Yardstick:
     """Accuracy, balanced accuracy and AUC of a random real subset the size of the pooled set, on the test split,
     with and without the class-imbalance correction."""
-    from site_agent.data import read_local_data  # the harness reads the data the simulated sites share
+    from harness.source import read_source  # the data the simulated sites shared, read as their shares were
 
-    local = read_local_data(config.data_root, config.dataset)
+    local = read_source(config.dataset, config.data_root)
     train, test, info = local.splits["train"], local.splits["test"], local.info
     subset = train.subset(reference_subset(train.labels, pooled_class_counts, config.seed))
     spec = ModelSpec(in_channels=info.in_channels, num_classes=info.num_classes, image_size=IMAGE_SIZE,

@@ -1,5 +1,5 @@
 """`--download` fetches an official MedMNIST file with medmnist's own downloader and MD5 check (simulations
-only; a site never downloads).
+only; a site never downloads), and `simulate --no-verify-md5` reaches the harness's reads of its data.
 
 No network here: torchvision's URL fetch, which medmnist's downloader calls, is replaced by a copy of the
 real file (or of a damaged one); medmnist's and torchvision's own MD5 check still runs.
@@ -17,7 +17,9 @@ from typer.testing import CliRunner
 import harness.simulate
 import harness.study.runner
 from coordinator.cli import app
+from harness.sites import run_shares
 from harness.source import download_medmnist
+from shared.config import RunConfig
 from shared.errors import DataError
 from site_agent.data import read_local_data
 from site_agent.medmnist_files import file_md5
@@ -102,3 +104,22 @@ def test_a_site_never_downloads(tmp_path: Path, monkeypatch) -> None:
     with pytest.raises(DataError, match="not found") as caught:
         read_local_data(tmp_path, "breastmnist")
     assert "--download" in caught.value.hint and "a site never downloads" in caught.value.hint
+
+
+def test_no_verify_md5_reaches_the_simulations_reads(data_root: Path, tmp_path: Path, monkeypatch) -> None:
+    """A file named like an official one but with other bytes is refused, unless simulate says --no-verify-md5."""
+    shutil.copy(data_root / "breastmnist.npz", tmp_path / "breastmnist.npz")
+    with (tmp_path / "breastmnist.npz").open("ab") as handle:
+        handle.write(b"\0")
+    shares: list[int] = []
+
+    def fake(config: RunConfig, verbose: bool = False) -> None:
+        shares.append(len(run_shares(config)))  # reads the data as the simulation does before Flower starts
+        raise _Stop
+
+    monkeypatch.setattr(harness.simulate, "simulate", fake)
+    args = ["simulate", "--data-root", str(tmp_path), "--sites", "2", "--out-dir", str(tmp_path / "out")]
+    refused = runner.invoke(app, args)
+    assert "not the official" in str(refused.exception) and "--no-verify-md5" in refused.exception.hint
+    assert isinstance(runner.invoke(app, [*args, "--no-verify-md5"]).exception, _Stop)
+    assert shares == [2]
