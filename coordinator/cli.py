@@ -20,6 +20,7 @@ from coordinator.run_options import (
     SettingOption,
     keys_epilog,
     merged_run_values,
+    run_option,
 )
 from shared.config import RunConfig
 from shared.crypto import HpkeSuite
@@ -46,6 +47,7 @@ _SUPERLINK = Annotated[str | None, typer.Option(help="SuperLink host:port (defau
 _ROOT_CERTS = Annotated[Path | None, typer.Option(help="CA certificate of the SuperLink (default: <key-dir>/tls/ca.crt).")]
 _FLWR_HOME = Annotated[Path, typer.Option(help="Project-local FLWR_HOME holding the connection.")]
 _JSON = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
+_ON_SUPERLINK = "An ABSOLUTE path on the SuperLink host, where the ServerApp runs."
 
 
 @app.command()
@@ -212,22 +214,22 @@ def app_hash(
 @app.command(epilog=keys_epilog())
 def run(
     ctx: typer.Context,
-    keys_dir: Annotated[str, typer.Option("--key-dir", help="ABSOLUTE path of the coordinator's key directory on the SuperLink host.")],
-    out_dir: Annotated[str, typer.Option(help="ABSOLUTE path on the SuperLink host for results folders.")],
+    keys_dir: Annotated[str, run_option("keys-dir", "--key-dir", then=_ON_SUPERLINK)],
+    out_dir: Annotated[str, run_option("out-dir", then=_ON_SUPERLINK)],
     superlink: _SUPERLINK = None,
     root_certificates: Annotated[Path | None, typer.Option(help="CA certificate of the SuperLink.")] = None,
     flwr_home: _FLWR_HOME = Path(".flwr-home"),
     app_dir: Annotated[Path, typer.Option(help="The feddistill project folder (flwr packages it).")] = Path("."),
     dataset: DatasetOption = _DEFAULTS.dataset,
-    sites: Annotated[int, typer.Option(help="Sites expected.")] = _DEFAULTS.sites,
+    sites: Annotated[int, run_option("sites")] = _DEFAULTS.sites,
     min_sites: MinSitesOption = _DEFAULTS.min_sites,
     method: MethodOption = _DEFAULTS.method,
     ipc: IpcOption = _DEFAULTS.ipc,
     iterations: IterationsOption = _DEFAULTS.iterations,
     epsilon: EpsilonOption = _DEFAULTS.epsilon,
     delta: DeltaOption = _DEFAULTS.delta,
-    node_wait_timeout: Annotated[float, typer.Option(help="Seconds to wait for sites to connect.")] = _DEFAULTS.node_wait_timeout,
-    distill_timeout: Annotated[float, typer.Option(help="Seconds to wait for bundles.")] = _DEFAULTS.distill_timeout,
+    node_wait_timeout: Annotated[float, run_option("node-wait-timeout")] = _DEFAULTS.node_wait_timeout,
+    distill_timeout: Annotated[float, run_option("distill-timeout")] = _DEFAULTS.distill_timeout,
     config_file: ConfigFileOption = None,
     setting: SettingOption = None,
     resume: Annotated[str | None, typer.Option(help="Continue this stopped run folder (name under --out-dir, or absolute).")] = None,
@@ -246,7 +248,7 @@ def run(
     if resume:
         folder = f"run-{resume}" if resume.isdigit() else resume  # run-7, or the 7 of Flower's first attempt
         values |= {"resume": True, "run-dir": folder if folder.startswith("/") else f"{out_dir.rstrip('/')}/{folder}"}
-    config = RunConfig.from_flower(values)
+    config = RunConfig.from_flower(values, help_command=ctx.command_path)
     conn = _connection(None, superlink, root_certificates, flwr_home)
     app_path = control.check_app_dir(app_dir)
     run_config = control.write_run_config(conn, config, f"run-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}")

@@ -8,6 +8,7 @@ run config and ``--set`` spell them; a mistyped key is refused with the nearest 
 from __future__ import annotations
 
 import math
+import textwrap
 import tomllib
 from enum import Enum
 from pathlib import Path
@@ -17,7 +18,7 @@ import click
 import typer
 from click.core import ParameterSource
 
-from shared.config import RunConfig
+from shared.config import RunConfig, Section
 from shared.errors import ConfigError
 from shared.methods import DistillMethod
 from shared.schemas import PartitionScheme
@@ -34,9 +35,26 @@ def config_keys() -> list[str]:
 
 
 def keys_epilog() -> str:
-    """The ``--help`` epilog of a command that takes ``--set`` and ``--config``."""
-    return ("Run-config keys for --set key=value and --config FILE (a TOML file of key = value lines): "
-            + ", ".join(config_keys()) + ".")
+    """The ``--help`` epilog of a command that takes ``--set`` and ``--config``: the keys, by section.
+
+    Wrapped here, between keys, and marked for click not to rewrap (``\\b``): its wrapping splits keys at hyphens.
+    """
+    lines = ["Run-config keys for --set key=value and --config FILE (a TOML file of key = value lines), by section:",
+             "", "\b"]
+    for section in Section:
+        lines += textwrap.wrap(f"{section.value}: {', '.join(RunConfig.keys_in(section))}.", width=78,
+                               break_on_hyphens=False, break_long_words=False, subsequent_indent="  ")
+    return "\n".join(lines)
+
+
+def about(key: str, then: str = "") -> str:
+    """The ``--help`` text of an option that sets run-config ``key``: RunConfig's description of it, then ``then``."""
+    return f"{RunConfig.description(key)} {then}".strip()
+
+
+def run_option(key: str, *flags: str, then: str = "") -> Any:
+    """A typer option that sets run-config ``key`` (``flags`` when it is not spelled ``--key``), its help :func:`about`."""
+    return typer.Option(*flags, help=about(key, then))
 
 
 def read_config_file(path: Path) -> dict[str, RunValue]:
@@ -100,17 +118,17 @@ def _plain(value: Any) -> Any:
     return str(value) if isinstance(value, Path) else value
 
 
-# Options shared by `coordinator run` and the simulation harness's commands: one help text each.
-DatasetOption = Annotated[str, typer.Option(help="MedMNIST 2D dataset flag, e.g. breastmnist, retinamnist, pathmnist.")]
-MinSitesOption = Annotated[int, typer.Option(help="Fewest valid bundles for the run to go on.")]
-MethodOption = Annotated[DistillMethod, typer.Option(help="Distillation method run at every site.")]
-IpcOption = Annotated[int, typer.Option(help="Synthetic images per class per site.")]
-IterationsOption = Annotated[int, typer.Option(help="Distillation iterations (0: the method's CPU preset).")]
-EpsilonOption = Annotated[float, typer.Option(help="dpdm: each site's differential-privacy epsilon for its one release.")]
-DeltaOption = Annotated[float, typer.Option(help="dpdm: each site's differential-privacy delta.")]
-DataRootOption = Annotated[str, typer.Option(help="MedMNIST folder, or a hospital's own .npz export or image folder, to share out across the sites (default: $MEDMNIST_ROOT).")]
-PartitionOption = Annotated[PartitionScheme, typer.Option(help="How the dataset is split across sites.")]
-AlphaOption = Annotated[float, typer.Option(help="Dirichlet concentration: smaller = more different label mixes.")]
+# Options shared by `coordinator run` and the simulation harness's commands: each help text is RunConfig's.
+DatasetOption = Annotated[str, run_option("dataset")]
+MinSitesOption = Annotated[int, run_option("min-sites")]
+MethodOption = Annotated[DistillMethod, run_option("method")]
+IpcOption = Annotated[int, run_option("ipc")]
+IterationsOption = Annotated[int, run_option("iterations")]
+EpsilonOption = Annotated[float, run_option("epsilon")]
+DeltaOption = Annotated[float, run_option("delta")]
+DataRootOption = Annotated[str, run_option("data-root")]
+PartitionOption = Annotated[PartitionScheme, run_option("partition")]
+AlphaOption = Annotated[float, run_option("alpha")]
 ConfigFileOption = Annotated[Path | None, typer.Option("--config", help="A TOML file of run-config keys (key = value, listed below); options on the command line and --set override it.")]
 SettingOption = Annotated[list[str] | None, typer.Option("--set", help="Any run-config key (listed below), e.g. --set train-epochs=50; overrides the rest.")]
 

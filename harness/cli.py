@@ -32,6 +32,7 @@ from coordinator.run_options import (
     keys_epilog,
     merged_run_values,
     pooled_line,
+    run_option,
 )
 from harness.study.plan import StudyConfig
 from shared.config import RunConfig
@@ -84,7 +85,7 @@ def split(
 def simulate(
     ctx: typer.Context,
     dataset: DatasetOption = _DEFAULTS.dataset,
-    sites: Annotated[int, typer.Option(help="Number of simulated sites (Flower SuperNodes).")] = _DEFAULTS.sites,
+    sites: Annotated[int, run_option("sites")] = _DEFAULTS.sites,
     partition: PartitionOption = _DEFAULTS.partition,
     alpha: AlphaOption = _DEFAULTS.alpha,
     method: MethodOption = _DEFAULTS.method,
@@ -94,18 +95,18 @@ def simulate(
     delta: DeltaOption = _DEFAULTS.delta,
     data_root: DataRootOption = "",
     min_sites: MinSitesOption = _DEFAULTS.min_sites,
-    seed: Annotated[int, typer.Option(help="Seed for partitioning, distillation and training.")] = _DEFAULTS.seed,
-    rounds: Annotated[int, typer.Option(help="Rounds: from round 2 each site refines its set against the global model.")] = _DEFAULTS.rounds,
-    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:1, ...")] = _DEFAULTS.device,
-    out_dir: Annotated[Path, typer.Option(help="Parent folder of the run's results folder.")] = Path(_DEFAULTS.out_dir),
-    init: Annotated[InitMode, typer.Option(help="Synthetic init. 'real' copies patient images into the release: demos only.")] = _DEFAULTS.init,
-    batch_real: Annotated[int, typer.Option(help="Real images per class per matching step (0: the method's CPU preset).")] = _DEFAULTS.batch_real,
-    outer_loop: Annotated[int, typer.Option(help="DC outer loop (0: the paper's value for the ipc).")] = _DEFAULTS.outer_loop,
-    inner_loop: Annotated[int, typer.Option(help="DC inner loop (0: the paper's value for the ipc).")] = _DEFAULTS.inner_loop,
-    net_width: Annotated[int, typer.Option(help="ConvNet width (the paper uses 128).")] = _DEFAULTS.net_width,
-    dsa: Annotated[bool, typer.Option(help="Differentiable Siamese augmentation while distilling.")] = _DEFAULTS.dsa,
-    train_epochs: Annotated[int, typer.Option(help="Epochs to train the global model on the pooled set.")] = _DEFAULTS.train_epochs,
-    imbalance: Annotated[ImbalanceCorrection, typer.Option(help="Correct the global model for the class mix the sites release.")] = _DEFAULTS.imbalance,
+    seed: Annotated[int, run_option("seed")] = _DEFAULTS.seed,
+    rounds: Annotated[int, run_option("rounds")] = _DEFAULTS.rounds,
+    device: Annotated[str, run_option("device")] = _DEFAULTS.device,
+    out_dir: Annotated[Path, run_option("out-dir")] = Path(_DEFAULTS.out_dir),
+    init: Annotated[InitMode, run_option("init")] = _DEFAULTS.init,
+    batch_real: Annotated[int, run_option("batch-real")] = _DEFAULTS.batch_real,
+    outer_loop: Annotated[int, run_option("outer-loop")] = _DEFAULTS.outer_loop,
+    inner_loop: Annotated[int, run_option("inner-loop")] = _DEFAULTS.inner_loop,
+    net_width: Annotated[int, run_option("net-width")] = _DEFAULTS.net_width,
+    dsa: Annotated[bool, run_option("dsa")] = _DEFAULTS.dsa,
+    train_epochs: Annotated[int, run_option("train-epochs")] = _DEFAULTS.train_epochs,
+    imbalance: Annotated[ImbalanceCorrection, run_option("imbalance")] = _DEFAULTS.imbalance,
     config_file: ConfigFileOption = None,
     setting: SettingOption = None,
     download: DownloadOption = False,
@@ -117,7 +118,7 @@ def simulate(
     from harness.source import md5_checks
 
     options = {k: v for k, v in locals().items() if k not in _NOT_RUN_CONFIG}
-    config = RunConfig.from_flower(merged_run_values(ctx, options, config_file, setting))
+    config = RunConfig.from_flower(merged_run_values(ctx, options, config_file, setting), help_command=ctx.command_path)
     if download:
         fetch(config.dataset, config.data_root)
     with md5_checks(verify_md5):

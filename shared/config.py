@@ -1,13 +1,17 @@
-"""Federation-wide settings: one typed object, read once from Flower's run config.
+"""Federation-wide settings: one typed object, read once from Flower's run config, in sections.
 
-Keys are kebab-case in TOML (``images-per-class`` style, as in ``[tool.flwr.app.config]``) and
-snake_case in Python; :meth:`RunConfig.from_flower` is the one place that translates.
+Each key is marked with its section (``Section``): what a site computes (``SiteRunConfig``, the only part a
+site parses), how a simulation plays the sites, and how the coordinator runs the federation; and with its
+help text, which the command lines show. Keys are kebab-case in TOML (``train-epochs``, as in
+``[tool.flwr.app.config]`` and ``--set``) and snake_case in Python; ``_snake_case`` is the one place that
+translates.
 """
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -33,108 +37,84 @@ from shared.schemas import ImbalanceCorrection, PartitionScheme
 from shared.training import TrainSettings
 
 
-class RunConfig(BaseModel):
-    """Everything the coordinator decides for one run; sites may still refuse (site policy)."""
+class Section(StrEnum):
+    """Who reads a run-config key: every key is marked with one (``RunConfig.section_of``)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    SITE = "site"  # shapes what each site computes; it reaches the site inside its requests (SiteRunConfig)
+    SIMULATION = "simulation"  # how one machine splits the data and plays the sites (`coordinator simulate`)
+    COORDINATOR = "coordinator"  # how the coordinator runs the federation; a site never needs it
 
-    # data and simulation
-    dataset: str = "breastmnist"
-    data_root: str = ""  # empty: MEDMNIST_ROOT, then ~/.medmnist
-    sites: int = Field(3, ge=1, le=1000)
-    min_sites: int = Field(2, ge=1, le=1000)
-    partition: PartitionScheme = PartitionScheme.DIRICHLET
-    alpha: float = Field(0.5, gt=0)
-    seed: int = Field(0, ge=0)
-    # Refinement rounds (FedDM-style): from round 2 each site refines its own set against the global model.
-    rounds: int = Field(1, ge=1, le=100)
+
+def _setting(default: Any, section: Section, description: str, **bounds: Any) -> Any:
+    """A run-config field: its default, who reads it, its ``--help`` text and its bounds."""
+    return Field(default, description=description, json_schema_extra={"section": section.value}, **bounds)
+
+
+_SITE, _SIMULATION, _COORDINATOR = Section.SITE, Section.SIMULATION, Section.COORDINATOR
+
+
+class SiteRunConfig(BaseModel):
+    """The site section of the run config: what each site is asked to compute, and nothing of the coordinator's.
+
+    A site parses only this part of Flower's run config (:meth:`from_flower` ignores the coordinator's own
+    keys), so a coordinator's timeouts, paths or a key added later never stop a site from answering.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    dataset: str = _setting("breastmnist", _SITE, "MedMNIST 2D dataset flag, e.g. breastmnist, retinamnist, pathmnist.")
+    seed: int = _setting(0, _SITE, "Seed for partitioning, distillation and training.", ge=0)
     # distillation request
-    method: DistillMethod = DistillMethod.IDM  # the measured best within a CPU site's budget (docs/benchmarks.md)
-    ipc: int = Field(10, ge=1, le=1000)
-    iterations: int = Field(0, ge=0, le=100_000)  # 0: the method's CPU preset (shared/presets.py)
-    lr_img: float = Field(0.0, ge=0)  # 0: the method's own default (DC 0.1, DM 1.0, MTT 10, DPDM 10)
-    lr_net: float = Field(0.01, gt=0)
-    batch_real: int = Field(0, ge=0)  # 0: the method's CPU preset
-    outer_loop: int = Field(0, ge=0)
-    inner_loop: int = Field(10, ge=0)
-    dsa: bool = True
-    init: InitMode = InitMode.NOISE
-    # dm and idm: match each class's mean embedding, or its whole distribution (MMD, M3D-style)
-    match: EmbeddingMatch = EmbeddingMatch.MEAN
-    net_width: int = Field(64, ge=8, le=1024)
-    net_depth: int = Field(3, ge=1, le=6)
+    method: DistillMethod = _setting(  # the measured best within a CPU site's budget (docs/benchmarks.md)
+        DistillMethod.IDM, _SITE, "Distillation method run at every site.")
+    ipc: int = _setting(10, _SITE, "Synthetic images per class per site.", ge=1, le=1000)
+    iterations: int = _setting(0, _SITE, "Distillation iterations (0: the method's CPU preset).", ge=0, le=100_000)
+    lr_img: float = _setting(0.0, _SITE, "Learning rate of the synthetic images (0: the method's own: DC 0.1, DM 1.0, "
+                             "MTT 10, DPDM 10).", ge=0)
+    lr_net: float = _setting(0.01, _SITE, "Learning rate of the network inside DC's and IDM's distillation.", gt=0)
+    batch_real: int = _setting(0, _SITE, "Real images per class per matching step (0: the method's CPU preset).", ge=0)
+    outer_loop: int = _setting(0, _SITE, "DC outer loop (0: the paper's value for the ipc).", ge=0)
+    inner_loop: int = _setting(10, _SITE, "DC inner loop (0: the paper's value for the ipc).", ge=0)
+    dsa: bool = _setting(True, _SITE, "Differentiable Siamese augmentation while distilling.")
+    init: InitMode = _setting(InitMode.NOISE, _SITE, "Synthetic init. 'real' copies patient images into the release: "
+                              "demos only.")
+    match: EmbeddingMatch = _setting(EmbeddingMatch.MEAN, _SITE, "dm and idm: match each class's mean embedding, or "
+                                     "its whole distribution (mmd, M3D-style).")
+    net_width: int = _setting(64, _SITE, "ConvNet width (the paper uses 128).", ge=8, le=1024)
+    net_depth: int = _setting(3, _SITE, "ConvNet depth: convolution blocks.", ge=1, le=6)
     # dpdm's differential-privacy target for each site's one release (site_agent/distill/dpdm.py)
-    epsilon: float = Field(4.0, gt=0, le=20)
-    delta: float = Field(1e-5, gt=0, le=1e-3)
-    # global model
-    train_epochs: int = Field(300, ge=1)
-    train_lr: float = Field(0.01, gt=0)
-    train_batch: int = Field(256, ge=1)
-    train_dsa: bool = True
-    # How the global model is corrected for the real class mix the sites release (coordinator/imbalance.py). None by
-    # default: a correction for accuracy trades minority classes away (docs/benchmarks.md, "The default correction":
-    # balanced accuracy fell on every dev set, 3 seeds each; a 7-class dermatoscopy federation lost melanoma).
-    imbalance: ImbalanceCorrection = ImbalanceCorrection.NONE
-    # Simulated sites' privacy report before each release (site_agent/privacy): shown, never blocking.
-    privacy_report: bool = True
-    privacy_shadows: int = Field(0, ge=0, le=64)  # LiRA shadow models per site (each is a distillation)
-    # Simulated sites hold every release for manual approval (site policy require_approval), to try the review.
-    require_approval: bool = False
-    # operations
-    node_wait_timeout: float = Field(120.0, gt=0)
-    distill_timeout: float = Field(3600.0, gt=0)
-    # Ask a site whose release awaits its operator's approval again (same request, same nonce) every
-    # approval-ask-every-s, for up to approval-wait-s after the first ask (0: ask once, do not wait).
-    approval_wait_s: float = Field(0.0, ge=0)
-    approval_ask_every_s: float = Field(30.0, gt=0)
-    evaluate_timeout: float = Field(600.0, gt=0)
-    max_bundle_mb: float = Field(64.0, gt=0)
-    out_dir: str = "results"
-    run_dir: str = ""  # empty: <out-dir>/run-<flower run id>
-    keys_dir: str = ""  # empty: simulation keys generated into <run-dir>/keys
-    resume: bool = False  # continue the stopped run in run-dir, reusing the bundles it already holds
-    device: str = "auto"
+    epsilon: float = _setting(4.0, _SITE, "dpdm: each site's differential-privacy epsilon for its one release.",
+                              gt=0, le=20)
+    delta: float = _setting(1e-5, _SITE, "dpdm: each site's differential-privacy delta.", gt=0, le=1e-3)
+    # the global model: trained by the coordinator, and alike by each site that scores it (shared.schemas.TrainingSpec)
+    train_epochs: int = _setting(300, _SITE, "Epochs to train the global model on the pooled set.", ge=1)
+    train_lr: float = _setting(0.01, _SITE, "Learning rate of the global model.", gt=0)
+    train_batch: int = _setting(256, _SITE, "Batch size of the global model's training.", ge=1)
+    train_dsa: bool = _setting(True, _SITE, "Differentiable Siamese augmentation while training the global model.")
 
     @classmethod
-    def from_flower(cls, run_config: Mapping[str, Any]) -> RunConfig:
-        """Parse Flower's run config (kebab-case keys); missing keys take the defaults above.
+    def from_flower(cls, run_config: Mapping[str, Any]) -> SiteRunConfig:
+        """The site section of Flower's run config (kebab-case keys); the coordinator's keys are ignored.
 
         Raises:
-            ConfigError: an unknown key, or a value of the wrong type or range.
+            ConfigError: a site key's value of the wrong type or range.
         """
-        values = {key.replace("-", "_"): value for key, value in run_config.items()}
-        unknown = sorted(key for key in values if key not in cls.model_fields)
-        if unknown:
-            nearest = difflib.get_close_matches(unknown[0], list(cls.model_fields), n=1)
-            raise ConfigError(
-                f"unknown run config key {unknown[0].replace('_', '-')!r}"
-                + (f"; did you mean {nearest[0].replace('_', '-')!r}?" if nearest else ""),
-                hint="`coordinator run --help` lists every key",
-            )
+        values = {key: value for key, value in _snake_case(run_config).items() if key in cls.model_fields}
         try:
             config = cls(**values)
         except ValidationError as exc:
             raise setting_error(exc, "run config '{key}': {msg}") from exc
-        if config.min_sites > config.sites:
-            raise ConfigError(f"run config 'min-sites' is {config.min_sites}, more than 'sites' ({config.sites})")
-        config.check_private_rounds()
-        if config.match != EmbeddingMatch.MEAN and config.method not in (DistillMethod.DM, DistillMethod.IDM):
-            raise ConfigError(f"run config 'match' is {config.match.value}: only dm and idm match embeddings")
+        config.check_match()
         return config
 
-    def check_private_rounds(self) -> None:
-        """Refuse refinement rounds with dpdm: each would touch the sites' images again, outside epsilon.
+    def check_match(self) -> None:
+        """Refuse an embedding match other than the mean for a method that matches no embeddings.
 
         Raises:
-            ConfigError: ``rounds`` > 1 with method dpdm.
+            ConfigError: ``match`` is not mean and ``method`` is neither dm nor idm.
         """
-        if self.method == DistillMethod.DPDM and self.rounds > 1:
-            raise ConfigError(f"run config 'rounds' is {self.rounds}: dpdm releases once per site (a refinement "
-                              "round would spend privacy budget the guarantee does not count)")
-
-    def to_flower(self) -> dict[str, Any]:
-        """Kebab-case keys with plain values, as Flower's run config carries them."""
-        return {key.replace("_", "-"): value for key, value in self.model_dump(mode="json").items()}
+        if self.match != EmbeddingMatch.MEAN and self.method not in (DistillMethod.DM, DistillMethod.IDM):
+            raise ConfigError(f"run config 'match' is {self.match.value}: only dm and idm match embeddings")
 
     def distill_config(self) -> DistillConfig:
         """The per-method settings sent to every site."""
@@ -163,11 +143,132 @@ class RunConfig(BaseModel):
             epochs=self.train_epochs, lr=self.train_lr, batch_size=self.train_batch, augment=self.train_dsa, seed=self.seed
         )
 
+
+class RunConfig(SiteRunConfig):
+    """Everything the coordinator decides for one run; sites may still refuse (site policy).
+
+    The site section (inherited) plus the simulation's and the coordinator's own settings. Every field says
+    its section and its ``--help`` text; the CLI options, pyproject's ``[tool.flwr.app.config]`` and the
+    study's settings are checked against them (tests/test_config_sources.py).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # data and simulation
+    data_root: str = _setting("", _SIMULATION, "MedMNIST folder, or a hospital's own .npz export or image folder, "
+                              "to share out across the sites (empty: $MEDMNIST_ROOT, then ~/.medmnist).")
+    partition: PartitionScheme = _setting(PartitionScheme.DIRICHLET, _SIMULATION,
+                                          "How the dataset is split across sites.")
+    alpha: float = _setting(0.5, _SIMULATION, "Dirichlet concentration: smaller = more different label mixes.", gt=0)
+    privacy_report: bool = _setting(True, _SIMULATION, "Simulated sites measure their privacy report before each "
+                                    "release (shown, never blocking).")
+    privacy_shadows: int = _setting(0, _SIMULATION, "LiRA shadow models per simulated site (each is a distillation).",
+                                    ge=0, le=64)
+    require_approval: bool = _setting(False, _SIMULATION, "Simulated sites hold every release for manual approval "
+                                      "(site policy require_approval), to try the review.")
+    # the federation
+    sites: int = _setting(3, _COORDINATOR, "Sites expected (a simulation runs this many, one Flower SuperNode each).",
+                          ge=1, le=1000)
+    min_sites: int = _setting(2, _COORDINATOR, "Fewest valid bundles for the run to go on.", ge=1, le=1000)
+    rounds: int = _setting(1, _COORDINATOR, "Rounds: from round 2 each site refines its set against the global model.",
+                           ge=1, le=100)
+    # None by default: a correction for accuracy trades minority classes away (docs/benchmarks.md, "The default
+    # correction": balanced accuracy fell on every dev set, 3 seeds each; a 7-class dermatoscopy federation lost melanoma).
+    imbalance: ImbalanceCorrection = _setting(ImbalanceCorrection.NONE, _COORDINATOR, "Correct the global model for "
+                                              "the class mix the sites release (coordinator/imbalance.py).")
+    # operations
+    node_wait_timeout: float = _setting(120.0, _COORDINATOR, "Seconds to wait for sites to connect.", gt=0)
+    distill_timeout: float = _setting(3600.0, _COORDINATOR, "Seconds to wait for bundles.", gt=0)
+    approval_wait_s: float = _setting(0.0, _COORDINATOR, "Seconds to keep asking a site whose release awaits its "
+                                      "operator's approval, the same request each time (0: ask once, do not wait).",
+                                      ge=0)
+    approval_ask_every_s: float = _setting(30.0, _COORDINATOR, "Seconds between asks while a release awaits "
+                                           "approval.", gt=0)
+    evaluate_timeout: float = _setting(600.0, _COORDINATOR, "Seconds to wait for the sites' tuning or evaluation "
+                                       "counts.", gt=0)
+    max_bundle_mb: float = _setting(64.0, _COORDINATOR, "Largest sealed bundle accepted, in MB.", gt=0)
+    out_dir: str = _setting("results", _COORDINATOR, "Parent folder of the run's results folder.")
+    run_dir: str = _setting("", _COORDINATOR, "The run's results folder (empty: a new one under out-dir).")
+    keys_dir: str = _setting("", _COORDINATOR, "The coordinator's key directory (a simulation without one generates "
+                             "its keys into the results folder).")
+    resume: bool = _setting(False, _COORDINATOR, "Continue the stopped run in run-dir, reusing the bundles it "
+                            "already holds.")
+    device: str = _setting("auto", _COORDINATOR, "Where the global model is trained (and simulated sites compute): "
+                           "auto (CUDA when present), cpu, cuda, cuda:1, ...")
+
+    @classmethod
+    def from_flower(cls, run_config: Mapping[str, Any], help_command: str = "coordinator run") -> RunConfig:
+        """Parse Flower's run config (kebab-case keys); missing keys take the defaults above.
+
+        ``help_command`` is the command whose ``--help`` lists the keys, named in an unknown key's hint.
+
+        Raises:
+            ConfigError: an unknown key, or a value of the wrong type or range.
+        """
+        values = _snake_case(run_config)
+        unknown = sorted(key for key in values if key not in cls.model_fields)
+        if unknown:
+            nearest = difflib.get_close_matches(unknown[0], list(cls.model_fields), n=1)
+            raise ConfigError(
+                f"unknown run config key {unknown[0].replace('_', '-')!r}"
+                + (f"; did you mean {nearest[0].replace('_', '-')!r}?" if nearest else ""),
+                hint=f"`{help_command} --help` lists every key",
+            )
+        try:
+            config = cls(**values)
+        except ValidationError as exc:
+            raise setting_error(exc, "run config '{key}': {msg}") from exc
+        if config.min_sites > config.sites:
+            raise ConfigError(f"run config 'min-sites' is {config.min_sites}, more than 'sites' ({config.sites})")
+        config.check_private_rounds()
+        config.check_match()
+        return config
+
+    @classmethod
+    def section_of(cls, key: str) -> Section:
+        """The section of a key (kebab or snake case)."""
+        extra = cls.model_fields[key.replace("-", "_")].json_schema_extra
+        assert isinstance(extra, dict), f"run-config field {key} has no section"
+        return Section(extra["section"])
+
+    @classmethod
+    def description(cls, key: str) -> str:
+        """A key's help text (kebab or snake case)."""
+        return cls.model_fields[key.replace("-", "_")].description or ""
+
+    @classmethod
+    def keys_in(cls, section: Section) -> list[str]:
+        """The keys of one section, kebab case, in the order the fields are declared."""
+        return [name.replace("_", "-") for name in cls.model_fields if cls.section_of(name) == section]
+
+    def site_part(self) -> SiteRunConfig:
+        """What a site reads of this run's settings."""
+        return SiteRunConfig.model_validate(self.model_dump(include=set(SiteRunConfig.model_fields)))
+
+    def check_private_rounds(self) -> None:
+        """Refuse refinement rounds with dpdm: each would touch the sites' images again, outside epsilon.
+
+        Raises:
+            ConfigError: ``rounds`` > 1 with method dpdm.
+        """
+        if self.method == DistillMethod.DPDM and self.rounds > 1:
+            raise ConfigError(f"run config 'rounds' is {self.rounds}: dpdm releases once per site (a refinement "
+                              "round would spend privacy budget the guarantee does not count)")
+
+    def to_flower(self) -> dict[str, Any]:
+        """Kebab-case keys with plain values, as Flower's run config carries them."""
+        return {key.replace("_", "-"): value for key, value in self.model_dump(mode="json").items()}
+
     def resolved_run_dir(self, flower_run_id: int) -> Path:
         """Where this run writes results (and, in simulation, its keys): an absolute path."""
         if self.run_dir:
             return Path(self.run_dir).expanduser().resolve()
         return Path(self.out_dir).expanduser().resolve() / f"run-{flower_run_id}"
+
+
+def _snake_case(run_config: Mapping[str, Any]) -> dict[str, Any]:
+    """Flower's kebab-case keys as field names; the one place that translates."""
+    return {key.replace("-", "_"): value for key, value in run_config.items()}
 
 
 def simulated_site_id(partition_id: int) -> str:

@@ -18,25 +18,31 @@ from shared.schemas import PartitionScheme
 _RUN = RunConfig()  # a pooled arm is `coordinator simulate`: the study starts from the same defaults
 
 
+def _as_in_run(key: str, default: Any, **bounds: Any) -> Any:
+    """A study setting that means what run-config ``key`` means: RunConfig's help text, within its bounds
+    (tests/test_config_sources.py checks the bounds and the defaults)."""
+    return Field(default, description=RunConfig.description(key), **bounds)
+
+
 class StudyConfig(BaseModel):
     """Settings of one study on one dataset. Defaults are the full design; a CPU budget narrows them."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    dataset: str = _RUN.dataset
-    data_root: str = ""  # a MedMNIST folder, or a hospital's own .npz export or image folder
-    sites: int = Field(_RUN.sites, ge=1, le=100)
-    partition: PartitionScheme = _RUN.partition
-    alpha: float = Field(_RUN.alpha, gt=0)
+    dataset: str = _as_in_run("dataset", _RUN.dataset)
+    data_root: str = _as_in_run("data_root", _RUN.data_root)
+    sites: int = _as_in_run("sites", _RUN.sites, ge=1, le=100)
+    partition: PartitionScheme = _as_in_run("partition", _RUN.partition)
+    alpha: float = _as_in_run("alpha", _RUN.alpha, gt=0)
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     # pooled distilled sets: every method x ipc; refinement rounds 1..rounds from one run (round 1 is the 1-round arm)
     methods: list[DistillMethod] = Field(default_factory=lambda: [DistillMethod.DC, DistillMethod.DM,
                                                                   DistillMethod.MTT, DistillMethod.IDM], min_length=1)
     ipcs: list[int] = Field(default_factory=lambda: [1, 10, 50], min_length=1)
-    rounds: int = Field(3, ge=1, le=20)
-    iterations: int = Field(0, ge=0)  # 0: each method's CPU preset
-    epsilon: float = Field(_RUN.epsilon, gt=0)  # dpdm's target, when dpdm is among the methods
-    train_epochs: int = Field(_RUN.train_epochs, ge=1)  # the global model on a pooled set or a subset
+    rounds: int = _as_in_run("rounds", 3, ge=1, le=20)
+    iterations: int = _as_in_run("iterations", _RUN.iterations, ge=0, le=100_000)
+    epsilon: float = _as_in_run("epsilon", _RUN.epsilon, gt=0, le=20)  # dpdm's target, when dpdm is among the methods
+    train_epochs: int = _as_in_run("train_epochs", _RUN.train_epochs, ge=1)  # the global model on a pooled set or subset
     # FedAvg on the same sites
     fedavg_local_epochs: int = Field(2, ge=1)
     fedavg_max_rounds: int = Field(50, ge=1)
@@ -46,9 +52,9 @@ class StudyConfig(BaseModel):
     central_epochs: int = Field(50, ge=1)
     # the same pooled set (and subset) trained into a ResNet-18 as well; 0 skips it
     cross_arch_epochs: int = Field(50, ge=0)
-    net_width: int = Field(_RUN.net_width, ge=8)
-    device: str = _RUN.device
-    out_dir: str = "results/study"
+    net_width: int = _as_in_run("net_width", _RUN.net_width, ge=8, le=1024)
+    device: str = _as_in_run("device", _RUN.device)
+    out_dir: str = Field("results/study", description="Parent folder of the study's folder (study-<dataset>).")
 
     def run_config(self, seed: int, method: DistillMethod, ipc: int, run_dir: str) -> RunConfig:
         """The ``coordinator simulate`` settings of one pooled arm (dpdm releases once: one round)."""
