@@ -101,8 +101,8 @@ def test_simulation_releases_only_sealed_sets_and_survives_a_tampered_site(data_
     assert "Privacy reports" in (run_dir / "report.md").read_text()
 
     # The correction was tuned on the committed sites' training shares, not on test images.
-    assert pooled["tuning"]["sites"] == 2 and pooled["tuning"]["training_images"] == sum(len(s.train) for s in committed)
-    assert pooled["tuning"]["scale"] in TUNING_SCALES and "training images at 2 sites" in (run_dir / "report.md").read_text()
+    assert pooled.tuning.sites == 2 and pooled.tuning.training_images == sum(len(s.train) for s in committed)
+    assert pooled.tuning.scale in TUNING_SCALES and "training images at 2 sites" in (run_dir / "report.md").read_text()
 
     # Every reply every site sent: 3 distill, and 2 tune + 2 evaluate from the sites with a commitment.
     replies = [pickle.loads(p.read_bytes()) for p in sorted(record_dir.glob("*.pkl"))]

@@ -73,8 +73,8 @@ def test_a_site_killed_mid_distillation_is_named_and_the_round_completes_without
     summary = _summary(fed, run_id)
     sites = _by_site(summary)
     assert summary.sites_accepted == 3 and {s for s in sites if sites[s].status == "accepted"} == set(names[:3])
-    assert sites["site-d"]["status"] == "missing"
-    assert "no reply within" in sites["site-d"]["reason"] or "dropped out" in sites["site-d"]["reason"]
+    assert sites["site-d"].status == "missing"
+    assert "no reply within" in sites["site-d"].reason or "dropped out" in sites["site-d"].reason
     run_dir = fed.out_dir / f"run-{run_id}"
     assert sorted(p.name for p in (run_dir / "bundles").iterdir()) == [f"{n}.sealed" for n in names[:3]]
     report = (run_dir / "report.md").read_text()
