@@ -91,6 +91,7 @@ def join(
     policy: cli_tools.PolicyOption = None,
     policy_file: Annotated[Path | None, typer.Option("--policy-file", hidden=True, help="Old name of --policy.")] = None,
     flwr_home: Annotated[Path | None, typer.Option(help="FLWR_HOME of this SuperNode (default: beside the key dir).")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="Site-private cache: audit log, budgets, held releases (default: ~/.cache/feddistill/<site-id>, where review, history and audit look).")] = None,
     port: Annotated[int, typer.Option(help="Local Runtime API port; one per SuperNode on a machine.")] = 9094,
     threads: Annotated[int, typer.Option(help="CPU threads for the site agent (OMP_NUM_THREADS etc.).")] = os.cpu_count() or 1,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = "auto",

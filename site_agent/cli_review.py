@@ -23,17 +23,18 @@ from site_agent.approval import FolderApproval, HeldRelease, ReleaseStatus, appr
 from site_agent.cli_tools import PolicyOption
 from site_agent.policy import SitePolicy
 from site_agent.review import privacy_headline, write_review_page
+from site_agent.settings import find_cache_dir
 
 audit_app = typer.Typer(help="The site's audit log: show it, or check its hash chain.", no_args_is_help=True)
 
-CacheOption = Annotated[
-    Path, typer.Option(help="The site's cache directory (the node config's cache-dir).")
-]
+CacheOption = Annotated[Path | None, typer.Option(
+    help="The site's cache directory, if not its default (the node config's cache-dir, which join names).")]
+SiteOption = Annotated[str | None, typer.Option(
+    help="Which site's default cache (~/.cache/feddistill/<site-id>); needed only with several sites here.")]
 ApprovalsOption = Annotated[
     Path | None, typer.Option(help="The approvals folder (default: the policy's approvals_dir, else <cache-dir>/approvals).")
 ]
 ByOption = Annotated[str, typer.Option("--by", help="Who decides (recorded with the decision and in the audit log).")]
-DEFAULT_CACHE = Path("~/.cache/feddistill")
 
 
 def register(app: typer.Typer) -> None:
@@ -46,11 +47,12 @@ def register(app: typer.Typer) -> None:
 
 
 def review(
-    cache_dir: CacheOption = DEFAULT_CACHE, policy: PolicyOption = None, approvals_dir: ApprovalsOption = None,
+    cache_dir: CacheOption = None, site_id: SiteOption = None, policy: PolicyOption = None,
+    approvals_dir: ApprovalsOption = None,
     open_page: Annotated[bool, typer.Option("--open", help="Open each held release's page in a browser.")] = False,
 ) -> None:
     """List the releases in the approvals folder and write a review page (review.html) for each held one."""
-    approvals = _approvals(cache_dir, policy, approvals_dir)
+    approvals = _approvals(find_cache_dir(cache_dir, site_id), policy, approvals_dir)
     releases = approvals.releases()
     if not releases:
         typer.echo(f"no releases in {approvals.approvals_dir}")
@@ -73,10 +75,11 @@ def review(
 def approve(
     release_id: Annotated[str, typer.Argument(help="The release's ID, as `site-agent review` lists it.")],
     by: ByOption,
-    cache_dir: CacheOption = DEFAULT_CACHE, policy: PolicyOption = None, approvals_dir: ApprovalsOption = None,
+    cache_dir: CacheOption = None, site_id: SiteOption = None, policy: PolicyOption = None,
+    approvals_dir: ApprovalsOption = None,
 ) -> None:
     """Approve a held release: the next time the coordinator asks, exactly its stored bundle is sent."""
-    held = _approvals(cache_dir, policy, approvals_dir).approve(release_id, by)
+    held = _approvals(find_cache_dir(cache_dir, site_id), policy, approvals_dir).approve(release_id, by)
     typer.echo(f"approved {untrusted_text(held.id)} (by {untrusted_text(by)}); it is sent when the coordinator asks "
                f"again for run {_run(held)}")
 
@@ -85,28 +88,31 @@ def reject(
     release_id: Annotated[str, typer.Argument(help="The release's ID, as `site-agent review` lists it.")],
     reason: Annotated[str, typer.Option(help="Why (sent to the coordinator, cut to 200 characters).")],
     by: ByOption,
-    cache_dir: CacheOption = DEFAULT_CACHE, policy: PolicyOption = None, approvals_dir: ApprovalsOption = None,
+    cache_dir: CacheOption = None, site_id: SiteOption = None, policy: PolicyOption = None,
+    approvals_dir: ApprovalsOption = None,
 ) -> None:
     """Reject a held release: its sealed bundle is deleted and the coordinator is told it was rejected."""
-    held = _approvals(cache_dir, policy, approvals_dir).reject(release_id, reason, by)
+    held = _approvals(find_cache_dir(cache_dir, site_id), policy, approvals_dir).reject(release_id, reason, by)
     typer.echo(f"rejected {untrusted_text(held.id)} (by {untrusted_text(by)}); its sealed bundle was deleted")
 
 
 @audit_app.command("show")
-def audit_show(cache_dir: CacheOption = DEFAULT_CACHE, policy: PolicyOption = None) -> None:
+def audit_show(cache_dir: CacheOption = None, site_id: SiteOption = None, policy: PolicyOption = None) -> None:
     """Print the audit log, one line per entry (not checked: `site-agent audit verify` checks it), then each
     coordinator's budget ledger: the DP epsilon spent (at the policy's lifetime_delta) and the answers given."""
-    entries = audit.read_entries(cache_dir.expanduser())
+    cache = find_cache_dir(cache_dir, site_id)
+    entries = audit.read_entries(cache)
     if not entries:
-        typer.echo(f"no audit log in {audit.audit_dir(cache_dir.expanduser())}")
+        typer.echo(f"no audit log in {audit.audit_dir(cache)}")
     for entry in entries:
         typer.echo(audit.describe(entry))
-    _show_ledgers(cache_dir, policy)
+    _show_ledgers(cache, policy)
 
 
 @audit_app.command("verify")
 def audit_verify(
-    cache_dir: CacheOption = DEFAULT_CACHE,
+    cache_dir: CacheOption = None,
+    site_id: SiteOption = None,
     anchor: Annotated[str | None, typer.Option(
         help="An entry's hash noted earlier outside this machine (this command prints the head's): the log must "
         "still hold that entry.")] = None,
@@ -116,7 +122,7 @@ def audit_verify(
     The chain is unkeyed: it shows edits by someone who did not recompute it. Note the head hash it prints
     somewhere this machine's users cannot write, and check with --anchor later that the log up to it is unchanged.
     """
-    entries = audit.verify(cache_dir.expanduser(), anchor)
+    entries = audit.verify(find_cache_dir(cache_dir, site_id), anchor)
     head = f"; head: seq {entries[-1].seq}, hash {entries[-1].hash}" if entries else ""
     typer.echo(f"audit log intact: {len(entries)} entries, chain and head agree{head}"
                f"{'; it holds the anchored entry' if anchor else ''}")
@@ -129,7 +135,8 @@ HISTORY_COLUMNS = {"run_id": "run", "round": "round", "asked_at": "asked (UTC)",
 
 
 def history(
-    cache_dir: CacheOption = DEFAULT_CACHE,
+    cache_dir: CacheOption = None,
+    site_id: SiteOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Every field of every record, as JSON, for scripts.")] = False,
     policy: PolicyOption = None,
 ) -> None:
@@ -140,28 +147,28 @@ def history(
     from shared.tables import show, show_json
     from site_agent.history import site_history
 
-    records = [r.as_row() for r in site_history(audit.read_entries(cache_dir.expanduser()))]
+    cache = find_cache_dir(cache_dir, site_id)
+    records = [r.as_row() for r in site_history(audit.read_entries(cache))]
     if as_json:
         show_json(records)  # JSON escapes every control character
     elif not records:
-        typer.echo(f"nothing asked of this site yet: no audit log in {audit.audit_dir(cache_dir.expanduser())}")
+        typer.echo(f"nothing asked of this site yet: no audit log in {audit.audit_dir(cache)}")
     else:
         rows = [{key: untrusted_text(value) if isinstance(value, str) else value for key, value in row.items()}
                 for row in records]
         show(rows, HISTORY_COLUMNS, title=f"site record ({len(records)} requests), from the audit log")
-        _show_ledgers(cache_dir, policy)
+        _show_ledgers(cache, policy)
 
 
-def _show_ledgers(cache_dir: Path, policy: Path | None) -> None:
+def _show_ledgers(cache: Path, policy: Path | None) -> None:
     """Each coordinator's budget ledger (``site_agent.budget``), composed at the policy's lifetime_delta."""
     from site_agent.budget import ledger_lines  # the accountant loads only here
 
-    for line in ledger_lines(cache_dir.expanduser(), SitePolicy.from_file(policy) if policy else SitePolicy()):
+    for line in ledger_lines(cache, SitePolicy.from_file(policy) if policy else SitePolicy()):
         typer.echo(line)
 
 
-def _approvals(cache_dir: Path, policy: Path | None, approvals_dir: Path | None) -> FolderApproval:
-    cache = cache_dir.expanduser()
+def _approvals(cache: Path, policy: Path | None, approvals_dir: Path | None) -> FolderApproval:
     site_policy = SitePolicy.from_file(policy) if policy else SitePolicy()
     return FolderApproval(approvals_dir.expanduser() if approvals_dir else approvals_dir_for(site_policy, cache), cache)
 

@@ -27,7 +27,7 @@ from site_agent.policy import SitePolicy, describe, write_default_policy
 from site_agent.preview import open_for_inspection, opened_grid, preview_request, summarize_bundle, write_release
 from site_agent.privacy.gate import ReleaseBlocked
 from site_agent.privacy.page import REPORT_HTML, privacy_report_folder, summary_lines
-from site_agent.settings import SiteSettings
+from site_agent.settings import SiteSettings, find_cache_dir
 
 console = Console()
 policy_app = typer.Typer(help="The site's own limits: show them, or write the default policy file.",
@@ -82,7 +82,8 @@ def distill(
     site_id: Annotated[str, typer.Option(help="Site id written into the manifest.")] = "local",
     policy: PolicyOption = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    cache_dir: Annotated[Path, typer.Option(help="Site-private cache (MTT experts).")] = Path("~/.cache/feddistill"),
+    cache_dir: Annotated[Path | None, typer.Option(
+        help="Site-private cache (MTT experts, privacy reports); default: the site id's, as join's.")] = None,
     verify_md5: Md5Option = True,
 ) -> None:
     """Distill locally, as a coordinator's request would, and write the sealed bundle plus a site-local preview."""
@@ -98,7 +99,7 @@ def distill(
     settings = SiteSettings(
         site_id=site_id, key_dir=key_dir, data_root=str(data),
         policy=SitePolicy.from_file(policy) if policy else SitePolicy(), device=device, verify_md5=verify_md5,
-        cache_dir=cache_dir.expanduser(),
+        cache_dir=find_cache_dir(cache_dir, site_id),
     )
     try:
         release, metrics = prepare_release(preview_request(dataset, config), settings)

@@ -46,6 +46,7 @@ from shared.logs import chosen_level, readable_flower_line
 from site_agent.app_pins import load_pins
 from site_agent.check import check_data
 from site_agent.policy import SitePolicy
+from site_agent.settings import default_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ class JoinSettings(BaseModel):
     dataset: str | None = None  # the MedMNIST flag they follow (``site-agent check --dataset``)
     policy_file: Path | None = None
     flwr_home: Path | None = None  # default: <key-dir>/../flwr-home-<site-id>
+    cache_dir: Path | None = None  # default: site_agent.settings.default_cache_dir, which the review commands read
     port: int = Field(9094, ge=1, le=65535)
     threads: int = Field(1, ge=1, le=1024)
     device: str = "auto"
@@ -86,6 +88,13 @@ class JoinSettings(BaseModel):
 
     def home(self) -> Path:
         return (self.flwr_home or self.key_dir.parent / f"flwr-home-{self.site_id}").expanduser().resolve()
+
+    def cache(self) -> Path:
+        """The site's private cache: ``--cache-dir``, else the default the review commands read too."""
+        if self.cache_dir is not None:
+            return self.cache_dir.expanduser().resolve()
+        earlier = self.home() / "cache"  # where join kept it before: its budgets and audit log carry on there
+        return earlier if earlier.is_dir() else default_cache_dir(self.site_id).resolve()
 
 
 def preflight(settings: JoinSettings) -> None:
@@ -147,7 +156,7 @@ def node_config(settings: JoinSettings) -> dict[str, str | int]:
         "site-id": settings.site_id,
         "key-dir": str(settings.key_dir.expanduser().resolve()),
         "device": settings.device,
-        "cache-dir": str(settings.home() / "cache"),  # site-private working files (e.g. MTT experts)
+        "cache-dir": str(settings.cache()),  # site-private: audit log, budgets, held releases, MTT experts
     }
     if settings.data is not None:
         values["data-root"] = str(settings.data.expanduser().resolve())
@@ -221,9 +230,11 @@ def run_supernode(settings: JoinSettings, restart: bool = True, max_restarts: in
     """
     preflight(settings)
     settings.home().mkdir(parents=True, exist_ok=True, mode=0o700)
-    cache = node_config(settings)["cache-dir"]
-    log.info("site %s: its audit log, held releases and budgets are in %s (pass --cache-dir %s to site-agent review, "
-             "history and audit)", settings.site_id, cache, cache)
+    cache = settings.cache()
+    found_by = f"--site-id {settings.site_id}" if cache == default_cache_dir(settings.site_id).resolve() else \
+        f"--cache-dir {cache}"
+    log.info("site %s: its audit log, held releases and budgets are in %s (site-agent review, history and audit read "
+             "them with %s)", settings.site_id, cache, found_by)
     command = supernode_command(settings, write_node_config(settings))
     env = supernode_env(settings)
     stop_signal: int | None = None

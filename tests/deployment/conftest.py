@@ -34,7 +34,8 @@ def site(tmp_path: Path) -> join.JoinSettings:
     crypto.save_public_key(public, key_dir / COORDINATOR_PUB)
     shutil.copyfile(files.ca_cert, key_dir / SITE_CA_CERT)
     return join.JoinSettings(site_id="st-marys", key_dir=key_dir, superlink="link.example.org:443",
-                             data=export(tmp_path / "data" / "export.npz"), dataset="breastmnist", port=9611, threads=2)
+                             data=export(tmp_path / "data" / "export.npz"), dataset="breastmnist", port=9611, threads=2,
+                             cache_dir=tmp_path / "cache")
 
 
 def export(path: Path, per_class: tuple[int, int] = (12, 12)) -> Path:

@@ -264,7 +264,8 @@ class LiveFederation:
                       **extra: Any) -> join.JoinSettings:
         return join.JoinSettings(site_id=claims or name, key_dir=self.sites[name], superlink=self.conn.address,
                                  data=self.export(index, num_partitions), dataset="breastmnist",
-                                 flwr_home=self.root / f"home-{name}", port=free_port(), threads=1,
+                                 flwr_home=self.root / f"home-{name}", cache_dir=self.root / f"home-{name}" / "cache",
+                                 port=free_port(), threads=1,
                                  policy_file=self.policy_file, **{"max_retries": 2, **extra})
 
     def start_supernode(self, name: str, index: int, num_partitions: int, claims: str | None = None,
@@ -292,7 +293,8 @@ class LiveFederation:
         settings = self.join_settings(name, index, num_partitions)
         command = ["site-agent", "join", "--site-id", name, "--key-dir", str(settings.key_dir),
                    "--superlink", settings.superlink, "--data", str(settings.data), "--dataset", str(settings.dataset),
-                   "--flwr-home", str(settings.home()), "--port", str(settings.port), "--threads", "1"]
+                   "--flwr-home", str(settings.home()), "--cache-dir", str(settings.cache()),
+                   "--port", str(settings.port), "--threads", "1"]
         if self.policy_file is not None:
             command += ["--policy", str(self.policy_file)]
         proc = self.processes.start(f"join-{name}", command, dict(os.environ))

@@ -37,6 +37,8 @@ def test_compose_has_a_superlink_a_proxy_and_three_sites_with_their_own_data() -
         assert "--insecure" not in site["command"]
         volumes = {v.split(":")[1]: v.split(":")[0] for v in site["volumes"]}
         assert volumes["/keys"] == f"./sites/{name}" and volumes["/data"] == f"{name}-data"
+        # budgets, audit log and held releases outlive the container: the cache is on the site's state volume
+        assert volumes["/var/lib/feddistill"] == f"{name}-state" and flags["--cache-dir"].startswith("/var/lib/feddistill/")
         data_volumes.add(volumes["/data"])
         assert site["image"] == "feddistill-site" and site["build"]["dockerfile"] == "deploy/Dockerfile.site"
     assert len(data_volumes) == 3 and data_volumes <= set(compose["volumes"])

@@ -20,7 +20,8 @@ from tests.deployment.live import Processes, free_port, named_descendants, proce
 def _command(site: join.JoinSettings) -> list[str]:
     return ["site-agent", "join", "--site-id", site.site_id, "--key-dir", str(site.key_dir),
             "--superlink", f"127.0.0.1:{free_port()}", "--data", str(site.data), "--dataset", str(site.dataset),
-            "--flwr-home", str(site.home()), "--port", str(free_port()), "--threads", "1"]
+            "--flwr-home", str(site.home()), "--cache-dir", str(site.cache()), "--port", str(free_port()),
+            "--threads", "1"]
 
 
 def _wait(condition, timeout: float, what: str):

@@ -44,7 +44,8 @@ def test_the_one_machine_walk_runs_as_written(data_root: Path, tmp_path: Path) -
                         for key, value in SMALL.items())
     script = walk_block().replace("--sites 2 --min-sites 2\n", f"--sites 2 --min-sites 2 {settings}\n", 1)
     assert settings in script, "the walk's `coordinator run` line changed: update this test's substitution"
-    env = {**os.environ, "FLWR_HOME": str(tmp_path / "unused-flwr-home")}  # the walk keeps its own .flwr-home
+    env = {**os.environ, "FLWR_HOME": str(tmp_path / "unused-flwr-home"),  # the walk keeps its own .flwr-home
+           "XDG_CACHE_HOME": str(tmp_path / "cache")}  # the sites' default caches (<it>/feddistill/<site-id>) stay here
     with (tmp_path / "walk.log").open("wb") as log:
         walk = subprocess.Popen(["bash", "-e", "-c", script], cwd=project, env=env, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)

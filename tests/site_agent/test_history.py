@@ -63,3 +63,40 @@ def test_history_shows_each_release_its_run_and_the_score_there_and_a_refused_re
 def test_history_of_a_site_never_asked_says_so(tmp_path: Path) -> None:
     result = runner.invoke(app, ["history", "--cache-dir", str(tmp_path / "cache")])
     assert result.exit_code == 0 and "nothing asked of this site yet" in result.output
+
+
+def test_history_reads_the_cache_join_writes_without_being_told_where(tmp_path: Path, monkeypatch) -> None:
+    """One default for both: the cache join names in the node config is the one history and audit read unasked."""
+    from site_agent import audit
+    from site_agent.join import JoinSettings, node_config
+    from site_agent.settings import site_settings
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    joined = node_config(JoinSettings(site_id="st-marys", key_dir=tmp_path / "keys", superlink="h:1"))
+    cache = Path(joined["cache-dir"])
+    assert site_settings({k: v for k, v in joined.items() if k != "cache-dir"}).cache_dir == cache  # a bare node
+    audit.record(cache, audit.AuditEvent.REQUEST_RECEIVED, _request("run-9", "cc" * 32, ipc=2), "coordinator")
+    (asked,) = json.loads(runner.invoke(app, ["history", "--json"]).output)
+    assert asked["run_id"] == "run-9"
+    assert "1 entries" in runner.invoke(app, ["audit", "verify", "--site-id", "st-marys"]).output
+
+
+def test_with_several_sites_here_the_review_commands_ask_which(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    for site in ("st-marys", "city-general"):
+        (tmp_path / "feddistill" / site).mkdir(parents=True)
+    result = runner.invoke(app, ["history"])
+    assert "2 site caches" in str(result.exception) and "city-general, st-marys" in str(result.exception)
+    assert "--site-id" in result.exception.hint
+    assert runner.invoke(app, ["history", "--site-id", "city-general"]).exit_code == 0
+
+
+def test_join_keeps_a_cache_an_earlier_version_left_in_its_home(tmp_path: Path, monkeypatch) -> None:
+    """Budgets and the audit log carry on: <flwr-home>/cache, where join kept the cache before, is still used."""
+    from site_agent.join import JoinSettings
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    site = JoinSettings(site_id="st-marys", key_dir=tmp_path / "keys", superlink="h:1")
+    (site.home() / "cache").mkdir(parents=True)
+    assert site.cache() == site.home() / "cache"
+    assert site.model_copy(update={"cache_dir": tmp_path / "c"}).cache() == tmp_path / "c"
