@@ -15,7 +15,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from pydantic import BaseModel, ValidationError
 
-from shared.config import RunConfig
+from shared.config import SiteRunConfig
 from shared.errors import ApprovalPending, ConfigError, FedDistillError, ReleaseRejected
 from shared.fields import first_problem
 from shared.logs import configure_logging
@@ -33,7 +33,7 @@ REQUEST_FIELD = FieldKey.REQUEST_JSON
 BUNDLE_FIELD = FieldKey.SEALED
 
 
-SettingsFor = Callable[[Context, RunConfig], SiteSettings]
+SettingsFor = Callable[[Context, SiteRunConfig], SiteSettings]
 
 
 def build_client_app(
@@ -102,10 +102,10 @@ def _pool(msg: Message) -> list[bytes]:
 
 def _settings(context: Context, overrides: Mapping[str, Any], settings_of: SettingsFor) -> SiteSettings:
     configure_logging()  # progress lines stay in the site's own log
-    return settings_of(context, RunConfig.from_flower({**context.run_config, **overrides}))
+    return settings_of(context, SiteRunConfig.from_flower({**context.run_config, **overrides}))
 
 
-def _node_settings(context: Context, _run: RunConfig) -> SiteSettings:
+def _node_settings(context: Context, _run: SiteRunConfig) -> SiteSettings:
     return site_settings(context.node_config)
 
 
