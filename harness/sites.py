@@ -25,6 +25,7 @@ from shared.fields import setting_error
 from shared.keys import SIGNING_PUB, SIMULATION_KEYS
 from shared.schemas import PartitionScheme
 from site_agent.labelled import LabelledImages, SiteImages
+from site_agent.npz_export import PREPROCESSING_KEY
 from site_agent.peers import load_peers, pin_peer_key
 from site_agent.policy import SitePolicy
 from site_agent.settings import SiteSettings
@@ -63,8 +64,8 @@ def split_shares(dataset: str, data_root: str, sites: int, scheme: PartitionSche
     train = local.splits["train"]
     test = local.splits.get("test") or LabelledImages(train.images[:0], train.labels[:0])
     parts = partition(train.labels, test.labels, sites, scheme, alpha, seed)
-    return [Share(simulated_site_id(i), SiteImages(local.info, train.subset(tr), test.subset(te)), share_digest(tr, te))
-            for i, (tr, te) in enumerate(parts)]
+    return [Share(simulated_site_id(i), SiteImages(local.info, train.subset(tr), test.subset(te), local.preprocessing),
+                  share_digest(tr, te)) for i, (tr, te) in enumerate(parts)]
 
 
 def run_shares(config: RunConfig) -> list[Share]:
@@ -73,7 +74,11 @@ def run_shares(config: RunConfig) -> list[Share]:
 
 
 def write_export(images: SiteImages, path: Path) -> Path:
-    """Write a site's images as a hospital's ``.npz`` export (uint8 pixels, MedMNIST's keys); returns ``path``."""
+    """Write a site's images as a hospital's ``.npz`` export (uint8 pixels, MedMNIST's keys); returns ``path``.
+
+    Images resized when the source was read are written at the federation's size, with the export's record of how
+    (``site_agent.npz_export``), so the site reading it signs the preprocessing a hospital's site would.
+    """
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     arrays: dict[str, Any] = {}
     for split, part in (("train", images.train), ("test", images.test)):
@@ -81,6 +86,8 @@ def write_export(images: SiteImages, path: Path) -> Path:
             pixels = denormalize(part.images)  # exact: the sites' normalisation is a fixed affine map of uint8
             arrays[f"{split}_images"] = pixels[..., 0] if pixels.shape[-1] == 1 else pixels
             arrays[f"{split}_labels"] = part.labels
+    if images.preprocessing is not None:
+        arrays[PREPROCESSING_KEY] = np.array(images.preprocessing.model_dump_json())
     np.savez(path, **arrays)
     return path
 

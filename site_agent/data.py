@@ -26,10 +26,9 @@ from shared.datasets import MEDMNIST_ROOT_ENV, DatasetInfo, dataset_info, resolv
 from shared.errors import ConfigError, DataError
 from shared.manifest import Preprocessing
 from site_agent.image_folder import read_image_folder
-from site_agent.images import preprocessing_of
 from site_agent.labelled import LabelledImages, SiteImages, validated
 from site_agent.medmnist_files import FETCH_HINT, read_medmnist
-from site_agent.npz_export import read_npz_export, source_sizes
+from site_agent.npz_export import read_npz_export
 
 
 class DataFormat(StrEnum):
@@ -121,7 +120,7 @@ def read_local_data(
             out of range or an empty split (``LocalDataError`` when a file is to blame).
     """
     fmt, target = detect_format(resolve_data_root(path), dataset)
-    stored_sizes: set[tuple[int, int]] = set()  # (H, W) of the images as stored
+    preprocessing: Preprocessing | None = None  # an official file is read at its size
     if fmt == DataFormat.MEDMNIST:
         if dataset and dataset.lower() != target.stem:
             raise ConfigError(f"dataset {dataset!r} was asked for, but the MedMNIST file is {target.name!r}")
@@ -131,14 +130,11 @@ def read_local_data(
         if not dataset:
             raise ConfigError(f"a {fmt.value} data path needs the dataset flag (e.g. --dataset breastmnist)")
         info = dataset_info(dataset)
-        if fmt == DataFormat.NPZ:
-            raw = read_npz_export(target)
-            stored_sizes = source_sizes(raw)
-        else:
-            raw, stored_sizes = read_image_folder(target)
+        reader = read_npz_export if fmt == DataFormat.NPZ else read_image_folder
+        raw, preprocessing = reader(target)
     splits = {split: validated(split, images, labels, info, fit=fmt != DataFormat.MEDMNIST)
               for split, (images, labels) in raw.items()}
-    return LocalData(fmt, info, splits, preprocessing_of(stored_sizes))
+    return LocalData(fmt, info, splits, preprocessing)
 
 
 def load_site_images(dataset: str, data_root: str, verify_md5: bool = True) -> SiteImages:

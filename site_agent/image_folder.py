@@ -17,7 +17,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from shared.errors import DataError, LocalDataError
-from site_agent.images import fit_image
+from shared.manifest import Preprocessing
+from site_agent.images import fit_image, preprocessing_of
 from site_agent.labelled import SPLITS
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -25,9 +26,9 @@ _CHANNELS_OF_MODE = {"L": 1, "RGB": 3}
 _CLASS_FOLDER = re.compile(r"^(\d+)(?:[_-].*)?$")
 
 
-def read_image_folder(root: Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], set[tuple[int, int]]]:
+def read_image_folder(root: Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], Preprocessing | None]:
     """The folder's splits, ``{split: (uint8 images (N, S, S[, 3]), labels (N,))}`` with each image resized to
-    IMAGE_SIZE as it is read; and the (H, W) sizes the images had.
+    IMAGE_SIZE as it is read; and what that resize was (None: every image was that size already).
 
     Raises:
         DataError: a bad layout, a file that is not a readable 8-bit grayscale or RGB image, mixed channels.
@@ -55,7 +56,7 @@ def read_image_folder(root: Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarra
         split: (np.stack([pixels[f] for f in split_files[split]]) if split_files[split] else np.zeros((0, 1, 1), np.uint8),
                 np.asarray(raw_labels[split], dtype=np.int64))
         for split in split_files
-    }, source_sizes
+    }, preprocessing_of(source_sizes)
 
 
 def class_folder_name_notes(root: Path, label_names: dict[int, str]) -> list[str]:

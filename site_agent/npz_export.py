@@ -1,6 +1,11 @@
 """A hospital's own ``.npz`` export with MedMNIST's keys: ``train_images``/``train_labels`` and, optionally,
 ``val_*`` and ``test_*``; images uint8 (N, H, W) or (N, H, W, C) at any size, labels (N,) or (N, 1).
 
+An export whose images were already brought to the federation's size (a simulation's share of a larger
+source, or a hospital that resized before exporting) may say how in a ``preprocessing`` entry: a string
+holding a :class:`shared.manifest.Preprocessing` as JSON. Its images must then be at that record's size, and
+the site signs the record into its manifest as if it had resized them itself.
+
 The file is read without pickles (a data file must not run code); its error messages say what is wrong
 with it without naming it (the path goes to ``LocalDataError.local_detail`` only).
 """
@@ -11,16 +16,24 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+from pydantic import ValidationError
 
 from shared.errors import DataError, LocalDataError
+from shared.fields import first_problem
+from shared.manifest import Preprocessing
+from site_agent.images import preprocessing_of
 from site_agent.labelled import SPLITS
 
+PREPROCESSING_KEY = "preprocessing"  # how the export's images were resized before it was written, if they were
 
-def read_npz_export(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """The export's splits: ``{split: (uint8 images (N, H, W[, C]), raw labels)}``, ``train`` always present.
+
+def read_npz_export(path: Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], Preprocessing | None]:
+    """The export's splits, ``{split: (uint8 images (N, H, W[, C]), raw labels)}`` with ``train`` always present;
+    and how its images are brought to the federation's size (declared, or what the site will do; None: nothing).
 
     Raises:
-        DataError: the file is not a readable plain-array ``.npz``, lacks the train split, or has half a split.
+        DataError: the file is not a readable plain-array ``.npz``, lacks the train split, has half a split, or
+            declares a preprocessing its images do not fit.
     """
     try:
         with np.load(path, allow_pickle=False) as npz:  # no pickles: a data file must not run code
@@ -39,12 +52,23 @@ def read_npz_export(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     if "train" not in raw:
         raise LocalDataError("the .npz export has no 'train_images'/'train_labels' (MedMNIST's keys are expected)",
                              local_detail=f"arrays in the file: {', '.join(sorted(arrays)) or 'none'}")
-    return raw
+    sizes = {images.shape[1:3] for images, _ in raw.values() if images.ndim in (3, 4) and len(images)}  # (H, W)
+    declared = arrays.get(PREPROCESSING_KEY)
+    return raw, preprocessing_of(sizes) if declared is None else _declared(declared, sizes)
 
 
-def source_sizes(raw: dict[str, tuple[np.ndarray, np.ndarray]]) -> set[tuple[int, int]]:
-    """The (H, W) sizes the export's images are stored at (one per split at most: a split is one array)."""
-    return {images.shape[1:3] for images, _ in raw.values() if images.ndim in (3, 4) and len(images)}
+def _declared(entry: np.ndarray, sizes: set[tuple[int, int]]) -> Preprocessing:
+    """The export's own record of how its images were resized, checked against the sizes they are stored at."""
+    try:
+        record = Preprocessing.model_validate_json(str(entry))
+    except ValidationError as exc:
+        raise DataError(f"the .npz export's {PREPROCESSING_KEY!r} entry is not a resize record: "
+                        f"{first_problem(exc)}") from None
+    side = record.resized_to
+    if sizes != {(side, side)}:
+        raise DataError(f"the .npz export's {PREPROCESSING_KEY!r} entry says its images were resized to "
+                        f"{side}x{side}, but they are stored at another size")
+    return record
 
 
 def _npz_problem(exc: Exception, path: Path) -> str:

@@ -97,3 +97,21 @@ def test_refinement_rounds_retrain_and_report_each_round(tmp_path: Path) -> None
     assert rounds[1].bytes.down > rounds[0].bytes.down  # round 2 also sent the global model to distill
     assert (run_dir / "rounds.png").is_file() and "| round |" in (run_dir / "report.md").read_text()
     assert len(list((run_dir / "bundles" / "round-2").glob("*.sealed"))) == 2
+
+
+def test_a_simulated_site_records_how_its_source_data_was_resized(tmp_path: Path) -> None:
+    """A 40x32 source is resized when the harness reads it; each share's export says so, and the site reading it
+    carries the same preprocessing a hospital's site would sign into its manifest."""
+    images = np.random.default_rng(0).integers(0, 256, (40, 40, 32), dtype=np.uint8)  # (N, H, W)
+    labels = np.repeat([0, 1], 20)
+    np.savez(tmp_path / "export.npz", train_images=images, train_labels=labels, test_images=images[:10],
+             test_labels=labels[:10])
+    config = RunConfig(data_root=str(tmp_path / "export.npz"), out_dir=str(tmp_path / "out"), **TINY)
+    run_dir = tmp_path / "out" / "run-1"
+    shares = write_run_shares(config, run_dir)
+    expected = load_site_images("breastmnist", str(tmp_path / "export.npz")).preprocessing
+    assert expected is not None and expected.source_size() == "32x40" and expected.cropped
+    for share in shares:
+        site = load_site_images("breastmnist", str(export_path(config, run_dir, share.site_id)))
+        assert share.images.preprocessing == site.preprocessing == expected
+    remove_run_shares(config, run_dir)

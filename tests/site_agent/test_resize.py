@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from coordinator.receive import Expectation, receive_bundle
 from shared.datasets import IMAGE_SIZE, denormalize, normalize
+from shared.errors import DataError
 from shared.manifest import Preprocessing, ResizeMethod
 from shared.methods import DMConfig, NetworkSpec
 from shared.schemas import DistillRequest
@@ -197,3 +198,18 @@ def test_the_pbc_blood_cell_folder_loads_as_bloodmnist_does() -> None:
         recipe = npz["test_images"][[index for _, index in rows]]  # (1025, 28, 28, 3), in the reader's file order
     difference = np.abs(denormalize(test.images).astype(int) - recipe.astype(int))
     assert difference.mean() < 0.2 and difference.max() <= 2
+
+
+def test_an_export_may_say_how_its_images_were_resized_before_it_was_written(tmp_path: Path) -> None:
+    """A 28x28 export with a 'preprocessing' record carries it into LocalData; a bad or untrue record is refused."""
+    record = Preprocessing(smallest_source=(128, 128), largest_source=(128, 128), cropped=False, resized_to=28)
+    labels = np.repeat([0, 1], 6)
+    for name, images, entry in (("said.npz", smooth_images(12, 28, 28), record.model_dump_json()),
+                                ("garbled.npz", smooth_images(12, 28, 28), '{"resized_to": 28}'),
+                                ("untrue.npz", smooth_images(12, 64, 64), record.model_dump_json())):
+        np.savez(tmp_path / name, train_images=images, train_labels=labels, preprocessing=np.array(entry))
+    assert read_local_data(tmp_path / "said.npz", "breastmnist").preprocessing == record
+    with pytest.raises(DataError, match="'preprocessing' entry is not a resize record: field 'smallest_source'"):
+        read_local_data(tmp_path / "garbled.npz", "breastmnist")
+    with pytest.raises(DataError, match="resized to 28x28, but they are stored at another size"):
+        read_local_data(tmp_path / "untrue.npz", "breastmnist")
