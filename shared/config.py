@@ -9,7 +9,6 @@ translates.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.errors import ConfigError
-from shared.fields import setting_error
+from shared.fields import did_you_mean, setting_error
 from shared.methods import (
     DCConfig,
     DistillConfig,
@@ -208,10 +207,9 @@ class RunConfig(SiteRunConfig):
         values = _snake_case(run_config)
         unknown = sorted(key for key in values if key not in cls.model_fields)
         if unknown:
-            nearest = difflib.get_close_matches(unknown[0], list(cls.model_fields), n=1)
+            key = unknown[0].replace("_", "-")
             raise ConfigError(
-                f"unknown run config key {unknown[0].replace('_', '-')!r}"
-                + (f"; did you mean {nearest[0].replace('_', '-')!r}?" if nearest else ""),
+                f"unknown run config key {key!r}" + did_you_mean(key, [k.replace("_", "-") for k in cls.model_fields]),
                 hint=f"`{help_command} --help` lists every key",
             )
         try:

@@ -42,7 +42,7 @@ from shared.metrics import SCORE_BINS, SCORE_EDGES, EvalCounts, committed_cap, f
 from shared.models import ConvNet, build_model
 from shared.schemas import EvaluateReply, ModelSpec, TuneReply
 from shared.training import model_counts, predict_logits
-from site_agent.data import LabelledImages
+from site_agent.labelled import LabelledImages
 from site_agent.policy import SitePolicy
 
 _ABOVE_ZERO = SCORE_EDGES.index(0.0) + 1  # first bin of log-odds >= 0: predicted class 1 of two

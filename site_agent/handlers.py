@@ -38,11 +38,12 @@ from site_agent import audit
 from site_agent.approval import ReleaseApproval, approval_for
 from site_agent.audit import AuditEvent
 from site_agent.budget import Spend, coordinator_id, free_round, spend_answer, take_release
-from site_agent.data import LabelledImages, SiteImages, load_site_images
+from site_agent.data import load_site_images
 from site_agent.distill import SyntheticSet, distill
 from site_agent.distill.deadline import NO_LIMIT, Deadline
 from site_agent.evaluate import check_spec, evaluation_answer, load_global_model, tuning_answer, tuning_counts
 from site_agent.identity import load_site_identity
+from site_agent.labelled import LabelledImages, SiteImages
 from site_agent.policy import SitePolicy
 from site_agent.privacy.gate import ReleaseBlocked, blocking_reasons, enforce, limit_names
 from site_agent.privacy.near_copy import nearest_real_similarity
