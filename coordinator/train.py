@@ -13,7 +13,7 @@ from coordinator.imbalance import TUNING_SCALES, choose_scale, class_weights, lo
 from coordinator.pool import PooledSet
 from shared.metrics import hits_by_scale
 from shared.models import ConvNet
-from shared.pooled_training import adjust_logits, train_on_pool
+from shared.pooled_training import adjust_logits, train_on_pool, training_prior
 from shared.schemas import ImbalanceCorrection, ModelSpec
 from shared.training import TrainSettings, predict_logits
 
@@ -78,8 +78,10 @@ def train_corrected(
         return GlobalModels(uncorrected, uncorrected, ImbalanceCorrection.NONE)
     pool_prior = pooled_prior(pooled.labels, spec.num_classes)
     if correction in (ImbalanceCorrection.LOGIT_ADJUST, ImbalanceCorrection.TUNED_LOGIT_ADJUST):
-        # tuned-logit-adjust starts at scale 1; GlobalModels.tuned rescales it once the counts are in
-        shift = logit_shift(real_prior, pool_prior)
+        # tuned-logit-adjust starts at scale 1; GlobalModels.tuned rescales it once the counts are in. The shift is
+        # from the prior the model learned: the pool's, or uniform when its training balanced the classes.
+        learned = training_prior(pooled.labels, spec.num_classes, settings.balance_classes)
+        shift = logit_shift(real_prior, learned)
         return GlobalModels(adjust_logits(copy.deepcopy(uncorrected), shift), uncorrected, correction, shift)
     weights = class_weights(real_prior, pool_prior)
     return GlobalModels(train_global(pooled, spec, settings, device, weights), uncorrected, correction,

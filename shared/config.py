@@ -90,6 +90,8 @@ class SiteRunConfig(BaseModel):
     train_lr: float = _setting(0.01, _SITE, "Learning rate of the global model.", gt=0)
     train_batch: int = _setting(256, _SITE, "Batch size of the global model's training.", ge=1)
     train_dsa: bool = _setting(True, _SITE, "Differentiable Siamese augmentation while training the global model.")
+    train_balance: bool = _setting(True, _SITE, "Weight each class's loss by the inverse of its share of the pool, so "
+                                   "a class the sites distilled fewer images of counts as much as the others.")
 
     @classmethod
     def from_flower(cls, run_config: Mapping[str, Any]) -> SiteRunConfig:
@@ -139,7 +141,8 @@ class SiteRunConfig(BaseModel):
 
     def train_settings(self) -> TrainSettings:
         return TrainSettings(
-            epochs=self.train_epochs, lr=self.train_lr, batch_size=self.train_batch, augment=self.train_dsa, seed=self.seed
+            epochs=self.train_epochs, lr=self.train_lr, batch_size=self.train_batch, augment=self.train_dsa,
+            seed=self.seed, balance_classes=self.train_balance,
         )
 
 

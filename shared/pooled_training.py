@@ -33,11 +33,43 @@ def train_on_pool(
     class_weights: torch.Tensor | None = None,
     check: Callable[[], None] | None = None,
 ) -> ConvNet:
-    """A fresh ConvNet, initialised from ``settings.seed``, trained on the pool; returned on the CPU in eval mode."""
+    """A fresh ConvNet, initialised from ``settings.seed``, trained on the pool; returned on the CPU in eval mode.
+
+    ``class_weights`` (K,) weight each class's loss; without them, ``settings.balance_classes`` weights each class
+    by the inverse of its count in the pool (:func:`balancing_weights`).
+    """
     torch.manual_seed(settings.seed)  # the initial weights too: a site's copy starts where the coordinator's did
     model = build_model(spec)
+    if class_weights is None and settings.balance_classes:
+        class_weights = balancing_weights(labels, spec.num_classes)
     train_classifier(model, images, labels, settings, device, class_weights, check)
     return model.cpu().eval()
+
+
+def balancing_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor | None:
+    """Loss weights (K,) that make every class in the pool count alike: ``1 / count``, scaled to a mean of 1 over
+    the pooled images (0 for a class not in the pool). None when the pool is already balanced, so a balanced
+    pool trains exactly as without weights.
+
+    Sites skip a class they hold too few images of (``min_real_per_class``), so a rare class can come with fewer
+    synthetic images than the others; unweighted, the global model would learn that as a prior against it.
+    """
+    counts = torch.bincount(labels, minlength=num_classes).to(torch.float64)
+    present = counts > 0
+    if bool((counts[present] == counts[present][0]).all()):
+        return None
+    weights = torch.where(present, 1.0 / counts.clamp(min=1), torch.zeros_like(counts))
+    weights /= (weights * counts).sum() / counts.sum()
+    return weights.to(torch.float32)
+
+
+def training_prior(labels: torch.Tensor, num_classes: int, balance_classes: bool) -> np.ndarray:
+    """The class prior (K,) a model trained on the pool learns: the pool's class frequencies, or, when the
+    training balances the classes, uniform over the classes in the pool (0 for a class not in it)."""
+    counts = np.bincount(labels.numpy(), minlength=num_classes).astype(np.float64)
+    if balance_classes:
+        counts = (counts > 0).astype(np.float64)
+    return counts / counts.sum()
 
 
 def adjust_logits(model: ConvNet, shift: np.ndarray) -> ConvNet:

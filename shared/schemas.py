@@ -103,6 +103,7 @@ class TrainingSpec(StrictModel):
     weight_decay: float = Field(5e-4, ge=0, le=1)
     augment: bool = True
     seed: int = Field(ge=0, lt=2**31)
+    balance_classes: bool = False
 
     @classmethod
     def of(cls, settings: TrainSettings) -> TrainingSpec:

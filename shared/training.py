@@ -45,6 +45,7 @@ class TrainSettings:
     weight_decay: float = 5e-4
     augment: bool = True
     seed: int = 0
+    balance_classes: bool = False  # the global model's: weights from the pool's class counts (shared.pooled_training)
 
 
 def train_classifier(
