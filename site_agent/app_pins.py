@@ -25,8 +25,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from shared.errors import ConfigError, PolicyError
-from site_agent.cache import read_pins_file, write_pins_file
+from shared.errors import PolicyError
+from site_agent.cache import normalized_digest, read_pins_file, write_pins_file
 
 log = logging.getLogger(__name__)
 
@@ -66,15 +66,13 @@ def installed_version() -> str:
 
 
 def normalized_hash(text: str) -> str:
-    """A FAB hash as typed (any case, spaces or colons between groups), as 64 lower-case hex digits.
+    """A FAB hash as typed, as 64 lower-case hex digits.
 
     Raises:
         ConfigError: it is not a SHA-256 hex digest.
     """
-    cleaned = "".join(ch for ch in text.strip().lower() if ch not in " :-")
-    if len(cleaned) != 64 or any(ch not in "0123456789abcdef" for ch in cleaned):
-        raise ConfigError("a FAB hash is the 64 hex digits of its SHA-256", hint="copy it from `coordinator app-hash`")
-    return cleaned
+    return normalized_digest(text, "a FAB hash is the 64 hex digits of its SHA-256",
+                             hint="copy it from `coordinator app-hash`")
 
 
 def load_pins(key_dir: Path) -> PinnedApps:

@@ -66,3 +66,15 @@ def write_pins_file(path: Path, pins: BaseModel) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     text = pins.model_dump_json(indent=2) + "\n"
     write_atomically(path, lambda target: target.write_text(text))
+
+
+def normalized_digest(text: str, problem: str, hint: str) -> str:
+    """A SHA-256 as typed into a pin command (any case, spaces, colons or dashes between groups), as 64 lower-case hex.
+
+    Raises:
+        ConfigError: ``problem`` with ``hint``, when it is not one.
+    """
+    cleaned = "".join(ch for ch in text.strip().lower() if ch not in " :-")
+    if len(cleaned) != 64 or any(ch not in "0123456789abcdef" for ch in cleaned):
+        raise ConfigError(problem, hint=hint)
+    return cleaned

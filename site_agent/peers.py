@@ -7,7 +7,7 @@ without a key this hospital agreed to. That is what keeps a coordinator from sen
 single out one patient's image: every model the site scores is the product of genuine released sets.
 
 Peers are pinned out of band, like the coordinator key: each hospital reads its signing-key fingerprint
-to the others (``site-agent init`` prints it). Pins live in ``<key-dir>/pinned-peers.json``.
+to the others (``site-agent fingerprint`` prints it). Pins live in ``<key-dir>/pinned-peers.json``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from shared import crypto
 from shared.errors import ConfigError
 from shared.fields import SiteId
-from site_agent.cache import read_pins_file, write_pins_file
+from site_agent.cache import normalized_digest, read_pins_file, write_pins_file
 
 PEERS_FILE = "pinned-peers.json"
 
@@ -48,16 +48,13 @@ class PinnedPeers(BaseModel):
 
 
 def normalized_fingerprint(text: str) -> str:
-    """A signing-key fingerprint as typed (any case, spaces or colons between groups), as 64 hex digits.
+    """A signing-key fingerprint as typed, as 64 lower-case hex digits.
 
     Raises:
         ConfigError: it is not one (the six digit groups read aloud confirm a key; they cannot pin one).
     """
-    cleaned = "".join(ch for ch in text.strip().lower() if ch not in " :-")
-    if len(cleaned) != 64 or any(ch not in "0123456789abcdef" for ch in cleaned):
-        raise ConfigError("a peer's fingerprint is the 64 hex digits `site-agent init` printed at that site",
-                          hint="ask the peer's operator for the hex fingerprint of its signing key")
-    return cleaned
+    return normalized_digest(text, "a peer's fingerprint is the 64 hex digits `site-agent fingerprint` prints at that "
+                             "site", hint="ask the peer's operator for the hex fingerprint of its signing key")
 
 
 def load_peers(key_dir: Path) -> PinnedPeers:
