@@ -31,7 +31,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -321,7 +321,7 @@ def _supervise(
         time.sleep(_POLL_SECONDS)
     if status is None:
         log.error("the site's task runner exited (status %s): stopping the SuperNode", runner.returncode)
-    stop_groups(child.pid, runner.pid)
+    stop_groups(child.pid, runner.pid, children=(child, runner))
     status = child.wait() if status is None else status
     runner.wait()
     relay.join(timeout=5)
@@ -329,13 +329,18 @@ def _supervise(
     return status, codes[0]
 
 
-def stop_groups(*pgids: int, grace: float = _GROUP_GRACE_SECONDS) -> None:
-    """SIGTERM every process left in the groups, then SIGKILL whatever has not exited after ``grace`` s."""
+def stop_groups(
+    *pgids: int, grace: float = _GROUP_GRACE_SECONDS, children: Sequence[subprocess.Popen[bytes]] = ()
+) -> None:
+    """SIGTERM every process left in the groups, then SIGKILL whatever has not exited after ``grace`` s.
+    ``children`` (our own, in those groups) are reaped as they exit: a zombie would keep its group alive."""
     for pgid in pgids:
         _signal_group(pgid, signal.SIGTERM)
     deadline = time.monotonic() + grace
     while any(_group_alive(pgid) for pgid in pgids) and time.monotonic() < deadline:
         time.sleep(0.1)
+        for child in children:
+            child.poll()
     for pgid in pgids:
         if _group_alive(pgid):
             _signal_group(pgid, signal.SIGKILL)

@@ -170,6 +170,8 @@ def test_supernode_is_restarted_after_a_lost_link_but_not_after_a_config_error(
     fake.chmod(0o755)
     monkeypatch.setattr(join, "SUPERNODE", str(fake))
     monkeypatch.setattr(join, "_BACKOFF_START", 0.01)
+    # The runner beside it is not what this test is about; a stand-in spares six Python start-ups.
+    monkeypatch.setattr(join, "runner_command", lambda _settings: ["sleep", "60"])
     monkeypatch.setenv("CALLS", str(calls))
     monkeypatch.setenv("CODES", "305 305 0")
     assert join.run_supernode(site) == 0
