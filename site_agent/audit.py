@@ -61,6 +61,7 @@ class AuditEvent(StrEnum):
     TUNING_COUNTS = "tuning_counts"  # confusion counts on the site's training images left for correction tuning
     APP_REFUSED = "app_refused"  # a run's app package was not pinned by this site: nothing of it ran
     BUDGET_REFUSED = "budget_refused"  # a request past one of the policy's budgets (site_agent.budget): refused by name
+    POOL_REFUSED = "pool_refused"  # a scoring request's pooled sets were not all genuine sets this site trusts
     DP_SPENT = "dp_spent"  # a dpdm release charged to the coordinator's DP ledger: its epsilon and the composed total
 
 

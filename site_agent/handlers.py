@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from shared.config import resolve_device
-from shared.errors import ConfigError, PolicyError
+from shared.errors import ConfigError, InvalidBundle, PolicyError
 from shared.manifest import PrivacySummary
 from shared.methods import InitMode
 from shared.models import ConvNet
@@ -300,8 +300,13 @@ def _pooled_model(
     """
     check_spec(request.model, images.info)
     identity = load_site_identity(settings.site_id, settings.key_dir)
-    sets = verified_pool(pool, request, settings.site_id, identity.signing_key.public_key(), settings.key_dir,
-                         settings.policy)
+    try:
+        sets = verified_pool(pool, request, settings.site_id, identity.signing_key.public_key(), settings.key_dir,
+                             settings.policy)
+    except (PolicyError, InvalidBundle) as exc:  # what a hostile coordinator tried stays in the site's record
+        audit.record(settings.cache_dir, AuditEvent.POOL_REFUSED, _Scored(request.run_id), "policy",
+                     why=str(exc)[:1000])
+        raise
     time_limit = Deadline.after(settings.policy.max_seconds)
     model = scored_model(sets, request, settings.cache_dir, resolve_device(settings.device), time_limit.check)
     return model, sorted(site for site, _, _ in sets)

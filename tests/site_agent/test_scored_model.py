@@ -25,6 +25,7 @@ from shared.models import build_model
 from shared.pooled_training import pooled_arrays, train_on_pool
 from shared.schemas import EvaluateReply, EvaluateRequest, ModelSpec
 from shared.wire import FieldKey, MessageKind, RecordKey
+from site_agent import audit
 from site_agent.cli import app
 from site_agent.client_app import _pool
 from site_agent.handlers import answer_evaluate
@@ -105,6 +106,8 @@ def test_a_set_the_site_cannot_trust_is_refused_before_anything_is_scored(keys, 
     with pytest.raises(UntrustedPool, match=expected):
         answer_evaluate(_request(), pool, settings)
     assert not (settings.cache_dir / "scored-models").exists()  # no model was trained, nothing was scored
+    refused = [e for e in audit.verify(settings.cache_dir) if e.event == "pool_refused"]
+    assert len(refused) == 1 and refused[0].run_id == "run-1" and expected in refused[0].details["why"]
 
 
 def test_a_pool_over_the_policys_size_or_of_other_images_is_refused(keys, tmp_path: Path) -> None:
