@@ -13,7 +13,6 @@ Pins live in ``<key-dir>/pinned-apps.json``, beside the pinned coordinator key, 
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import io
 import logging
@@ -21,12 +20,11 @@ import tomllib
 import zipfile
 from importlib import metadata
 from pathlib import Path
-from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import Field
 
 from shared.errors import PolicyError
-from site_agent.cache import normalized_digest, read_pins_file, write_pins_file
+from site_agent.pin_files import Pin, Pins, Sha256Hex, normalized_digest, pinned_now, read_pins_file, write_pins_file
 
 log = logging.getLogger(__name__)
 
@@ -34,27 +32,18 @@ PINS_FILE = "pinned-apps.json"
 APP_NAME = "feddistill"
 _MAX_PYPROJECT_BYTES = 1 << 20  # the FAB's pyproject.toml; a larger one is refused rather than read
 
-FabHash = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
-
-
 class AppRefused(PolicyError):
     """This site does not serve the run's app package."""
 
     hint = "the site's operator pins a study's app package with `site-agent apps pin --fab-hash <sha256>`"
 
 
-class PinnedApp(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    fab_hash: FabHash
-    pinned_at: str  # UTC, ISO 8601
-    note: Annotated[str, Field(max_length=200)] = ""
+class PinnedApp(Pin):
+    fab_hash: Sha256Hex
 
 
-class PinnedApps(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    apps: list[PinnedApp] = []
+class PinnedApps(Pins):
+    apps: list[PinnedApp] = Field(default_factory=list)
 
     def find(self, fab_hash: str) -> PinnedApp | None:
         return next((app for app in self.apps if app.fab_hash == fab_hash), None)
@@ -88,7 +77,7 @@ def pin(key_dir: Path, fab_hash: str, note: str = "") -> PinnedApp:
     """Pin a FAB hash (again: its note and time are updated); returns the pin."""
     pins = load_pins(key_dir)
     digest = normalized_hash(fab_hash)
-    new = PinnedApp(fab_hash=digest, pinned_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), note=note)
+    new = PinnedApp(fab_hash=digest, pinned_at=pinned_now(), note=note)
     _save(key_dir, PinnedApps(apps=[a for a in pins.apps if a.fab_hash != digest] + [new]))
     return new
 

@@ -12,35 +12,24 @@ to the others (``site-agent fingerprint`` prints it). Pins live in ``<key-dir>/p
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
-from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import Field
 
 from shared import crypto
 from shared.errors import ConfigError
 from shared.fields import SiteId
-from site_agent.cache import normalized_digest, read_pins_file, write_pins_file
+from site_agent.pin_files import Pin, Pins, Sha256Hex, normalized_digest, pinned_now, read_pins_file, write_pins_file
 
 PEERS_FILE = "pinned-peers.json"
 
-Fingerprint = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
-
-
-class PinnedPeer(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class PinnedPeer(Pin):
     site_id: SiteId
-    fingerprint: Fingerprint  # SHA-256 of the peer's raw Ed25519 signing key (crypto.fingerprint)
-    pinned_at: str  # UTC, ISO 8601
-    note: Annotated[str, Field(max_length=200)] = ""
+    fingerprint: Sha256Hex  # SHA-256 of the peer's raw Ed25519 signing key (crypto.fingerprint)
 
 
-class PinnedPeers(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    peers: list[PinnedPeer] = []
+class PinnedPeers(Pins):
+    peers: list[PinnedPeer] = Field(default_factory=list)
 
     def site_of(self, fingerprint: str) -> str | None:
         """The site a key is pinned for, or None."""
@@ -77,8 +66,7 @@ def pin_peer(key_dir: Path, site_id: str, fingerprint: str, note: str = "") -> P
     if (other := peers.site_of(digest)) not in (None, site_id):
         raise ConfigError(f"that key is already pinned for site {other!r}: one key speaks for one site")
     try:
-        new = PinnedPeer(site_id=site_id, fingerprint=digest, note=note,
-                         pinned_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+        new = PinnedPeer(site_id=site_id, fingerprint=digest, note=note, pinned_at=pinned_now())
     except ValueError:
         raise ConfigError(f"site id {site_id!r} must be 1-64 letters, digits, '.', '_' or '-'") from None
     write_pins_file(key_dir / PEERS_FILE, PinnedPeers(peers=[p for p in peers.peers if p.site_id != site_id] + [new]))
