@@ -14,8 +14,7 @@ from shared.errors import ConfigError, KeyFileError
 from shared.keys import COORDINATOR_PUB, SIGNING_PUB, create_site_identity
 from shared.logs import add_common_options, run_cli
 from site_agent import cli_review, cli_tools
-from site_agent.cli_apps import apps_app
-from site_agent.cli_peers import peers_app
+from site_agent.cli_pins import apps_app, peers_app
 
 log = logging.getLogger(__name__)
 
