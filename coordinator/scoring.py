@@ -97,11 +97,11 @@ def evaluate_at_sites(
     the coordinator sends no weights. Only a site that committed test counts is asked; its counts are pooled
     within them (``aggregate``).
     """
-    base = EvaluateRequest(run_id=federation.state.run_id, dataset=federation.info.name, model=federation.spec,
-                           training=_training(federation))
-    variants = {"global": base.model_copy(update=_correction(models))}
+    request = {"run_id": federation.state.run_id, "dataset": federation.info.name, "model": federation.spec,
+               "training": _training(federation)}
+    variants = {"global": EvaluateRequest(**request, **_correction(models))}
     if models.model is not models.uncorrected:
-        variants["uncorrected"] = base
+        variants["uncorrected"] = EvaluateRequest(**request)
     committed = {node for node in node_ids
                  if (c := commitments.get(site_of.get(node, f"node-{node}"))) is not None and c.test is not None}
     unasked = [SiteEvaluation(site_of.get(node, f"node-{node}"), node, None,
@@ -110,8 +110,8 @@ def evaluate_at_sites(
     asked = [node for node in node_ids if node in committed]
     timeout = federation.config.evaluate_timeout
     reports = {}
-    for name, request in variants.items():
-        content = request_record(EvaluateRequest.model_validate(request.model_dump()), pool=pool)
+    for name, variant in variants.items():
+        content = request_record(variant, pool=pool)
         replies = exchange(grid, {node: content for node in asked}, MessageKind.EVALUATE, timeout)
         evaluations = [_site_evaluation(node, site_of.get(node), replies.get(node), federation.info.num_classes,
                                         timeout) for node in asked]

@@ -153,7 +153,7 @@ def pin_simulated_peers(keys_root: Path, site_id: str) -> None:
     pinned = {p.site_id for p in load_peers(key_dir).peers}
     for public in sorted(keys_root.glob(f"*/{SIGNING_PUB}")):
         peer = public.parent.name
-        if peer != site_id and peer not in pinned and (keys_root / "coordinator") != public.parent:
+        if peer != site_id and peer not in pinned:  # the coordinator's folder holds no signing.pub
             pin_peer_key(key_dir, peer, crypto.load_public_key(public, crypto.VerifyKey))
 
 

@@ -175,6 +175,15 @@ class ForwardedSet:
     def to_bytes(self) -> bytes:
         return self.signer + self.signature + self.signed
 
+    @property
+    def signer_fingerprint(self) -> str:
+        """The fingerprint of the key the set names (``crypto.fingerprint``), which the receiver looks up in its pins.
+
+        Raises:
+            VerificationError: the named key is malformed.
+        """
+        return crypto.fingerprint(crypto.verify_key_from_bytes(self.signer))
+
     @classmethod
     def from_bytes(cls, data: bytes) -> ForwardedSet:
         """Raises: InvalidBundle: too short to hold a key, a signature and a manifest length."""

@@ -66,7 +66,7 @@ def verified_pool(
     sets: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for index, data in enumerate(forwarded):
         entry = ForwardedSet.from_bytes(data)
-        key = hashlib.sha256(entry.signer).hexdigest()
+        key = entry.signer_fingerprint
         pinned = own_site if key == own else peers.site_of(key)
         if pinned is None:
             raise UntrustedPool(f"pooled set {index} is signed by a key this site has not pinned as a peer "
