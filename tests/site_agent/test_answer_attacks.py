@@ -183,5 +183,8 @@ def test_reconstruction_off_the_old_counts_is_exact() -> None:
 @pytest.mark.parametrize("seed", [0, 1])
 def test_reconstruction_through_noisy_answers_fails(seed: int) -> None:
     """A lifetime of answers at the default epsilon (2000: about ten per pooled pixel): the rebuilt thumbnail
-    correlates 0.3 or less with the true one. (At epsilon 4 the same attack rebuilds it: docs/privacy.md.)"""
-    assert _reconstruct(AnswerLimits().epsilon, ANSWERS, seed=seed) <= 0.3
+    correlates about 0.16 with the true one. The noise is the OS's, unseeded, so each lifetime is a fresh draw:
+    over 50 measured, the median was 0.16 and 2 went above 0.3 (the highest 0.33), so five lifetimes are played
+    and their median held to 0.25, none above 0.4. (At epsilon 4 the same attack rebuilds it: docs/privacy.md.)"""
+    correlations = [_reconstruct(AnswerLimits().epsilon, ANSWERS, seed=seed) for _ in range(5)]
+    assert float(np.median(correlations)) <= 0.25 and max(correlations) <= 0.4, correlations
