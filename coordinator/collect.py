@@ -55,7 +55,8 @@ def ask_sites(
     refine = {"round": state.round, "global_model": federation.spec if global_model is not None else None}
     requests = {b.node_id: state.request_to_send(site_key(b), DistillRequest(
                     run_id=state.run_id, nonce=secrets.token_hex(32), dataset=federation.info.name,
-                    distill=federation.config.distill_config(), **refine))
+                    distill=federation.config.distill_config(), soft_labels=federation.config.soft_label_spec(),
+                    **refine))
                 for b in to_ask}
     for binding in to_ask:
         state.record_request(site_key(binding), requests[binding.node_id], binding.site_id)

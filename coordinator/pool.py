@@ -64,6 +64,7 @@ class PooledSet:
     labels: torch.Tensor
     images_per_site: dict[str, int]
     commitments: dict[str, Commitment] = field(default_factory=dict)  # by site id: what each site signed
+    targets: torch.Tensor | None = None  # soft labels (N, K) to train on; None: no site released any
 
     def class_counts(self, num_classes: int) -> list[int]:
         return torch.bincount(self.labels, minlength=num_classes).tolist()
@@ -80,7 +81,8 @@ def pool(bundles: list[OpenedBundle]) -> PooledSet:
     if not bundles:
         raise ValueError("cannot pool an empty list of bundles")
     ordered = sorted(bundles, key=lambda b: b.manifest.site_id)
-    images, labels = pooled_arrays((b.manifest.site_id, b.images, b.labels) for b in ordered)
     num_classes = ordered[0].manifest.num_classes
+    images, labels, targets = pooled_arrays(
+        ((b.manifest.site_id, b.images, b.labels, b.soft_labels) for b in ordered), num_classes)
     return PooledSet(images, labels, {b.manifest.site_id: len(b.labels) for b in ordered},
-                     commitments(ordered, num_classes))
+                     commitments(ordered, num_classes), targets)

@@ -15,7 +15,7 @@ from coordinator.trust import CoordinatorKeys
 from shared.bundle import MAX_ABS_PIXEL, BundleHeader, OpenedBundle, SealedBundle
 from shared.errors import InvalidBundle, ReplayError, VerificationError
 from shared.manifest import DPGuarantee, Preprocessing, PrivacySummary
-from shared.methods import DPDMConfig
+from shared.methods import DPDMConfig, SoftLabelSpec
 from shared.schemas import DistillRequest
 
 
@@ -85,6 +85,8 @@ def check_contents(opened: OpenedBundle, expected: Expectation) -> None:
         raise ReplayError(f"bundle answers round {manifest.round}, this is round {request.round}")
     if manifest.distill != request.distill:
         raise InvalidBundle("bundle's distillation settings differ from those requested")
+    if manifest.soft_labels is not None and manifest.soft_labels != request.soft_labels:  # a site may decline them
+        raise InvalidBundle("bundle's soft labels were made otherwise than requested (or were not requested)")
     config = request.distill
     if isinstance(config, DPDMConfig) and (manifest.dp is None or (manifest.dp.epsilon, manifest.dp.delta)
                                            != (config.epsilon, config.delta)):
@@ -138,6 +140,7 @@ class SiteOutcome:
     class_counts: dict[int, int] | None = None  # an accepted set's synthetic images per class
     real_class_counts: dict[int, int] | None = None  # the real training images per class it released, if any
     preprocessing: Preprocessing | None = None  # how the site resized its images, as its manifest records it
+    soft_labels: SoftLabelSpec | None = None  # how its teacher labelled the set, as its manifest records it
 
     @classmethod
     def accepted(cls, node_id: int | None, bundle: OpenedBundle, reason: str = "",
@@ -146,4 +149,4 @@ class SiteOutcome:
         manifest = bundle.manifest
         return cls(node_id, manifest.site_id, OutcomeStatus.ACCEPTED, reason, bundle.sealed_bytes, metrics,
                    manifest.privacy, manifest.dp, manifest.class_counts, manifest.real_class_counts,
-                   manifest.preprocessing)
+                   manifest.preprocessing, manifest.soft_labels)

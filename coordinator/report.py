@@ -143,6 +143,8 @@ def render_report(summary: RunSummary) -> str:
         )
     if any(s.preprocessing for s in summary.sites):
         lines += ["", preprocessing_line(summary.sites)]
+    if any(s.status == OutcomeStatus.ACCEPTED for s in summary.sites):
+        lines += ["", labels_line(summary.sites)]
     if any(s.dp for s in summary.sites):
         lines += ["", *_dp_section(summary.sites)]
     if any(s.privacy for s in summary.sites):
@@ -179,6 +181,18 @@ def preprocessing_line(sites: list[SiteEntry]) -> str:
     kept = any(s.status == OutcomeStatus.ACCEPTED and s.preprocessing is None for s in sites)
     rest = f"; the other accepted sites' images were already {size}" if kept else ""
     return "Preprocessing, as each manifest records it: " + "; ".join(done) + rest + "."
+
+
+def labels_line(sites: list[SiteEntry]) -> str:
+    """One sentence: which accepted sets carry soft labels from their site's teacher, as each manifest records it."""
+    accepted = [s for s in sites if s.status == OutcomeStatus.ACCEPTED]
+    by_spec: dict[str, list[str]] = {}
+    for s in accepted:
+        spec = s.soft_labels
+        how = ("classes only" if spec is None else
+               f"soft labels from a teacher the site trained for {spec.teacher_epochs} epochs, temperature {spec.temperature:g}")
+        by_spec.setdefault(how, []).append(untrusted_text(s.site_id or "?"))
+    return "Labels, as each manifest records them: " + "; ".join(f"{', '.join(who)}: {how}" for how, who in by_spec.items()) + "."
 
 
 MIN_CLASS_TEST_IMAGES = 20  # a class with fewer test images has too noisy a recall to warn about

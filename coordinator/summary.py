@@ -34,6 +34,7 @@ from shared.config import RunConfig
 from shared.datasets import DatasetInfo
 from shared.errors import FedDistillError
 from shared.manifest import DPGuarantee, Preprocessing, PrivacySummary
+from shared.methods import SoftLabelSpec
 from shared.software import software_versions
 
 SCHEMA_VERSION = 1
@@ -89,6 +90,7 @@ class SiteEntry(_Part):
     privacy: PrivacySummary | None = None
     dp: DPGuarantee | None = None
     preprocessing: Preprocessing | None = None  # how the site resized its images; None: stored at the run's size
+    soft_labels: SoftLabelSpec | None = None  # how the site's teacher labelled its set; None: classes only
     class_counts: dict[int, int] | None = None  # synthetic images per class
     real_class_counts: dict[int, int] | None = None  # real training images per class, when its policy releases them
 
@@ -99,7 +101,7 @@ class SiteEntry(_Part):
                    bundle_bytes=outcome.bundle_bytes, distill_seconds=metrics.get("distill-seconds"),
                    synthetic_images=metrics.get("synthetic-images"), real_train_images=metrics.get("num-examples"),
                    privacy_seconds=metrics.get("privacy-seconds"), privacy=outcome.privacy, dp=outcome.dp,
-                   preprocessing=outcome.preprocessing, class_counts=outcome.class_counts,
+                   preprocessing=outcome.preprocessing, soft_labels=outcome.soft_labels, class_counts=outcome.class_counts,
                    real_class_counts=outcome.real_class_counts)
 
 

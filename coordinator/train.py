@@ -28,7 +28,7 @@ def train_global(
     class_weights: torch.Tensor | None = None,
 ) -> ConvNet:
     """A fresh ConvNet trained on the pooled synthetic images; returned on the CPU in eval mode."""
-    return train_on_pool(pooled.images, pooled.labels, spec, settings, device, class_weights)
+    return train_on_pool(pooled.images, pooled.labels, spec, settings, device, class_weights, targets=pooled.targets)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ Wire format (all integers big-endian)::
     signed bundle  = u32 manifest_len | manifest | payload | signature
     manifest       = JSON of manifest.BundleManifest (site, run, nonce, dataset, shapes, method, ...)
     payload        = images as float16 little-endian, shape (N, C, H, W), C order,
-                     then labels as uint16 little-endian, shape (N,)
+                     then labels as uint16 little-endian, shape (N,),
+                     then, when the manifest names soft_labels, class probabilities as float16, shape (N, K)
     signature      = Ed25519 over (u32 manifest_len | manifest | payload), see shared.crypto
 
 The header travels in clear so the coordinator knows which run, nonce and site key to check before
@@ -80,7 +81,8 @@ class BundleHeader(BaseModel):
 class OpenedBundle:
     """A bundle that decrypted, whose signature matched its site's key and whose payload parsed.
 
-    ``images`` is float32 (N, C, H, W); ``labels`` is int64 (N,).
+    ``images`` is float32 (N, C, H, W); ``labels`` is int64 (N,); ``soft_labels`` float32 (N, K) rows of class
+    probabilities, or None for a set released with its classes only.
     """
 
     header: BundleHeader
@@ -90,6 +92,7 @@ class OpenedBundle:
     sealed_bytes: int
     signed: bytes = b""  # what the site signed (manifest and payload), and its signature: kept to forward
     signature: bytes = b""
+    soft_labels: np.ndarray | None = None
 
     def forwarded(self, signer: crypto.VerifyKey) -> ForwardedSet:
         """This set as it is passed on to other sites, under the key it was verified with."""
@@ -153,9 +156,10 @@ class SealedBundle:
         crypto.verify(verify_key, signed_part, signature)
         manifest, payload = _read_signed(signed_part)
         _check_header_and_recipient(manifest, header, recipient_key)
-        images, labels = decode_payload(payload, manifest.image_shape, manifest.payload.count)
+        images, labels, soft = decode_payload(payload, manifest.image_shape, manifest.payload.count,
+                                              _soft_label_classes(manifest))
         return OpenedBundle(header, manifest, images, labels, sealed_bytes=self.total_bytes,
-                            signed=signed_part, signature=signature)
+                            signed=signed_part, signature=signature, soft_labels=soft)
 
 
 @dataclass(frozen=True)
@@ -192,8 +196,8 @@ class ForwardedSet:
             raise InvalidBundle("a forwarded set is too short to hold a signing key, a signature and a manifest")
         return cls(data[: crypto.VERIFY_KEY_BYTES], data[crypto.VERIFY_KEY_BYTES : head], data[head:])
 
-    def open(self) -> tuple[BundleManifest, np.ndarray, np.ndarray]:
-        """Verify the signature with the key the set names, then parse it: (manifest, images, labels).
+    def open(self) -> tuple[BundleManifest, np.ndarray, np.ndarray, np.ndarray | None]:
+        """Verify the signature with the key the set names, then parse it: (manifest, images, labels, soft labels).
 
         Whose key that is, and whether it may be trusted, is the receiver's question (it pins its peers).
 
@@ -203,32 +207,70 @@ class ForwardedSet:
         """
         crypto.verify(crypto.verify_key_from_bytes(self.signer), self.signed, self.signature)
         manifest, payload = _read_signed(self.signed)
-        return (manifest, *decode_payload(payload, manifest.image_shape, manifest.payload.count))
+        return (manifest, *decode_payload(payload, manifest.image_shape, manifest.payload.count,
+                                          _soft_label_classes(manifest)))
 
 
-def encode_payload(images: np.ndarray, labels: np.ndarray) -> bytes:
-    """Payload bytes for images (N, C, H, W) and labels (N,), in the documented layout."""
+def encode_payload(images: np.ndarray, labels: np.ndarray, soft_labels: np.ndarray | None = None) -> bytes:
+    """Payload bytes for images (N, C, H, W), labels (N,) and optional soft labels (N, K), in the documented layout."""
     if images.ndim != 4 or labels.shape != (images.shape[0],):
         raise ValueError(f"images must be (N, C, H, W) and labels (N,), got {images.shape} and {labels.shape}")
-    return images.astype("<f2", copy=False).tobytes(order="C") + labels.astype("<u2").tobytes()
+    if soft_labels is not None and (soft_labels.ndim != 2 or soft_labels.shape[0] != images.shape[0]):
+        raise ValueError(f"soft labels must be (N, K) for N = {images.shape[0]} images, got {soft_labels.shape}")
+    soft = b"" if soft_labels is None else soft_labels.astype("<f2").tobytes(order="C")
+    return images.astype("<f2", copy=False).tobytes(order="C") + labels.astype("<u2").tobytes() + soft
 
 
-def decode_payload(payload: bytes, image_shape: tuple[int, int, int], count: int) -> tuple[np.ndarray, np.ndarray]:
-    """Inverse of :func:`encode_payload`; returns float32 images and int64 labels.
+def decode_payload(
+    payload: bytes, image_shape: tuple[int, int, int], count: int, soft_label_classes: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Inverse of :func:`encode_payload`: float32 images, int64 labels and, when ``soft_label_classes`` says the
+    payload holds them, float32 soft labels (N, K), each row renormalised to sum to 1 (else None).
 
     Raises:
-        InvalidBundle: a dimension is not positive, or the byte count does not match ``count`` images of
-            ``image_shape``.
+        InvalidBundle: a dimension is not positive, the byte count does not match ``count`` images of
+            ``image_shape``, or a soft label is not a probability vector.
     """
     if count < 1 or min(image_shape) < 1:
         raise InvalidBundle(f"payload of {count} images of shape {image_shape} is empty or has a dimension below 1")
     image_values = count * math.prod(image_shape)  # Python ints: no overflow for any claimed shape
-    expected = image_values * 2 + count * 2
+    soft_values = count * (soft_label_classes or 0)
+    expected = image_values * 2 + count * 2 + soft_values * 2
     if len(payload) != expected:
-        raise InvalidBundle(f"payload has {len(payload)} bytes, expected {expected} for {count} images of {image_shape}")
+        raise InvalidBundle(f"payload has {len(payload)} bytes, expected {expected} for {count} images of {image_shape}"
+                            + (f" with {soft_label_classes} soft-label classes" if soft_label_classes else ""))
     images = np.frombuffer(payload, dtype="<f2", count=image_values).reshape(count, *image_shape)
     labels = np.frombuffer(payload, dtype="<u2", offset=image_values * 2, count=count)
-    return images.astype(np.float32), labels.astype(np.int64)
+    soft = None
+    if soft_label_classes:
+        raw = np.frombuffer(payload, dtype="<f2", offset=image_values * 2 + count * 2, count=soft_values)
+        soft = _probabilities(raw.astype(np.float32).reshape(count, soft_label_classes))
+    return images.astype(np.float32), labels.astype(np.int64), soft
+
+
+# float16 keeps about 3 significant digits: K rounded probabilities may miss a sum of 1 by up to K * 2**-12.
+_SOFT_SUM_SLACK = 0.01
+
+
+def _probabilities(soft: np.ndarray) -> np.ndarray:
+    """Soft labels as a signer sent them, checked to be probability vectors and renormalised.
+
+    A site could otherwise put negative or huge "probabilities" in a label to push the global model anywhere.
+
+    Raises:
+        InvalidBundle: a value is not finite or negative, or a row does not sum to 1 within float16 rounding.
+    """
+    if not np.isfinite(soft).all() or (soft < 0).any():
+        raise InvalidBundle("soft labels hold a negative or non-finite probability")
+    sums = soft.sum(axis=1, dtype=np.float64)
+    if (np.abs(sums - 1) > _SOFT_SUM_SLACK + soft.shape[1] * 2**-12).any():
+        raise InvalidBundle(f"soft labels must sum to 1 per image; one sums to {sums[np.abs(sums - 1).argmax()]:.4f}")
+    return (soft / sums[:, None]).astype(np.float32)
+
+
+def _soft_label_classes(manifest: BundleManifest) -> int | None:
+    """How many soft-label values each image of the manifest's payload carries (None: no soft labels)."""
+    return manifest.num_classes if manifest.soft_labels is not None else None
 
 
 def payload_info(payload: bytes, count: int) -> PayloadInfo:
@@ -317,7 +359,8 @@ def _check_bounds(manifest: BundleManifest) -> None:
         )
     if manifest.num_classes > _MAX_CLASSES:
         raise InvalidBundle(f"manifest num_classes {manifest.num_classes} is over {_MAX_CLASSES}")
-    per_image = 2 * channels * height * width + 2  # float16 pixels and a uint16 label
+    # float16 pixels, a uint16 label and, with soft labels, K float16 probabilities
+    per_image = 2 * channels * height * width + 2 + 2 * (_soft_label_classes(manifest) or 0)
     if manifest.payload.nbytes != manifest.payload.count * per_image:
         raise InvalidBundle(
             f"manifest payload nbytes {manifest.payload.nbytes} does not hold {manifest.payload.count} images "

@@ -30,6 +30,7 @@ from shared.methods import (
     InitMode,
     MTTConfig,
     NetworkSpec,
+    SoftLabelSpec,
 )
 from shared.presets import PRESET_BATCH_REAL, PRESET_ITERATIONS
 from shared.schemas import ImbalanceCorrection, PartitionScheme
@@ -81,6 +82,12 @@ class SiteRunConfig(BaseModel):
                                      "its whole distribution (mmd, M3D-style).")
     net_width: int = _setting(64, _SITE, "ConvNet width (the paper uses 128).", ge=8, le=1024)
     net_depth: int = _setting(3, _SITE, "ConvNet depth: convolution blocks.", ge=1, le=6)
+    # soft labels: each site's teacher labels its set (shared.methods.SoftLabelSpec)
+    soft_labels: bool = _setting(True, _SITE, "Sites label their synthetic images with the class probabilities of a "
+                                 "network they train on their own images (not dpdm, whose guarantee does not cover it).")
+    teacher_epochs: int = _setting(30, _SITE, "Epochs of each site's soft-label teacher.", ge=1, le=1000)
+    label_temperature: float = _setting(1.0, _SITE, "Softmax temperature of the soft labels (above 1: softer).", gt=0,
+                                        le=100)
     # dpdm's differential-privacy target for each site's one release (site_agent/distill/dpdm.py)
     epsilon: float = _setting(4.0, _SITE, "dpdm: each site's differential-privacy epsilon for its one release.",
                               gt=0, le=20)
@@ -135,6 +142,12 @@ class SiteRunConfig(BaseModel):
         batch_real = self.batch_real or PRESET_BATCH_REAL[self.method]
         return DCConfig(lr_net=self.lr_net, batch_real=batch_real, outer_loop=self.outer_loop,
                         inner_loop=self.inner_loop, **common)
+
+    def soft_label_spec(self) -> SoftLabelSpec | None:
+        """What the sites are asked to label their sets with: None when off, and for dpdm, which releases classes only."""
+        if not self.soft_labels or self.method == DistillMethod.DPDM:
+            return None
+        return SoftLabelSpec(teacher_epochs=self.teacher_epochs, temperature=self.label_temperature)
 
     def network(self) -> NetworkSpec:
         return NetworkSpec(depth=self.net_depth, width=self.net_width)

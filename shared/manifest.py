@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from shared.fields import SCHEMA_VERSION, Count, DatasetName, Fraction, Hex64, RunId, Seconds, SiteId, StrictModel
-from shared.methods import DistillConfig
+from shared.methods import DistillConfig, SoftLabelSpec
 
 
 class Estimate(StrictModel):
@@ -126,6 +126,8 @@ class BundleManifest(StrictModel):
     class_counts: dict[int, int]
     num_real_examples: int = Field(ge=0)
     distill: DistillConfig
+    # How the payload's soft labels were made (it then holds K class probabilities per image); None: classes only.
+    soft_labels: SoftLabelSpec | None = None
     # Iterations actually run (MTT: accepted ones); fewer than asked when the site's time limit hit.
     iterations_completed: int | None = Field(None, ge=0)
     # The site's real training images per class, as its policy releases them (rounded to a multiple of

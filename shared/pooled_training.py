@@ -13,15 +13,25 @@ from shared.models import ConvNet, build_model
 from shared.schemas import ModelSpec
 from shared.training import TrainSettings, train_classifier
 
+SiteSet = tuple[str, np.ndarray, np.ndarray, np.ndarray | None]  # site id, images, labels, soft labels (or None)
 
-def pooled_arrays(sets: Iterable[tuple[str, np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images (N, C, H, W) and labels (N,) of ``(site id, images, labels)`` sets, in site-id order, so the pool
-    (and every model trained on it) does not depend on the order the sets arrived in."""
+
+def pooled_arrays(sets: Iterable[SiteSet], num_classes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Images (N, C, H, W), labels (N,) and training targets of ``(site id, images, labels, soft labels)`` sets, in
+    site-id order, so the pool (and every model trained on it) does not depend on the order the sets arrived in.
+
+    The targets (N, K) are each set's soft labels, or its classes one-hot for a set released without them; None
+    when no set has soft labels, so such a pool trains exactly as on its classes.
+    """
     ordered = sorted(sets, key=lambda s: s[0])
     if not ordered:
         raise ValueError("cannot pool an empty list of sets")
-    return (torch.from_numpy(np.concatenate([images for _, images, _ in ordered])),
-            torch.from_numpy(np.concatenate([labels for _, _, labels in ordered])))
+    images = torch.from_numpy(np.concatenate([images for _, images, _, _ in ordered]))
+    labels = torch.from_numpy(np.concatenate([labels for _, _, labels, _ in ordered]))
+    if all(soft is None for *_, soft in ordered):
+        return images, labels, None
+    targets = [np.eye(num_classes, dtype=np.float32)[labels] if soft is None else soft for _, _, labels, soft in ordered]
+    return images, labels, torch.from_numpy(np.concatenate(targets))
 
 
 def train_on_pool(
@@ -32,17 +42,19 @@ def train_on_pool(
     device: torch.device,
     class_weights: torch.Tensor | None = None,
     check: Callable[[], None] | None = None,
+    targets: torch.Tensor | None = None,
 ) -> ConvNet:
     """A fresh ConvNet, initialised from ``settings.seed``, trained on the pool; returned on the CPU in eval mode.
 
-    ``class_weights`` (K,) weight each class's loss; without them, ``settings.balance_classes`` weights each class
-    by the inverse of its count in the pool (:func:`balancing_weights`).
+    ``targets`` (N, K) are soft labels to fit instead of ``labels`` (:func:`pooled_arrays`). ``class_weights`` (K,)
+    weight each class's loss; without them, ``settings.balance_classes`` weights each class by the inverse of its
+    count of ``labels`` in the pool (:func:`balancing_weights`).
     """
     torch.manual_seed(settings.seed)  # the initial weights too: a site's copy starts where the coordinator's did
     model = build_model(spec)
     if class_weights is None and settings.balance_classes:
         class_weights = balancing_weights(labels, spec.num_classes)
-    train_classifier(model, images, labels, settings, device, class_weights, check)
+    train_classifier(model, images, labels if targets is None else targets, settings, device, class_weights, check)
     return model.cpu().eval()
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from shared.fields import SCHEMA_VERSION, Count, DatasetName, Hex64, RunId, Seconds, StrictModel
-from shared.methods import DistillConfig, DistillMethod, NetworkSpec
+from shared.methods import DistillConfig, DistillMethod, NetworkSpec, SoftLabelSpec
 from shared.metrics import SCORE_BINS, TUNING_SCALES, EvalCounts
 from shared.training import TrainSettings
 
@@ -81,6 +81,7 @@ class DistillRequest(StrictModel):
     distill: DistillConfig
     round: int = Field(1, ge=1, le=100)
     global_model: ModelSpec | None = None
+    soft_labels: SoftLabelSpec | None = None  # None: release each image's class only
 
     @model_validator(mode="after")
     def _model_from_round_two(self) -> DistillRequest:
@@ -89,6 +90,9 @@ class DistillRequest(StrictModel):
         if self.round > 1 and self.distill.method == DistillMethod.DPDM:
             raise ValueError("dpdm releases once: a refinement round would touch the site's images again "
                              "outside the privacy budget")
+        if self.soft_labels is not None and self.distill.method == DistillMethod.DPDM:
+            raise ValueError("dpdm releases no soft labels: its teacher would see the site's images outside the "
+                             "privacy budget")
         return self
 
 

@@ -57,7 +57,8 @@ def train_classifier(
     class_weights: torch.Tensor | None = None,
     check: Callable[[], None] | None = None,
 ) -> nn.Module:
-    """Train ``model`` in place on images (N, C, H, W) float and labels (N,) int64; returns it.
+    """Train ``model`` in place on images (N, C, H, W) float and labels (N,) int64, or soft labels (N, K) float
+    (class probabilities, fitted by cross-entropy); returns it.
 
     ``class_weights`` (num_classes,) weight each image's loss by its class (imbalance correction).
     ``check`` is called after every minibatch step (and may raise to stop the training).

@@ -153,7 +153,8 @@ def prepare_release(
     synthetic = distill(
         images.train, images.info.num_classes, request.distill, device,
         progress=progress, min_real_per_class=settings.policy.min_real_per_class,
-        expert_cache_dir=settings.cache_dir / "experts", site_id=settings.site_id, time_limit=time_limit, **refine,
+        expert_cache_dir=settings.cache_dir / "experts", site_id=settings.site_id, time_limit=time_limit,
+        soft_labels=request.soft_labels if settings.policy.release_soft_labels else None, **refine,
     )
     audit.record(settings.cache_dir, AuditEvent.SET_BUILT, request, "site-agent", method=request.distill.method.value,
                  images=len(synthetic.labels), seconds=round(synthetic.seconds, 3),
@@ -309,7 +310,7 @@ def _pooled_model(
         raise
     time_limit = Deadline.after(settings.policy.max_seconds)
     model = scored_model(sets, request, settings.cache_dir, resolve_device(settings.device), time_limit.check)
-    return model, sorted(site for site, _, _ in sets)
+    return model, sorted(site for site, *_ in sets)
 
 
 def _spend(settings: SiteSettings, kind: Spend, run_id: str) -> None:

@@ -165,8 +165,8 @@ class SitePolicy(BaseModel):
     max_net_width: int = Field(128, ge=8, description="widest network a request may ask for (channels per layer)")
     max_net_depth: int = Field(4, ge=1, description="deepest network a request may ask for (conv blocks)")
     max_train_epochs: int = Field(
-        1000, ge=1, description="most epochs of the global model's training, which the site runs itself on the "
-        "pooled sets before it scores that model (evaluate, tune)"
+        1000, ge=1, description="most epochs of a training the site runs for a request: the global model's, which "
+        "it trains itself on the pooled sets before it scores that model (evaluate, tune), and its soft-label teacher's"
     )
     max_pool_images: int = Field(
         20_000, ge=1, description="most synthetic images in the pool the site trains a scored model on"
@@ -179,6 +179,11 @@ class SitePolicy(BaseModel):
     )
     allow_real_init: bool = Field(
         False, description="allow init 'real', which puts patient images into the release"
+    )
+    release_soft_labels: bool = Field(
+        True, description="label released images with the class probabilities of a network (the teacher) the site "
+        "trains on its own training images and keeps: K numbers per image, which carry what that network learned "
+        "and which the privacy report measures with the images (false: each image's class only)"
     )
     require_dp: bool = Field(
         False, description="run only differentially private methods (dpdm), whose release has a formal guarantee"
@@ -334,6 +339,8 @@ class SitePolicy(BaseModel):
         if isinstance(config, MTTConfig):
             for field in ("syn_steps", "train_epochs_expert", "num_experts"):
                 _cap(f"mtt {field}", getattr(config, field), getattr(self.mtt, f"max_{field}"), f"mtt.max_{field}")
+        if request.soft_labels is not None:
+            _cap("teacher epochs", request.soft_labels.teacher_epochs, self.max_train_epochs, "max_train_epochs")
         if config.init == InitMode.REAL and not self.allow_real_init:
             raise PolicyError("init 'real' would release patient images and is not allowed by this site's policy")
         if config.init == InitMode.REAL:

@@ -60,6 +60,7 @@ def build_manifest(
         dp=guarantee,
         preprocessing=preprocessing,
         distill=synthetic.config,
+        soft_labels=synthetic.label_spec,
         iterations_completed=len(synthetic.loss_history),
         software=software_versions(),
         created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -123,7 +124,8 @@ def seal_described(
             f"distillation produced pixel values beyond +-{MAX_ABS_PIXEL:g}; nothing was released",
             hint="the method diverged: lower its image learning rate (--lr-img)",
         )
-    payload = encode_payload(synthetic.images.numpy(), synthetic.labels.numpy())
+    soft = None if synthetic.soft_labels is None else synthetic.soft_labels.numpy()
+    payload = encode_payload(synthetic.images.numpy(), synthetic.labels.numpy(), soft)
     manifest = build_manifest(synthetic, request, identity, info, num_real_examples, payload, real_class_counts,
                               real_class_counts_rounding, privacy, real_test_class_counts, preprocessing)
     return SealedRelease(seal_bundle(manifest, payload, identity.signing_key, identity.coordinator_key), manifest, synthetic)

@@ -27,7 +27,7 @@ from shared import crypto
 from shared.bundle import MAX_ABS_PIXEL, ForwardedSet
 from shared.errors import InvalidBundle, PolicyError, VerificationError
 from shared.models import ConvNet, build_model
-from shared.pooled_training import pooled_arrays, train_on_pool
+from shared.pooled_training import SiteSet, pooled_arrays, train_on_pool
 from shared.schemas import EvaluateRequest, TuneRequest
 from site_agent.cache import write_atomically
 from site_agent.peers import load_peers
@@ -48,8 +48,9 @@ class UntrustedPool(PolicyError):
 def verified_pool(
     forwarded: Sequence[bytes], request: EvaluateRequest | TuneRequest, own_site: str, own_key: crypto.VerifyKey,
     key_dir: Path, policy: SitePolicy,
-) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """The pooled sets as ``(site id, images, labels)``, once each is a genuine set this site trusts.
+) -> list[SiteSet]:
+    """The pooled sets as ``(site id, images, labels, soft labels or None)``, once each is a genuine set this site
+    trusts (a soft label that is not a probability vector is refused as the set is parsed).
 
     Raises:
         UntrustedPool: a set signed by a key that is neither this site's nor a pinned peer's, under another
@@ -63,7 +64,7 @@ def verified_pool(
     peers = load_peers(key_dir)
     own = crypto.fingerprint(own_key)
     spec = request.model
-    sets: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    sets: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
     for index, data in enumerate(forwarded):
         entry = ForwardedSet.from_bytes(data)
         key = entry.signer_fingerprint
@@ -72,7 +73,7 @@ def verified_pool(
             raise UntrustedPool(f"pooled set {index} is signed by a key this site has not pinned as a peer "
                                 f"(fingerprint {key[:16]}...); nothing was scored")
         try:
-            manifest, images, labels = entry.open()
+            manifest, images, labels, soft = entry.open()
         except VerificationError:
             raise UntrustedPool(f"pooled set {index} does not carry its signer's signature; nothing was scored") from None
         for what, got, want in (("site", manifest.site_id, pinned), ("run", manifest.run_id, request.run_id),
@@ -87,16 +88,16 @@ def verified_pool(
         if labels.size and (labels.max() >= spec.num_classes or not np.isfinite(images).all()
                             or np.abs(images).max() > MAX_ABS_PIXEL):
             raise InvalidBundle(f"pooled set {index} holds a label or pixel out of bounds")
-        sets[pinned] = (images, labels)
-    total = sum(len(labels) for _, labels in sets.values())
+        sets[pinned] = (images, labels, soft)
+    total = sum(len(labels) for _, labels, _ in sets.values())
     if total > policy.max_pool_images:
         raise UntrustedPool(f"the pool holds {total} images, more than this site's limit of "
                             f"{policy.max_pool_images} (max_pool_images)")
-    return [(site, images, labels) for site, (images, labels) in sets.items()]
+    return [(site, *arrays) for site, arrays in sets.items()]
 
 
 def scored_model(
-    sets: list[tuple[str, np.ndarray, np.ndarray]], request: EvaluateRequest | TuneRequest, cache_dir: Path,
+    sets: list[SiteSet], request: EvaluateRequest | TuneRequest, cache_dir: Path,
     device: torch.device, check: Callable[[], None] | None = None,
 ) -> ConvNet:
     """The global model trained here on ``sets`` as the request says (with its class weights, if any), from the
@@ -108,10 +109,10 @@ def scored_model(
     if path.exists():
         model.load_state_dict(torch.load(path, weights_only=True))
         return model.eval()
-    images, labels = pooled_arrays(sets)
+    images, labels, targets = pooled_arrays(sets, request.model.num_classes)
     log.info("training the global model here on %d pooled images from %d sites (%d epochs)", len(labels), len(sets),
              request.training.epochs)
-    model = train_on_pool(images, labels, request.model, request.training.settings(), device, weights, check)
+    model = train_on_pool(images, labels, request.model, request.training.settings(), device, weights, check, targets)
     state = model.state_dict()
     write_atomically(path, lambda target: torch.save(state, target))
     for old in sorted(path.parent.glob("*.pt"), key=lambda p: p.stat().st_mtime)[:-_KEPT_MODELS]:
@@ -119,12 +120,13 @@ def scored_model(
     return model
 
 
-def _training_digest(sets: list[tuple[str, np.ndarray, np.ndarray]], request: EvaluateRequest | TuneRequest) -> str:
+def _training_digest(sets: list[SiteSet], request: EvaluateRequest | TuneRequest) -> str:
     """What a trained model depends on: the sets (by site, in pool order), the model, the training and weights."""
     digest = hashlib.sha256()
-    for site, images, labels in sorted(sets, key=lambda s: s[0]):
+    for site, images, labels, soft in sorted(sets, key=lambda s: s[0]):
         digest.update(site.encode() + b"\0" + hashlib.sha256(images.tobytes()).digest()
-                      + hashlib.sha256(labels.tobytes()).digest())
+                      + hashlib.sha256(labels.tobytes()).digest()
+                      + (b"" if soft is None else hashlib.sha256(soft.tobytes()).digest()))
     digest.update(request.model.model_dump_json().encode() + request.training.model_dump_json().encode())
     digest.update(repr(request.class_weights).encode())
     return digest.hexdigest()

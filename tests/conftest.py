@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import torch
 from coordinator.trust import create_simulation_keys, load_coordinator_keys
 from shared.bundle import MAGIC, BundleHeader, SealedBundle, open_bundle
 from shared.datasets import dataset_info
-from shared.methods import DCConfig
+from shared.methods import DCConfig, SoftLabelSpec
 from shared.schemas import DistillRequest, TrainingSpec
 from site_agent.distill import SyntheticSet
 from site_agent.identity import load_site_identity
@@ -104,10 +105,10 @@ QUICK_TRAINING = TrainingSpec(epochs=2, lr=0.01, batch_size=256, augment=False, 
 
 
 def signed_pool(keys, tmp_path: Path, run_id: str = "run-1", sites: tuple[str, ...] = ("site-0", "site-1"),
-                pin: bool = True) -> list[bytes]:
+                pin: bool = True, soft: tuple[str, ...] = ()) -> list[bytes]:
     """The pooled sets of a scoring request as the coordinator forwards them: hand-made sets of ``sites``, sealed
     by each site, opened by the coordinator and passed on. ``pin`` pins the other sites at site-0 (the
-    ``deployed_site``), as its operator would."""
+    ``deployed_site``), as its operator would; the sets of the sites in ``soft`` carry soft labels."""
     coordinator, identities = keys
     info = dataset_info("breastmnist")
     pool = []
@@ -115,7 +116,11 @@ def signed_pool(keys, tmp_path: Path, run_id: str = "run-1", sites: tuple[str, .
         if pin and site != "site-0":
             pin_peer_key(tmp_path / "keys" / "site-0", site, identities[site].signing_key.public_key())
         request = make_request(run_id, nonce=f"{index + 1:02x}" * 32)
-        sealed = seal_described(make_synthetic(request), request, identities[site], info, num_real_examples=24,
+        synthetic = make_synthetic(request)
+        if site in soft:
+            labels = torch.tensor([[0.7, 0.3], [0.9, 0.1], [0.2, 0.8], [0.45, 0.55]])
+            synthetic = dataclasses.replace(synthetic, soft_labels=labels, label_spec=SoftLabelSpec())
+        sealed = seal_described(synthetic, request, identities[site], info, num_real_examples=24,
                                 real_class_counts={0: 12, 1: 12}, real_test_class_counts={0: 4, 1: 4}).sealed
         opened = open_bundle(sealed, coordinator.private_key, coordinator.verify_key_for, 1 << 24)
         pool.append(opened.forwarded(coordinator.verify_key_for(site)).to_bytes())

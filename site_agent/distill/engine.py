@@ -16,12 +16,14 @@ from pathlib import Path
 import torch
 
 from shared.errors import DataError
-from shared.methods import DistillConfig
+from shared.methods import DistillConfig, SoftLabelSpec
 from shared.models import ConvNet
 from site_agent.distill.accounting import DPRelease
 from site_agent.distill.deadline import NO_LIMIT, Deadline
 from site_agent.distill.matching import Observer, deadline_after, past
 from site_agent.distill.registry import method_for
+from site_agent.distill.teacher import soft_labels as teacher_labels
+from site_agent.distill.teacher import train_teacher
 from site_agent.labelled import LabelledImages
 
 log = logging.getLogger(__name__)
@@ -29,7 +31,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SyntheticSet:
-    """A distilled set: images (N, C, H, W) float32 and labels (N,) int64, both on the CPU."""
+    """A distilled set: images (N, C, H, W) float32 and labels (N,) int64, both on the CPU, and, when the site
+    labels it with a teacher, soft labels (N, K) float32 and how they were made."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -39,6 +42,13 @@ class SyntheticSet:
     seconds: float
     stopped_early: bool = False  # the caller's soft ``max_seconds`` ended it before ``config.iterations``
     dp: DPRelease | None = None  # a differentially private method's guarantee and noisy class counts
+    soft_labels: torch.Tensor | None = None
+    label_spec: SoftLabelSpec | None = None
+
+    @property
+    def targets(self) -> torch.Tensor:
+        """What a model learns from this set: the soft labels where there are some, else the labels."""
+        return self.labels if self.soft_labels is None else self.soft_labels
 
 
 def distill(
@@ -55,6 +65,7 @@ def distill(
     guide: ConvNet | None = None,
     site_id: str | None = None,
     time_limit: Deadline = NO_LIMIT,
+    soft_labels: SoftLabelSpec | None = None,
 ) -> SyntheticSet:
     """Distill ``config.ipc`` synthetic images for every class the site holds enough images of.
 
@@ -75,6 +86,10 @@ def distill(
     A differentially private method (``dpdm``) gets every class of the task and picks the classes to
     distill from its own noisy counts, so that the choice is covered by its guarantee; its set carries
     the ``dp`` record.
+
+    ``soft_labels`` asks for a teacher trained on the distilled classes' images (``teacher``) to label the set;
+    a private method's set keeps its classes only (its guarantee does not cover a teacher). The teacher's
+    time counts in the set's ``seconds``.
 
     Raises:
         DataError: no class has ``min_real_per_class`` images (for a private method: by its noisy counts).
@@ -100,15 +115,22 @@ def distill(
     syn_images, history, *private = method.distill(real_by_class, streams, num_classes, device, progress,
                                                    deadline=deadline, observer=observer, start_from=start_from,
                                                    time_limit=time_limit, **options)
-    seconds = time.perf_counter() - started
     record: DPRelease | None = private[0] if private else None
     if record is not None:
         classes = record.classes
 
     labels = torch.tensor(classes, dtype=torch.int64).repeat_interleave(config.ipc)
     stopped_early = past(deadline) and len(history) < config.iterations
-    return SyntheticSet(syn_images.detach().cpu(), labels, classes, config, history, seconds, stopped_early,
-                        dp=record)
+    syn_images = syn_images.detach().cpu()
+    soft = None
+    if soft_labels is not None and not method.private:
+        teacher = train_teacher(real_by_class, num_classes, config.network, soft_labels, streams.seed, device, time_limit)
+        soft = teacher_labels(teacher, syn_images, classes, soft_labels.temperature, device)
+        log.info("labelled the set with a teacher of %d epochs: it agrees with %.0f %% of the images' classes",
+                 soft_labels.teacher_epochs, 100 * float((soft.argmax(1) == labels).float().mean()))
+    seconds = time.perf_counter() - started
+    return SyntheticSet(syn_images, labels, classes, config, history, seconds, stopped_early, dp=record,
+                        soft_labels=soft, label_spec=None if soft is None else soft_labels)
 
 
 def site_seed(seed: int, site_id: str) -> int:

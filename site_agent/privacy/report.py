@@ -4,7 +4,7 @@
    space, in the feature space of a network trained on the site's images, and by SSIM, ranked against
    real-to-real nearest distances.
 2. **Membership inference** (``membership``): a model is trained on the synthetic set the way the
-   coordinator trains the global model; attacks try to tell the site's training images (members)
+   coordinator trains the global model (on its soft labels, when the set carries them); attacks try to tell the site's training images (members)
    from its held-out images (non-members). The threshold attack always; LiRA with shadow models
    distilled from random halves of all the site's images, as many as the policy's count and time
    allow. The same attacks on a model trained on a random real subset of the same size (members:
@@ -106,7 +106,7 @@ def measure_privacy(
 
     check()
     trained_at = time.monotonic()
-    target = _trained(spec, synthetic.images, synthetic.labels, settings, device, check)
+    target = _trained(spec, synthetic.images, synthetic.targets, settings, device, check)  # soft labels, if released
     counts_per_class = np.bincount(synthetic.labels.numpy(), minlength=info.num_classes).tolist()
     subset = reference_subset(train.labels, counts_per_class, seed)
     reference = _trained(spec, real_x[subset], real_y[subset], settings, device, check)
@@ -197,8 +197,9 @@ def _shadow_models(
             # The release's settings with the report's seed: the request's seed plays no part in the report.
             config = synthetic.config.model_copy(update={"seed": (seed + 2 + k) % 2**31})
             shadow_set = distill(everything.subset(half), spec.num_classes, config, device, progress=False,
-                                 min_real_per_class=shadows.min_real_per_class, time_limit=stop)
-            model = _trained(spec, shadow_set.images, shadow_set.labels, settings, device, stop.check)
+                                 min_real_per_class=shadows.min_real_per_class, time_limit=stop,
+                                 soft_labels=synthetic.label_spec)  # a teacher of its own, on its half
+            model = _trained(spec, shadow_set.images, shadow_set.targets, settings, device, stop.check)
             picked = np.flatnonzero(half)[reference_subset(everything.labels[half], counts_per_class, seed + k)]
             real = everything.subset(picked)
             subset_model = _trained(spec, torch.from_numpy(real.images), torch.from_numpy(real.labels), settings,
@@ -233,6 +234,7 @@ def _shadow_deadline(report_began: float, limits: PrivacyLimits, time_limit: Dea
 
 def _trained(spec: ModelSpec, images: torch.Tensor, labels: torch.Tensor, settings: TrainSettings,
              device: torch.device, check: Callable[[], None] | None = None) -> ConvNet:
+    """A fresh model trained on ``images`` with ``labels`` (N,) or soft labels (N, K)."""
     model = build_model(spec)
     train_classifier(model, images.float(), labels, settings, device, check=check)
     return model.cpu().eval()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from coordinator.receive import Expectation, receive_bundle
 from shared.bundle import MAGIC
@@ -149,6 +150,32 @@ def test_other_dataset_or_settings_are_rejected(keys) -> None:
     same_shape = make_request(ipc=3).model_copy(update={"dataset": "pneumoniamnist"})  # also (1, 28, 28), 2 classes
     with pytest.raises(InvalidBundle, match="bundle dataset is 'breastmnist', 'pneumoniamnist' was requested"):
         receive_bundle(sealed, _expect(same_shape), coordinator, set())
+
+
+def test_soft_labels_must_be_the_ones_requested_but_a_site_may_decline_them(keys) -> None:
+    """A site's teacher settings are signed into its manifest: a set labelled otherwise than asked (or labelled when
+    nobody asked) is refused; a set with its classes only, as a site's policy may choose, is accepted."""
+    import dataclasses
+
+    from shared.methods import SoftLabelSpec
+
+    coordinator, sites = keys
+    asked = make_request().model_copy(update={"soft_labels": SoftLabelSpec(teacher_epochs=30)})
+    soft = torch.tensor([[0.8, 0.2], [0.6, 0.4], [0.3, 0.7], [0.1, 0.9]])
+
+    def sealed(spec: SoftLabelSpec | None) -> bytes:
+        synthetic = make_synthetic(asked)
+        if spec is not None:
+            synthetic = dataclasses.replace(synthetic, soft_labels=soft, label_spec=spec)
+        return seal_release(synthetic, asked, sites["site-0"], INFO, num_real_examples=100)
+
+    opened = receive_bundle(sealed(SoftLabelSpec(teacher_epochs=30)), _expect(asked), coordinator, set())
+    assert opened.soft_labels is not None and opened.soft_labels.shape == (4, 2)
+    assert receive_bundle(sealed(None), _expect(asked), coordinator, set()).soft_labels is None
+    with pytest.raises(InvalidBundle, match="soft labels were made otherwise"):
+        receive_bundle(sealed(SoftLabelSpec(teacher_epochs=31)), _expect(asked), coordinator, set())
+    with pytest.raises(InvalidBundle, match="soft labels were made otherwise"):
+        receive_bundle(sealed(SoftLabelSpec()), _expect(make_request()), coordinator, set())
 
 
 def test_dpdm_bundle_without_its_guarantee_is_rejected(keys) -> None:

@@ -86,3 +86,20 @@ def test_an_accepted_bundles_preprocessing_reaches_the_summary() -> None:
     entry = SiteEntry.of(SiteOutcome(1, "site-a", OutcomeStatus.ACCEPTED, preprocessing=resized))
     summary = _summary([entry], "idm")
     assert RunSummary.model_validate_json(summary.to_json()).sites[0].preprocessing == resized
+
+
+def test_the_report_says_which_sets_carry_soft_labels_and_how_they_were_made() -> None:
+    """One line, from the signed manifests: the accepted sets grouped by how their labels were made; the
+    manifest's teacher settings travel through summary.json."""
+    from shared.methods import SoftLabelSpec
+
+    spec = SoftLabelSpec(teacher_epochs=30, temperature=2.0)
+    sites = [SiteEntry.of(SiteOutcome(1, "site-a", OutcomeStatus.ACCEPTED, soft_labels=spec)),
+             SiteEntry(site_id="site-b", node_id=2, status=OutcomeStatus.ACCEPTED),
+             SiteEntry(site_id="site-c", node_id=3, status=OutcomeStatus.ACCEPTED, soft_labels=spec),
+             SiteEntry(site_id="site-d", node_id=4, status=OutcomeStatus.REJECTED, reason="bad bundle")]
+    [line] = [line for line in render_report(_summary(sites, "idm")).splitlines() if line.startswith("Labels")]
+    assert line == ("Labels, as each manifest records them: site-a, site-c: soft labels from a teacher the site "
+                    "trained for 30 epochs, temperature 2; site-b: classes only.")
+    assert RunSummary.model_validate_json(_summary(sites, "idm").to_json()).sites[0].soft_labels == spec
+

@@ -19,7 +19,7 @@ from shared.bundle import (
 )
 from shared.errors import DecryptionError, InvalidBundle, VerificationError
 from shared.manifest import BundleManifest
-from shared.methods import DCConfig
+from shared.methods import DCConfig, SoftLabelSpec
 from tests.conftest import edit_header
 
 SITE = crypto.generate_signing_key()
@@ -70,13 +70,55 @@ def _with_signature(signed_part: bytes) -> bytes:
 def test_payload_round_trips_and_refuses_other_shapes() -> None:
     """float16-exact images and labels come back bit for bit; a wrong shape or length is refused."""
     payload = encode_payload(IMAGES, LABELS)
-    images, labels = decode_payload(payload, (1, 28, 28), 4)
-    assert images.dtype == np.float32 and labels.dtype == np.int64
+    images, labels, soft = decode_payload(payload, (1, 28, 28), 4)
+    assert images.dtype == np.float32 and labels.dtype == np.int64 and soft is None
     assert np.array_equal(images, IMAGES) and np.array_equal(labels, LABELS)
     with pytest.raises(ValueError, match="must be"):
         encode_payload(IMAGES[0], LABELS)
     with pytest.raises(InvalidBundle, match="expected"):
         decode_payload(payload[:-1], (1, 28, 28), 4)
+
+
+SOFT = np.array([[0.9, 0.1], [0.6, 0.4], [0.25, 0.75], [0.0, 1.0]], np.float32)
+
+
+def _sealed_soft(soft: np.ndarray, **changes) -> bytes:
+    """A bundle whose manifest names soft labels and whose payload carries ``soft``, signed by SITE."""
+    payload = encode_payload(IMAGES, LABELS, soft)
+    manifest = _manifest(payload, soft_labels=SoftLabelSpec(), **changes)
+    return seal_bundle(manifest, payload, SITE, COORDINATOR.public_key())
+
+
+def test_soft_labels_round_trip_inside_the_signature() -> None:
+    """A set with soft labels opens with them, each row a probability vector; a payload the manifest says has
+    none, or the other way round, is refused as the wrong size."""
+    opened = _open(_sealed_soft(SOFT))
+    assert opened.soft_labels is not None and opened.soft_labels.dtype == np.float32
+    np.testing.assert_allclose(opened.soft_labels, SOFT, atol=1e-3)
+    np.testing.assert_allclose(opened.soft_labels.sum(1), 1, atol=1e-6)
+    assert _open(_sealed()).soft_labels is None
+    without = encode_payload(IMAGES, LABELS)
+    with pytest.raises(InvalidBundle, match="does not hold"):  # soft labels named, none sent
+        _open(seal_bundle(_manifest(without, soft_labels=SoftLabelSpec()), without, SITE, COORDINATOR.public_key()))
+    with pytest.raises(ValueError, match="soft labels must be"):
+        encode_payload(IMAGES, LABELS, SOFT[:3])
+
+
+@pytest.mark.parametrize(
+    ("soft", "match"),
+    [
+        (SOFT * 50, "must sum to 1"),  # a label that weighs 50 images: one site swamping the pool
+        (np.array([[1.5, -0.5]] * 4, np.float32), "negative or non-finite"),
+        (np.array([[np.nan, 1.0]] * 4, np.float32), "negative or non-finite"),
+        (np.array([[np.inf, 0.0]] * 4, np.float32), "negative or non-finite"),
+        (np.zeros((4, 2), np.float32), "must sum to 1"),
+    ],
+    ids=["scaled-up", "negative", "nan", "inf", "all-zero"],
+)
+def test_a_signed_soft_label_that_is_not_a_probability_is_refused(soft: np.ndarray, match: str) -> None:
+    """A site's signature does not make its labels sane: a hostile site cannot weigh its images above the others'."""
+    with pytest.raises(InvalidBundle, match=match):
+        _open(_sealed_soft(soft))
 
 
 def test_bundle_round_trips() -> None:

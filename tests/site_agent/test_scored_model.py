@@ -18,7 +18,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from typer.testing import CliRunner
 
 from shared import crypto
-from shared.bundle import ForwardedSet
+from shared.bundle import ForwardedSet, encode_payload, payload_info
 from shared.errors import ConfigError, InvalidBundle, PolicyError
 from shared.methods import NetworkSpec
 from shared.models import build_model
@@ -52,14 +52,18 @@ def _resigned(data: bytes, key: crypto.SigningKey, signed: bytes | None = None) 
     return ForwardedSet(public, crypto.sign(key, body), body).to_bytes()
 
 
-def test_the_site_scores_the_model_the_coordinator_trains_on_the_same_sets(keys, tmp_path: Path) -> None:
+@pytest.mark.parametrize("soft", [(), ("site-1",)], ids=["classes", "one-site-soft-labelled"])
+def test_the_site_scores_the_model_the_coordinator_trains_on_the_same_sets(keys, tmp_path: Path, soft) -> None:
     """The honest path: the site's counts are those of the coordinator's global model, trained here from the
-    signed sets, bit for bit on the same machine."""
+    signed sets, bit for bit on the same machine, soft labels and all."""
     settings = deployed_site(tmp_path, EXACT)
-    pool = signed_pool(keys, tmp_path)
+    pool = signed_pool(keys, tmp_path, soft=soft)
     answer = EvaluateReply.model_validate(answer_evaluate(_request(), pool, settings))
-    sets = [(m.site_id, images, labels) for m, images, labels in (ForwardedSet.from_bytes(d).open() for d in pool)]
-    coordinator_model = train_on_pool(*pooled_arrays(sets), SPEC, QUICK_TRAINING.settings(), torch.device("cpu"))
+    sets = [(m.site_id, *arrays) for m, *arrays in (ForwardedSet.from_bytes(d).open() for d in pool)]
+    images, labels, targets = pooled_arrays(sets, SPEC.num_classes)
+    assert (targets is None) == (not soft)
+    coordinator_model = train_on_pool(images, labels, SPEC, QUICK_TRAINING.settings(), torch.device("cpu"),
+                                      targets=targets)
     cached = list((settings.cache_dir / "scored-models").glob("*.pt"))
     site_model = build_model(SPEC)
     site_model.load_state_dict(torch.load(cached[0], weights_only=True))
@@ -122,6 +126,24 @@ def test_a_pool_over_the_policys_size_or_of_other_images_is_refused(keys, tmp_pa
         answer_evaluate(_request(training=long), signed_pool(keys, tmp_path), settings)
     with pytest.raises(InvalidBundle, match="carries no pooled sets"):
         answer_evaluate(_request(), [], deployed_site(tmp_path, EXACT))
+
+
+def test_a_pinned_peers_soft_labels_cannot_outweigh_the_other_sites(keys, tmp_path: Path) -> None:
+    """A pinned peer (compromised, or colluding with the coordinator) signs a set whose soft labels weigh each of its
+    images 50 times: its signature is genuine, its labels are not probabilities, and the site trains nothing."""
+    settings = deployed_site(tmp_path, EXACT)
+    _, identities = keys
+    pool = signed_pool(keys, tmp_path, soft=("site-1",))
+    manifest, images, labels, soft = ForwardedSet.from_bytes(pool[1]).open()
+    payload = encode_payload(images, labels, soft * 50)
+    manifest = manifest.model_copy(update={"payload": payload_info(payload, count=len(labels))})
+    body = manifest.model_dump_json().encode()
+    signed = len(body).to_bytes(4, "big") + body + payload
+    peer = identities["site-1"].signing_key
+    pool[1] = ForwardedSet(crypto.verify_key_bytes(peer.public_key()), crypto.sign(peer, signed), signed).to_bytes()
+    with pytest.raises(InvalidBundle, match="soft labels must sum to 1"):
+        answer_evaluate(_request(), pool, settings)
+    assert not (settings.cache_dir / "scored-models").exists()
 
 
 def test_a_crafted_set_of_a_target_image_buys_no_answer_with_the_whole_lifetime_budget(keys, tmp_path: Path) -> None:
