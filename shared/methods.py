@@ -186,8 +186,6 @@ class DPDMConfig(StrictModel):
 DistillConfig = Annotated[DCConfig | DMConfig | MTTConfig | IDMConfig | DPDMConfig, Field(discriminator="method")]
 
 
-
-
 class SoftLabelSpec(StrictModel):
     """Soft labels: the site trains a network (the teacher) on its own training images, and releases with each
     synthetic image the teacher's class probabilities instead of its class alone (``site_agent/distill/teacher.py``).

@@ -11,7 +11,6 @@ these labels, and its shadow models get teachers of their own (``site_agent.priv
 
 from __future__ import annotations
 
-import logging
 from dataclasses import replace
 
 import torch
@@ -21,8 +20,6 @@ from shared.models import ConvNet, build_model
 from shared.schemas import ModelSpec
 from shared.training import TrainSettings, predict_logits, train_classifier
 from site_agent.distill.deadline import NO_LIMIT, Deadline
-
-log = logging.getLogger(__name__)
 
 
 def train_teacher(

@@ -4,11 +4,11 @@
    space, in the feature space of a network trained on the site's images, and by SSIM, ranked against
    real-to-real nearest distances.
 2. **Membership inference** (``membership``): a model is trained on the synthetic set the way the
-   coordinator trains the global model (on its soft labels, when the set carries them); attacks try to tell the site's training images (members)
-   from its held-out images (non-members). The threshold attack always; LiRA with shadow models
-   distilled from random halves of all the site's images, as many as the policy's count and time
-   allow. The same attacks on a model trained on a random real subset of the same size (members:
-   that subset) are the reference point.
+   coordinator trains the global model (on its soft labels, when the set carries them); attacks try to
+   tell the site's training images (members) from its held-out images (non-members). The threshold
+   attack always; LiRA with shadow models distilled (and labelled) from random halves of all the site's
+   images, as many as the policy's count and time allow. The same attacks on a model trained on a random
+   real subset of the same size (members: that subset) are the reference point.
 3. **Utility at the site**: that model's accuracy, balanced accuracy and AUC on the held-out images.
 
 The numbers (:class:`PrivacySummary`) are signed into the manifest; the per-image findings stay here.
