@@ -21,12 +21,18 @@ pooled metrics on the same (whole) test split:
     python scripts/benchmark_federation.py --summarize b.json r.json p.json    # merged table of earlier pieces
     python scripts/benchmark_federation.py --summarize b.json r.json p.json --one-table    # a line per method
     python scripts/benchmark_federation.py --rescore b.json --json b2.json    # same pools, today's global training
+    python scripts/benchmark_federation.py --standard-eval b.json --json b3.json    # same pools, the papers' ConvNet-3
 
 ``--rescore`` reopens the pools that earlier rows' runs stored (their results folders must still be
 there) and trains and corrects the global model and the subset again with the current defaults (and
 ``--set``); the tuning counts are computed on the whole training split, which is what the sites' summed
 counts are. For a run of several rounds the last round's pool is retrained; the sets of its later
 rounds were refined against the global models of that run.
+
+``--standard-eval`` scores earlier rows' stored pools the way the dataset-distillation papers do, so that a lead
+cannot belong to our global-training recipe alone: a fresh ConvNet-3 (width 128, instance norm), SGD lr 0.01
+momentum 0.9 weight decay 5e-4, 300 epochs, no augmentation, seeds 0-2, on the pool (with its soft labels, as the
+sets carry them) and on the run's same-size random real subset (classes), uncorrected.
 """
 
 from __future__ import annotations
@@ -49,14 +55,15 @@ from coordinator.pool import pool
 from coordinator.run_options import parse_settings
 from coordinator.train import train_corrected
 from harness.simulate import reopened_bundles, simulate
+from harness.source import read_source
 from harness.study.report import mean_spread
 from harness.yardstick import random_subset_yardstick, score
 from shared.config import RunConfig
-from shared.datasets import dataset_info
-from shared.methods import DistillMethod
+from shared.datasets import dataset_info, reference_subset
+from shared.methods import DistillMethod, NetworkSpec
 from shared.models import build_model
 from shared.schemas import ModelSpec
-from shared.training import train_classifier
+from shared.training import TrainSettings, train_classifier
 from site_agent.data import read_local_data
 
 CPU = torch.device("cpu")
@@ -142,6 +149,45 @@ def rescore_one(row: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]
     print(f"  {row['dataset']} {row['method']} seed {row['seed']}: scale {models.scale:g}, global {rescored['global']}; "
           f"subset {rescored['subset']} (scale {yardstick.scale:g})", flush=True)
     return rescored
+
+
+STANDARD_NETWORK = NetworkSpec(depth=3, width=128)
+STANDARD_TRAINING = TrainSettings(epochs=300, lr=0.01, batch_size=256, momentum=0.9, weight_decay=5e-4, augment=False)
+
+
+def standard_one(row: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """An earlier row with its stored pool and its same-size random real subset scored by the papers' evaluation."""
+    run_dir = Path(row["run_dir"])
+    config = RunConfig.from_flower(json.loads((run_dir / "run_config.json").read_text()))
+    pooled = pool(reopened_bundles(run_dir))
+    local = read_source(config.dataset, config.data_root)
+    train, test, info = local.splits["train"], local.splits["test"], local.info
+    subset = train.subset(reference_subset(train.labels, pooled.class_counts(info.num_classes), config.seed))
+    spec = ModelSpec(in_channels=info.in_channels, num_classes=info.num_classes, image_size=28,
+                     network=STANDARD_NETWORK)
+    figures: dict[str, list[dict[str, float]]] = {"pooled": [], "subset": []}
+    for seed in args.standard_seeds:
+        settings = replace(STANDARD_TRAINING, seed=seed)
+        for key, images, targets in (("pooled", pooled.images, pooled.labels if pooled.targets is None else pooled.targets),
+                                     ("subset", torch.from_numpy(subset.images), torch.from_numpy(subset.labels))):
+            torch.manual_seed(seed)
+            model = train_classifier(build_model(spec), images, targets, settings, CPU).cpu()
+            figures[key].append(_figures(score(model, test.images, test.labels)))
+        print(f"  {row['dataset']} {row['method']} seed {row['seed']}, evaluation seed {seed}: "
+              f"pooled {figures['pooled'][-1]}; subset {figures['subset'][-1]}", flush=True)
+    return {**row, "standard": figures, "soft_labels": pooled.targets is not None}
+
+
+def standard_table(rows: list[dict[str, Any]]) -> None:
+    """Markdown, one line per dataset and method: the papers' ConvNet-3 on the pools and on the subsets, mean ± std
+    over every run's seed and evaluation seed."""
+    print("| dataset | method | runs | soft labels | balanced accuracy: pooled | subset | AUC: pooled | subset |")
+    print("|---|---|---|---|---|---|---|---|")
+    for dataset, method, group in _groups([r for r in rows if "standard" in r]):
+        cells = [mean_spread([f[metric] for r in group for f in r["standard"][key]])
+                 for metric in ("balanced_accuracy", "auc") for key in ("pooled", "subset")]
+        soft = ",".join(sorted({"yes" if r.get("soft_labels") else "no" for r in group}))
+        print(f"| {dataset} | {method} | {','.join(str(r['seed']) for r in group)} | {soft} | {' | '.join(cells)} |")
 
 
 def report(rows: list[dict[str, Any]]) -> None:
@@ -253,6 +299,9 @@ def main() -> None:
     parser.add_argument("--summarize", nargs="+", metavar="JSON", help="only merge earlier --json files and print")
     parser.add_argument("--rescore", nargs="+", metavar="JSON",
                         help="train the global model and subset of earlier rows again on their stored pools")
+    parser.add_argument("--standard-eval", nargs="+", metavar="JSON",
+                        help="score earlier rows' stored pools with the papers' ConvNet-3 evaluation")
+    parser.add_argument("--standard-seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--one-table", action="store_true",
                         help="with --summarize: one line per dataset and method instead of one per set")
     args = parser.parse_args()
@@ -260,9 +309,19 @@ def main() -> None:
     if args.summarize:
         rows = _read_rows(args.summarize)
         (one_table if args.one_table else report)(rows)
+        if any("standard" in r for r in rows):
+            print()
+            standard_table(rows)
         if any("rounds" in r for r in rows):
             print()
             rounds_table(rows)
+        return
+    if args.standard_eval:
+        rows = []
+        for row in _read_rows(args.standard_eval):
+            rows.append(standard_one(row, args))
+            _append_row(args.json, rows[-1])
+        standard_table(rows)
         return
     if args.rescore:
         rows = _read_rows(args.rescore)
