@@ -83,7 +83,9 @@ class SiteRunConfig(BaseModel):
     net_width: int = _setting(64, _SITE, "ConvNet width (the paper uses 128).", ge=8, le=1024)
     net_depth: int = _setting(3, _SITE, "ConvNet depth: convolution blocks.", ge=1, le=6)
     # soft labels: each site's teacher labels its set (shared.methods.SoftLabelSpec)
-    soft_labels: bool = _setting(True, _SITE, "Sites label their synthetic images with the class probabilities of a "
+    # Off by default: measured, they lift a federation of large sites (blood cells: +0.075 balanced accuracy) and
+    # lower small ones (BreastMNIST, long-tailed RetinaMNIST; docs/benchmarks.md, "Soft labels").
+    soft_labels: bool = _setting(False, _SITE, "Sites label their synthetic images with the class probabilities of a "
                                  "network they train on their own images (not dpdm, whose guarantee does not cover it).")
     teacher_epochs: int = _setting(30, _SITE, "Epochs of each site's soft-label teacher.", ge=1, le=1000)
     label_temperature: float = _setting(1.0, _SITE, "Softmax temperature of the soft labels (above 1: softer).", gt=0,

@@ -190,10 +190,12 @@ class SoftLabelSpec(StrictModel):
     """Soft labels: the site trains a network (the teacher) on its own training images, and releases with each
     synthetic image the teacher's class probabilities instead of its class alone (``site_agent/distill/teacher.py``).
 
-    A fixed synthetic set trained on such labels carries much more of what the site's images teach: "a label is
-    worth a thousand images" (Qin et al., 2024), and SRe2L/RDED rely on it. On the blood-cell federation they took
-    the pool from 0.689 to 0.764 balanced accuracy (docs/benchmarks.md). A differentially private method never
-    gets them: the teacher is not private.
+    A fixed synthetic set trained on such labels can carry more of what the site's images teach: "a label is worth
+    a thousand images" (Qin et al., 2024), and SRe2L/RDED rely on it. They help only where the teacher is good: on
+    the blood-cell federation (sites of 1,900-4,800 images) they took the pool from 0.689 to 0.764 balanced
+    accuracy, on BreastMNIST and the long-tailed RetinaMNIST (sites of about 200 images) they cost 0.02-0.07
+    (docs/benchmarks.md, "Soft labels"), so a run asks for them only when told to. A differentially private method
+    never gets them: the teacher is not private.
     """
 
     teacher_epochs: int = Field(30, ge=1, le=1000)  # on a site's few thousand images, 30 epochs is about a minute

@@ -181,9 +181,10 @@ class SitePolicy(BaseModel):
         False, description="allow init 'real', which puts patient images into the release"
     )
     release_soft_labels: bool = Field(
-        True, description="label released images with the class probabilities of a network (the teacher) the site "
-        "trains on its own training images and keeps: K numbers per image, which carry what that network learned "
-        "and which the privacy report measures with the images (false: each image's class only)"
+        True, description="when a run asks for soft labels, label released images with the class probabilities of a "
+        "network (the teacher) the site trains on its own training images and keeps: K numbers per image, which carry "
+        "what that network learned and which the privacy report measures with the images (false: each image's class "
+        "only, whatever the run asks)"
     )
     require_dp: bool = Field(
         False, description="run only differentially private methods (dpdm), whose release has a formal guarantee"

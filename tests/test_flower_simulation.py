@@ -68,10 +68,12 @@ def _mods(record_dir: Path, tamper_partition: int):
 
 
 def test_simulation_releases_only_sealed_sets_and_survives_a_tampered_site(data_root: Path, tmp_path: Path) -> None:
-    """3 sites, one bundle tampered in transit: it is rejected, the run completes, and nothing raw leaves a site."""
+    """3 sites, one bundle tampered in transit: it is rejected, the run completes, and nothing raw leaves a site.
+    The run asks for soft labels, so their whole path (teacher, payload, pool, the sites' own training) is in it."""
     record_dir = tmp_path / "replies"
     record_dir.mkdir()
-    config = RunConfig(data_root=str(data_root), sites=3, min_sites=2, out_dir=str(tmp_path / "out"), **TINY)
+    config = RunConfig(data_root=str(data_root), sites=3, min_sites=2, out_dir=str(tmp_path / "out"),
+                       soft_labels=True, teacher_epochs=3, **TINY)
     run_dir, summary = simulate(config, client_mods=_mods(record_dir, tamper_partition=0))
     shares = run_shares(config)  # what each simulated site held: split as the run split it
 
@@ -99,6 +101,7 @@ def test_simulation_releases_only_sealed_sets_and_survives_a_tampered_site(data_
         assert privacy.threshold_attack.auc.low <= privacy.threshold_attack.auc.value
         assert privacy.members == site.real_train_images
     assert "Privacy reports" in (run_dir / "report.md").read_text()
+    assert "site-1, site-2: soft labels from a teacher the site trained for 3 epochs" in (run_dir / "report.md").read_text()
 
     # The correction was tuned on the committed sites' training shares, not on test images.
     assert pooled.tuning.sites == 2 and pooled.tuning.training_images == sum(len(s.train) for s in committed)
@@ -142,6 +145,8 @@ def test_simulation_releases_only_sealed_sets_and_survives_a_tampered_site(data_
         sealed = reply["config"][RecordKey.BUNDLE][FieldKey.SEALED]
         opened = open_bundle(sealed, keys.private_key, keys.verify_key_for, 1 << 26)
         released.append(torch.from_numpy(opened.images))
+        assert opened.manifest.soft_labels == config.soft_label_spec() and opened.soft_labels is not None
+        assert opened.soft_labels.shape == (len(opened.labels), 2)
         site = shares[reply["partition"]].images
         assert opened.manifest.site_id == f"site-{reply['partition']}"
         for split in (site.train, site.test):
