@@ -144,6 +144,8 @@ def test_a_pinned_peers_soft_labels_cannot_outweigh_the_other_sites(keys, tmp_pa
     with pytest.raises(InvalidBundle, match="soft labels must sum to 1"):
         answer_evaluate(_request(), pool, settings)
     assert not (settings.cache_dir / "scored-models").exists()
+    refused = [e for e in audit.verify(settings.cache_dir) if e.event == "pool_refused"]
+    assert len(refused) == 1 and "soft labels must sum to 1" in refused[0].details["why"]
 
 
 def test_a_crafted_set_of_a_target_image_buys_no_answer_with_the_whole_lifetime_budget(keys, tmp_path: Path) -> None:
