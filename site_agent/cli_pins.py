@@ -7,13 +7,17 @@ Thin, like ``site_agent.cli``: each command calls ``site_agent.app_pins`` or ``s
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 
 from site_agent.app_pins import APP_NAME, installed_version, load_pins, pin, unpin
 from site_agent.peers import load_peers, pin_peer, unpin_peer
+from site_agent.pin_files import Pin
+
+P = TypeVar("P", bound=Pin)
 
 apps_app = typer.Typer(
     help="The app packages (FABs) this site serves runs of. The site always runs its own installed code; a pin is "
@@ -39,21 +43,14 @@ def pin_app(
 @apps_app.command("list")
 def list_apps(key_dir: KeyDirOption) -> None:
     """The pinned app packages, newest last."""
-    pins = load_pins(key_dir)
-    if not pins.apps:
-        typer.echo("no app package is pinned: every run is refused")
-    for app in pins.apps:
-        typer.echo(f"{app.fab_hash}  pinned {app.pinned_at}" + (f"  {app.note}" if app.note else ""))
+    _echo_pins(load_pins(key_dir).apps, "no app package is pinned: every run is refused", lambda app: app.fab_hash)
 
 
 @apps_app.command("unpin")
 def unpin_app(key_dir: KeyDirOption, fab_hash: HashOption) -> None:
     """Stop serving runs of this app package (runs already answered are not affected)."""
-    if unpin(key_dir, fab_hash):
-        typer.echo("unpinned; new messages of its runs are refused")
-    else:
-        typer.echo("that app package was not pinned")
-        raise typer.Exit(1)
+    _echo_unpinned(unpin(key_dir, fab_hash), "unpinned; new messages of its runs are refused",
+                   "that app package was not pinned")
 
 
 peers_app = typer.Typer(
@@ -80,18 +77,28 @@ def pin_a_peer(
 @peers_app.command("list")
 def list_peers(key_dir: KeyDirOption) -> None:
     """The pinned peers, newest last."""
-    peers = load_peers(key_dir)
-    if not peers.peers:
-        typer.echo("no peer is pinned: only a pool of this site's own set can be scored")
-    for peer in peers.peers:
-        typer.echo(f"{peer.site_id}  {peer.fingerprint}  pinned {peer.pinned_at}" + (f"  {peer.note}" if peer.note else ""))
+    _echo_pins(load_peers(key_dir).peers, "no peer is pinned: only a pool of this site's own set can be scored",
+               lambda peer: f"{peer.site_id}  {peer.fingerprint}")
 
 
 @peers_app.command("unpin")
 def unpin_a_peer(key_dir: KeyDirOption, site_id: SiteOption) -> None:
     """Stop trusting this peer's sets (answers already given are not affected)."""
-    if unpin_peer(key_dir, site_id):
-        typer.echo(f"unpinned {site_id}; a pool holding its sets is refused from now on")
-    else:
-        typer.echo(f"{site_id} was not pinned")
+    _echo_unpinned(unpin_peer(key_dir, site_id), f"unpinned {site_id}; a pool holding its sets is refused from now on",
+                   f"{site_id} was not pinned")
+
+
+def _echo_pins(pins: Sequence[P], none: str, what: Callable[[P], str]) -> None:
+    """One line per pin, newest last: what it pins, when, and the operator's note; ``none`` when there is none."""
+    if not pins:
+        typer.echo(none)
+    for entry in pins:
+        typer.echo(f"{what(entry)}  pinned {entry.pinned_at}" + (f"  {entry.note}" if entry.note else ""))
+
+
+def _echo_unpinned(removed: bool, done: str, not_pinned: str) -> None:
+    """Say what an unpin did; exit 1 when there was nothing to unpin."""
+    if not removed:
+        typer.echo(not_pinned)
         raise typer.Exit(1)
+    typer.echo(done)
