@@ -103,8 +103,13 @@ def start(run_dir: Path, config: RunConfig) -> tuple[RunState, RunConfig]:
     if not path.exists():
         raise ConfigError(f"run folder {run_dir.name!r} holds no stopped run to resume (no {STATE})")
     state = RunState.model_validate_json(path.read_text())
-    stored = RunConfig.from_flower(json.loads((run_dir / "run_config.json").read_text()))
+    stored = stored_config(run_dir)
     return state, stored.model_copy(update={key: getattr(config, key) for key in OPERATIONAL})
+
+
+def stored_config(run_dir: Path) -> RunConfig:
+    """The settings a run recorded in its results folder (``run_config.json``, written as the run starts)."""
+    return RunConfig.from_flower(json.loads((run_dir / "run_config.json").read_text()))
 
 
 def save(run_dir: Path, state: RunState) -> None:

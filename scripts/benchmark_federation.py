@@ -53,6 +53,7 @@ from coordinator.evaluate import Metrics
 from coordinator.imbalance import real_class_prior
 from coordinator.pool import pool
 from coordinator.run_options import parse_settings
+from coordinator.run_state import stored_config
 from coordinator.train import train_corrected
 from harness.simulate import reopened_bundles, simulate
 from harness.source import read_source
@@ -129,7 +130,7 @@ def run_one(name: str, path: str, method: DistillMethod, seed: int, args: argpar
 def rescore_one(row: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """An earlier row with its global model and subset trained and corrected again on the run's stored pool."""
     run_dir = Path(row["run_dir"])
-    stored = RunConfig.from_flower(json.loads((run_dir / "run_config.json").read_text())).to_flower()
+    stored = stored_config(run_dir).to_flower()
     config = RunConfig.from_flower({**stored, "imbalance": RunConfig().imbalance.value, **parse_settings(args.set)})
     bundles = reopened_bundles(run_dir)
     pooled = pool(bundles)
@@ -158,7 +159,7 @@ STANDARD_TRAINING = TrainSettings(epochs=300, lr=0.01, batch_size=256, momentum=
 def standard_one(row: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """An earlier row with its stored pool and its same-size random real subset scored by the papers' evaluation."""
     run_dir = Path(row["run_dir"])
-    config = RunConfig.from_flower(json.loads((run_dir / "run_config.json").read_text()))
+    config = stored_config(run_dir)
     pooled = pool(reopened_bundles(run_dir))
     local = read_source(config.dataset, config.data_root)
     train, test, info = local.splits["train"], local.splits["test"], local.info

@@ -22,11 +22,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from coordinator.pool import pool
+from coordinator.run_state import stored_config
 from harness.simulate import reopened_bundles
 from harness.sites import run_shares
 from harness.source import read_source
 from harness.yardstick import figures, score
-from shared.config import RunConfig
 from shared.methods import SoftLabelSpec
 from shared.models import build_model
 from shared.pooled_training import balancing_weights
@@ -40,15 +41,15 @@ CPU = torch.device("cpu")
 
 def compare(run_dir: Path, spec: SoftLabelSpec, mixes: list[float]) -> dict[str, Any]:
     """One run's pool trained on its classes, its soft labels and each mix; figures and recall of each."""
-    config = RunConfig.from_flower(json.loads((run_dir / "run_config.json").read_text()))
-    bundles = sorted(reopened_bundles(run_dir), key=lambda b: b.manifest.site_id)
+    config = stored_config(run_dir)
+    bundles = sorted(reopened_bundles(run_dir), key=lambda b: b.manifest.site_id)  # the pool's order
+    pooled = pool(bundles)
     shares = {share.site_id: share.images.train for share in run_shares(config)}
     local = read_source(config.dataset, config.data_root)
     test, info = local.splits["test"], local.info
     k = info.num_classes
     model_spec = ModelSpec(in_channels=info.in_channels, num_classes=k, image_size=28, network=config.network())
-    images = torch.cat([torch.from_numpy(b.images) for b in bundles])
-    labels = torch.cat([torch.from_numpy(b.labels) for b in bundles])
+    images, labels = pooled.images, pooled.labels
     soft = []
     for bundle in bundles:  # each site's teacher, on its own training images of the classes it distilled
         train = shares[bundle.manifest.site_id]

@@ -15,7 +15,6 @@ training seeds given.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -27,8 +26,8 @@ from benchmark_federation import METRICS, mean_spread
 from coordinator.evaluate import Metrics
 from coordinator.imbalance import logit_shift, pooled_prior, real_class_prior
 from coordinator.pool import pool
+from coordinator.run_state import stored_config
 from harness.simulate import reopened_bundles
-from shared.config import RunConfig
 from shared.datasets import reference_subset
 from shared.methods import NetworkSpec
 from shared.metrics import EvalCounts, log_odds
@@ -69,7 +68,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     results: dict[tuple[str, str, str], list[dict[str, float]]] = {}
     for run_dir in map(Path, args.run_dirs):
-        config = RunConfig.from_flower(json.loads((run_dir / "run_config.json").read_text()))
+        config = stored_config(run_dir)
         bundles = reopened_bundles(run_dir)
         pooled = pool(bundles)
         local = read_local_data(config.data_root or args.data_root, config.dataset)

@@ -11,8 +11,6 @@ these labels, and its shadow models get teachers of their own (``site_agent.priv
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import torch
 
 from shared.methods import NetworkSpec, SoftLabelSpec
@@ -44,7 +42,7 @@ def train_teacher(
                            network=network)
     torch.manual_seed(seed)
     teacher = build_model(model_spec)
-    settings = replace(TrainSettings(), epochs=spec.teacher_epochs, seed=seed)
+    settings = TrainSettings(epochs=spec.teacher_epochs, seed=seed)
     train_classifier(teacher, images, labels.to(images.device), settings, device, check=time_limit.check)
     return teacher.cpu().eval()
 
