@@ -76,8 +76,9 @@ class SiteRunConfig(BaseModel):
     outer_loop: int = _setting(0, _SITE, "DC outer loop (0: the paper's value for the ipc).", ge=0)
     inner_loop: int = _setting(10, _SITE, "DC inner loop (0: the paper's value for the ipc).", ge=0)
     dsa: bool = _setting(True, _SITE, "Differentiable Siamese augmentation while distilling.")
-    init: InitMode = _setting(InitMode.NOISE, _SITE, "Synthetic init. 'real' copies patient images into the release: "
-                              "demos only.")
+    init: InitMode = _setting(InitMode.NOISE, _SITE, "Synthetic init: 'noise'; 'means', averages of k-means clusters "
+                              "of at least 10 of a class's images (dm, idm, dc, mtt); 'real' copies patient images "
+                              "into the release: demos only.")
     match: EmbeddingMatch = _setting(EmbeddingMatch.MEAN, _SITE, "dm and idm: match each class's mean embedding, or "
                                      "its whole distribution (mmd, M3D-style).")
     net_width: int = _setting(64, _SITE, "ConvNet width (the paper uses 128).", ge=8, le=1024)

@@ -180,6 +180,11 @@ class SitePolicy(BaseModel):
     allow_real_init: bool = Field(
         False, description="allow init 'real', which puts patient images into the release"
     )
+    allow_mean_init: bool = Field(
+        True, description="allow init 'means': each synthetic image starts as the average of a cluster of at least "
+        "10 of the class's local images (k-means), which the distillation then moves; the near-copy check and the "
+        "privacy report judge the result as they judge any release (false: noise or nothing)"
+    )
     release_soft_labels: bool = Field(
         True, description="when a run asks for soft labels, label released images with the class probabilities of a "
         "network (the teacher) the site trains on its own training images and keeps: K numbers per image, which carry "
@@ -342,6 +347,9 @@ class SitePolicy(BaseModel):
                 _cap(f"mtt {field}", getattr(config, field), getattr(self.mtt, f"max_{field}"), f"mtt.max_{field}")
         if request.soft_labels is not None:
             _cap("teacher epochs", request.soft_labels.teacher_epochs, self.max_train_epochs, "max_train_epochs")
+        if config.init == InitMode.MEANS and not self.allow_mean_init:
+            raise PolicyError("init 'means' starts the release from averages of local images and is not allowed by "
+                              "this site's policy (allow_mean_init)")
         if config.init == InitMode.REAL and not self.allow_real_init:
             raise PolicyError("init 'real' would release patient images and is not allowed by this site's policy")
         if config.init == InitMode.REAL:

@@ -8,9 +8,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import numpy as np
 import torch
+from sklearn.cluster import KMeans
 
-from shared.methods import InitMode
+from shared.methods import MEAN_INIT_GROUP, InitMode
 
 # Called after each iteration with (iterations done, current synthetic images in pixel space);
 # benchmarks use it to score the set as it improves.
@@ -30,8 +32,10 @@ def initial_images(
 ) -> torch.Tensor:
     """Starting synthetic images (K * ipc, C, H, W), class-major, in the order of the dict's keys.
 
-    ``NOISE`` draws standard normal pixels. ``REAL`` starts from randomly chosen local images: the
-    release then begins as a copy of patients' images, which is why a site must opt in to it.
+    ``NOISE`` draws standard normal pixels. ``MEANS`` starts each class from the means of clusters of its real
+    images (:func:`cluster_means`), noise for a class too small to average. ``REAL`` starts from randomly
+    chosen local images: the release then begins as a copy of patients' images, which is why a site must opt in
+    to it.
     """
     first = next(iter(real_by_class.values()))
     shape = (len(real_by_class) * ipc, *first.shape[1:])
@@ -39,9 +43,36 @@ def initial_images(
         return torch.randn(shape, generator=gen).to(first.device)
     picks = []
     for images in real_by_class.values():
+        if init == InitMode.MEANS:
+            means = cluster_means(images, ipc, MEAN_INIT_GROUP, int(torch.randint(2**31, (1,), generator=gen)))
+            picks.append(torch.randn((ipc, *shape[1:]), generator=gen).to(first.device) if means is None else means)
+            continue
         idx = torch.randint(len(images), (ipc,), generator=gen) if len(images) < ipc else torch.randperm(len(images), generator=gen)[:ipc]
         picks.append(images[idx.to(images.device)])
     return torch.cat(picks).clone()
+
+
+def cluster_means(images: torch.Tensor, count: int, group: int, seed: int) -> torch.Tensor | None:
+    """``count`` means (count, C, H, W) of ``images``, each over at least ``group`` of them; None for fewer than
+    ``group`` images.
+
+    k-means in pixel space gives ``count`` clusters, so the starting images differ as the class's images do
+    (a cell's size, a stain's tint) instead of all being the class mean. A cluster smaller than ``group`` gives
+    way to the mean of the ``group`` images nearest its centre: no starting image is any one patient's image.
+    """
+    if len(images) < group:
+        return None
+    flat = images.flatten(1).cpu().double().numpy()
+    clusters = min(count, len(images))
+    fitted = KMeans(n_clusters=clusters, n_init=1, random_state=seed).fit(flat)
+    means = []
+    for c, centre in enumerate(fitted.cluster_centers_):
+        members = np.flatnonzero(fitted.labels_ == c)
+        if len(members) < group:
+            members = np.argsort(((flat - centre) ** 2).sum(1))[:group]
+        means.append(flat[members].mean(0))
+    means += means[: count - clusters]  # a class with fewer images than clusters wanted: repeat (DSA varies them)
+    return torch.from_numpy(np.stack(means)).float().view(count, *images.shape[1:]).to(images.device)
 
 
 def starting_images(

@@ -119,10 +119,11 @@ def test_same_seed_gives_fresh_noise() -> None:
     assert not torch.equal(first, second)
 
 
-def test_real_init_and_refinement_are_refused() -> None:
-    """Starting from real images or refining in round 2 would use the data outside the budget."""
-    with pytest.raises(pydantic.ValidationError, match="noise only"):
-        DPDMConfig(init=InitMode.REAL)
+def test_real_or_mean_init_and_refinement_are_refused() -> None:
+    """Starting from real images or their means, or refining in round 2, would use the data outside the budget."""
+    for init in (InitMode.REAL, InitMode.MEANS):
+        with pytest.raises(pydantic.ValidationError, match=f"noise only: init '{init.value}'"):
+            DPDMConfig(init=init)
     with pytest.raises(pydantic.ValidationError, match="dpdm releases once"):
         DistillRequest(run_id="r", nonce="ab" * 32, dataset="breastmnist", distill=_config(), round=2,
                        global_model=ModelSpec(in_channels=1, num_classes=2, image_size=28))
