@@ -113,6 +113,11 @@ def run_one(name: str, path: str, method: DistillMethod, seed: int, args: argpar
         "subset": yardstick.corrected.model_dump(), "subset_uncorrected": yardstick.uncorrected.model_dump(),
         "run_dir": str(run_dir),
     }
+    if glob.num_examples != len(test.labels):  # a site that released nothing scored nothing either
+        row["test_split_images"] = len(test.labels)
+        print(f"  WARNING: the pooled model was scored on {glob.num_examples} of the {len(test.labels)} test images "
+              "(the sites that took part); the subset on all of them. `--rescore` scores the stored pool on the "
+              "whole test split.", flush=True)
     if args.rounds > 1:  # every round's corrected global model, so one run gives rounds 1 and R
         row["rounds"] = [{"round": r.round, "megabytes": r.bytes.cumulative / 1e6, **_figures(r.global_model)}
                          for r in summary.rounds]
@@ -146,7 +151,7 @@ def rescore_one(row: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]
                 "global": _figures(score(models.model, test.images, test.labels)),
                 "global_uncorrected": _figures(score(models.uncorrected, test.images, test.labels)),
                 "subset": _figures(yardstick.corrected), "subset_uncorrected": _figures(yardstick.uncorrected),
-                "subset_scale": yardstick.scale, "rescored": True}
+                "subset_scale": yardstick.scale, "rescored": True, "test_images": len(test.labels)}
     print(f"  {row['dataset']} {row['method']} seed {row['seed']}: scale {models.scale:g}, global {rescored['global']}; "
           f"subset {rescored['subset']} (scale {yardstick.scale:g})", flush=True)
     return rescored
