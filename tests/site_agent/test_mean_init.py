@@ -1,5 +1,6 @@
 """Starting a synthetic set from averages of a class's images (init 'means'): no starting image is any one patient's
-image, a class too small to average starts from noise, the starts keep the class's variety, and a site may refuse."""
+image, a class too small to average starts from noise, the starts keep the class's variety, and a hospital starts
+from them only when its policy allows it."""
 
 from __future__ import annotations
 
