@@ -71,8 +71,8 @@ def cluster_means(images: torch.Tensor, count: int, group: int, seed: int) -> to
         if len(members) < group:
             members = np.argsort(((flat - centre) ** 2).sum(1))[:group]
         means.append(flat[members].mean(0))
-    means += means[: count - clusters]  # a class with fewer images than clusters wanted: repeat (DSA varies them)
-    return torch.from_numpy(np.stack(means)).float().view(count, *images.shape[1:]).to(images.device)
+    starts = [means[i % clusters] for i in range(count)]  # fewer images than starts wanted: repeat (DSA varies them)
+    return torch.from_numpy(np.stack(starts)).float().view(count, *images.shape[1:]).to(images.device)
 
 
 def starting_images(

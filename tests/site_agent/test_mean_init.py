@@ -56,6 +56,14 @@ def test_the_starts_keep_a_class_s_variety_instead_of_its_one_mean() -> None:
     assert nearest == {0, 1}
 
 
+def test_a_class_of_fewer_images_than_its_starts_still_gets_every_start() -> None:
+    """ipc 50 of a class of 12 images (both within a site's default caps): every start is an average of ten."""
+    images = torch.from_numpy(np.random.default_rng(1).normal(0, 0.3, (12, 1, 16, 16)).astype(np.float32))
+    starts = _starts({0: images}, ipc=50)
+    assert starts.shape == (50, 1, 16, 16)
+    assert nearest_real_similarity(starts, images, max_shift=0) < 0.5  # a copy scores 1
+
+
 def test_the_same_seed_gives_the_same_starts_and_another_seed_other_ones() -> None:
     real = {0: torch.from_numpy(blobs(num_classes=1, per_class=60).images)}
     assert torch.equal(_starts(real, 5, seed=1), _starts(real, 5, seed=1))
