@@ -32,7 +32,7 @@ from shared.methods import (
     NetworkSpec,
     SoftLabelSpec,
 )
-from shared.presets import PRESET_BATCH_REAL, PRESET_ITERATIONS
+from shared.presets import PRESET_BATCH_REAL, PRESET_ITERATIONS, PRESET_LR_IMG
 from shared.schemas import ImbalanceCorrection, PartitionScheme
 from shared.training import TrainSettings
 
@@ -69,8 +69,8 @@ class SiteRunConfig(BaseModel):
         DistillMethod.IDM, _SITE, "Distillation method run at every site.")
     ipc: int = _setting(10, _SITE, "Synthetic images per class per site.", ge=1, le=1000)
     iterations: int = _setting(0, _SITE, "Distillation iterations (0: the method's CPU preset).", ge=0, le=100_000)
-    lr_img: float = _setting(0.0, _SITE, "Learning rate of the synthetic images (0: the method's own: DC 0.1, DM 1.0, "
-                             "MTT 10, DPDM 10).", ge=0)
+    lr_img: float = _setting(0.0, _SITE, "Learning rate of the synthetic images (0: the method's CPU preset: DC 0.1, "
+                             "DM 1.0, IDM 5, MTT 10, DPDM 10).", ge=0)
     lr_net: float = _setting(0.01, _SITE, "Learning rate of the network inside DC's and IDM's distillation.", gt=0)
     batch_real: int = _setting(0, _SITE, "Real images per class per matching step (0: the method's CPU preset).", ge=0)
     outer_loop: int = _setting(0, _SITE, "DC outer loop (0: the paper's value for the ipc).", ge=0)
@@ -131,8 +131,9 @@ class SiteRunConfig(BaseModel):
         """The per-method settings sent to every site."""
         common = {"ipc": self.ipc, "iterations": self.iterations or PRESET_ITERATIONS[self.method],
                   "dsa": self.dsa, "init": self.init, "seed": self.seed, "network": self.network()}
-        if self.lr_img:
-            common["lr_img"] = self.lr_img
+        lr_img = self.lr_img or PRESET_LR_IMG.get(self.method)
+        if lr_img:
+            common["lr_img"] = lr_img
         if self.method == DistillMethod.DM:
             return DMConfig(batch_real=self.batch_real or PRESET_BATCH_REAL[self.method], match=self.match, **common)
         if self.method == DistillMethod.IDM:

@@ -10,7 +10,7 @@ import pytest
 from shared.config import RunConfig, resolve_device
 from shared.errors import ConfigError
 from shared.methods import DistillMethod
-from shared.presets import PRESET_BATCH_REAL, PRESET_ITERATIONS
+from shared.presets import PRESET_BATCH_REAL, PRESET_ITERATIONS, PRESET_LR_IMG
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 
@@ -41,13 +41,15 @@ def test_device_auto_and_bad_names() -> None:
 
 
 def test_each_method_gets_its_cpu_preset_unless_told_otherwise() -> None:
-    """Leaving iterations and batch-real at 0 gives each method its own preset, not DC's numbers."""
+    """Leaving iterations, batch-real and lr-img at 0 gives each method its own preset, not DC's numbers."""
     for method in DistillMethod:
         config = RunConfig(method=method).distill_config()
         assert config.iterations == PRESET_ITERATIONS[method]
         if method in PRESET_BATCH_REAL:  # MTT's experts see every image, DPDM's one release too
             assert config.batch_real == PRESET_BATCH_REAL[method]
+        assert config.lr_img == PRESET_LR_IMG.get(method, type(config).model_fields["lr_img"].default)
     assert RunConfig(method=DistillMethod.DM, iterations=7, batch_real=9).distill_config().iterations == 7
+    assert RunConfig(method=DistillMethod.IDM, lr_img=0.5).distill_config().lr_img == 0.5
     assert RunConfig(method=DistillMethod.DM, iterations=7, batch_real=9).distill_config().batch_real == 9
 
 
