@@ -46,7 +46,7 @@ from site_agent.identity import load_site_identity
 from site_agent.labelled import LabelledImages, SiteImages
 from site_agent.policy import SitePolicy
 from site_agent.privacy.gate import ReleaseBlocked, blocking_reasons, enforce, limit_names
-from site_agent.privacy.near_copy import nearest_real_similarity
+from site_agent.privacy.near_copy import nearest_real_similarities
 from site_agent.privacy.page import headline, privacy_report_folder, summary_lines, write_report
 from site_agent.privacy.report import ShadowSettings, measure_privacy
 from site_agent.privacy.seed import report_seed
@@ -159,7 +159,11 @@ def prepare_release(
     audit.record(settings.cache_dir, AuditEvent.SET_BUILT, request, "site-agent", method=request.distill.method.value,
                  images=len(synthetic.labels), seconds=round(synthetic.seconds, 3),
                  sha256=hashlib.sha256(synthetic.images.numpy().tobytes()).hexdigest())
-    check_not_a_copy(synthetic, images.train, settings.policy, request.distill.init)
+    released = without_near_copies(synthetic, images.train, settings.policy, request.distill.init)
+    if len(released.labels) < len(synthetic.labels):
+        audit.record(settings.cache_dir, AuditEvent.DECISION, request, "policy", decision="withheld near copies",
+                     images=len(synthetic.labels) - len(released.labels), limit=settings.policy.max_real_similarity)
+    synthetic = released
     privacy = report_privacy(synthetic, images, request, settings, device, time_limit)
     time_limit.check()  # the last point before anything is sealed
     started = time.perf_counter()
@@ -192,19 +196,32 @@ def prepare_release(
     return release, metrics
 
 
-def check_not_a_copy(synthetic: SyntheticSet, train: LabelledImages, policy: SitePolicy, init: InitMode) -> None:
-    """Refuse to release a set that holds a near copy of a local image (skipped only for an allowed real init).
+def without_near_copies(
+    synthetic: SyntheticSet, train: LabelledImages, policy: SitePolicy, init: InitMode
+) -> SyntheticSet:
+    """The set without its near copies of local images: each synthetic image whose closest local image correlates
+    above the policy's ``max_real_similarity`` (no check for an allowed real init, which copies them by design).
+
+    The rest goes out when the policy's ``withhold_near_copies`` allows it: the limit is a bound on every released
+    image, not a verdict on the others. A class that loses every image is left out, as a class too small to distil.
 
     Raises:
-        ReleaseBlocked: the closest synthetic/real pair is above the policy's similarity limit (which the message,
-            like every privacy block's, does not say: the site's log and audit log do).
+        ReleaseBlocked: near copies, and the policy refuses the whole set, or every image is one, or the set is
+            differentially private (its guarantee covers the set as distilled, not a choice made by looking at the
+            real images). Its message, like every privacy block's, gives no figure: the site's log and audit log do.
     """
-    similarity = nearest_real_similarity(synthetic.images, torch.from_numpy(train.images))
-    log.info("closest synthetic/real image correlation: %.3f (limit %.2f)", similarity, policy.max_real_similarity)
-    if similarity > policy.max_real_similarity and init != InitMode.REAL:
-        why = (f"max_real_similarity: a synthetic image is a near copy of a local image (correlation "
-               f"{similarity:.3f}, limit {policy.max_real_similarity})")
+    similarity = nearest_real_similarities(synthetic.images, torch.from_numpy(train.images))
+    limit = policy.max_real_similarity
+    log.info("closest synthetic/real image correlation: %.3f (limit %.2f)", float(similarity.max()), limit)
+    near = similarity > limit
+    if init == InitMode.REAL or not near.any():
+        return synthetic
+    why = (f"max_real_similarity: {int(near.sum())} of {len(near)} synthetic images are near copies of local images "
+           f"(closest correlation {float(similarity.max()):.3f}, limit {limit})")
+    if not policy.withhold_near_copies or synthetic.dp is not None or near.all():
         raise ReleaseBlocked(["max_real_similarity"], reasons=[why])
+    log.warning("withholding near copies: %s", why)
+    return synthetic.only(~near)
 
 
 def report_privacy(

@@ -209,7 +209,13 @@ class SitePolicy(BaseModel):
     )
     min_real_per_class: int = Field(10, ge=1, description="classes with fewer local images are not distilled")
     max_real_similarity: float = Field(
-        0.95, gt=0, le=1, description="refuse a set in which an image correlates this much with a local image"
+        0.95, gt=0, le=1, description="never release a synthetic image that correlates more than this with a local "
+        "image (the near-copy check)"
+    )
+    withhold_near_copies: bool = Field(
+        True, description="a set holding near copies (max_real_similarity) goes out without them, the count in the "
+        "site's log and audit log (false: the whole set is refused). A set of nothing but near copies, and a dpdm set, "
+        "whose guarantee covers the set as distilled, are refused either way"
     )
     dc: DCLimits = Field(DCLimits(), description="caps on DC's loops")
     idm: IDMLimits = Field(IDMLimits(), description="caps on IDM's queue of trained networks")

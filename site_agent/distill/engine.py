@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -49,6 +49,14 @@ class SyntheticSet:
     def targets(self) -> torch.Tensor:
         """What a model learns from this set: the soft labels where there are some, else the labels."""
         return self.labels if self.soft_labels is None else self.soft_labels
+
+    def only(self, keep: torch.Tensor) -> SyntheticSet:
+        """The set with only the images ``keep`` (N,) bool marks, their labels and soft labels; a class left with no
+        image is no longer among its classes."""
+        labels = self.labels[keep]
+        return replace(self, images=self.images[keep], labels=labels,
+                       classes=[c for c in self.classes if bool((labels == c).any())],
+                       soft_labels=None if self.soft_labels is None else self.soft_labels[keep])
 
 
 def distill(

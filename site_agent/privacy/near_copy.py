@@ -13,7 +13,12 @@ import torch.nn.functional as F
 
 def nearest_real_similarity(synthetic: torch.Tensor, real: torch.Tensor, max_shift: int = 2) -> float:
     """Highest correlation between any synthetic (S, C, H, W) and any real (R, C, H, W) image over shifts."""
-    best = -1.0
+    return float(nearest_real_similarities(synthetic, real, max_shift).max())
+
+
+def nearest_real_similarities(synthetic: torch.Tensor, real: torch.Tensor, max_shift: int = 2) -> torch.Tensor:
+    """Each synthetic image's highest correlation (S,) with any real (R, C, H, W) image over shifts."""
+    best = torch.full((len(synthetic),), -1.0)
     _, _, h, w = synthetic.shape
     padded = F.pad(real.float(), (max_shift,) * 4)
     for dy in range(2 * max_shift + 1):
@@ -24,7 +29,7 @@ def nearest_real_similarity(synthetic: torch.Tensor, real: torch.Tensor, max_shi
             window = (slice(max(0, m - dy), h - max(0, dy - m)), slice(max(0, m - dx), w - max(0, dx - m)))
             a = _standardize(synthetic.float()[:, :, window[0], window[1]])
             b = _standardize(shifted[:, :, window[0], window[1]])
-            best = max(best, float((a @ b.T).max()))
+            best = torch.maximum(best, (a @ b.T).max(dim=1).values.cpu())
     return best
 
 

@@ -26,7 +26,7 @@ from site_agent.cli import app
 from site_agent.client_app import _safely
 from site_agent.data import load_site_images
 from site_agent.distill.accounting import GaussianRelease, composed_epsilon, noise_multiplier_for
-from site_agent.handlers import answer_distill, answer_evaluate, answer_tune, check_not_a_copy, report_privacy
+from site_agent.handlers import answer_distill, answer_evaluate, answer_tune, without_near_copies, report_privacy
 from site_agent.policy import BudgetLimits, PrivacyLimits, SitePolicy
 from site_agent.privacy.gate import BLOCKED, ReleaseBlocked, limit_names
 from tests.conftest import QUICK_TRAINING, deployed_site, make_synthetic, signed_pool
@@ -216,6 +216,6 @@ def test_a_blocked_release_tells_the_coordinator_no_limit_and_no_figure(keys, tm
         failed.add(tuple(blocked.value.failed))
     assert len(failed) == 1  # the same verdict every time
     with pytest.raises(ReleaseBlocked) as near_copy:
-        check_not_a_copy(copies, images.train, settings.policy, copies.config.init)
+        without_near_copies(copies, images.train, settings.policy, copies.config.init)
     assert str(near_copy.value) == BLOCKED and "correlation 1.000" in near_copy.value.local_detail
     assert np.isclose(copies.images.numpy(), images.train.images[[0, 1, 12, 13]]).all()

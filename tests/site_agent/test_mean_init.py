@@ -12,7 +12,7 @@ from shared.errors import PolicyError
 from shared.methods import MEAN_INIT_GROUP, DMConfig, IDMConfig, InitMode
 from site_agent.distill.engine import distill
 from site_agent.distill.matching import initial_images
-from site_agent.handlers import check_not_a_copy
+from site_agent.handlers import without_near_copies
 from site_agent.policy import SitePolicy
 from site_agent.privacy.near_copy import nearest_real_similarity
 from tests.conftest import blobs, make_request
@@ -77,7 +77,7 @@ def test_a_set_grown_from_means_passes_the_near_copy_check(config) -> None:
     train = blobs(num_classes=2, per_class=30, size=28)
     synthetic = distill(train, 2, config, torch.device("cpu"), progress=False, site_id="site-0")
     assert synthetic.images.shape == (6, 1, 28, 28)
-    check_not_a_copy(synthetic, train, SitePolicy(), config.init)
+    without_near_copies(synthetic, train, SitePolicy(), config.init)
 
 
 def test_a_site_starts_from_means_only_when_its_policy_allows_it() -> None:
