@@ -2,8 +2,9 @@
 
 ``answer_distill``: (approval, when the policy asks: a decided request is answered from the approvals
 folder, before any work) -> the coordinator's budgets (``site_agent.budget``: release attempts, one per run
-and round, the DP ledger) -> load local data -> distill -> privacy report and gate -> seal -> (held for
-approval) -> (sealed bundle, metrics). Evaluate and tune answers are counted against the budgets too.
+and round, the DP ledger) -> load local data -> distill -> withhold near copies -> privacy report and gate
+-> seal -> (held for approval) -> (sealed bundle, metrics). Evaluate and tune answers are counted against the
+budgets too.
 ``prepare_release``: the same up to the seal; ``site-agent distill`` previews a release with it.
 ``answer_evaluate``: verify the pooled sets -> train the global model on them here (``site_agent.scored_model``)
 -> score it on local test data -> noisy summable counts (no per-image value).

@@ -26,7 +26,7 @@ from site_agent.cli import app
 from site_agent.client_app import _safely
 from site_agent.data import load_site_images
 from site_agent.distill.accounting import GaussianRelease, composed_epsilon, noise_multiplier_for
-from site_agent.handlers import answer_distill, answer_evaluate, answer_tune, without_near_copies, report_privacy
+from site_agent.handlers import answer_distill, answer_evaluate, answer_tune, report_privacy, without_near_copies
 from site_agent.policy import BudgetLimits, PrivacyLimits, SitePolicy
 from site_agent.privacy.gate import BLOCKED, ReleaseBlocked, limit_names
 from tests.conftest import QUICK_TRAINING, deployed_site, make_synthetic, signed_pool
