@@ -212,13 +212,13 @@ def without_near_copies(
             real images). Its message, like every privacy block's, gives no figure: the site's log and audit log do.
     """
     similarity = nearest_real_similarities(synthetic.images, torch.from_numpy(train.images))
-    limit = policy.max_real_similarity
-    log.info("closest synthetic/real image correlation: %.3f (limit %.2f)", float(similarity.max()), limit)
+    limit, closest = policy.max_real_similarity, float(similarity.max())
+    log.info("closest synthetic/real image correlation: %.3f (limit %.2f)", closest, limit)
     near = similarity > limit
     if init == InitMode.REAL or not near.any():
         return synthetic
     why = (f"max_real_similarity: {int(near.sum())} of {len(near)} synthetic images are near copies of local images "
-           f"(closest correlation {float(similarity.max()):.3f}, limit {limit})")
+           f"(closest correlation {closest:.3f}, limit {limit})")
     if not policy.withhold_near_copies or synthetic.dp is not None or near.all():
         raise ReleaseBlocked(["max_real_similarity"], reasons=[why])
     log.warning("withholding near copies: %s", why)
